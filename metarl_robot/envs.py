@@ -27,3 +27,132 @@ class MetaEnv(Protocol):
     def reset(self, *, seed: int | None = None, options: dict | None = None): ...
 
     def step(self, action): ...
+
+
+# ------------------------------------------------------------------------------------------------
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+
+@dataclasses.dataclass
+class TrajectoryBatch:
+    """Time-major arrays from ``num_envs`` envs stepped in lock-step for one episode each.
+
+    Shapes: ``obs``/``next_obs`` ``[T, N, obs_dim]``, ``actions`` ``[T, N, act_dim]``, ``rewards``,
+    ``terminated``, ``truncated``, ``valid`` and ``success`` ``[T, N]``; ``extras`` holds per-step arrays
+    returned by the acting function (log-probabilities, values, ...). ``valid`` is False after an env's
+    episode ended (those steps are padding and must be masked out).
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    next_obs: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    valid: np.ndarray
+    success: np.ndarray
+    extras: dict[str, np.ndarray]
+    tasks: list[TaskSpec]
+
+    @property
+    def num_steps(self) -> int:
+        return self.obs.shape[0]
+
+    @property
+    def num_envs(self) -> int:
+        return self.obs.shape[1]
+
+    def episode_returns(self) -> np.ndarray:
+        return (self.rewards * self.valid).sum(0)
+
+    def episode_success(self) -> np.ndarray:
+        """Outcome of each env's episode: success at its last valid step."""
+        last = np.maximum(self.valid.sum(0).astype(int) - 1, 0)
+        return self.success[last, np.arange(self.num_envs)]
+
+
+ActFn = Callable[[np.ndarray], tuple[np.ndarray, Mapping[str, np.ndarray]]]
+
+
+def collect(
+    envs: gym.vector.VectorEnv,
+    act: ActFn,
+    tasks: Sequence[TaskSpec],
+    *,
+    seed: int | None = None,
+    max_steps: int = 10_000,
+) -> TrajectoryBatch:
+    """Run one episode in every env of ``envs`` on ``tasks`` (one per env) and return the batch.
+
+    ``act(obs[N, obs_dim]) -> (actions[N, act_dim], extras)`` is called once per step for all envs.
+    The vector env must be created with ``autoreset_mode=DISABLED`` (see :func:`make_vector_env`):
+    every episode starts with an explicit reset, so tasks set here apply to exactly one episode.
+    """
+    if len(tasks) != envs.num_envs:
+        raise ValueError(f"collect: got {len(tasks)} tasks for {envs.num_envs} envs; pass one task per env")
+    envs.set_attr("task", list(tasks))
+    obs, _ = envs.reset(seed=seed)
+    steps: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "terminated", "truncated", "valid", "success")}
+    extras: dict[str, list[np.ndarray]] = {}
+    done = np.zeros(envs.num_envs, dtype=bool)
+    for _ in range(max_steps):
+        action, extra = act(obs)
+        next_obs, reward, terminated, truncated, info = envs.step(action)
+        steps["obs"].append(obs)
+        steps["actions"].append(np.asarray(action, dtype=np.float32))
+        steps["rewards"].append(np.asarray(reward, dtype=np.float32))
+        steps["next_obs"].append(next_obs)
+        steps["terminated"].append(terminated)
+        steps["truncated"].append(truncated)
+        steps["valid"].append(~done)
+        success = info.get("success", np.zeros(envs.num_envs, dtype=bool))
+        steps["success"].append(np.asarray(success, dtype=bool) & ~done)
+        for key, value in extra.items():
+            extras.setdefault(key, []).append(np.asarray(value))
+        done = done | terminated | truncated
+        obs = next_obs
+        if done.all():
+            break
+    else:
+        raise RuntimeError(f"collect: episodes did not end within max_steps={max_steps}; give the env a time limit")
+    arrays = {k: np.stack(v) for k, v in steps.items()}
+    # success is the outcome at each env's final step; keep it as recorded per step.
+    arrays["success"] = arrays["success"] & arrays["valid"]
+    return TrajectoryBatch(**arrays, extras={k: np.stack(v) for k, v in extras.items()}, tasks=list(tasks))
+
+
+def make_vector_env(
+    env_id: str, num_envs: int, *, asynchronous: bool = False, env_kwargs: Mapping[str, Any] | None = None
+) -> gym.vector.VectorEnv:
+    """A vector env of ``num_envs`` copies of ``env_id`` with autoreset disabled.
+
+    ``env_id`` may carry the module that registers it, Gymnasium style: ``"sim:metarl/PandaGrasp-v0"``.
+    ``asynchronous`` runs each env in its own subprocess (Gymnasium's AsyncVectorEnv); workers are
+    built from the env id and receive tasks as plain :class:`TaskSpec` data, never pickled envs.
+    """
+    kwargs = dict(env_kwargs or {})
+    if not asynchronous:
+        return gym.vector.SyncVectorEnv(
+            [lambda: gym.make(env_id, **kwargs).unwrapped for _ in range(num_envs)],
+            autoreset_mode=gym.vector.AutoresetMode.DISABLED,
+        )
+    return gym.vector.AsyncVectorEnv(
+        [_EnvFactory(env_id, kwargs) for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
+        context="forkserver",
+    )
+
+
+class _EnvFactory:
+    """Picklable env constructor for subprocess workers (they receive the id, never an env)."""
+
+    def __init__(self, env_id: str, kwargs: Mapping[str, Any]) -> None:
+        self.env_id, self.kwargs = env_id, dict(kwargs)
+
+    def __call__(self) -> gym.Env:
+        return gym.make(self.env_id, **self.kwargs).unwrapped

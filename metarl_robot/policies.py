@@ -101,6 +101,9 @@ class ContextPolicy(nn.Module):
         self.actor = mlp([obs_dim + c, *h, act_dim], config.activation, out_gain=0.01)
         self.critic = mlp([obs_dim + c, *h, 1], config.activation, out_gain=1.0)
         self.log_std = nn.Parameter(torch.full((act_dim,), config.init_log_std))
+        # Training-only: predicts a transition's reward from the context, which teaches the encoder to
+        # summarise what differs between tasks. Not part of the exported graphs.
+        self.reward_decoder = mlp([transition_dim - 1 + c, *h, 1], config.activation)
 
     # ------------------------------------------------------------------ context (adaptation state)
     def initial_context(self, batch: int = 1) -> torch.Tensor:
@@ -124,6 +127,12 @@ class ContextPolicy(nn.Module):
     def encode(self, obs, action, reward, next_obs, mask) -> torch.Tensor:
         """Context from raw transitions ``[B,N,*]`` (``action`` normalised, ``reward [B,N,1]``)."""
         return self.encode_features(self.transition_features(obs, action, reward, next_obs), mask)
+
+    def predict_reward(self, obs, action, next_obs, context) -> torch.Tensor:
+        """Reward predicted for transitions ``[B,T,*]`` under per-episode contexts ``[B,C]``."""
+        ctx = context.unsqueeze(1).expand(-1, obs.shape[1], -1)
+        x = torch.cat([self.obs_norm(obs), action, self.obs_norm(next_obs), ctx], dim=-1)
+        return self.reward_decoder(x).squeeze(-1)
 
     # ------------------------------------------------------------------------------ acting
     def forward(self, obs: torch.Tensor, context: torch.Tensor) -> PolicyOutput:

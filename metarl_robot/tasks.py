@@ -56,6 +56,10 @@ class TaskSpec:
     def __hash__(self) -> int:
         return hash((self.family, tuple(self.params.items()), self.task_id))
 
+    def __reduce__(self):
+        # Sent to sampling workers as plain data; the read-only view is rebuilt on arrival.
+        return (TaskSpec, (self.family, dict(self.params), self.task_id))
+
     def __getitem__(self, name: str) -> ParamValue:
         try:
             return self.params[name]

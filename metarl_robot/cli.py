@@ -1,0 +1,207 @@
+"""``metarl-robot``: train, evaluate, export, verify and demo meta-policies."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_CHECKPOINT = REPO_ROOT / "models" / "grasp_context_ppo" / "checkpoint.pt"
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "grasp_context_ppo.yaml"
+
+
+def _fail(message: str) -> int:
+    print(f"metarl-robot: error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from metarl_robot.algos.context_ppo import TrainConfig, train
+    from metarl_robot.config import load_config
+
+    config = load_config(TrainConfig, args.config, args.set)
+    path = train(config, args.run_dir, resume=args.resume, progress=not args.no_progress)
+    run = Path(args.run_dir)
+    print(f"checkpoint:   {path}\nconfig:       {run / 'config.yaml'}\ntensorboard:  tensorboard --logdir {run / 'tb'}")
+    return 0
+
+
+def _load_controller_and_env(args: argparse.Namespace):
+    import gymnasium as gym
+
+    if bool(args.checkpoint) == bool(args.bundle):
+        raise ValueError("give exactly one of --checkpoint CKPT or --bundle DIR")
+    if args.bundle:
+        from metarl_robot.runtime import AdaptiveController
+
+        controller = AdaptiveController.load(args.bundle, providers=args.providers)
+        config = controller.manifest["provenance"]["config"]
+        label = f"bundle {args.bundle} on {controller.provider}"
+    else:
+        from metarl_robot.checkpoint import load_checkpoint
+        from metarl_robot.evaluation import TorchController
+
+        policy, data = load_checkpoint(args.checkpoint)
+        controller = TorchController(policy, int(data["adaptation"]["buffer_size"]))
+        config = data["config"]
+        label = f"checkpoint {args.checkpoint}"
+    env = gym.make(args.env_id or config["env_id"], **config.get("env_kwargs", {})).unwrapped
+    return controller, env, config, label
+
+
+def _eval_tasks(args: argparse.Namespace, config: dict):
+    from metarl_robot.algos.context_ppo.algo import resolve
+    from metarl_robot.tasks import load_task_file
+
+    if args.task_file:
+        validators = {}
+        try:
+            import sim
+
+            validators = sim.GRASP_VALIDATORS
+        except ImportError:
+            pass
+        return load_task_file(args.task_file, validators)
+    tasks = config["tasks"]
+    dist = resolve(tasks["distribution"])(seed=tasks["seed"], num_train=tasks["num_train"], num_test=tasks["num_test"])
+    chosen = dist.split(args.split)
+    return chosen[: args.num_tasks] if args.num_tasks else chosen
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from metarl_robot.evaluation import evaluate, format_summary, write_report
+
+    controller, env, config, label = _load_controller_and_env(args)
+    tasks = _eval_tasks(args, config)
+    results = evaluate(controller, env, tasks, episodes_per_task=args.episodes, seed=args.seed, adapt=not args.no_adapt)
+    results["evaluated"] = label
+    json_path, png_path = write_report(results, args.out, title=label)
+    print(f"{label}: {len(tasks)} tasks, {args.episodes} episodes each (episode 0 = before adaptation)")
+    print(format_summary(results))
+    print(f"results: {json_path}\nplot:    {png_path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from metarl_robot.export import export_bundle
+
+    path = export_bundle(args.checkpoint, args.out, overwrite=args.overwrite)
+    print(f"bundle: {path}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from metarl_robot.verify import verify_bundle
+
+    report = verify_bundle(args.bundle, checkpoint=args.checkpoint)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.train_iterations:
+        print(f"[demo] training a fresh meta-policy for {args.train_iterations} iterations")
+        from metarl_robot.algos.context_ppo import TrainConfig, train
+        from metarl_robot.config import load_config
+
+        config = load_config(TrainConfig, DEFAULT_CONFIG, [f"iterations={args.train_iterations}"])
+        checkpoint = train(config, out / "train", progress=True)
+    else:
+        checkpoint = Path(args.checkpoint)
+        print(f"[demo] using the shipped checkpoint {checkpoint} (see models/README.md for the command that made it)")
+    if not checkpoint.is_file():
+        return _fail(f"checkpoint {checkpoint} not found; pass --checkpoint or --train-iterations N")
+    from metarl_robot.export import export_bundle
+    from metarl_robot.verify import verify_bundle
+
+    bundle = export_bundle(checkpoint, out / "bundle", overwrite=True)
+    print(f"[demo] exported {bundle}")
+    report = verify_bundle(bundle, checkpoint=checkpoint)
+    print(report.format())
+    if not report.ok:
+        return _fail("the exported bundle failed verification")
+    env = dict(os.environ)
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    command = [sys.executable, "-m", "ros_nodes.demo", "--bundle", str(bundle), "--out", str(out),
+               "--episodes-per-object", str(args.episodes_per_object)]
+    print(f"[demo] starting the ROS 2 graph: {' '.join(command)}")
+    return subprocess.call(command, env=env, cwd=REPO_ROOT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metarl-robot", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,export,verify,demo}")
+
+    p = sub.add_parser("train", help="meta-train a policy; writes checkpoints, TensorBoard logs and the resolved config")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. ppo.lr=1e-3")
+    p.add_argument("--run-dir", default="runs/grasp_context_ppo", help="output folder (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="meta-test before/after adaptation on test tasks (JSON + PNG)")
+    p.add_argument("--checkpoint", help="a training checkpoint (.pt), evaluated in PyTorch")
+    p.add_argument("--bundle", help="an exported bundle, evaluated with the torch-free runtime")
+    p.add_argument("--providers", nargs="+", default=["cpu"], help="execution providers for --bundle, in preference order")
+    p.add_argument("--task-file", help="YAML task file (your own objects); default: the config's test split")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--num-tasks", type=int, default=0, help="first N tasks of the split (0 = all)")
+    p.add_argument("--episodes", type=int, default=3, help="episodes per task; episode 0 is before adaptation")
+    p.add_argument("--no-adapt", action="store_true", help="never adapt (the non-adaptive baseline of the same policy)")
+    p.add_argument("--env-id", help="override the env id from the checkpoint's config")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/eval", help="output folder (default: %(default)s)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="export a checkpoint to an ONNX bundle")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="bundle folder to create")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("verify", help="check a bundle: schema, checksums, ONNX checker, parity")
+    p.add_argument("bundle")
+    p.add_argument("--checkpoint", help="also check parity against this checkpoint in PyTorch")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("demo", help="export, start the sim robot and the adapting policy node, swap the object")
+    p.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
+    p.add_argument("--train-iterations", type=int, default=0, help="train a fresh policy this long instead")
+    p.add_argument("--episodes-per-object", type=int, default=6)
+    p.add_argument("--out", default="runs/demo")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from metarl_robot.checkpoint import CheckpointError
+    from metarl_robot.config import ConfigError
+    from metarl_robot.tasks import TaskError
+
+    known: tuple[type[Exception], ...] = (ConfigError, TaskError, CheckpointError, FileNotFoundError, FileExistsError)
+    try:
+        from metarl_robot.runtime import BundleError
+
+        known += (BundleError,)
+    except ImportError:
+        pass
+    try:
+        return args.func(args)
+    except known as err:
+        return _fail(str(err))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Tiny, simulator-free meta-envs for fast tests and examples.
+
+:class:`PointGoalEnv` is 2D point navigation to a hidden goal (the MAML paper's toy problem, small):
+the task is the goal, so a policy that cannot infer it from rewards cannot do well.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+from metarl_robot.tasks import TaskDistribution, TaskError, TaskSpec, Uniform
+
+POINT_INTERFACE = {
+    "robot": "point_mass",
+    "control_rate_hz": 20.0,
+    "frame_id": "world",
+    "joint_names": ["x", "y"],
+    "observation_layout": [
+        {"name": "position", "source": "joint_states", "field": "position", "joints": ["x", "y"], "size": 2}
+    ],
+    "action": {
+        "mode": "joint_velocity",
+        "names": ["vx", "vy"],
+        "units": ["m/s", "m/s"],
+        "scale": [0.1, 0.1],
+        "low": [-0.1, -0.1],
+        "high": [0.1, 0.1],
+    },
+}
+
+
+def point_goal_distribution(seed: int = 0, num_train: int = 32, num_test: int = 8) -> TaskDistribution:
+    return TaskDistribution(
+        "point_goal",
+        {"goal_x": Uniform(-0.5, 0.5), "goal_y": Uniform(-0.5, 0.5)},
+        seed=seed,
+        num_train=num_train,
+        num_test=num_test,
+    )
+
+
+class PointGoalEnv(gym.Env):
+    """Move a point from the origin towards a hidden goal; reward is minus the distance.
+
+    ``success`` means ending within ``success_radius`` of the goal.
+    """
+
+    metadata = {"render_modes": []}
+    interface = POINT_INTERFACE
+
+    def __init__(self, task: TaskSpec | None = None, max_episode_steps: int = 20, success_radius: float = 0.1):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.max_episode_steps = max_episode_steps
+        self.success_radius = success_radius
+        self._task = task or point_goal_distribution().train_tasks[0]
+        self._goal = np.zeros(2)
+        self._pos = np.zeros(2)
+        self._t = 0
+
+    def set_task(self, task: TaskSpec) -> None:
+        if task.family != "point_goal":
+            raise TaskError(f"PointGoalEnv takes tasks of family 'point_goal', got {task.family!r}")
+        self._task = task
+
+    @property
+    def task(self) -> TaskSpec:
+        return self._task
+
+    @task.setter
+    def task(self, task: TaskSpec) -> None:
+        self.set_task(task)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._goal = np.array([self._task["goal_x"], self._task["goal_y"]], dtype=np.float64)
+        self._pos = self.np_random.uniform(-0.02, 0.02, 2)
+        self._t = 0
+        return self._pos.astype(np.float32), {}
+
+    def step(self, action):
+        velocity = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0) * 0.1
+        self._pos = self._pos + velocity
+        self._t += 1
+        distance = float(np.linalg.norm(self._pos - self._goal))
+        info = {"success": distance < self.success_radius}
+        return self._pos.astype(np.float32), -distance, False, self._t >= self.max_episode_steps, info
+
+
+gym.register("metarl/PointGoal-v0", entry_point=PointGoalEnv)
