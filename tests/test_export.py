@@ -1,0 +1,312 @@
+"""export_bundle: manifest contents, torch/onnxruntime parity, atomic publishing and clear refusals."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+import metarl_robot.export as export_module
+from metarl_robot.checkpoint import CheckpointError, load_checkpoint
+from metarl_robot.export import ExportError, export_bundle, reference_outputs, sample_inputs
+from metarl_robot.runtime import load_bundle
+from metarl_robot.runtime.bundle import sha256_file
+from metarl_robot.verify import PARITY_TOLERANCE, max_abs_diff
+from tests.runtime.conftest import ACTION_SCALE, ADAPTATION, BUFFER_SIZE, INTERFACE, exported_bundle, make_checkpoint
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return exported_bundle(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def manifest(bundle_dir: Path) -> dict:
+    return json.loads((bundle_dir / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def policy(bundle_dir: Path):
+    return load_checkpoint(bundle_dir.parent / "grasp.pt")[0]
+
+
+def sessions(bundle_dir: Path) -> dict[str, onnxruntime.InferenceSession]:
+    return {
+        graph: onnxruntime.InferenceSession(str(bundle_dir / f"{graph}.onnx"), providers=["CPUExecutionProvider"])
+        for graph in ("policy", "adapt")
+    }
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def _copy_graphs_from(bundle_dir: Path):
+    """Stand-in for the (slow) dynamo export: the shared bundle's graphs, which match any
+    make_checkpoint(seed=0) policy, so the rest of export_bundle runs for real."""
+
+    def fake_export(policy, graph, path, opset):
+        shutil.copyfile(bundle_dir / path.name, path)
+
+    return fake_export
+
+
+# --------------------------------------------------------------------------------------- manifest
+def test_bundle_holds_manifest_graphs_and_test_vectors(bundle_dir: Path, manifest: dict) -> None:
+    assert sorted(p.name for p in bundle_dir.iterdir()) == [
+        "adapt.onnx",
+        "manifest.json",
+        "policy.onnx",
+        "test_vectors.npz",
+    ]
+    assert manifest["files"] == {name: sha256_file(bundle_dir / name) for name in manifest["files"]}
+    assert set(manifest["files"]) == {"policy.onnx", "adapt.onnx", "test_vectors.npz"}
+    load_bundle(bundle_dir)
+
+
+def test_manifest_carries_the_robot_contract(manifest: dict, policy) -> None:
+    assert manifest["schema_version"] == 1 and manifest["format"] == "metarl_robot.bundle"
+    assert manifest["method"] == {"family": "context", "name": "context_ppo"}
+    assert manifest["observation"] == {"dim": 10, "layout": INTERFACE["observation_layout"], "normalization": "baked"}
+    assert manifest["action"] == {
+        "mode": "cartesian_velocity",
+        "dim": 4,
+        "names": INTERFACE["action"]["names"],
+        "units": INTERFACE["action"]["units"],
+        "low": [-s for s in ACTION_SCALE],
+        "high": ACTION_SCALE,
+        "scale": ACTION_SCALE,
+        "joint_names": INTERFACE["joint_names"],
+        "clipping_and_scaling": "baked",
+    }
+    assert manifest["control_rate_hz"] == 10.0
+    adaptation = manifest["adaptation"]
+    assert {k: adaptation[k] for k in ADAPTATION} == ADAPTATION
+    assert adaptation["kind"] == "context_encoder" and adaptation["adapted"] == "context"
+    assert adaptation["context_dim"] == 8 and adaptation["inner_lr"] is None and adaptation["steps"] == 1
+    with torch.no_grad():
+        prior = policy.initial_context()[0].numpy()
+    np.testing.assert_array_equal(np.asarray(adaptation["initial_context"], dtype=np.float32), prior)
+
+
+def test_manifest_declares_graph_io(manifest: dict) -> None:
+    assert manifest["graphs"] == {
+        "policy": {
+            "file": "policy.onnx",
+            "inputs": {"obs": [None, 10], "context": [None, 8]},
+            "outputs": {"command": [None, 4]},
+        },
+        "adapt": {
+            "file": "adapt.onnx",
+            "inputs": {
+                "obs": [None, None, 10],
+                "command": [None, None, 4],
+                "reward": [None, None, 1],
+                "next_obs": [None, None, 10],
+                "mask": [None, None],
+            },
+            "outputs": {"context": [None, 8]},
+        },
+    }
+
+
+def test_manifest_records_provenance(bundle_dir: Path, manifest: dict) -> None:
+    provenance = manifest["provenance"]
+    checkpoint = bundle_dir.parent / "grasp.pt"
+    assert provenance["checkpoint_sha256"] == sha256_file(checkpoint)
+    assert provenance["checkpoint_path"] == str(checkpoint.resolve())
+    assert provenance["config"] == {"algo": "context_ppo", "hidden_sizes": [64, 64], "lr": 3e-4, "out": "runs/x"}
+    assert provenance["seed"] == 0 and provenance["iteration"] == 7
+    assert provenance["training_metrics"] == {"return_mean": 1.5, "success_rate": "nan"}
+    assert provenance["code_version"].startswith("0.1.0")
+    assert provenance["torch_version"] == torch.__version__
+    exported_at = datetime.datetime.fromisoformat(provenance["exported_at"])
+    assert exported_at.utcoffset() == datetime.timedelta(0)
+    opset = onnx.load(str(bundle_dir / "policy.onnx")).opset_import
+    assert provenance["onnx_opset"] == next(o.version for o in opset if o.domain == "")
+    assert all(0 <= d <= PARITY_TOLERANCE for d in provenance["parity_max_abs_diff"].values())
+
+
+# ----------------------------------------------------------------------------------------- parity
+def test_graphs_match_torch_on_50_random_batches(bundle_dir: Path, policy) -> None:
+    rng = np.random.default_rng(7)
+    scale = policy.action_scale.numpy()
+    for graph, session in sessions(bundle_dir).items():
+        for _ in range(50):
+            inputs = sample_inputs(policy, graph, rng, max_sequence=BUFFER_SIZE)
+            actual = session.run(None, inputs)[0]
+            expected = reference_outputs(policy, graph, inputs)
+            assert max_abs_diff(graph, actual, expected, scale) <= PARITY_TOLERANCE
+            if graph == "adapt":
+                np.testing.assert_allclose(actual, expected, rtol=0, atol=PARITY_TOLERANCE)
+            else:
+                np.testing.assert_allclose(actual, expected, rtol=0, atol=PARITY_TOLERANCE * scale.max())
+
+
+def test_graphs_handle_batch_one_sequence_one_and_empty_masks(bundle_dir: Path, policy) -> None:
+    rng = np.random.default_rng(8)
+    graphs = sessions(bundle_dir)
+    for batch, sequence in [(1, 1), (1, BUFFER_SIZE), (3, 1), (2, 2 * BUFFER_SIZE)]:
+        inputs = sample_inputs(policy, "adapt", rng, batch=batch, sequence=sequence)
+        context = graphs["adapt"].run(None, inputs)[0]
+        assert context.shape == (batch, 8)
+        np.testing.assert_allclose(context, reference_outputs(policy, "adapt", inputs), atol=PARITY_TOLERANCE)
+    inputs["mask"][:] = 0.0
+    with torch.no_grad():
+        prior = policy.initial_context(inputs["mask"].shape[0]).numpy()
+    np.testing.assert_allclose(graphs["adapt"].run(None, inputs)[0], prior, atol=1e-6)
+
+
+def test_policy_graph_bakes_in_clipping_and_scaling(bundle_dir: Path, policy) -> None:
+    rng = np.random.default_rng(9)
+    inputs = sample_inputs(policy, "policy", rng, batch=256)
+    command = sessions(bundle_dir)["policy"].run(None, inputs)[0]
+    scale = np.asarray(ACTION_SCALE, dtype=np.float32)
+    assert np.all(np.abs(command) <= scale)
+    assert np.any(np.isclose(np.abs(command), scale)), "the test policy should reach the action limits"
+
+
+def test_test_vectors_hold_torch_outputs(bundle_dir: Path, policy) -> None:
+    with np.load(bundle_dir / "test_vectors.npz") as vectors:
+        arrays = dict(vectors)
+    assert set(arrays) == {
+        "policy/inputs/obs",
+        "policy/inputs/context",
+        "policy/outputs/command",
+        "adapt/inputs/obs",
+        "adapt/inputs/command",
+        "adapt/inputs/reward",
+        "adapt/inputs/next_obs",
+        "adapt/inputs/mask",
+        "adapt/outputs/context",
+    }
+    assert arrays["adapt/inputs/obs"].shape[1] == BUFFER_SIZE
+    inputs = {k.rsplit("/", 1)[1]: v for k, v in arrays.items() if k.startswith("policy/inputs/")}
+    np.testing.assert_array_equal(reference_outputs(policy, "policy", inputs), arrays["policy/outputs/command"])
+
+
+# ------------------------------------------------------------------------------ publishing safely
+def test_existing_destination_is_refused_without_overwrite(bundle_dir: Path, tmp_path: Path) -> None:
+    target = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+    before = (target / "manifest.json").read_bytes()
+    with pytest.raises(ExportError, match="already exists; pass overwrite=True"):
+        export_bundle(bundle_dir.parent / "grasp.pt", target)
+    assert (target / "manifest.json").read_bytes() == before
+
+
+def test_overwrite_replaces_a_bundle_atomically(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export_module, "_export_graph", _copy_graphs_from(bundle_dir))
+    target = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+    (target / "stale.txt").write_text("from the old bundle")
+    checkpoint = make_checkpoint(tmp_path / "other.pt", iteration=99)
+
+    assert export_bundle(checkpoint, target, overwrite=True) == target
+
+    assert not (target / "stale.txt").exists()
+    provenance = load_bundle(target).provenance
+    assert provenance["checkpoint_sha256"] == sha256_file(checkpoint) and provenance["iteration"] == 99
+    assert leftovers(tmp_path) == []
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_bundle(tmp_path: Path) -> None:
+    target = tmp_path / "home"
+    target.mkdir()
+    (target / "notes.txt").write_text("precious")
+    with pytest.raises(ExportError, match="not a bundle; refusing to overwrite"):
+        export_bundle(tmp_path / "any.pt", target, overwrite=True)
+    assert (target / "notes.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    "drop, missing",
+    [
+        (("interface",), "'interface'"),
+        (("adaptation",), "'adaptation'"),
+        (("method",), "'method'"),
+        (("interface.observation_layout",), "'interface.observation_layout'"),
+        (("interface.action.mode",), r"'interface.action.mode' \(or 'interface.action_mode'\)"),
+        (("interface.action.units",), r"'interface.action.units' \(or 'interface.action_units'\)"),
+        (("interface.joint_names",), "'interface.joint_names'"),
+        (("interface.control_rate_hz",), "'interface.control_rate_hz'"),
+        (("adaptation.buffer_size",), "'adaptation.buffer_size'"),
+        (("adaptation.reward_source",), "'adaptation.reward_source'"),
+    ],
+)
+def test_missing_checkpoint_key_is_named(tmp_path: Path, drop: tuple[str, ...], missing: str) -> None:
+    checkpoint = make_checkpoint(tmp_path / "partial.pt", drop=drop)
+    with pytest.raises(ExportError, match=rf"missing key {missing}.*re-save the checkpoint"):
+        export_bundle(checkpoint, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists() and leftovers(tmp_path) == []
+
+
+def test_flat_action_keys_are_accepted(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(export_module, "_export_graph", _copy_graphs_from(bundle_dir))
+    interface = {k: v for k, v in INTERFACE.items() if k != "action"}
+    interface.update(action_mode="cartesian_velocity", action_names=list("abcd"), action_units=["m/s"] * 4)
+    checkpoint = make_checkpoint(tmp_path / "flat.pt", interface=interface)
+
+    action = load_bundle(export_bundle(checkpoint, tmp_path / "bundle")).action
+
+    assert action["names"] == list("abcd") and action["mode"] == "cartesian_velocity"
+    assert action["high"] == ACTION_SCALE
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda i: i["action"].update(names=["a", "b", "c"]), r"'interface.action.names' has 3 entries"),
+        (lambda i: i["observation_layout"][0].update(size=4), "sizes add up to 11, but the policy takes 10"),
+        (lambda i: i["observation_layout"][1].pop("source"), r"'interface.observation_layout\[1\].source' must be str"),
+        (lambda i: i["action"].update(high=[0.2, 0.15, 0.15, 60.0]), r"'interface.action.high' .* disagrees"),
+        (lambda i: i["action"].update(scale=[1.0]), r"'interface.action.scale' \[1.0\] disagrees"),
+        (lambda i: i.update(control_rate_hz=0), "'interface.control_rate_hz' must be a positive number"),
+    ],
+)
+def test_inconsistent_interface_is_refused(tmp_path: Path, change, message: str) -> None:
+    interface = copy.deepcopy(INTERFACE)
+    change(interface)
+    checkpoint = make_checkpoint(tmp_path / "bad.pt", interface=interface)
+    with pytest.raises(ExportError, match=message):
+        export_bundle(checkpoint, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_unreadable_checkpoint_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="could not be read"):
+        export_bundle(tmp_path / "bad.pt", tmp_path / "bundle")
+
+
+def test_failed_parity_aborts_with_the_numbers_and_leaves_nothing(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export_module, "_export_graph", _copy_graphs_from(bundle_dir))
+    monkeypatch.setattr(export_module, "parity_max_abs_diff", lambda *a, **k: {"policy": 0.25, "adapt": 1e-7})
+    with pytest.raises(ExportError, match=r"the policy graph \(max abs diff 0\.25\).*tolerance is 1e-05") as err:
+        export_bundle(bundle_dir.parent / "grasp.pt", tmp_path / "bundle")
+    assert "adapt graph" not in str(err.value)
+    assert not (tmp_path / "bundle").exists() and leftovers(tmp_path) == []
+
+
+def test_failed_graph_export_leaves_no_partial_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bundle_dir: Path
+) -> None:
+    def broken(policy, graph, path, opset):
+        if graph == "adapt":
+            raise ExportError("torch.onnx.export (dynamo) failed for the adapt graph: boom")
+        _copy_graphs_from(bundle_dir)(policy, graph, path, opset)
+
+    monkeypatch.setattr(export_module, "_export_graph", broken)
+    with pytest.raises(ExportError, match="adapt graph: boom"):
+        export_bundle(bundle_dir.parent / "grasp.pt", tmp_path / "bundle")
+    assert list(tmp_path.iterdir()) == []
