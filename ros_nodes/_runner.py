@@ -1,0 +1,72 @@
+"""Process plumbing shared by the nodes' ``main()``: init, spin, signals, exit with the parent."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+
+PARENT_PID_ENV = "METARL_ROS_PARENT_PID"
+"""Set by :class:`ros_nodes.graph.NodeGraph` so a child node exits when the graph process dies."""
+
+_SPIN_TIMEOUT_S = 0.2
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_node(
+    make_node: Callable[[], Node],
+    args: Sequence[str] | None = None,
+    before_exit: Callable[[Node], None] | None = None,
+) -> None:
+    """Create the node, spin it until SIGINT/SIGTERM or shutdown, then clean up.
+
+    rclpy's own signal handlers are not installed: SIGINT and SIGTERM raise ``KeyboardInterrupt`` in
+    the spin loop instead, so ``before_exit`` (e.g. publishing a hold command) still runs while the
+    context is valid.
+    """
+    rclpy.init(args=list(args) if args is not None else None, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    node: Node | None = None
+    try:
+        node = make_node()
+        _exit_with_parent(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=_SPIN_TIMEOUT_S)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            if before_exit is not None and rclpy.ok():
+                try:
+                    before_exit(node)
+                except Exception as err:  # never let cleanup mask the original exit
+                    node.get_logger().error(f"cleanup before exit failed: {err}")
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _exit_with_parent(node: Node) -> None:
+    """When started by a graph process, shut down as soon as that process is gone (no orphans)."""
+    expected = os.environ.get(PARENT_PID_ENV)
+    if not expected:
+        return
+    parent_pid = int(expected)
+
+    def check_parent() -> None:
+        if os.getppid() != parent_pid:
+            node.get_logger().warning(f"graph process {parent_pid} is gone; shutting down")
+            raise KeyboardInterrupt
+
+    node.create_timer(0.5, check_parent)

@@ -1,0 +1,641 @@
+"""``metarl_policy_node``: an exported meta-policy bundle as a ROS 2 lifecycle node that adapts online.
+
+Lifecycle: *configure* loads the bundle (``bundle_path``) on the preferred execution provider, warms
+it up and creates the node's topics and services; *activate* starts the control loop; *deactivate*
+stops it after publishing a hold command; *cleanup* frees everything.
+
+Each control tick assembles the observation from the latest ``joint_states`` (sensor_msgs/JointState,
+joints mapped by name), ``ee_pose`` and ``object_pose`` (geometry_msgs/PoseStamped) — or whichever
+pose topics the bundle's observation layout names — runs the policy, clamps and rate-limits the
+command and publishes it: ``cmd_twist`` (geometry_msgs/TwistStamped) and ``gripper_command``
+(std_msgs/Float64MultiArray, ``[grip_force_n]``) for Cartesian bundles, ``joint_command``
+(Float64MultiArray in the bundle's joint order) for joint-space ones. Missing, stale or non-finite
+inputs produce a hold command instead: zero velocity, gripper force unchanged.
+
+Adaptation: transitions (observation, command, the ``reward`` (std_msgs/Float64) received before the
+next tick, next observation) fill the bundle's buffer; ``episode_end`` (std_msgs/Bool, true on
+success) marks the last one and, with the bundle's cadence "episode", triggers an adaptation step.
+Services ``~/reset_adaptation`` (std_srvs/Trigger), ``~/set_adaptation`` (std_srvs/SetBool) and
+``~/reload_bundle`` (std_srvs/Trigger). Health is published on ``/diagnostics`` at 1 Hz.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ros_nodes  # noqa: F401  (keeps DDS discovery on loopback before rclpy loads)
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.lifecycle import Node as LifecycleNode
+from rclpy.lifecycle import State, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.service import Service
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64, Float64MultiArray
+from std_srvs.srv import SetBool, Trigger
+
+from metarl_robot.runtime import AdaptiveController, BundleError, LatencyStats, ProviderError, resolve_provider
+from ros_nodes import POLICY_NODE_NAME
+from ros_nodes._runner import run_node
+from ros_nodes.policy_logic import (
+    ANGULAR_VELOCITY_NAMES,
+    CARTESIAN_VELOCITY,
+    LEVEL_ERROR,
+    LEVEL_OK,
+    ActionSpec,
+    AdaptationSchedule,
+    CommandFilter,
+    Hold,
+    HoldKind,
+    JointStateSample,
+    LayoutError,
+    ObservationAssembler,
+    PoseSample,
+    SafeCommand,
+    SafetyLimits,
+    Transition,
+    TransitionRecorder,
+    check_joint_contract,
+    diagnostic_level,
+)
+
+MAX_CONTROL_RATE_HZ = 1000.0
+
+PARAMETER_DEFAULTS: dict[str, Any] = {
+    "bundle_path": "",
+    "control_rate_hz": 0.0,
+    "execution_providers": ["cuda", "cpu"],
+    "max_obs_age_s": 0.5,
+    "adaptation_enabled": True,
+    "adapt_every_n_steps": 0,
+    "max_ee_speed_mps": 0.0,
+    "max_grip_force_n": 0.0,
+    "max_ee_velocity_step_mps": 0.0,
+    "max_grip_force_step_n": 0.0,
+    "command_frame_id": "world",
+}
+PARAMETER_HELP = {
+    "bundle_path": "exported bundle directory; read at configure and by ~/reload_bundle",
+    "control_rate_hz": "control loop rate in Hz, 0 = the bundle's control_rate_hz; read at configure and reload",
+    "execution_providers": "onnxruntime execution providers in order of preference (cuda, tensorrt, cpu); "
+    "read at configure and reload",
+    "max_obs_age_s": "an input older than this (by header stamp) makes the node hold, > 0",
+    "adaptation_enabled": "collect transitions and adapt the task context online",
+    "adapt_every_n_steps": "also adapt every N transitions, >= 0 (0 = only at episode end)",
+    "max_ee_speed_mps": "cap on the commanded end-effector speed in m/s, >= 0 (0 = the bundle's bounds)",
+    "max_grip_force_n": "cap on the commanded grip force magnitude in N, >= 0 (0 = the bundle's bounds)",
+    "max_ee_velocity_step_mps": "largest change of the end-effector velocity per control tick in m/s, "
+    ">= 0 (0 = no rate limit)",
+    "max_grip_force_step_n": "largest change of the grip force per control tick in N, >= 0 (0 = no rate limit)",
+    "command_frame_id": "frame_id written into cmd_twist headers",
+    "robot_joint_names": "optional: the robot's joints; when set, configure fails unless the bundle's joints "
+    "are all among them",
+}
+
+
+def check_parameter(name: str, value: Any) -> str | None:
+    """Why ``value`` is not acceptable for parameter ``name``, or ``None`` if it is."""
+    if name == "control_rate_hz" and not (math.isfinite(value) and 0.0 <= value <= MAX_CONTROL_RATE_HZ):
+        return f"control_rate_hz must be in [0, {MAX_CONTROL_RATE_HZ:g}] Hz (0 = the bundle's rate), got {value}"
+    if name == "execution_providers":
+        try:
+            resolve_provider(list(value))
+        except ProviderError as err:
+            return f"execution_providers: {err}"
+    if name == "max_obs_age_s" and not (math.isfinite(value) and value > 0.0):
+        return f"max_obs_age_s must be a finite number > 0, got {value}"
+    if name == "adapt_every_n_steps" and value < 0:
+        return f"adapt_every_n_steps must be >= 0 (0 = only at episode end), got {value}"
+    if name.startswith("max_") and name != "max_obs_age_s" and not (math.isfinite(value) and value >= 0.0):
+        return f"{name} must be a finite number >= 0 (0 = off), got {value}"
+    if name == "robot_joint_names" and value is not None:
+        if any(not j for j in value) or len(set(value)) != len(value):
+            return f"robot_joint_names must be distinct non-empty names, got {list(value)}"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedPolicy:
+    """A bundle ready to run, with what the node derived from its manifest."""
+
+    controller: AdaptiveController
+    assembler: ObservationAssembler
+    action: ActionSpec
+    cadence: str
+    reward_topic: str
+    control_rate_hz: float
+    bundle_path: str
+
+    @property
+    def observed_joints(self) -> tuple[str, ...]:
+        """Joints the robot's joint state must carry for this bundle to observe and command."""
+        commanded = self.action.joint_names if self.action.mode != CARTESIAN_VELOCITY else ()
+        return tuple(dict.fromkeys(self.assembler.required_joints + commanded))
+
+    def interface_differs(self, other: LoadedPolicy) -> str | None:
+        """Why ``other`` cannot replace this policy without a reconfigure, or ``None``."""
+        if other.action.mode != self.action.mode:
+            return f"action mode changes from {self.action.mode} to {other.action.mode}"
+        if (other.action.grip_index is None) != (self.action.grip_index is None):
+            return "the gripper dimension appears or disappears"
+        if other.assembler.pose_sources != self.assembler.pose_sources:
+            return f"pose inputs change from {self.assembler.pose_sources} to {other.assembler.pose_sources}"
+        if other.reward_topic != self.reward_topic:
+            return f"reward topic changes from {self.reward_topic!r} to {other.reward_topic!r}"
+        return None
+
+
+def load_policy(
+    bundle_path: str, providers: Sequence[str], control_rate_hz: float, max_obs_age_s: float
+) -> LoadedPolicy:
+    """Load, check and warm up a bundle; raises ``BundleError``/``ProviderError``/``LayoutError``."""
+    if not bundle_path:
+        raise BundleError("bundle_path is empty; set it to an exported bundle directory")
+    controller = AdaptiveController.load(bundle_path, list(providers))
+    manifest = controller.manifest
+    assembler = ObservationAssembler.from_manifest(manifest, max_obs_age_s)
+    if assembler.obs_dim != controller.obs_dim:
+        raise LayoutError(f"observation layout has {assembler.obs_dim} values, the policy takes {controller.obs_dim}")
+    action = ActionSpec.from_manifest(manifest["action"])
+    if action.dim != controller.act_dim:
+        raise LayoutError(f"action block has {action.dim} dimensions, the policy returns {controller.act_dim}")
+    adaptation = manifest.get("adaptation") or {}
+    reward_source = adaptation.get("reward_source") or {}
+    if reward_source.get("type", "topic") != "topic":
+        raise LayoutError(
+            f"adaptation.reward_source.type {reward_source.get('type')!r} is not supported; this node reads "
+            "rewards from a topic"
+        )
+    cadence = str(adaptation.get("cadence", "episode"))
+    AdaptationSchedule(cadence)  # validates the cadence
+    controller.warmup()
+    return LoadedPolicy(
+        controller=controller,
+        assembler=assembler,
+        action=action,
+        cadence=cadence,
+        reward_topic=str(reward_source.get("topic", "reward")),
+        control_rate_hz=float(control_rate_hz or manifest["control_rate_hz"]),
+        bundle_path=str(bundle_path),
+    )
+
+
+def _seconds(stamp: Time) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def _format_ms(seconds: float) -> str:
+    return "nan" if math.isnan(seconds) else f"{seconds * 1e3:.3f}"
+
+
+class PolicyNode(LifecycleNode):
+    """The meta-policy lifecycle node; see the module docstring for its interface."""
+
+    def __init__(self, node_name: str = POLICY_NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        for name, default in PARAMETER_DEFAULTS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=PARAMETER_HELP[name]))
+        self.declare_parameter(
+            "robot_joint_names",
+            Parameter.Type.STRING_ARRAY,
+            ParameterDescriptor(description=PARAMETER_HELP["robot_joint_names"]),
+        )
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+
+        self._policy: LoadedPolicy | None = None
+        self._filter: CommandFilter | None = None
+        self._recorder = TransitionRecorder()
+        self._entities: list[Any] = []
+        self._control_timer = None
+        self._twist_pub = self._joint_pub = self._gripper_pub = None
+        self._active = False
+        self._configure_error: str | None = None
+        self._last_error: str | None = None
+        self._reset_inputs()
+        self._reset_counters()
+        self._read_settings()
+
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0, self._publish_diagnostics)
+
+    # ------------------------------------------------------------------------------ parameters
+    def _validate_parameters(self, params: Sequence[Parameter]) -> SetParametersResult:
+        for param in params:
+            reason = check_parameter(param.name, param.value)
+            if reason is not None:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params: Sequence[Parameter]) -> None:
+        self._read_settings()
+
+    def _param(self, name: str) -> Any:
+        try:
+            return self.get_parameter(name).value
+        except ParameterUninitializedException:  # robot_joint_names is optional and has no default
+            return None
+
+    def _read_settings(self) -> None:
+        """Apply the parameters that take effect immediately (limits, observation age, adaptation)."""
+        self._limits = SafetyLimits(
+            max_ee_speed_mps=self._param("max_ee_speed_mps"),
+            max_grip_force_n=self._param("max_grip_force_n"),
+            max_ee_velocity_step_mps=self._param("max_ee_velocity_step_mps"),
+            max_grip_force_step_n=self._param("max_grip_force_step_n"),
+        )
+        self._adaptation_enabled = bool(self._param("adaptation_enabled"))
+        self._frame_id = self._param("command_frame_id")
+        if self._filter is not None:
+            self._filter.set_limits(self._limits)
+        if self._policy is not None:
+            self._policy.assembler.max_obs_age_s = self._param("max_obs_age_s")
+            self._schedule = AdaptationSchedule(self._policy.cadence, self._param("adapt_every_n_steps"))
+
+    def _load_from_parameters(self) -> LoadedPolicy:
+        for name in [*PARAMETER_DEFAULTS, "robot_joint_names"]:
+            reason = check_parameter(name, self._param(name))
+            if reason is not None:
+                raise ValueError(reason)
+        policy = load_policy(
+            self._param("bundle_path"),
+            self._param("execution_providers"),
+            self._param("control_rate_hz"),
+            self._param("max_obs_age_s"),
+        )
+        robot_joints = self._param("robot_joint_names")
+        if robot_joints:
+            bundle_joints = dict.fromkeys(policy.action.joint_names + policy.observed_joints)
+            problem = check_joint_contract(bundle_joints, robot_joints)
+            if problem is not None:
+                raise ValueError(f"{problem} (robot_joint_names parameter)")
+        return policy
+
+    # ------------------------------------------------------------------------------- lifecycle
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        try:
+            policy = self._load_from_parameters()
+        except Exception as err:  # any failure must fail the transition with a reason, not crash
+            self._configure_error = f"configure failed: {err}"
+            self.get_logger().error(self._configure_error)
+            return TransitionCallbackReturn.FAILURE
+        self._configure_error = None
+        self._last_error = None
+        self._install(policy)
+        self._create_interfaces()
+        self.get_logger().info(
+            f"configured bundle {policy.bundle_path} on {policy.controller.provider} at "
+            f"{policy.control_rate_hz:g} Hz (obs {policy.controller.obs_dim}, action {policy.action.names})"
+        )
+        return super().on_configure(state)
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        result = super().on_activate(state)
+        if result != TransitionCallbackReturn.SUCCESS:
+            return result
+        self._recorder.reset()
+        self._last_tick_s = None
+        self._active = True
+        self._control_timer.reset()
+        self.get_logger().info("active: commanding the robot")
+        return result
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._stop_commanding("deactivated")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._destroy_interfaces()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        if self._active:
+            self._stop_commanding("shutting down")
+        self._destroy_interfaces()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        self.get_logger().error(f"error in state {state.label}; releasing the bundle")
+        self._active = False
+        self._destroy_interfaces()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_commanding(self, why: str) -> None:
+        if self._control_timer is not None:
+            self._control_timer.cancel()
+        if self._active and self._filter is not None:
+            self._publish_command(self._filter.hold(Hold(HoldKind.INACTIVE, why)))
+        self._active = False
+        self._recorder.reset()
+        self.get_logger().info(f"{why}: published a hold command and stopped commanding")
+
+    def _install(self, policy: LoadedPolicy) -> None:
+        """Make ``policy`` the running one; the latest sensor samples stay valid, the contract is re-checked."""
+        previous_filter = self._filter
+        self._policy = policy
+        self._filter = CommandFilter(policy.action, self._limits)
+        if previous_filter is not None:
+            self._filter.resume_from(previous_filter)
+        self._recorder.reset()
+        self._contract_checked = False
+        self._contract_hold = None
+        self._read_settings()
+
+    def _reset_inputs(self) -> None:
+        self._joint_state: JointStateSample | None = None
+        self._poses: dict[str, PoseSample | None] = {}
+        self._contract_checked = False
+        self._contract_hold: Hold | None = None
+        self._hold: Hold | None = None
+        self._last_tick_s: float | None = None
+
+    def _reset_counters(self) -> None:
+        self._loop_period = LatencyStats()
+        self._ticks = self._holds = 0
+        self._episodes = self._successes = 0
+        self._adaptations_since_reset = 0
+        self._steps_since_adapt = 0
+
+    def _create_interfaces(self) -> None:
+        policy = self._policy
+        assert policy is not None
+        events = QoSProfile(depth=10)
+        sub = self.create_subscription
+        self._entities += [
+            sub(JointState, "joint_states", self._on_joint_state, qos_profile_sensor_data),
+            *(
+                sub(PoseStamped, source, functools.partial(self._on_pose, source), qos_profile_sensor_data)
+                for source in policy.assembler.pose_sources
+            ),
+            # Rewards and episode ends are events, not samples: losing one corrupts adaptation.
+            sub(Float64, policy.reward_topic, self._on_reward, QoSProfile(depth=100)),
+            sub(Bool, "episode_end", self._on_episode_end, events),
+            self.create_service(Trigger, "~/reset_adaptation", self._on_reset_adaptation),
+            self.create_service(SetBool, "~/set_adaptation", self._on_set_adaptation),
+            self.create_service(Trigger, "~/reload_bundle", self._on_reload_bundle),
+        ]
+        if policy.action.mode == CARTESIAN_VELOCITY:
+            self._twist_pub = self.create_lifecycle_publisher(TwistStamped, "cmd_twist", events)
+        else:
+            self._joint_pub = self.create_lifecycle_publisher(Float64MultiArray, "joint_command", events)
+        if policy.action.grip_index is not None:
+            self._gripper_pub = self.create_lifecycle_publisher(Float64MultiArray, "gripper_command", events)
+        self._create_control_timer()
+
+    def _create_control_timer(self) -> None:
+        if self._control_timer is not None:
+            self.destroy_timer(self._control_timer)
+        self._control_timer = self.create_timer(
+            1.0 / self._policy.control_rate_hz, self._on_control_tick, autostart=self._active
+        )
+
+    def _destroy_interfaces(self) -> None:
+        for entity in self._entities:
+            if isinstance(entity, Service):
+                self.destroy_service(entity)
+            else:
+                self.destroy_subscription(entity)
+        self._entities.clear()
+        for pub in (self._twist_pub, self._joint_pub, self._gripper_pub):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        self._twist_pub = self._joint_pub = self._gripper_pub = None
+        if self._control_timer is not None:
+            self.destroy_timer(self._control_timer)
+            self._control_timer = None
+        self._policy = None
+        self._filter = None
+        self._recorder.reset()
+        self._reset_inputs()
+
+    # ---------------------------------------------------------------------------------- inputs
+    def _on_joint_state(self, msg: JointState) -> None:
+        self._joint_state = JointStateSample.create(
+            msg.name, msg.position, msg.velocity, msg.effort, _seconds(msg.header.stamp)
+        )
+        if not self._contract_checked and self._policy is not None:
+            self._contract_checked = True
+            problem = check_joint_contract(self._policy.observed_joints, msg.name)
+            if problem is not None:
+                self._contract_hold = Hold(HoldKind.JOINT_CONTRACT, problem)
+                self.get_logger().error(f"{problem}; holding until the bundle is reloaded or reconfigured")
+
+    def _on_pose(self, source: str, msg: PoseStamped) -> None:
+        p, q = msg.pose.position, msg.pose.orientation
+        self._poses[source] = PoseSample.create((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), _seconds(msg.header.stamp))
+
+    def _on_reward(self, msg: Float64) -> None:
+        self._recorder.add_reward(msg.data)
+
+    def _on_episode_end(self, msg: Bool) -> None:
+        self._episodes += 1
+        self._successes += int(bool(msg.data))
+        if self._active:
+            obs = self._observe(self._now_s())
+            self._recorder.end_episode(obs if isinstance(obs, np.ndarray) else None)
+
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _observe(self, now_s: float) -> np.ndarray | Hold:
+        if self._contract_hold is not None:
+            return self._contract_hold
+        return self._policy.assembler.assemble(now_s, self._joint_state, self._poses)
+
+    # ------------------------------------------------------------------------------ control loop
+    def _on_control_tick(self) -> None:
+        tick_start = time.perf_counter()
+        if self._last_tick_s is not None:
+            self._loop_period.record(tick_start - self._last_tick_s)
+        self._last_tick_s = tick_start
+        self._ticks += 1
+        policy, filt = self._policy, self._filter
+        if policy is None or filt is None or not self._active:
+            return
+
+        obs = self._observe(self._now_s())
+        fresh_obs = obs if isinstance(obs, np.ndarray) else None
+        closed = self._recorder.close(fresh_obs)
+        if self._adaptation_enabled:
+            self._learn(closed.transition, closed.episode_ended)
+
+        if fresh_obs is None:
+            self._hold_with(obs)
+            return
+        try:
+            command = filt.filter(policy.controller.act(fresh_obs))
+        except ValueError as err:
+            self._hold_with(Hold(HoldKind.POLICY_ERROR, str(err)))
+            return
+        self._publish_command(command)
+        self._recorder.open(fresh_obs, command.values)
+        if self._hold is not None:
+            self.get_logger().info(f"resuming after hold ({self._hold})")
+        self._hold = None
+
+    def _hold_with(self, reason: Hold) -> None:
+        self._publish_command(self._filter.hold(reason))
+        self._holds += 1
+        if self._hold is None or self._hold.kind != reason.kind:
+            self.get_logger().warning(f"holding: {reason}")
+        self._hold = reason
+
+    def _learn(self, transition: Transition | None, episode_ended: bool) -> None:
+        controller = self._policy.controller
+        if transition is not None:
+            try:
+                controller.observe(
+                    transition.obs, transition.command, transition.reward, transition.next_obs, transition.done
+                )
+                self._steps_since_adapt += 1
+            except ValueError as err:
+                self._last_error = f"dropped a transition: {err}"
+                self.get_logger().warning(self._last_error, throttle_duration_sec=5.0)
+        if (episode_ended and self._schedule.at_episode_end()) or self._schedule.after_step(self._steps_since_adapt):
+            try:
+                controller.adapt()
+                self._adaptations_since_reset += 1
+            except ValueError as err:
+                self._last_error = f"adaptation failed: {err}"
+                self.get_logger().warning(self._last_error)
+            self._steps_since_adapt = 0
+
+    def _publish_command(self, command: SafeCommand) -> None:
+        spec = self._policy.action
+        values, known = command.values, command.known
+        # Gripper first: a lockstep simulator steps when the twist arrives.
+        if self._gripper_pub is not None and known[spec.grip_index]:
+            self._gripper_pub.publish(Float64MultiArray(data=[float(values[spec.grip_index])]))
+        if self._twist_pub is not None:
+            msg = TwistStamped()
+            msg.header.stamp = self.get_clock().now().to_msg()
+            msg.header.frame_id = self._frame_id
+            msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(values[i]) for i in spec.linear_indices)
+            for axis, name in zip("xyz", ANGULAR_VELOCITY_NAMES, strict=True):
+                if name in spec.names:
+                    setattr(msg.twist.angular, axis, float(values[spec.names.index(name)]))
+            self._twist_pub.publish(msg)
+        elif self._joint_pub is not None and known[list(spec.joint_indices)].all():
+            self._joint_pub.publish(Float64MultiArray(data=[float(values[i]) for i in spec.joint_indices]))
+
+    # -------------------------------------------------------------------------------- services
+    def _on_reset_adaptation(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        adaptations = self._adaptations_since_reset
+        self._policy.controller.reset()
+        self._recorder.reset()
+        self._adaptations_since_reset = 0
+        self._steps_since_adapt = 0
+        response.success = True
+        response.message = f"context reset to the prior and buffer emptied (after {adaptations} adaptations)"
+        self.get_logger().info(f"reset_adaptation: {response.message}")
+        return response
+
+    def _on_set_adaptation(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        result = self.set_parameters([Parameter("adaptation_enabled", value=bool(request.data))])[0]
+        response.success = result.successful
+        response.message = (
+            f"adaptation {'enabled' if request.data else 'disabled (context frozen)'}"
+            if result.successful
+            else result.reason
+        )
+        return response
+
+    def _on_reload_bundle(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        old = self._policy
+        try:
+            new = self._load_from_parameters()
+            difference = old.interface_differs(new)
+            if difference is not None:
+                raise ValueError(f"{difference}; clean up and configure the node to switch to this bundle")
+        except Exception as err:  # the old bundle keeps running whatever went wrong
+            response.success = False
+            response.message = f"kept {old.bundle_path}: reload of {self._param('bundle_path')!r} failed: {err}"
+            self._last_error = response.message
+            self.get_logger().error(response.message)
+            return response
+        self._install(new)
+        if new.control_rate_hz != old.control_rate_hz:
+            self._create_control_timer()
+        self._last_error = None
+        response.success = True
+        response.message = f"loaded {new.bundle_path} on {new.controller.provider} at {new.control_rate_hz:g} Hz"
+        self.get_logger().info(f"reload_bundle: {response.message}")
+        return response
+
+    # ----------------------------------------------------------------------------- diagnostics
+    def _publish_diagnostics(self) -> None:
+        policy = self._policy
+        status = DiagnosticStatus(name=f"{self.get_name()}: meta-policy")
+        if policy is None:
+            status.level = (LEVEL_ERROR if self._configure_error else LEVEL_OK).to_bytes(1, "little")
+            status.message = self._configure_error or "unconfigured"
+            status.hardware_id = self._param("bundle_path")
+            values = {"lifecycle_state": "unconfigured"}
+        else:
+            controller = policy.controller
+            period_s = 1.0 / policy.control_rate_hz
+            level, message = diagnostic_level(
+                self._hold if self._active else self._contract_hold,
+                self._last_error,
+                self._loop_period.p99_s if self._active else math.nan,
+                period_s,
+            )
+            if not self._active and level == LEVEL_OK:
+                message = "inactive: not commanding"
+            status.level = level.to_bytes(1, "little")
+            status.message = message
+            status.hardware_id = policy.bundle_path
+            values = {
+                "lifecycle_state": "active" if self._active else "inactive",
+                "bundle_path": policy.bundle_path,
+                "execution_provider": controller.provider,
+                "control_rate_hz": f"{policy.control_rate_hz:g}",
+                "inference_latency_p50_ms": _format_ms(controller.act_latency.p50_s),
+                "inference_latency_p99_ms": _format_ms(controller.act_latency.p99_s),
+                "loop_period_p99_ms": _format_ms(self._loop_period.p99_s),
+                "adapt_latency_p99_ms": _format_ms(controller.adapt_latency.p99_s),
+                "adaptation_enabled": str(self._adaptation_enabled).lower(),
+                "adaptation_steps": str(controller.num_adapt_steps),
+                "adaptations_since_reset": str(self._adaptations_since_reset),
+                "buffer_len": str(controller.buffer_len),
+                "episodes": str(self._episodes),
+                "episode_successes": str(self._successes),
+                "control_ticks": str(self._ticks),
+                "hold_ticks": str(self._holds),
+                "rewards_missing": str(self._recorder.rewards_missing),
+            }
+        values["hold_reason"] = str(self._hold) if (self._active and self._hold) else (
+            str(self._contract_hold) if self._contract_hold else ""
+        )
+        values["last_error"] = self._last_error or self._configure_error or ""
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(array)
+
+    def release(self) -> None:
+        """Publish a hold if commanding and free the bundle (called on process exit)."""
+        if self._active:
+            self._stop_commanding("shutting down")
+        self._destroy_interfaces()
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Console-script entry point ``metarl_policy_node``."""
+    run_node(PolicyNode, sys.argv if args is None else args, before_exit=PolicyNode.release)
+
+
+if __name__ == "__main__":
+    main()

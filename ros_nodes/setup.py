@@ -1,0 +1,5 @@
+"""colcon's ament_python build runs this file; the package is described in setup.cfg."""
+
+from setuptools import setup
+
+setup()
