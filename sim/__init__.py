@@ -1,0 +1,35 @@
+"""PyBullet simulation for metarl_robot: the Panda grasp task family and its Gymnasium env.
+
+Importing this package registers ``metarl/PandaGrasp-v0``.
+"""
+
+import gymnasium
+
+from sim.grasp import (
+    GRASP_VALIDATORS,
+    INTERFACE,
+    GraspScene,
+    PandaGraspEnv,
+    default_grasp_distribution,
+    grasp_force_window,
+    oracle_grip_force_n,
+    scripted_grasp_action,
+    validate_grasp_task,
+)
+
+__all__ = [
+    "GRASP_VALIDATORS",
+    "INTERFACE",
+    "GraspScene",
+    "PandaGraspEnv",
+    "default_grasp_distribution",
+    "grasp_force_window",
+    "oracle_grip_force_n",
+    "scripted_grasp_action",
+    "validate_grasp_task",
+]
+
+PANDA_GRASP_ID = "metarl/PandaGrasp-v0"
+
+if PANDA_GRASP_ID not in gymnasium.registry:
+    gymnasium.register(id=PANDA_GRASP_ID, entry_point="sim.grasp:PandaGraspEnv")

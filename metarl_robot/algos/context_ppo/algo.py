@@ -251,6 +251,38 @@ class ContextPPO:
             out["success/after_adaptation"] = float(np.mean([e.episode_success().mean() for e in episodes[1:]]))
         return out
 
+    def warm_start(self) -> dict[str, float]:
+        """Behaviour-clone the actor (with the prior context) from ``warm_start.demonstrator``.
+
+        The demonstrator sees each env's task; the cloned policy does not, so it learns the motion and
+        the best task-agnostic action, and meta-training then teaches it to use the context.
+        """
+        ws = self.config.warm_start
+        demonstrate = resolve(ws.demonstrator)
+        obs_list, act_list, success = [], [], []
+        for _ in range(ws.rounds):
+            tasks = self.tasks.sample(self.config.tasks_per_iteration, self.rng, "train")
+            batch = collect(self.envs, lambda o, tasks=tasks: (demonstrate(o, tasks), {}), tasks, seed=int(self.rng.integers(2**31)))
+            obs_list.append(batch.obs[batch.valid])
+            act_list.append(np.clip(batch.actions[batch.valid], -1.0, 1.0))
+            success.append(batch.episode_success().mean())
+        obs = torch.as_tensor(np.concatenate(obs_list))
+        act = torch.as_tensor(np.concatenate(act_list))
+        self.policy.obs_norm.update(obs)
+        optimizer = torch.optim.Adam(self.policy.actor.parameters(), lr=ws.lr)
+        losses = []
+        for _ in range(ws.epochs):
+            for idx in torch.randperm(len(obs)).split(256):
+                with torch.no_grad():
+                    context = self.policy.initial_context(len(idx))
+                loss = ((self.policy(obs[idx], context).mean - act[idx]) ** 2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+        return {"warm_start/demo_success": float(np.mean(success)), "warm_start/bc_loss": float(np.mean(losses[-20:])),
+                "warm_start/transitions": float(len(obs))}
+
     def close(self) -> None:
         self.envs.close()
 
@@ -272,6 +304,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
             log.info("resumed from %s at iteration %d", algo.checkpoint_path, algo.iteration)
         save_config(config, run_dir / "config.yaml")
         writer = SummaryWriter(str(run_dir / "tb"))
+        if algo.iteration == 0 and config.warm_start.rounds > 0:
+            for key, value in algo.warm_start().items():
+                writer.add_scalar(key, value, 0)
+                log.info("%s = %.4g", key, value)
         bar = tqdm(total=config.iterations, initial=algo.iteration, disable=not progress, desc="meta-train", unit="it")
         while algo.iteration < config.iterations:
             episodes, windows = algo.collect_iteration()

@@ -60,6 +60,17 @@ class AdaptationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class WarmStartConfig:
+    demonstrator: str = ""
+    """``module:function(obs[N, D], tasks) -> actions[N, A]`` (normalised); empty = no warm start."""
+    rounds: int = 0
+    """Demonstration rounds, each one episode on each of ``tasks_per_iteration`` train tasks."""
+    epochs: int = 100
+    """Behaviour-cloning passes over the demonstrations (actor mean, prior context)."""
+    lr: float = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     env_id: str = "sim:metarl/PandaGrasp-v0"
     """Gymnasium id, optionally ``module:id`` to import the module that registers it."""
@@ -79,6 +90,8 @@ class TrainConfig:
     policy: PolicyConfig = PolicyConfig()
     ppo: PPOConfig = PPOConfig()
     adaptation: AdaptationConfig = AdaptationConfig()
+    warm_start: WarmStartConfig = WarmStartConfig()
+    """Optional behaviour cloning from a demonstrator before meta-training (only on a fresh run)."""
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.tasks_per_iteration < 1 or self.episodes_per_task < 1:

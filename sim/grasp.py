@@ -1,0 +1,206 @@
+"""The grasp meta-RL environment: a Gymnasium env over :class:`GraspScene` and a scripted controller.
+
+``PandaGraspEnv`` implements :class:`metarl_robot.envs.MetaEnv`: its task (a :class:`TaskSpec` of family
+"grasp") can be set at any time and takes effect at the next ``reset``. Actions are normalised to
+``[-1, 1]`` and scaled by ``INTERFACE["action"]["scale"]`` into end-effector velocities and a grip force.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from metarl_robot.tasks import TaskSpec
+from sim.grasp_task import (
+    GRASP_VALIDATORS,
+    MAX_EE_SPEED_M_S,
+    MAX_GRIP_FORCE_N,
+    default_grasp_distribution,
+    grasp_force_window,
+    oracle_grip_force_n,
+    validate_grasp_task,
+)
+from sim.scene import FINGER_OPEN_POSITION_M, INTERFACE, GraspScene
+
+__all__ = [
+    "GRASP_VALIDATORS",
+    "INTERFACE",
+    "GraspScene",
+    "PandaGraspEnv",
+    "default_grasp_distribution",
+    "grasp_force_window",
+    "oracle_grip_force_n",
+    "run_scripted_episode",
+    "scripted_grasp_action",
+    "validate_grasp_task",
+]
+
+ACTION_SCALE = np.asarray(INTERFACE["action"]["scale"], dtype=np.float32)
+# Positions in m (the object cannot leave the table), finger openings in m, finger efforts in N.
+OBSERVATION_LOW = np.array([-2.0] * 6 + [-0.005] * 2 + [-MAX_GRIP_FORCE_N] * 2, dtype=np.float32)
+OBSERVATION_HIGH = np.array([2.0] * 6 + [0.045] * 2 + [MAX_GRIP_FORCE_N] * 2, dtype=np.float32)
+
+
+class PandaGraspEnv(gym.Env):
+    """Grasp a hidden-property object and lift it 8 cm within ``max_episode_steps`` control steps at 10 Hz.
+
+    Episodes never terminate early (``terminated`` is always False) so vectorised episodes stay in
+    lock-step; they are truncated after ``max_episode_steps``. ``info["success"]`` at the last step is
+    the episode's outcome.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(
+        self,
+        task: TaskSpec | None = None,
+        *,
+        max_episode_steps: int = 30,
+        render_mode: str | None = None,
+        obs_noise_std: float = 0.0,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r}: use one of {self.metadata['render_modes']} or None")
+        if max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps={max_episode_steps} must be >= 1")
+        if obs_noise_std < 0:
+            raise ValueError(f"obs_noise_std={obs_noise_std} must be >= 0")
+        if task is None:
+            task = default_grasp_distribution().train_tasks[0]
+        self.render_mode = render_mode
+        self.max_episode_steps = int(max_episode_steps)
+        self.obs_noise_std = float(obs_noise_std)
+        self.interface = INTERFACE
+        self.observation_space = gym.spaces.Box(OBSERVATION_LOW, OBSERVATION_HIGH, dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (len(ACTION_SCALE),), np.float32)
+        self._scene = GraspScene(task)
+        self._elapsed_steps = 0
+
+    # ---------------------------------------------------------------------------------- tasks
+
+    def set_task(self, task: TaskSpec) -> None:
+        """Use ``task`` from the next ``reset`` on."""
+        self._scene.set_task(task)
+
+    @property
+    def task(self) -> TaskSpec:
+        return self._scene.task
+
+    @task.setter
+    def task(self, task: TaskSpec) -> None:
+        self.set_task(task)
+
+    @property
+    def scene(self) -> GraspScene:
+        return self._scene
+
+    # ------------------------------------------------------------------------------- episodes
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start an episode; ``options={"task": TaskSpec}`` switches the task first."""
+        super().reset(seed=seed)
+        if options and "task" in options:
+            self.set_task(options["task"])
+        self._scene.reset(self.np_random)
+        self._elapsed_steps = 0
+        status = self._scene.status()
+        return self._observe(), self._info(status)
+
+    def step(self, action):
+        action = np.clip(np.asarray(action, dtype=np.float32).reshape(ACTION_SCALE.shape), -1.0, 1.0)
+        self._scene.apply_command(action.astype(np.float64) * ACTION_SCALE)
+        self._scene.step_control()
+        self._elapsed_steps += 1
+        status = self._scene.status()
+        truncated = self._elapsed_steps >= self.max_episode_steps
+        return self._observe(), float(status["reward"]), False, truncated, self._info(status)
+
+    def _observe(self) -> np.ndarray:
+        obs = self._scene.observation()
+        if self.obs_noise_std > 0:
+            obs = obs + self.np_random.normal(0.0, self.obs_noise_std, obs.shape).astype(np.float32)
+        return obs
+
+    def _info(self, status: dict) -> dict[str, Any]:
+        return {
+            "success": status["success"],
+            "crushed": status["crushed"],
+            "lift_height_m": status["lift_height_m"],
+            "grip_force_n": status["grip_force_n"],
+            "task_id": self.task.task_id,
+        }
+
+    def render(self):
+        if self.render_mode == "rgb_array":
+            return self._scene.render_rgb()
+        return None
+
+    def close(self) -> None:
+        self._scene.close()
+
+
+# ----------------------------------------------------------------------------- scripted control
+
+
+def _observation_slices() -> dict[str, slice]:
+    slices, start = {}, 0
+    for item in INTERFACE["observation_layout"]:
+        slices[item["name"]] = slice(start, start + item["size"])
+        start += item["size"]
+    return slices
+
+
+_OBS = _observation_slices()
+_APPROACH_GAIN_PER_S = 6.0
+_ALIGNED_M = 0.004
+_DESCEND_WITHIN_M = 0.012
+_GRASP_ABOVE_CENTRE_M = 0.005
+_MIN_GRASP_HEIGHT_M = 0.012
+_CLOSED_BY_M = 0.002
+_SATURATED_FRACTION = 0.7
+
+
+def scripted_grasp_action(obs: np.ndarray, grip_force_n: float) -> np.ndarray:
+    """A normalised action in ``[-1, 1]^4`` that centres over the object, descends, closes and lifts.
+
+    Stateless: the phase is read from the observation. It descends with the gripper open until the
+    grasp frame is 5 mm above the object's centre, closes with ``grip_force_n`` newtons, and lifts at
+    full speed once both finger motors push with (nearly) that force, i.e. once the pads press on the
+    object.
+    """
+    obs = np.asarray(obs, dtype=np.float64)
+    ee, obj = obs[_OBS["ee_position"]], obs[_OBS["object_position"]]
+    finger_opening, finger_effort = obs[_OBS["finger_position"]], obs[_OBS["finger_effort"]]
+    grip_n = float(np.clip(grip_force_n, 0.0, MAX_GRIP_FORCE_N))
+    grasp_height = max(obj[2] + _GRASP_ABOVE_CENTRE_M, _MIN_GRASP_HEIGHT_M)
+    offset = obj[:2] - ee[:2]
+    velocity = np.zeros(3)
+    grip_action = grip_n / MAX_GRIP_FORCE_N
+    fingers_closing = finger_opening.sum() < 2 * FINGER_OPEN_POSITION_M - _CLOSED_BY_M
+    if fingers_closing:
+        pads_pressing = grip_n > 0 and bool(np.all(-finger_effort >= _SATURATED_FRACTION * grip_n))
+        if pads_pressing or ee[2] > grasp_height + 0.01:
+            velocity[2] = MAX_EE_SPEED_M_S
+    else:
+        velocity[:2] = _APPROACH_GAIN_PER_S * offset
+        if np.linalg.norm(offset) < _DESCEND_WITHIN_M:
+            velocity[2] = _APPROACH_GAIN_PER_S * (grasp_height - ee[2])
+        in_place = np.linalg.norm(offset) < _ALIGNED_M and ee[2] <= grasp_height + 0.003
+        if not in_place:
+            grip_action = -1.0
+    action = np.append(np.clip(velocity / MAX_EE_SPEED_M_S, -1.0, 1.0), grip_action)
+    return action.astype(np.float32)
+
+
+def run_scripted_episode(env: PandaGraspEnv, grip_force_n: float, *, seed: int | None = None) -> dict[str, Any]:
+    """Run one episode of :func:`scripted_grasp_action` on ``env``'s current task; return the last info
+    with the episode's summed reward under ``"return"``."""
+    obs, info = env.reset(seed=seed)
+    episode_return = 0.0
+    truncated = False
+    while not truncated:
+        obs, reward, _, truncated, info = env.step(scripted_grasp_action(obs, grip_force_n))
+        episode_return += reward
+    return {**info, "return": episode_return}

@@ -1,0 +1,70 @@
+"""Measure the grasp env: physics cost per step and the adaptation gap of the scripted controller.
+
+``python -m sim.grasp_bench`` prints the milliseconds per env step and the success rate, on test-split
+tasks, of the scripted controller with the oracle's grip force (chosen from ``grasp_force_window``)
+against every fixed grip force of a sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from metarl_robot.tasks import TaskSpec
+from sim.grasp import PandaGraspEnv, oracle_grip_force_n, run_scripted_episode, scripted_grasp_action
+from sim.grasp_task import default_grasp_distribution
+
+FIXED_FORCES_N = (1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 30.0, 45.0, 60.0)
+
+
+def step_cost_ms(env: PandaGraspEnv, episodes: int = 10, grip_force_n: float = 10.0) -> float:
+    """Mean wall-clock milliseconds per ``env.step`` over scripted episodes (resets excluded)."""
+    elapsed, steps = 0.0, 0
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=episode)
+        truncated = False
+        while not truncated:
+            action = scripted_grasp_action(obs, grip_force_n)
+            start = time.perf_counter()
+            obs, _, _, truncated, _ = env.step(action)
+            elapsed += time.perf_counter() - start
+            steps += 1
+    return 1e3 * elapsed / steps
+
+
+def success_rate(env: PandaGraspEnv, tasks: Sequence[TaskSpec], grip_force_n: float | None) -> float:
+    """Fraction of ``tasks`` the scripted controller lifts; ``grip_force_n=None`` uses the oracle's force."""
+    successes = 0
+    for i, task in enumerate(tasks):
+        env.set_task(task)
+        force = oracle_grip_force_n(task) if grip_force_n is None else grip_force_n
+        successes += bool(run_scripted_episode(env, force, seed=i)["success"])
+    return successes / len(tasks)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=32, help="number of test-split tasks in the sweep")
+    parser.add_argument("--split", default="test", choices=("train", "test"))
+    parser.add_argument("--seed", type=int, default=0, help="seed of the default grasp distribution")
+    args = parser.parse_args(argv)
+
+    distribution = default_grasp_distribution(seed=args.seed, num_train=max(64, args.tasks), num_test=args.tasks)
+    tasks = distribution.split(args.split)[: args.tasks]
+    env = PandaGraspEnv(tasks[0])
+    print(f"env step: {step_cost_ms(env):.2f} ms (mean over 10 scripted episodes of 30 steps)")
+    print(f"scripted grasp success on {len(tasks)} {args.split}-split tasks:")
+    print(f"  oracle force   {success_rate(env, tasks, None):6.1%}")
+    rates = {force: success_rate(env, tasks, force) for force in FIXED_FORCES_N}
+    for force, rate in rates.items():
+        print(f"  fixed {force:5.1f} N   {rate:6.1%}")
+    best = max(rates, key=rates.get)
+    print(f"  best fixed force {best:g} N: {rates[best]:.1%}")
+    env.close()
+
+
+if __name__ == "__main__":
+    main()
