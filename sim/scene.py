@@ -80,9 +80,10 @@ MAX_TARGET_LEAD_M = 0.03
 SUCCESS_LIFT_M = 0.08
 FINGER_OPEN_POSITION_M = 0.04
 FINGER_SPEED_M_S = 0.1
+FINGER_SQUEEZE_SPEED_M_S = 1.0
 FINGER_OPEN_FORCE_N = 20.0
 SETTLE_TIME_S = 0.05
-SOLVER_ITERATIONS = 30  # fewer leave the finger motors short of their force limit when squeezing hard
+SOLVER_ITERATIONS = 20
 ARM_POSITION_GAIN = 0.2
 IK_DAMPING = 0.01
 NULL_SPACE_GAIN = 0.1
@@ -318,6 +319,7 @@ class GraspScene:
         self._target_qd = np.zeros(7)
         self._crushed = False
         self._grasped = False
+        self._finger_command: tuple[float, float] | None = None
         self._squeeze_force_n = 0.0
         self._status: dict = {}
 
@@ -342,6 +344,7 @@ class GraspScene:
         for link, colour in self._object_colours.items():
             b.changeVisualShape(self._object, link, rgbaColor=colour)
         self._grip_command_n = 0.0
+        self._finger_command = None
         self._drive_fingers()
         for _ in range(max(1, round(SETTLE_TIME_S / self.time_step))):
             self._drive_arm(self._home_q, np.zeros(7))
@@ -375,9 +378,9 @@ class GraspScene:
         reference_q, reference_qd = _cubic_reference(
             self._target_q, self._target_qd, end_q, end_qd, period, self.substeps
         )
-        self._drive_fingers()
         squeeze_sum = 0.0
         for q, qd in zip(reference_q, reference_qd):
+            self._drive_fingers()
             self._drive_arm(q, qd)
             b.stepSimulation()
             squeeze_sum += self._finger_squeeze_n()
@@ -412,10 +415,21 @@ class GraspScene:
         return np.clip(end_q, self._arm_lower, self._arm_upper), end_qd
 
     def _drive_fingers(self) -> None:
-        if self._grip_command_n > 0.0:
-            velocity, force = -FINGER_SPEED_M_S, self._grip_command_n
+        """Open, close at ``FINGER_SPEED_M_S``, or, once both pads touch the object, squeeze.
+
+        Squeezing drives the motors towards a speed they cannot reach, so they saturate at the grip
+        force within the first solver iterations: the pads press with exactly the commanded force.
+        """
+        if self._grip_command_n <= 0.0:
+            command = (FINGER_SPEED_M_S, FINGER_OPEN_FORCE_N)
+        elif self._grasped:
+            command = (-FINGER_SQUEEZE_SPEED_M_S, self._grip_command_n)
         else:
-            velocity, force = FINGER_SPEED_M_S, FINGER_OPEN_FORCE_N
+            command = (-FINGER_SPEED_M_S, self._grip_command_n)
+        if command == self._finger_command:
+            return
+        self._finger_command = command
+        velocity, force = command
         self._bullet.setJointMotorControlArray(
             self._robot,
             self._finger_joints,

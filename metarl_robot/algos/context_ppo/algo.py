@@ -252,36 +252,81 @@ class ContextPPO:
         return out
 
     def warm_start(self) -> dict[str, float]:
-        """Behaviour-clone the actor (with the prior context) from ``warm_start.demonstrator``.
+        """Imitate ``warm_start.demonstrator``, which knows each task, before meta-training.
 
-        The demonstrator sees each env's task; the cloned policy does not, so it learns the motion and
-        the best task-agnostic action, and meta-training then teaches it to use the context.
+        Round 0 clones the demonstrator with the prior context (the motion and the best task-agnostic
+        action). Each of the ``dagger_iterations`` rounds after it is DAgger over task sequences: the
+        learner runs ``episodes_per_task`` consecutive episodes per task, inferring its context from
+        its own earlier transitions exactly as on the robot, and the demonstrator labels every state
+        it reaches. Actor and encoder are trained together on those labels, so the encoder learns to
+        extract from experience what the demonstrator was told.
         """
-        ws = self.config.warm_start
+        ws, cfg = self.config.warm_start, self.config
         demonstrate = resolve(ws.demonstrator)
-        obs_list, act_list, success = [], [], []
-        for _ in range(ws.rounds):
-            tasks = self.tasks.sample(self.config.tasks_per_iteration, self.rng, "train")
-            batch = collect(self.envs, lambda o, tasks=tasks: (demonstrate(o, tasks), {}), tasks, seed=int(self.rng.integers(2**31)))
-            obs_list.append(batch.obs[batch.valid])
-            act_list.append(np.clip(batch.actions[batch.valid], -1.0, 1.0))
-            success.append(batch.episode_success().mean())
-        obs = torch.as_tensor(np.concatenate(obs_list))
-        act = torch.as_tensor(np.concatenate(act_list))
-        self.policy.obs_norm.update(obs)
-        optimizer = torch.optim.Adam(self.policy.actor.parameters(), lr=ws.lr)
+        n, size = cfg.tasks_per_iteration, cfg.adaptation.buffer_size
+        data: list[tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
+        metrics: dict[str, float] = {}
+        for dagger in range(ws.dagger_iterations + 1):
+            success_by_episode: list[list[float]] = []
+            for _ in range(ws.rounds):
+                tasks = self.tasks.sample(n, self.rng, "train")
+                episodes: list[TrajectoryBatch] = []
+                window = empty_window(n, size, self.obs_dim, self.act_dim)
+                for k in range(1 if dagger == 0 else cfg.episodes_per_task):
+                    with torch.no_grad():
+                        context = encode_window(self.policy, window)
+                    labels: list[np.ndarray] = []
+
+                    def act(obs: np.ndarray, tasks=tasks, labels=labels, context=context):
+                        expert = demonstrate(obs, tasks)
+                        labels.append(np.clip(expert, -1.0, 1.0))
+                        if dagger == 0:
+                            return expert, {}
+                        with torch.no_grad():
+                            return self.policy(torch.as_tensor(obs, dtype=torch.float32), context).mean.numpy(), {}
+
+                    batch = collect(self.envs, act, tasks, seed=int(self.rng.integers(2**31)))
+                    data.append((batch.obs.swapaxes(0, 1), np.stack(labels).swapaxes(0, 1), batch.valid.swapaxes(0, 1), window))
+                    episodes.append(batch)
+                    window = transition_window(episodes, size)
+                    if len(success_by_episode) <= k:
+                        success_by_episode.append([])
+                    success_by_episode[k].append(float(batch.episode_success().mean()))
+            name = "demonstrator" if dagger == 0 else f"learner_{dagger}"
+            for k, values in enumerate(success_by_episode):
+                metrics[f"warm_start/{name}_success_episode_{k}"] = float(np.mean(values))
+            metrics["warm_start/imitation_loss"] = self._imitate(data, first=dagger == 0)
+        metrics["warm_start/transitions"] = float(sum(v.sum() for _, _, v, _ in data))
+        return metrics
+
+    def _imitate(self, data, first: bool) -> float:
+        """Masked MSE between the actor's mean and the labels, contexts encoded with gradients."""
+        ws = self.config.warm_start
+        obs = torch.as_tensor(np.concatenate([d[0] for d in data]))  # [M, T, D]
+        labels = torch.as_tensor(np.concatenate([d[1] for d in data]))
+        valid = torch.as_tensor(np.concatenate([d[2] for d in data]).astype(np.float32))
+        win = {k: torch.as_tensor(np.concatenate([d[3][k] for d in data])) for k in data[0][3]}
+        if first:
+            self.policy.obs_norm.update(obs[valid > 0])
+        params = list(self.policy.actor.parameters()) + list(self.policy.encoder.parameters()) + list(
+            self.policy.encoder_head.parameters()
+        )
+        optimizer = torch.optim.Adam(params, lr=ws.lr)
+        m, t = obs.shape[:2]
         losses = []
         for _ in range(ws.epochs):
-            for idx in torch.randperm(len(obs)).split(256):
-                with torch.no_grad():
-                    context = self.policy.initial_context(len(idx))
-                loss = ((self.policy(obs[idx], context).mean - act[idx]) ** 2).mean()
+            for idx in torch.randperm(m).split(max(1, 256 // t)):
+                context = encode_window(self.policy, {k: v[idx] for k, v in win.items()})
+                b = len(idx)
+                ctx = context.unsqueeze(1).expand(b, t, -1).reshape(b * t, -1)
+                mean = self.policy(obs[idx].reshape(b * t, -1), ctx).mean
+                mask = valid[idx].reshape(-1, 1)
+                loss = (((mean - labels[idx].reshape(b * t, -1)) ** 2) * mask).sum() / (mask.sum() * mean.shape[-1]).clamp(min=1)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
-        return {"warm_start/demo_success": float(np.mean(success)), "warm_start/bc_loss": float(np.mean(losses[-20:])),
-                "warm_start/transitions": float(len(obs))}
+        return float(np.mean(losses[-20:]))
 
     def close(self) -> None:
         self.envs.close()

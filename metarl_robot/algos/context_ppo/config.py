@@ -68,6 +68,8 @@ class WarmStartConfig:
     epochs: int = 100
     """Behaviour-cloning passes over the demonstrations (actor mean, prior context)."""
     lr: float = 1e-3
+    dagger_iterations: int = 0
+    """DAgger rounds after the first cloning: the learner acts, the demonstrator labels its states."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +80,7 @@ class TrainConfig:
     tasks: TasksConfig = TasksConfig()
     seed: int = 0
     iterations: int = 200
-    """Meta-training iterations (each samples new tasks, collects, updates)."""
+    """Meta-training iterations (each samples new tasks, collects, updates); 0 = warm start only."""
     tasks_per_iteration: int = 8
     """Tasks per iteration; also the number of envs stepped together."""
     episodes_per_task: int = 3
@@ -94,5 +96,5 @@ class TrainConfig:
     """Optional behaviour cloning from a demonstrator before meta-training (only on a fresh run)."""
 
     def __post_init__(self) -> None:
-        if self.iterations < 1 or self.tasks_per_iteration < 1 or self.episodes_per_task < 1:
-            raise ValueError("iterations, tasks_per_iteration and episodes_per_task must be >= 1")
+        if self.iterations < 0 or self.tasks_per_iteration < 1 or self.episodes_per_task < 1:
+            raise ValueError("iterations must be >= 0 (0: warm start only), tasks_per_iteration and episodes_per_task >= 1")
