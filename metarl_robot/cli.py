@@ -129,7 +129,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     command = [sys.executable, "-m", "ros_nodes.demo", "--bundle", str(bundle), "--out", str(out),
-               "--episodes-per-object", str(args.episodes_per_object)]
+               "--episodes-per-object", str(args.episodes_per_object),
+               "--object-a", str(args.object_a), "--object-b", str(args.object_b)]
     print(f"[demo] starting the ROS 2 graph: {' '.join(command)}")
     return subprocess.call(command, env=env, cwd=REPO_ROOT)
 
@@ -176,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
     p.add_argument("--train-iterations", type=int, default=0, help="train a fresh policy this long instead")
     p.add_argument("--episodes-per-object", type=int, default=6)
+    p.add_argument("--object-a", type=int, default=0, help="test-split index of the first object (default: %(default)s)")
+    p.add_argument("--object-b", type=int, default=6,
+                   help="test-split index of the object swapped in (default %(default)s: a held-out sphere that the "
+                        "shipped policy fails first and grasps after adapting, in `metarl-robot eval`)")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=cmd_demo)
     return parser
