@@ -1,4 +1,4 @@
-"""``metarl-robot``: train, evaluate, export, verify and demo meta-policies."""
+"""metarl-robot: train, evaluate, export, verify and demo meta-policies."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CHECKPOINT = REPO_ROOT / "models" / "grasp_context_ppo" / "checkpoint.pt"
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "grasp_context_ppo.yaml"
+SHIPPED_CONFIG = REPO_ROOT / "configs" / "grasp_meta_imitation.yaml"
+DEFAULT_CONFIG = SHIPPED_CONFIG
 
 
 def _fail(message: str) -> int:
@@ -105,18 +106,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if args.train_iterations:
-        print(f"[demo] training a fresh meta-policy for {args.train_iterations} iterations")
+    if args.train:
+        print(f"[demo] training a fresh meta-policy with {args.train} (the recipe of the shipped one)")
         from metarl_robot.algos.context_ppo import TrainConfig, train
         from metarl_robot.config import load_config
 
-        config = load_config(TrainConfig, DEFAULT_CONFIG, [f"iterations={args.train_iterations}"])
-        checkpoint = train(config, out / "train", progress=True)
+        checkpoint = train(load_config(TrainConfig, args.train), out / "train", progress=True)
     else:
         checkpoint = Path(args.checkpoint)
         print(f"[demo] using the shipped checkpoint {checkpoint} (see models/README.md for the command that made it)")
     if not checkpoint.is_file():
-        return _fail(f"checkpoint {checkpoint} not found; pass --checkpoint or --train-iterations N")
+        return _fail(f"checkpoint {checkpoint} not found; pass --checkpoint CKPT or --train")
     from metarl_robot.export import export_bundle
     from metarl_robot.verify import verify_bundle
 
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="meta-train a policy; writes checkpoints, TensorBoard logs and the resolved config")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. ppo.lr=1e-3")
-    p.add_argument("--run-dir", default="runs/grasp_context_ppo", help="output folder (default: %(default)s)")
+    p.add_argument("--run-dir", default="runs/grasp", help="output folder (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="export, start the sim robot and the adapting policy node, swap the object")
     p.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
-    p.add_argument("--train-iterations", type=int, default=0, help="train a fresh policy this long instead")
+    p.add_argument("--train", nargs="?", const=str(SHIPPED_CONFIG), default=None, metavar="CONFIG",
+                   help="train a fresh policy first (default config: the shipped model's recipe, ~6 min on 2 cores)")
     p.add_argument("--episodes-per-object", type=int, default=6)
     p.add_argument("--object-a", type=int, default=0, help="test-split index of the first object (default: %(default)s)")
     p.add_argument("--object-b", type=int, default=6,
