@@ -54,19 +54,15 @@ def _load_controller_and_env(args: argparse.Namespace):
     return controller, env, config, label
 
 
-def _eval_tasks(args: argparse.Namespace, config: dict):
+def _eval_tasks(args: argparse.Namespace, config: dict, env):
     from metarl_robot.algos.context_ppo.algo import resolve
     from metarl_robot.tasks import load_task_file
 
     if args.task_file:
-        validators = {}
-        try:
-            import sim
-
-            validators = sim.GRASP_VALIDATORS
-        except ImportError:
-            pass
-        return load_task_file(args.task_file, validators)
+        # The env validates tasks of its own family (set_task raises TaskError naming the field); the
+        # task takes effect only at the next reset, so checking them all up front changes nothing.
+        family = getattr(getattr(env, "task", None), "family", None)
+        return load_task_file(args.task_file, {family: env.set_task} if family else None)
     tasks = config["tasks"]
     dist = resolve(tasks["distribution"])(seed=tasks["seed"], num_train=tasks["num_train"], num_test=tasks["num_test"])
     chosen = dist.split(args.split)
@@ -77,7 +73,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from metarl_robot.evaluation import evaluate, format_summary, write_report
 
     controller, env, config, label = _load_controller_and_env(args)
-    tasks = _eval_tasks(args, config)
+    tasks = _eval_tasks(args, config, env)
     results = evaluate(controller, env, tasks, episodes_per_task=args.episodes, seed=args.seed, adapt=not args.no_adapt)
     results["evaluated"] = label
     json_path, png_path = write_report(results, args.out, title=label)

@@ -45,12 +45,22 @@ def make_task_distribution(config: TrainConfig) -> TaskDistribution:
 
 
 # ---------------------------------------------------------------------------------- transitions
+def empty_window(n: int, size: int, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
+    """``n`` transition windows of ``size`` slots with mask 0: the encoder's input for the prior."""
+    return {
+        "obs": np.zeros((n, size, obs_dim), np.float32),
+        "action": np.zeros((n, size, act_dim), np.float32),
+        "reward": np.zeros((n, size, 1), np.float32),
+        "next_obs": np.zeros((n, size, obs_dim), np.float32),
+        "mask": np.zeros((n, size), np.float32),
+    }
+
+
 def transition_window(episodes: list[TrajectoryBatch], size: int) -> dict[str, np.ndarray]:
     """The last ``size`` valid transitions per env across ``episodes``, as ``[N, size, *]`` arrays.
 
     Actions are clipped to [-1, 1] (what the robot actually executes); unfilled slots have mask 0.
     """
-    n = episodes[0].num_envs if episodes else 0
     if not episodes:
         raise ValueError("transition_window needs at least one episode")
     obs = np.concatenate([e.obs for e in episodes])
@@ -58,14 +68,8 @@ def transition_window(episodes: list[TrajectoryBatch], size: int) -> dict[str, n
     rew = np.concatenate([e.rewards for e in episodes])
     nxt = np.concatenate([e.next_obs for e in episodes])
     valid = np.concatenate([e.valid for e in episodes])
-    out = {
-        "obs": np.zeros((n, size, obs.shape[-1]), np.float32),
-        "action": np.zeros((n, size, act.shape[-1]), np.float32),
-        "reward": np.zeros((n, size, 1), np.float32),
-        "next_obs": np.zeros((n, size, obs.shape[-1]), np.float32),
-        "mask": np.zeros((n, size), np.float32),
-    }
-    for i in range(n):
+    out = empty_window(episodes[0].num_envs, size, obs.shape[-1], act.shape[-1])
+    for i in range(episodes[0].num_envs):
         idx = np.flatnonzero(valid[:, i])[-size:]
         k = len(idx)
         out["obs"][i, :k] = obs[idx, i]
@@ -74,16 +78,6 @@ def transition_window(episodes: list[TrajectoryBatch], size: int) -> dict[str, n
         out["next_obs"][i, :k] = nxt[idx, i]
         out["mask"][i, :k] = 1.0
     return out
-
-
-def empty_window(n: int, size: int, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
-    return {
-        "obs": np.zeros((n, size, obs_dim), np.float32),
-        "action": np.zeros((n, size, act_dim), np.float32),
-        "reward": np.zeros((n, size, 1), np.float32),
-        "next_obs": np.zeros((n, size, obs_dim), np.float32),
-        "mask": np.zeros((n, size), np.float32),
-    }
 
 
 def encode_window(policy: ContextPolicy, window: dict[str, np.ndarray | torch.Tensor]) -> torch.Tensor:
