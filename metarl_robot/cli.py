@@ -12,7 +12,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CHECKPOINT = REPO_ROOT / "models" / "grasp_context_ppo" / "checkpoint.pt"
 SHIPPED_CONFIG = REPO_ROOT / "configs" / "grasp_meta_imitation.yaml"
-DEFAULT_CONFIG = SHIPPED_CONFIG
+"""The recipe of the shipped model: the default for `train` and for `demo --train`."""
 
 
 def _fail(message: str) -> int:
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,export,verify,demo}")
 
     p = sub.add_parser("train", help="meta-train a policy; writes checkpoints, TensorBoard logs and the resolved config")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
+    p.add_argument("--config", default=str(SHIPPED_CONFIG), help="YAML config (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. ppo.lr=1e-3")
     p.add_argument("--run-dir", default="runs/grasp", help="output folder (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")

@@ -121,8 +121,6 @@ def collect(
     else:
         raise RuntimeError(f"collect: episodes did not end within max_steps={max_steps}; give the env a time limit")
     arrays = {k: np.stack(v) for k, v in steps.items()}
-    # success is the outcome at each env's final step; keep it as recorded per step.
-    arrays["success"] = arrays["success"] & arrays["valid"]
     return TrajectoryBatch(**arrays, extras={k: np.stack(v) for k, v in extras.items()}, tasks=list(tasks))
 
 

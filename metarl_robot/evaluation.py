@@ -56,9 +56,9 @@ class TorchController:
 
     def adapt(self):
         t = self._torch
-        obs, cmd, rew, nxt = (np.stack(x) for x in zip(*self._buffer)) if self._buffer else (None,) * 4
-        if obs is None:
+        if not self._buffer:
             return self.context
+        obs, cmd, rew, nxt = (np.stack(x) for x in zip(*self._buffer))
         with t.no_grad():
             self.context = self.policy.encode_commands(
                 t.as_tensor(obs[None]), t.as_tensor(cmd[None]), t.as_tensor(rew[None, :, None]),

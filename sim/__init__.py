@@ -5,17 +5,15 @@ Importing this package registers ``metarl/PandaGrasp-v0``.
 
 import gymnasium
 
-from sim.grasp import (
+from sim.grasp import PandaGraspEnv, scripted_grasp_action
+from sim.grasp_task import (
     GRASP_VALIDATORS,
-    INTERFACE,
-    GraspScene,
-    PandaGraspEnv,
     default_grasp_distribution,
     grasp_force_window,
     oracle_grip_force_n,
-    scripted_grasp_action,
     validate_grasp_task,
 )
+from sim.scene import INTERFACE, GraspScene
 
 __all__ = [
     "GRASP_VALIDATORS",

@@ -14,28 +14,13 @@ import numpy as np
 
 from metarl_robot.tasks import TaskSpec
 from sim.grasp_task import (
-    GRASP_VALIDATORS,
     MAX_EE_SPEED_M_S,
     MAX_GRIP_FORCE_N,
     default_grasp_distribution,
-    grasp_force_window,
-    oracle_grip_force_n,
-    validate_grasp_task,
 )
 from sim.scene import FINGER_OPEN_POSITION_M, INTERFACE, GraspScene
 
-__all__ = [
-    "GRASP_VALIDATORS",
-    "INTERFACE",
-    "GraspScene",
-    "PandaGraspEnv",
-    "default_grasp_distribution",
-    "grasp_force_window",
-    "oracle_grip_force_n",
-    "run_scripted_episode",
-    "scripted_grasp_action",
-    "validate_grasp_task",
-]
+__all__ = ["PandaGraspEnv", "run_scripted_episode", "scripted_grasp_action"]
 
 ACTION_SCALE = np.asarray(INTERFACE["action"]["scale"], dtype=np.float32)
 # Positions in m (the object cannot leave the table), finger openings in m, finger efforts in N.

@@ -11,11 +11,10 @@ import argparse
 import time
 from collections.abc import Sequence
 
-import numpy as np
 
 from metarl_robot.tasks import TaskSpec
-from sim.grasp import PandaGraspEnv, oracle_grip_force_n, run_scripted_episode, scripted_grasp_action
-from sim.grasp_task import default_grasp_distribution
+from sim.grasp import PandaGraspEnv, run_scripted_episode, scripted_grasp_action
+from sim.grasp_task import default_grasp_distribution, oracle_grip_force_n
 
 FIXED_FORCES_N = (1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 30.0, 45.0, 60.0)
 
