@@ -124,24 +124,36 @@ class Uniform:
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """A categorical factor. ``test_values``, when given, are held out: only the test split uses them."""
+    """A categorical factor. ``test_values`` and ``validation_values``, when given, are held out: only
+    the test (validation) split draws from them, and the train split never does."""
 
     values: tuple[ParamValue, ...]
     test_values: tuple[ParamValue, ...] = ()
+    validation_values: tuple[ParamValue, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.values:
             raise TaskError("Choice(values=()): give at least one value")
-        overlap = set(self.values) & set(self.test_values)
-        if overlap:
-            raise TaskError(f"Choice: values {sorted(map(str, overlap))} are in both train and test sets")
+        pools = {"train": self.values, "validation": self.validation_values, "test": self.test_values}
+        names = list(pools)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                overlap = set(pools[a]) & set(pools[b])
+                if overlap:
+                    shown = sorted(map(str, overlap))[:5]
+                    raise TaskError(f"Choice: values {shown} are in both the {a} and {b} sets")
+
+    def pool(self, split: str = "train") -> tuple[ParamValue, ...]:
+        """The values ``split`` draws from: its held-out set if it has one, else the train values."""
+        held_out = {"test": self.test_values, "validation": self.validation_values}.get(split, ())
+        return held_out or self.values
 
     def sample(self, rng: np.random.Generator, split: str = "train") -> ParamValue:
-        pool = self.test_values if (split == "test" and self.test_values) else self.values
+        pool = self.pool(split)
         return pool[int(rng.integers(len(pool)))]
 
     def contains(self, value: ParamValue) -> bool:
-        return value in self.values or value in self.test_values
+        return value in self.values or value in self.test_values or value in self.validation_values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +180,14 @@ def factor_from_config(name: str, spec: Any) -> Factor:
         return Uniform(float(spec[0]), float(spec[1]))
     if isinstance(spec, Mapping):
         if "choice" in spec:
-            return Choice(tuple(spec["choice"]), tuple(spec.get("test_choice", ())))
+            extra = set(spec) - {"choice", "test_choice", "validation_choice"}
+            if extra:
+                raise TaskError(
+                    f"factor {name!r}: unknown key(s) {sorted(extra)}; allowed: choice, test_choice, validation_choice"
+                )
+            return Choice(
+                tuple(spec["choice"]), tuple(spec.get("test_choice", ())), tuple(spec.get("validation_choice", ()))
+            )
         if {"low", "high"} <= set(spec):
             extra = set(spec) - {"low", "high", "log"}
             if extra:
@@ -185,12 +204,17 @@ def factor_from_config(name: str, spec: Any) -> Factor:
 # ---------------------------------------------------------------------------------- distribution
 
 
-class TaskDistribution:
-    """A seeded distribution over tasks of one family with fixed train and test splits.
+SPLITS = ("train", "validation", "test")
 
-    The splits are lists of ``num_train`` / ``num_test`` tasks drawn from independent streams of the
-    seed, so they are identical on every machine and never change when more tasks are sampled.
-    Categorical factors with ``test_values`` keep those values out of the train split entirely.
+
+class TaskDistribution:
+    """A seeded distribution over tasks of one family with fixed train, validation and test splits.
+
+    The splits are lists of ``num_train`` / ``num_validation`` / ``num_test`` tasks drawn from
+    independent streams of the seed, so they are identical on every machine and never change when
+    more tasks are sampled (adding a validation split leaves train and test as they were).
+    Categorical factors with ``test_values`` / ``validation_values`` keep those values out of the
+    train split entirely.
     """
 
     def __init__(
@@ -201,16 +225,21 @@ class TaskDistribution:
         seed: int = 0,
         num_train: int = 64,
         num_test: int = 16,
+        num_validation: int = 0,
     ) -> None:
-        if num_train < 1 or num_test < 0:
-            raise TaskError(f"TaskDistribution: num_train must be >= 1 and num_test >= 0, got {num_train}, {num_test}")
+        if num_train < 1 or num_test < 0 or num_validation < 0:
+            raise TaskError(
+                "TaskDistribution: num_train must be >= 1, num_test and num_validation >= 0, "
+                f"got {num_train}, {num_test}, {num_validation}"
+            )
         self.family = family
         self.factors: dict[str, Factor] = {k: factor_from_config(k, v) for k, v in factors.items()}
         self.seed = int(seed)
         root = np.random.SeedSequence(self.seed)
-        train_seq, test_seq, self._sample_seq = root.spawn(3)
+        train_seq, test_seq, self._sample_seq, validation_seq = root.spawn(4)
         self.train_tasks = self._draw(np.random.default_rng(train_seq), num_train, "train")
         self.test_tasks = self._draw(np.random.default_rng(test_seq), num_test, "test")
+        self.validation_tasks = self._draw(np.random.default_rng(validation_seq), num_validation, "validation")
 
     def _draw(self, rng: np.random.Generator, n: int, split: str) -> list[TaskSpec]:
         tasks = []
@@ -227,11 +256,15 @@ class TaskDistribution:
             return list(self.train_tasks)
         if name == "test":
             return list(self.test_tasks)
-        raise TaskError(f"unknown split {name!r}; use 'train' or 'test'")
+        if name == "validation":
+            return list(self.validation_tasks)
+        raise TaskError(f"unknown split {name!r}; use one of {', '.join(SPLITS)}")
 
     def sample(self, n: int, rng: np.random.Generator, split: str = "train") -> list[TaskSpec]:
         """``n`` tasks drawn with replacement from a split."""
         pool = self.split(split)
+        if not pool:
+            raise TaskError(f"the {split!r} split is empty; give the distribution num_{split} > 0")
         return [pool[int(i)] for i in rng.integers(len(pool), size=n)]
 
     def validate(self, task: TaskSpec) -> None:
