@@ -16,7 +16,7 @@ $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[ros,dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[ros,distributed,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", help="an exported bundle, evaluated with the torch-free runtime")
     p.add_argument("--providers", nargs="+", default=["cpu"], help="execution providers for --bundle, in preference order")
     p.add_argument("--task-file", help="YAML task file (your own objects); default: the config's test split")
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--num-tasks", type=int, default=0, help="first N tasks of the split (0 = all)")
     p.add_argument("--episodes", type=int, default=3, help="episodes per task; episode 0 is before adaptation")
     p.add_argument("--no-adapt", action="store_true", help="never adapt (the non-adaptive baseline of the same policy)")
