@@ -8,31 +8,41 @@ Each id comes with the task distribution its tasks are drawn from, called as
 
 import gymnasium
 
-from sim.grasp import PandaGraspEnv, scripted_grasp_action
+from sim.grasp import GraspEnv, PandaGraspEnv, oracle_grasp_action, scripted_grasp_action
 from sim.grasp_task import (
     GRASP_VALIDATORS,
     default_grasp_distribution,
+    grasp_distribution,
     grasp_force_window,
     oracle_grip_force_n,
     validate_grasp_task,
 )
-from sim.scene import INTERFACE, GraspScene
+from sim.robots import ROBOTS
+from sim.scene import INTERFACE, GraspScene, robot_interface
 
 __all__ = [
     "ENVIRONMENTS",
     "GRASP_VALIDATORS",
     "INTERFACE",
+    "ROBOTS",
+    "GraspEnv",
     "GraspScene",
     "PandaGraspEnv",
     "default_grasp_distribution",
+    "grasp_distribution",
     "grasp_force_window",
+    "oracle_grasp_action",
     "oracle_grip_force_n",
+    "robot_interface",
     "scripted_grasp_action",
     "validate_grasp_task",
 ]
 
-ENVIRONMENTS: dict[str, dict[str, str]] = {
-    "metarl/PandaGrasp-v0": {"entry_point": "sim.grasp:PandaGraspEnv", "distribution": "sim.grasp_task:default_grasp_distribution"},
+_GRASP = {"entry_point": "sim.grasp:GraspEnv", "distribution": "sim.grasp_task:grasp_distribution"}
+ENVIRONMENTS: dict[str, dict] = {
+    "metarl/PandaGrasp-v0": _GRASP,
+    "metarl/KukaGrasp-v0": {**_GRASP, "kwargs": {"robot": "kuka_iiwa"}},
+    "metarl/XArmGrasp-v0": {**_GRASP, "kwargs": {"robot": "xarm6"}},
     "metarl/Navigation2D-v0": {"entry_point": "sim.navigation:Navigation2DEnv", "distribution": "sim.navigation:navigation_distribution"},
     "metarl/BernoulliBandit-v0": {"entry_point": "sim.bandits:BernoulliBanditEnv", "distribution": "sim.bandits:bandit_distribution"},
     "metarl/TabularMDP-v0": {"entry_point": "sim.bandits:TabularMDPEnv", "distribution": "sim.bandits:tabular_mdp_distribution"},
@@ -41,8 +51,9 @@ ENVIRONMENTS: dict[str, dict[str, str]] = {
     "metarl/PandaReach-v0": {"entry_point": "sim.panda_tasks:PandaReachEnv", "distribution": "sim.panda_tasks:reach_distribution"},
     "metarl/PandaPush-v0": {"entry_point": "sim.panda_tasks:PandaPushEnv", "distribution": "sim.panda_tasks:push_distribution"},
 }
-"""Every env this package registers: Gymnasium id -> entry point and task distribution (``module:name``)."""
+"""Every env this package registers: Gymnasium id -> entry point, task distribution (``module:name``) and
+the constructor kwargs the id fixes."""
 
 for _env_id, _spec in ENVIRONMENTS.items():
     if _env_id not in gymnasium.registry:
-        gymnasium.register(id=_env_id, entry_point=_spec["entry_point"])
+        gymnasium.register(id=_env_id, entry_point=_spec["entry_point"], kwargs=_spec.get("kwargs", {}))

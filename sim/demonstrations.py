@@ -7,10 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from metarl_robot.tasks import TaskSpec
-from sim.grasp import scripted_grasp_action
-from sim.grasp_task import oracle_grip_force_n
+from sim.grasp import oracle_grasp_action
 
 
 def oracle_grasp_demonstrator(obs: np.ndarray, tasks: Sequence[TaskSpec]) -> np.ndarray:
-    """Normalised actions ``[N, 4]``: the scripted grasp with each task's oracle grip force."""
-    return np.stack([scripted_grasp_action(o, oracle_grip_force_n(t)) for o, t in zip(obs, tasks)])
+    """Normalised actions ``[N, 4]``: the scripted grasp with each task's oracle grip force and grasp point."""
+    return np.stack([oracle_grasp_action(o, t) for o, t in zip(obs, tasks)])

@@ -1,8 +1,9 @@
 """The grasp meta-RL environment: a Gymnasium env over :class:`GraspScene` and a scripted controller.
 
-``PandaGraspEnv`` implements :class:`metarl_robot.envs.MetaEnv`: its task (a :class:`TaskSpec` of family
+``GraspEnv`` implements :class:`metarl_robot.envs.MetaEnv`: its task (a :class:`TaskSpec` of family
 "grasp") can be set at any time and takes effect at the next ``reset``. Actions are normalised to
-``[-1, 1]`` and scaled by ``INTERFACE["action"]["scale"]`` into end-effector velocities and a grip force.
+``[-1, 1]`` and scaled by ``interface["action"]["scale"]`` into end-effector velocities and a grip force.
+``robot`` picks the arm (``franka_panda``, ``kuka_iiwa``, ``xarm6``); ``PandaGraspEnv`` is the same env.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from sim.grasp_task import (
     MAX_EE_SPEED_M_S,
     MAX_GRIP_FORCE_N,
     default_grasp_distribution,
+    oracle_grasp_offset_m,
+    oracle_grip_force_n,
 )
-from sim.scene import FINGER_OPEN_POSITION_M, INTERFACE, GraspScene
+from sim.scene import DEFAULT_ROBOT, FINGER_OPEN_POSITION_M, INTERFACE, GraspScene
 
-__all__ = ["PandaGraspEnv", "run_scripted_episode", "scripted_grasp_action"]
+__all__ = ["GraspEnv", "PandaGraspEnv", "oracle_grasp_action", "run_scripted_episode", "scripted_grasp_action"]
 
 ACTION_SCALE = np.asarray(INTERFACE["action"]["scale"], dtype=np.float32)
 # Positions in m (the object cannot leave the table), finger openings in m, finger efforts in N.
@@ -28,15 +31,16 @@ OBSERVATION_LOW = np.array([-2.0] * 6 + [-0.005] * 2 + [-MAX_GRIP_FORCE_N] * 2, 
 OBSERVATION_HIGH = np.array([2.0] * 6 + [0.045] * 2 + [MAX_GRIP_FORCE_N] * 2, dtype=np.float32)
 
 
-class PandaGraspEnv(gym.Env):
-    """Grasp a hidden-property object and lift it 8 cm within ``max_episode_steps`` control steps at 10 Hz.
+class GraspEnv(gym.Env):
+    """Grasp a hidden-property object and lift it 8 cm, level, within ``max_episode_steps`` control steps at 10 Hz.
 
     Episodes never terminate early (``terminated`` is always False) so vectorised episodes stay in
     lock-step; they are truncated after ``max_episode_steps``. ``info["success"]`` at the last step is
-    the episode's outcome.
+    the episode's outcome. ``obs_noise_std`` is the observation noise of tasks that do not set their own.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    demonstrator = "sim.demonstrations:oracle_grasp_demonstrator"
 
     def __init__(
         self,
@@ -45,6 +49,7 @@ class PandaGraspEnv(gym.Env):
         max_episode_steps: int = 30,
         render_mode: str | None = None,
         obs_noise_std: float = 0.0,
+        robot: str = DEFAULT_ROBOT,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r}: use one of {self.metadata['render_modes']} or None")
@@ -57,10 +62,10 @@ class PandaGraspEnv(gym.Env):
         self.render_mode = render_mode
         self.max_episode_steps = int(max_episode_steps)
         self.obs_noise_std = float(obs_noise_std)
-        self.interface = INTERFACE
+        self._scene = GraspScene(task, robot=robot)
+        self.interface = self._scene.interface
         self.observation_space = gym.spaces.Box(OBSERVATION_LOW, OBSERVATION_HIGH, dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (len(ACTION_SCALE),), np.float32)
-        self._scene = GraspScene(task)
         self._elapsed_steps = 0
 
     # ---------------------------------------------------------------------------------- tasks
@@ -94,8 +99,8 @@ class PandaGraspEnv(gym.Env):
         return self._observe(), self._info(status)
 
     def step(self, action):
-        action = np.clip(np.asarray(action, dtype=np.float32).reshape(ACTION_SCALE.shape), -1.0, 1.0)
-        self._scene.apply_command(action.astype(np.float64) * ACTION_SCALE)
+        action = np.clip(np.asarray(action, dtype=np.float64).reshape(ACTION_SCALE.shape), -1.0, 1.0)
+        self._scene.apply_command(action * ACTION_SCALE)
         self._scene.step_control()
         self._elapsed_steps += 1
         status = self._scene.status()
@@ -104,8 +109,9 @@ class PandaGraspEnv(gym.Env):
 
     def _observe(self) -> np.ndarray:
         obs = self._scene.observation()
-        if self.obs_noise_std > 0:
-            obs = obs + self.np_random.normal(0.0, self.obs_noise_std, obs.shape).astype(np.float32)
+        noise = float(self.task.params.get("obs_noise_std", self.obs_noise_std))
+        if noise > 0:
+            obs = obs + self.np_random.normal(0.0, noise, obs.shape).astype(np.float32)
         return obs
 
     def _info(self, status: dict) -> dict[str, Any]:
@@ -113,6 +119,7 @@ class PandaGraspEnv(gym.Env):
             "success": status["success"],
             "crushed": status["crushed"],
             "lift_height_m": status["lift_height_m"],
+            "tilt_rad": status["tilt_rad"],
             "grip_force_n": status["grip_force_n"],
             "task_id": self.task.task_id,
         }
@@ -147,16 +154,17 @@ _CLOSED_BY_M = 0.002
 _SATURATED_FRACTION = 0.7
 
 
-def scripted_grasp_action(obs: np.ndarray, grip_force_n: float) -> np.ndarray:
-    """A normalised action in ``[-1, 1]^4`` that centres over the object, descends, closes and lifts.
+def scripted_grasp_action(obs: np.ndarray, grip_force_n: float, grasp_offset_m: float = 0.0) -> np.ndarray:
+    """A normalised action in ``[-1, 1]^4`` that centres over the grasp point, descends, closes and lifts.
 
-    Stateless: the phase is read from the observation. It descends with the gripper open until the
-    grasp frame is 5 mm above the object's centre, closes with ``grip_force_n`` newtons, and lifts at
-    full speed once both finger motors push with (nearly) that force, i.e. once the pads press on the
-    object.
+    Stateless: the phase is read from the observation. The grasp point is ``grasp_offset_m`` along x
+    from the object's centre. It descends with the gripper open until the grasp frame is 5 mm above the
+    object's centre, closes with ``grip_force_n`` newtons, and lifts at full speed once both finger
+    motors push with (nearly) that force, i.e. once the pads press on the object.
     """
     obs = np.asarray(obs, dtype=np.float64)
-    ee, obj = obs[_OBS["ee_position"]], obs[_OBS["object_position"]]
+    ee, obj = obs[_OBS["ee_position"]], obs[_OBS["object_position"]].copy()
+    obj[0] += grasp_offset_m
     finger_opening, finger_effort = obs[_OBS["finger_position"]], obs[_OBS["finger_effort"]]
     grip_n = float(np.clip(grip_force_n, 0.0, MAX_GRIP_FORCE_N))
     grasp_height = max(obj[2] + _GRASP_ABOVE_CENTRE_M, _MIN_GRASP_HEIGHT_M)
@@ -179,13 +187,24 @@ def scripted_grasp_action(obs: np.ndarray, grip_force_n: float) -> np.ndarray:
     return action.astype(np.float32)
 
 
-def run_scripted_episode(env: PandaGraspEnv, grip_force_n: float, *, seed: int | None = None) -> dict[str, Any]:
+def oracle_grasp_action(obs: np.ndarray, task: TaskSpec) -> np.ndarray:
+    """:func:`scripted_grasp_action` with the force and grasp point an oracle that knows ``task`` picks."""
+    return scripted_grasp_action(obs, oracle_grip_force_n(task), oracle_grasp_offset_m(task))
+
+
+def run_scripted_episode(
+    env: GraspEnv, grip_force_n: float, *, seed: int | None = None, grasp_offset_m: float = 0.0
+) -> dict[str, Any]:
     """Run one episode of :func:`scripted_grasp_action` on ``env``'s current task; return the last info
     with the episode's summed reward under ``"return"``."""
     obs, info = env.reset(seed=seed)
     episode_return = 0.0
     truncated = False
     while not truncated:
-        obs, reward, _, truncated, info = env.step(scripted_grasp_action(obs, grip_force_n))
+        obs, reward, _, truncated, info = env.step(scripted_grasp_action(obs, grip_force_n, grasp_offset_m))
         episode_return += reward
     return {**info, "return": episode_return}
+
+
+PandaGraspEnv = GraspEnv
+"""The grasp env with its default robot, the Franka Panda (``metarl/PandaGrasp-v0``)."""

@@ -91,7 +91,7 @@ def test_registered_env_passes_gymnasium_checker():
 
 def test_env_implements_meta_env_and_interface(env):
     assert isinstance(env, MetaEnv)
-    assert env.interface is INTERFACE
+    assert env.interface == INTERFACE
     assert json.loads(json.dumps(INTERFACE)) == INTERFACE
     layout_size = sum(item["size"] for item in INTERFACE["observation_layout"])
     assert env.observation_space.shape == (layout_size,) == (10,)
