@@ -146,11 +146,11 @@ def _observation_slices() -> dict[str, slice]:
 
 _OBS = _observation_slices()
 _APPROACH_GAIN_PER_S = 6.0
-_ALIGNED_M = 0.004
+_ALIGNED_M = 0.006
 _DESCEND_WITHIN_M = 0.012
 _GRASP_ABOVE_CENTRE_M = 0.005
 _MIN_GRASP_HEIGHT_M = 0.012
-_CLOSED_BY_M = 0.002
+_CLOSED_BY_M = 0.006
 _SATURATED_FRACTION = 0.7
 
 

@@ -27,6 +27,10 @@ from metarl_robot.tasks import Choice, Factor, TaskDistribution, TaskError, Task
 
 FAMILY = "grasp"
 SHAPES = ("box", "cylinder", "sphere", "capsule")
+COM_OFFSET_SHAPES = ("box", "capsule", "cylinder")
+"""Shapes whose centre of mass may be offset: they rest on the table without rolling it elsewhere."""
+LONG_SHAPES = ("box", "capsule")
+"""Shapes that lie along x, so that a grasp point along x can be chosen."""
 
 MAX_EE_SPEED_M_S = 0.15
 """Largest commanded end-effector speed per axis (action scale V)."""
@@ -35,7 +39,9 @@ MAX_GRIP_FORCE_N = 60.0
 MAX_PRIMITIVE_SIZE_M = 0.07
 """Largest width the open gripper (8 cm between the pads) can enclose with some clearance."""
 MAX_OBJECT_LENGTH_M = 0.16
-"""Longest box or capsule (along x) and tallest cylinder."""
+"""Longest box or capsule (along x)."""
+MAX_CYLINDER_HEIGHT_M = 0.09
+"""Tallest cylinder: the open gripper starts 14 cm above the table."""
 MAX_TILT_RAD = math.radians(20.0)
 """A lifted object must stay this close to level to count as a success."""
 NUM_RANDOM_URDFS = 1000
@@ -155,13 +161,20 @@ def validate_grasp_task(task: TaskSpec) -> None:
             raise TaskError(f"object_shape={shape!r} is unknown: use {PARAM_HELP['object_shape']}")
         if "object_length_m" in task.params:
             length = _number(task, "object_length_m", low=0.0, high=MAX_OBJECT_LENGTH_M)
+            if shape == "cylinder" and length > MAX_CYLINDER_HEIGHT_M:
+                raise TaskError(f"object_length_m={length} is too tall for a cylinder: use at most {MAX_CYLINDER_HEIGHT_M} m")
             if shape == "sphere" and abs(length - size) > 1e-9:
                 raise TaskError(f"object_length_m={length} differs from object_size_m={size}: a sphere has one size; drop object_length_m")
             if length < size - 1e-9:
                 raise TaskError(f"object_length_m={length} is shorter than object_size_m={size}: {PARAM_HELP['object_length_m']}")
     if "com_offset_m" in task.params:
         offset = _number(task, "com_offset_m")
-        limit = _half_extent_x(task) if "object_shape" in task.params else float(task.params["object_size_m"]) / 2.0
+        if task.params.get("object_shape") not in COM_OFFSET_SHAPES and offset != 0.0:
+            raise TaskError(
+                f"com_offset_m={offset} is supported for {', '.join(COM_OFFSET_SHAPES)} only (a sphere or mesh "
+                "would roll it out of place): drop com_offset_m or set it to 0"
+            )
+        limit = _half_extent_x(task)
         if abs(offset) > limit:
             raise TaskError(f"com_offset_m={offset} lies outside the object: use at most ±{limit:.4g} m for this object")
 
@@ -249,7 +262,10 @@ def oracle_grip_force_n(task: TaskSpec) -> float:
 
 
 def oracle_grasp_offset_m(task: TaskSpec) -> float:
-    """Where along x an oracle grasps, relative to the geometric centre: over the centre of mass."""
+    """Where along x an oracle grasps, relative to the geometric centre: over the centre of mass of a
+    box or capsule (a cylinder is grasped across its diameter)."""
+    if task.params.get("object_shape") not in LONG_SHAPES:
+        return 0.0
     return float(task.params.get("com_offset_m", 0.0))
 
 
@@ -342,10 +358,10 @@ def _suite_params(raw: dict[str, Any]) -> dict[str, Any]:
         shape = raw["object_shape"]
         params["object_shape"] = shape
         if shape != "sphere":
-            length = min(size * float(raw.get("length_ratio", 1.0)), MAX_OBJECT_LENGTH_M)
-            params["object_length_m"] = length
+            longest = MAX_CYLINDER_HEIGHT_M if shape == "cylinder" else MAX_OBJECT_LENGTH_M
+            params["object_length_m"] = max(size, min(size * float(raw.get("length_ratio", 1.0)), longest))
         half_x = params.get("object_length_m", size) / 2.0 if shape in ("box", "capsule") else size / 2.0
-    if "com_offset_fraction" in raw:
+    if "com_offset_fraction" in raw and params.get("object_shape") in COM_OFFSET_SHAPES:
         params["com_offset_m"] = float(raw["com_offset_fraction"]) * half_x
     if "crush_margin" in raw:
         hold = min_hold_force_n(float(raw["object_mass_kg"]), float(raw["lateral_friction"]))

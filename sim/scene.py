@@ -99,6 +99,8 @@ FINGER_SPEED_M_S = 0.1
 FINGER_SQUEEZE_SPEED_M_S = 1.0
 FINGER_OPEN_FORCE_N = 20.0
 SETTLE_TIME_S = 0.05
+SETTLE_OBJECT_MAX_S = 1.5
+"""Longest time a new object is simulated alone to find its resting pose."""
 SOLVER_ITERATIONS = 20
 ARM_POSITION_GAIN = 0.05
 """Position gain of the arm joint motors: soft enough that a reference held for several physics steps
@@ -170,10 +172,10 @@ def _hermite_basis(duration: float, steps: int, every: int) -> tuple[np.ndarray,
     return position, velocity
 
 
-def _tilt_rad(quaternion: Sequence[float]) -> float:
-    """Angle between a body's z axis and the world's z axis."""
-    x, y, _, _ = quaternion
-    return math.acos(max(-1.0, min(1.0, 1.0 - 2.0 * (x * x + y * y))))
+def _tilt_rad(quaternion: Sequence[float], rest_up: np.ndarray) -> float:
+    """Angle between a body's z axis now and the direction it pointed at rest."""
+    rotation = np.asarray(pybullet.getMatrixFromQuaternion(quaternion)).reshape(3, 3)
+    return math.acos(max(-1.0, min(1.0, float(rotation[:, 2] @ rest_up))))
 
 
 class _BulletClient(bullet_client.BulletClient):
@@ -454,6 +456,8 @@ class GraspScene(ArmScene):
         self._object_colours: dict[int, tuple[float, ...]] = {}
         self._object_rest_z = 0.0
         self._object_frame_offset = np.zeros(3)
+        self._object_rest_orientation = (0.0, 0.0, 0.0, 1.0)
+        self._object_rest_up = np.array([0.0, 0.0, 1.0])
         self._home_state = -1
         self._rest_height_m = 0.0
         self._force_limit_n = MAX_GRIP_FORCE_N
@@ -558,9 +562,11 @@ class GraspScene(ArmScene):
         frame_z = self._object_frame()[0][2]
         bottom = min(b.getAABB(self._object, link)[0][2] for link in links)
         self._object_rest_z = frame_z - bottom
+        self._object_rest_orientation = (0.0, 0.0, 0.0, 1.0)
         self._place_object(np.zeros(2))
         b.resetBaseVelocity(self._object, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
         self._set_joints(self._home_q)
+        self._settle_object()
         self.set_arm_dynamics(
             joint_damping=params.get("joint_damping"),
             actuator_gain=float(params["actuator_gain"]),
@@ -570,11 +576,35 @@ class GraspScene(ArmScene):
         self._home_state = b.saveState()
         self._built_task = task
 
+    def _settle_object(self) -> None:
+        """Let the object find its resting pose on the table (a mesh may topple, a sphere roll), then
+        keep that pose, at the home position, as the one every episode starts from."""
+        b = self._bullet
+        self._drive_arm_at(self._home_q)
+        for _ in range(round(SETTLE_OBJECT_MAX_S / self.time_step) // 10):
+            for _ in range(10):
+                b.stepSimulation()
+            linear, angular = b.getBaseVelocity(self._object)
+            if max(map(abs, linear)) < 1e-3 and max(map(abs, angular)) < 1e-2:
+                break
+        position, orientation = self._object_frame()
+        self._object_rest_z = float(position[2])
+        self._object_rest_orientation = tuple(float(v) for v in orientation)
+        rotation = np.asarray(b.getMatrixFromQuaternion(orientation)).reshape(3, 3)
+        self._object_rest_up = rotation[:, 2].copy()
+        self._place_object(np.zeros(2))
+        b.resetBaseVelocity(self._object, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+        self._set_joints(self._home_q)
+
     def _place_object(self, offset_xy: np.ndarray) -> None:
-        """Put the object's link frame at the home position plus ``offset_xy``, resting on the table, upright."""
+        """Put the object's frame at the home position plus ``offset_xy``, in its resting pose on the table."""
         frame = np.array([OBJECT_HOME_XY[0] + offset_xy[0], OBJECT_HOME_XY[1] + offset_xy[1], self._object_rest_z])
-        # The base pose PyBullet sets is the centre of mass: shift it by the (unrotated) frame offset.
-        self._bullet.resetBasePositionAndOrientation(self._object, frame + self._object_frame_offset, (0.0, 0.0, 0.0, 1.0))
+        # The base pose PyBullet sets is the centre of mass: shift it by the rotated frame offset.
+        orientation = self._object_rest_orientation
+        rotation = np.asarray(self._bullet.getMatrixFromQuaternion(orientation)).reshape(3, 3)
+        self._bullet.resetBasePositionAndOrientation(
+            self._object, frame + rotation @ self._object_frame_offset, orientation
+        )
 
     def _object_frame(self) -> tuple[np.ndarray, np.ndarray]:
         position, orientation = self._bullet.getBasePositionAndOrientation(self._object)
@@ -726,7 +756,7 @@ class GraspScene(ArmScene):
         ee, obj = self._ee_position, self._object_position
         distance = float(np.linalg.norm(ee - obj))
         lift = float(obj[2] - self._rest_height_m)
-        tilt = _tilt_rad(self._object_orientation)
+        tilt = _tilt_rad(self._object_orientation, self._object_rest_up)
         level = tilt <= MAX_TILT_RAD
         success = lift >= SUCCESS_LIFT_M and not self._crushed and level
         approach = 1.0 - math.tanh(10.0 * distance)
