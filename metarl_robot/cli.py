@@ -131,10 +131,99 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return subprocess.call(command, env=env, cwd=REPO_ROOT)
 
 
+def _gif_tasks(args: argparse.Namespace, env, env_id: str, registry: dict, config: dict | None):
+    """The task to record: index ``--index`` of a task file, or of a split of the env's task distribution."""
+    from metarl_robot.algos.context_ppo.algo import resolve
+    from metarl_robot.tasks import TaskError, load_task_file
+
+    if args.task_file:
+        family = env.task.family
+        tasks = load_task_file(args.task_file, {family: env.set_task})
+        where = f"task file {args.task_file}"
+    else:
+        if config is not None and "tasks" in config:
+            reference, seed = config["tasks"]["distribution"], config["tasks"]["seed"]
+        elif env_id in registry:
+            reference, seed = registry[env_id]["distribution"], 0
+        else:
+            raise TaskError(f"no task distribution is registered for {env_id!r}; pass --task-file FILE")
+        if args.task_seed is not None:
+            seed = args.task_seed
+        # Each split is drawn task by task from its own stream, so asking for index + 1 tasks gives the
+        # same task at that index as any larger split would.
+        sizes = {"num_train": 1, "num_test": 0, f"num_{args.split}": max(1, args.index + 1)}
+        tasks = resolve(reference)(seed=seed, **sizes).split(args.split)
+        where = f"the {args.split} split of {reference} (seed {seed})"
+    if not 0 <= args.index < len(tasks):
+        raise TaskError(f"--index {args.index} is out of range: {where} has {len(tasks)} task(s)")
+    return tasks[args.index]
+
+
+def _gif_policy(args: argparse.Namespace, env, task, checkpoint):
+    """``act(obs) -> action`` in the env's action space for ``--policy`` (``checkpoint``: its loaded
+    ``(policy, data)`` when ``--policy`` is a checkpoint)."""
+    import numpy as np
+
+    from metarl_robot.algos.context_ppo.algo import resolve
+
+    if args.policy == "random":
+        env.action_space.seed(args.seed)
+        return lambda obs: env.action_space.sample()
+    if args.policy == "oracle":
+        reference = getattr(env, "demonstrator", None)
+        if not reference:
+            raise ValueError(f"{type(env).__name__} has no demonstrator; use --policy random or a checkpoint")
+        demonstrate = resolve(reference)
+        return lambda obs: np.asarray(demonstrate(np.asarray(obs)[None], [task]))[0]
+    from metarl_robot.evaluation import TorchController
+
+    policy, data = checkpoint
+    controller = TorchController(policy, int(data["adaptation"]["buffer_size"]))
+    scale = np.asarray(env.interface["action"]["scale"], dtype=np.float32)
+    # The controller commands physical units; the env takes normalised actions. It acts on its prior
+    # context: one episode leaves nothing to adapt from before the episode ends.
+    return lambda obs: controller.act(obs) / scale
+
+
+def cmd_gif(args: argparse.Namespace) -> int:
+    import importlib
+
+    import gymnasium as gym
+
+    from metarl_robot.rendering import record_rollout, write_gif
+
+    module_name, _, env_id = args.env_id.rpartition(":")
+    module_name = module_name or "sim"
+    try:
+        module = importlib.import_module(module_name)  # registers the module's env ids
+        env = gym.make(env_id, render_mode="rgb_array").unwrapped
+    except (ImportError, gym.error.Error) as err:
+        return _fail(f"cannot make {args.env_id!r}: {err}")
+    try:
+        checkpoint = None
+        if args.policy not in ("random", "oracle"):
+            from metarl_robot.checkpoint import load_checkpoint
+
+            checkpoint = load_checkpoint(args.policy)
+        config = checkpoint[1].get("config") if checkpoint else None
+        task = _gif_tasks(args, env, env_id, getattr(module, "ENVIRONMENTS", {}), config)
+        env.set_task(task)
+        act = _gif_policy(args, env, task, checkpoint)
+        frames = record_rollout(env, act, seed=args.seed, max_steps=args.max_steps)
+        fps = args.fps or env.metadata.get("render_fps") or 10
+        path = write_gif(frames, args.out, fps)
+    except ValueError as err:
+        return _fail(str(err))
+    finally:
+        env.close()
+    print(f"{path}: {len(frames)} frames at {fps:g} fps of {env_id} on task {task.task_id or task.family!r}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metarl-robot", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,export,verify,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,export,verify,demo,gif}")
 
     p = sub.add_parser("train", help="meta-train a policy; writes checkpoints, TensorBoard logs and the resolved config")
     p.add_argument("--config", default=str(SHIPPED_CONFIG), help="YAML config (default: %(default)s)")
@@ -180,6 +269,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "shipped policy fails first and grasps after adapting, in `metarl-robot eval`)")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("gif", help="record one episode of an env as an animated GIF")
+    p.add_argument("--env-id", required=True,
+                   help="a registered id, e.g. metarl/Navigation2D-v0 (sim's ids are registered), or module:id")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"],
+                   help="split of the env's task distribution to take the task from (default: %(default)s)")
+    p.add_argument("--task-file", help="YAML task file to take the task from instead of a split")
+    p.add_argument("--index", type=int, default=0, help="index of the task in the split or task file")
+    p.add_argument("--task-seed", type=int, default=None,
+                   help="seed of the task distribution (default: the checkpoint config's, else 0)")
+    p.add_argument("--policy", default="random",
+                   help="random, oracle (the env's demonstrator) or a checkpoint .pt (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="reset seed (and the random policy's seed)")
+    p.add_argument("--max-steps", type=int, default=200, help="stop after this many steps (default: %(default)s)")
+    p.add_argument("--fps", type=float, default=0.0, help="frames per second (default: the env's render_fps)")
+    p.add_argument("--out", default="runs/rollout.gif", help="GIF to write (default: %(default)s)")
+    p.set_defaults(func=cmd_gif)
     return parser
 
 
