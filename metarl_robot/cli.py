@@ -55,17 +55,19 @@ def _load_controller_and_env(args: argparse.Namespace):
 
 
 def _eval_tasks(args: argparse.Namespace, config: dict, env):
-    from metarl_robot.algos.context_ppo.algo import resolve
-    from metarl_robot.tasks import load_task_file
+    from metarl_robot.algos.context_ppo.algo import build_task_distribution
+    from metarl_robot.tasks import TaskError, load_task_file
 
     if args.task_file:
         # The env validates tasks of its own family (set_task raises TaskError naming the field); the
         # task takes effect only at the next reset, so checking them all up front changes nothing.
         family = getattr(getattr(env, "task", None), "family", None)
         return load_task_file(args.task_file, {family: env.set_task} if family else None)
-    tasks = config["tasks"]
-    dist = resolve(tasks["distribution"])(seed=tasks["seed"], num_train=tasks["num_train"], num_test=tasks["num_test"])
+    dist = build_task_distribution(config["tasks"])
     chosen = dist.split(args.split)
+    if not chosen:
+        raise TaskError(f"the {args.split!r} split of this config's task distribution is empty; "
+                        f"set tasks.num_{args.split} in the training config or pick another --split")
     return chosen[: args.num_tasks] if args.num_tasks else chosen
 
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -18,12 +19,20 @@ from sim.grasp_task import (
     MAX_EE_SPEED_M_S,
     MAX_GRIP_FORCE_N,
     default_grasp_distribution,
+    grasp_force_window,
     oracle_grasp_offset_m,
     oracle_grip_force_n,
 )
 from sim.scene import DEFAULT_ROBOT, FINGER_OPEN_POSITION_M, INTERFACE, GraspScene
 
-__all__ = ["GraspEnv", "PandaGraspEnv", "oracle_grasp_action", "run_scripted_episode", "scripted_grasp_action"]
+__all__ = [
+    "GraspEnv",
+    "PandaGraspEnv",
+    "oracle_grasp_action",
+    "parametric_grasp_action",
+    "run_scripted_episode",
+    "scripted_grasp_action",
+]
 
 ACTION_SCALE = np.asarray(INTERFACE["action"]["scale"], dtype=np.float32)
 # Positions in m (the object cannot leave the table), finger openings in m, finger efforts in N.
@@ -208,3 +217,22 @@ def run_scripted_episode(
 
 PandaGraspEnv = GraspEnv
 """The grasp env with its default robot, the Franka Panda (``metarl/PandaGrasp-v0``)."""
+
+
+def parametric_grasp_action(obs: np.ndarray, task: TaskSpec, options: Mapping[str, Any]) -> np.ndarray:
+    """:func:`scripted_grasp_action` whose grip force and grasp point are set by ``options["theta"]``.
+
+    ``options["features"] == "none"`` (a non-adaptive policy, blind to the task): ``grip_force_n =
+    exp(theta[0])`` and ``grasp_offset_m = theta[1]``. ``"task"`` (an oracle that reads the true task
+    parameters): ``log grip_force_n = theta[0] + theta[1] * log(hold force) + theta[2] * log(usable
+    force)`` from :func:`grasp_force_window`, and ``grasp_offset_m = theta[3] * com offset + theta[4]``
+    (the com offset of objects lying along x, :func:`oracle_grasp_offset_m`).
+    """
+    theta = np.asarray(options["theta"], dtype=np.float64)
+    if options.get("features", "none") == "none":
+        log_force, offset = theta[0], theta[1]
+    else:
+        hold, usable = grasp_force_window(task)
+        log_force = theta[0] + theta[1] * np.log(hold) + theta[2] * np.log(max(usable, 1e-3))
+        offset = theta[3] * oracle_grasp_offset_m(task) + theta[4]
+    return scripted_grasp_action(obs, float(np.exp(np.clip(log_force, -5.0, 5.0))), float(offset))

@@ -40,8 +40,17 @@ def resolve(reference: str) -> Any:
 
 
 def make_task_distribution(config: TrainConfig) -> TaskDistribution:
-    make = resolve(config.tasks.distribution)
-    return make(seed=config.tasks.seed, num_train=config.tasks.num_train, num_test=config.tasks.num_test)
+    return build_task_distribution(to_dict(config.tasks))
+
+
+def build_task_distribution(tasks: dict[str, Any]) -> TaskDistribution:
+    """The distribution a (plain-dict) ``tasks`` config section describes, validation split included
+    when asked for; distribution functions without ``num_validation`` still work when it is 0."""
+    make = resolve(tasks["distribution"])
+    kwargs = {"seed": tasks["seed"], "num_train": tasks["num_train"], "num_test": tasks["num_test"], **tasks.get("kwargs", {})}
+    if tasks.get("num_validation", 0):
+        kwargs["num_validation"] = tasks["num_validation"]
+    return make(**kwargs)
 
 
 # ---------------------------------------------------------------------------------- transitions

@@ -41,6 +41,10 @@ class TasksConfig:
     seed: int = 0
     num_train: int = 64
     num_test: int = 16
+    num_validation: int = 0
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Extra keyword arguments of the distribution function, e.g. ``{factors: {com_offset_fraction: 0.0}}``
+    to switch a factor of ``sim:grasp_distribution`` off or change its range."""
 
 
 @dataclasses.dataclass(frozen=True)
