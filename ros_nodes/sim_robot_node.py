@@ -38,7 +38,7 @@ from std_srvs.srv import Trigger
 from metarl_robot.tasks import TaskError, TaskSpec, load_task_file
 from ros_nodes import SIM_ROBOT_NODE_NAME
 from ros_nodes._runner import run_node
-from sim import GRASP_VALIDATORS, GraspScene, default_grasp_distribution
+from sim import GRASP_VALIDATORS, ROBOTS, GraspScene, default_grasp_distribution
 
 STEP_MODES = ("realtime", "lockstep")
 
@@ -87,7 +87,10 @@ class SimRobotNode(Node):
         )
         self._frame_id = self.get_parameter("frame_id").value
         self._rng = np.random.default_rng(self.get_parameter("seed").value)
-        self._scene = GraspScene(task)
+        robot = self.get_parameter("robot").value
+        if robot not in ROBOTS:
+            raise ValueError(f"parameter robot={robot!r} is unknown; use one of {', '.join(ROBOTS)}")
+        self._scene = GraspScene(task, robot=robot)
         self._period_s = 1.0 / self._scene.control_rate_hz
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
@@ -131,6 +134,8 @@ class SimRobotNode(Node):
         self.declare_parameter("step_mode", "realtime", describe(
             "realtime: step at the control rate with the latest command; lockstep: one step per cmd_twist"))
         self.declare_parameter("seed", 0, describe("seed of the object placement noise", read_only=True))
+        self.declare_parameter("robot", "franka_panda", describe(
+            "simulated arm: franka_panda, kuka_iiwa or xarm6 (joint names follow the arm)", read_only=True))
         self.declare_parameter("command_timeout_s", 0.5, describe(
             "a cmd_twist older than this is replaced by zero velocity (the grip force is kept)"))
         self.declare_parameter("frame_id", "world", describe("frame of the published poses", read_only=True))
