@@ -1,8 +1,9 @@
-"""Measure the grasp env: physics cost per step and the adaptation gap of the scripted controller.
+"""The scripted grasp on a split: the oracle's force and grasp point against every fixed force of a sweep.
 
 ``python -m sim.grasp_bench`` prints the milliseconds per env step and the success rate, on test-split
-tasks, of the scripted controller with the oracle's grip force (chosen from ``grasp_force_window``)
-against every fixed grip force of a sweep.
+tasks, of the scripted controller with the oracle's grip force (chosen from ``grasp_force_window``) and
+grasp point against every fixed grip force of a sweep. ``--distribution suite`` uses the full grasp
+suite, ``--robot`` another arm. The trained comparison is ``bench/adaptation_gap.py``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from collections.abc import Sequence
 
 
 from metarl_robot.tasks import TaskSpec
-from sim.grasp import PandaGraspEnv, run_scripted_episode, scripted_grasp_action
-from sim.grasp_task import default_grasp_distribution, oracle_grip_force_n
+from sim.grasp import GraspEnv, run_scripted_episode, scripted_grasp_action
+from sim.grasp_task import default_grasp_distribution, grasp_distribution, oracle_grasp_offset_m, oracle_grip_force_n
 
 FIXED_FORCES_N = (1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 30.0, 45.0, 60.0)
 
 
-def step_cost_ms(env: PandaGraspEnv, episodes: int = 5, repeats: int = 3, grip_force_n: float = 10.0) -> float:
+def step_cost_ms(env: GraspEnv, episodes: int = 5, repeats: int = 3, grip_force_n: float = 10.0) -> float:
     """Wall-clock milliseconds per ``env.step`` in scripted episodes (resets excluded).
 
     The best of ``repeats`` means over ``episodes`` episodes, so that other jobs on a shared machine
@@ -41,13 +42,17 @@ def step_cost_ms(env: PandaGraspEnv, episodes: int = 5, repeats: int = 3, grip_f
     return min(means)
 
 
-def success_rate(env: PandaGraspEnv, tasks: Sequence[TaskSpec], grip_force_n: float | None) -> float:
-    """Fraction of ``tasks`` the scripted controller lifts; ``grip_force_n=None`` uses the oracle's force."""
+def success_rate(env: GraspEnv, tasks: Sequence[TaskSpec], grip_force_n: float | None) -> float:
+    """Fraction of ``tasks`` the scripted controller lifts; ``grip_force_n=None`` is the oracle (its force
+    and grasp point), a number a fixed force at the object's centre."""
     successes = 0
     for i, task in enumerate(tasks):
         env.set_task(task)
-        force = oracle_grip_force_n(task) if grip_force_n is None else grip_force_n
-        successes += bool(run_scripted_episode(env, force, seed=i)["success"])
+        if grip_force_n is None:
+            force, offset = oracle_grip_force_n(task), oracle_grasp_offset_m(task)
+        else:
+            force, offset = grip_force_n, 0.0
+        successes += bool(run_scripted_episode(env, force, seed=i, grasp_offset_m=offset)["success"])
     return successes / len(tasks)
 
 
@@ -55,14 +60,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=32, help="number of test-split tasks in the sweep")
     parser.add_argument("--split", default="test", choices=("train", "test"))
-    parser.add_argument("--seed", type=int, default=0, help="seed of the default grasp distribution")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the task distribution")
+    parser.add_argument("--distribution", choices=("default", "suite"), default="default")
+    parser.add_argument("--robot", default="franka_panda")
     args = parser.parse_args(argv)
 
-    distribution = default_grasp_distribution(seed=args.seed, num_train=max(64, args.tasks), num_test=args.tasks)
+    make = grasp_distribution if args.distribution == "suite" else default_grasp_distribution
+    distribution = make(seed=args.seed, num_train=max(64, args.tasks), num_test=args.tasks)
     tasks = distribution.split(args.split)[: args.tasks]
-    env = PandaGraspEnv(tasks[0])
+    env = GraspEnv(tasks[0], robot=args.robot)
     print(f"env step: {step_cost_ms(env):.2f} ms (best of 3 means over 5 scripted episodes of 30 steps)")
-    print(f"scripted grasp success on {len(tasks)} {args.split}-split tasks:")
+    print(f"scripted grasp success on {len(tasks)} {args.split}-split tasks of the {args.distribution} distribution, {args.robot}:")
     print(f"  oracle force   {success_rate(env, tasks, None):6.1%}")
     rates = {force: success_rate(env, tasks, force) for force in FIXED_FORCES_N}
     for force, rate in rates.items():
