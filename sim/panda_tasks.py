@@ -30,10 +30,11 @@ from metarl_robot.tasks import Choice, Factor, TaskDistribution, TaskError, Task
 from sim.grasp_task import MAX_EE_SPEED_M_S, PARAM_HELP
 from sim.robots import robot_spec
 from sim.scene import (
+    _PARKING_POSITION,
     CONTROL_RATE_HZ,
     DEFAULT_ROBOT,
-    HOME_EE_POSITION,
     OBJECT_COLOUR,
+    SETTLE_TIME_S,
     WORKSPACE_HIGH,
     WORKSPACE_LOW,
     ArmScene,
@@ -90,10 +91,6 @@ MAX_BOX_SIZE_M = 0.08
 FINGER_CLOSED_M = 0.0
 FINGER_HOLD_FORCE_N = 20.0
 """Force of the finger motors holding the gripper closed (both scenes)."""
-SETTLE_TIME_S = 0.05
-HOME_SOLVER_ITERATIONS = 100
-HOME_TOLERANCE_M = 0.002
-_PARKING_POSITION = (5.0, 5.0, 5.0)
 
 GOAL_COLOUR = (0.15, 0.75, 0.25, 1.0)
 REACH_MARKER_RADIUS_M = 0.012
@@ -328,8 +325,7 @@ class _GoalScene(ArmScene):
     restores the home state and then places the bodies, so an episode depends on its task and seed only.
     """
 
-    home_ee_position: tuple[float, float, float] = HOME_EE_POSITION
-    """Where the grasp frame starts every episode (m)."""
+    home_finger_position_m = FINGER_CLOSED_M
 
     def __init__(
         self,
@@ -382,23 +378,6 @@ class _GoalScene(ArmScene):
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------ construction
-
-    def _solve_home_pose(self) -> np.ndarray:
-        q = self._rest_pose.copy()
-        target = np.asarray(self.home_ee_position, dtype=np.float64)
-        for _ in range(HOME_SOLVER_ITERATIONS):
-            self._set_joints(q, FINGER_CLOSED_M)
-            self._sense()
-            q, _ = self._solve_motion(target, np.zeros(3))
-        self._set_joints(q, FINGER_CLOSED_M)
-        self._sense()
-        error = float(np.linalg.norm(self._ee_position - target))
-        if error > HOME_TOLERANCE_M:
-            raise ValueError(
-                f"robot={self.spec.name!r} cannot put its grasp frame at {self.home_ee_position} m, where "
-                f"{type(self).__name__} episodes start: the closest it gets is {error * 100:.1f} cm away"
-            )
-        return q
 
     def _sense(self) -> None:
         super()._sense()
@@ -474,18 +453,6 @@ class _GoalScene(ArmScene):
 
     def _marker_position(self) -> tuple[float, float, float]:
         return tuple(float(v) for v in self._goal)
-
-    def _drive_arm_at(self, q: np.ndarray) -> None:
-        self._bullet.setJointMotorControlArray(
-            self._robot,
-            self._arm_joints,
-            pybullet.POSITION_CONTROL,
-            targetPositions=q.tolist(),
-            targetVelocities=[0.0] * self._num_arm,
-            forces=self._arm_max_force,
-            positionGains=[self._position_gain] * self._num_arm,
-            velocityGains=[1.0] * self._num_arm,
-        )
 
     def step_control(self) -> None:
         """Advance the physics one control period under the last command."""

@@ -108,6 +108,9 @@ does not jerk a grasped object."""
 ARM_UPDATE_SUBSTEPS = 6
 """Physics steps between updates of the arm's joint reference (and samples of the squeeze force)."""
 IK_DAMPING = 0.01
+HOME_SOLVER_ITERATIONS = 100
+HOME_TOLERANCE_M = 0.002
+"""The home pose must put the grasp frame this close to ``home_ee_position``."""
 _IK_DAMPING_MATRIX = IK_DAMPING**2 * np.eye(6)
 NULL_SPACE_GAIN = 0.1
 REST_POSE = ROBOTS[DEFAULT_ROBOT].rest_pose
@@ -204,6 +207,10 @@ class ArmScene:
     """
 
     control_rate_hz: float = CONTROL_RATE_HZ
+    home_ee_position: tuple[float, float, float] = HOME_EE_POSITION
+    """Where the grasp frame starts every episode (m)."""
+    home_finger_position_m: float = FINGER_OPEN_POSITION_M
+    """Finger opening at the home pose."""
 
     def __init__(self, *, robot: str = DEFAULT_ROBOT, gui: bool = False, time_step: float = 1.0 / 240.0) -> None:
         self.spec = robot_spec(robot)
@@ -272,13 +279,35 @@ class ArmScene:
         self._home_q = self._solve_home_pose()
 
     def _solve_home_pose(self) -> np.ndarray:
+        """Arm joints that put the grasp frame at ``home_ee_position``, gripper down, from the rest pose."""
         q = self._rest_pose.copy()
-        for _ in range(100):
-            self._set_joints(q)
+        target = np.asarray(self.home_ee_position, dtype=np.float64)
+        for _ in range(HOME_SOLVER_ITERATIONS):
+            self._set_joints(q, self.home_finger_position_m)
             self._sense()
-            q, _ = self._solve_motion(np.asarray(HOME_EE_POSITION), np.zeros(3))
-        self._set_joints(q)
+            q, _ = self._solve_motion(target, np.zeros(3))
+        self._set_joints(q, self.home_finger_position_m)
+        self._sense()
+        error = float(np.linalg.norm(self._ee_position - target))
+        if error > HOME_TOLERANCE_M:
+            raise ValueError(
+                f"robot={self.spec.name!r} cannot put its grasp frame at {self.home_ee_position} m, where "
+                f"{type(self).__name__} episodes start: the closest it gets is {error * 100:.1f} cm away"
+            )
         return q
+
+    def _drive_arm_at(self, q: np.ndarray) -> None:
+        """Hold the arm joints at ``q``."""
+        self._bullet.setJointMotorControlArray(
+            self._robot,
+            self._arm_joints,
+            pybullet.POSITION_CONTROL,
+            targetPositions=q.tolist(),
+            targetVelocities=[0.0] * self._num_arm,
+            forces=self._arm_max_force,
+            positionGains=[self._position_gain] * self._num_arm,
+            velocityGains=[1.0] * self._num_arm,
+        )
 
     def _set_joints(self, arm_q: np.ndarray, finger_position: float = FINGER_OPEN_POSITION_M) -> None:
         for joint, value in zip(self._joints, [*arm_q, finger_position, finger_position]):
@@ -663,18 +692,6 @@ class GraspScene(ArmScene):
         self._reset_controller(self._ee_position)
         self._rest_height_m = float(self._object_position[2])
         self._status = self._compute_status(crushed_now=False)
-
-    def _drive_arm_at(self, q: np.ndarray) -> None:
-        self._bullet.setJointMotorControlArray(
-            self._robot,
-            self._arm_joints,
-            pybullet.POSITION_CONTROL,
-            targetPositions=q.tolist(),
-            targetVelocities=[0.0] * self._num_arm,
-            forces=self._arm_max_force,
-            positionGains=[self._position_gain] * self._num_arm,
-            velocityGains=[1.0] * self._num_arm,
-        )
 
     def apply_command(self, command: np.ndarray) -> None:
         """Set ``[ee_vx, ee_vy, ee_vz]`` (m/s) and the grip force (N; <= 0 opens) until the next command.
