@@ -220,19 +220,19 @@ PandaGraspEnv = GraspEnv
 
 
 def parametric_grasp_action(obs: np.ndarray, task: TaskSpec, options: Mapping[str, Any]) -> np.ndarray:
-    """:func:`scripted_grasp_action` whose grip force and grasp point are set by ``options["theta"]``.
+    """:func:`scripted_grasp_action` whose grip force is set by ``options["theta"]``; for policy search.
 
     ``options["features"] == "none"`` (a non-adaptive policy, blind to the task): ``grip_force_n =
-    exp(theta[0])`` and ``grasp_offset_m = theta[1]``. ``"task"`` (an oracle that reads the true task
-    parameters): ``log grip_force_n = theta[0] + theta[1] * log(hold force) + theta[2] * log(usable
-    force)`` from :func:`grasp_force_window`, and ``grasp_offset_m = theta[3] * com offset + theta[4]``
-    (the com offset of objects lying along x, :func:`oracle_grasp_offset_m`).
+    exp(theta[0])``. ``"task"`` (an oracle that reads the true task parameters): ``log grip_force_n =
+    theta[0] + theta[1] * (log(hold force) - c) + theta[2] * (log(usable force) - c)`` from
+    :func:`grasp_force_window`, with ``c = log(5 N)`` centring the features so that ``theta[0]`` alone
+    is a non-adaptive force. ``options["grasp_offset_m"]`` (default 0) moves the grasp point along x.
     """
     theta = np.asarray(options["theta"], dtype=np.float64)
-    if options.get("features", "none") == "none":
-        log_force, offset = theta[0], theta[1]
-    else:
+    log_force = theta[0]
+    if options.get("features", "none") == "task":
         hold, usable = grasp_force_window(task)
-        log_force = theta[0] + theta[1] * np.log(hold) + theta[2] * np.log(max(usable, 1e-3))
-        offset = theta[3] * oracle_grasp_offset_m(task) + theta[4]
-    return scripted_grasp_action(obs, float(np.exp(np.clip(log_force, -5.0, 5.0))), float(offset))
+        centre = np.log(5.0)
+        log_force = theta[0] + theta[1] * (np.log(hold) - centre) + theta[2] * (np.log(max(usable, 1e-3)) - centre)
+    force = float(np.exp(np.clip(log_force, -5.0, 5.0)))
+    return scripted_grasp_action(obs, force, float(options.get("grasp_offset_m", 0.0)))
