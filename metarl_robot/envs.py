@@ -76,6 +76,43 @@ class TrajectoryBatch:
         return self.success[last, np.arange(self.num_envs)]
 
 
+class TaskEnv(gym.Env):
+    """A Gymnasium env with the task plumbing of :class:`MetaEnv`, written once.
+
+    Subclasses check tasks in :meth:`validate_task` (raising :class:`~metarl_robot.tasks.TaskError`
+    naming the field) and start their ``reset`` with :meth:`_start_reset`. The task is kept in
+    ``self._task`` and takes effect at the next reset; an env that keeps it elsewhere (a simulation
+    scene) overrides :meth:`set_task` and :meth:`_current_task`.
+    """
+
+    _task: TaskSpec
+
+    def validate_task(self, task: TaskSpec) -> None:
+        """Raise ``TaskError`` if this env cannot run ``task``."""
+
+    def set_task(self, task: TaskSpec) -> None:
+        """Use ``task`` from the next ``reset`` on."""
+        self.validate_task(task)
+        self._task = task
+
+    def _current_task(self) -> TaskSpec:
+        return self._task
+
+    @property
+    def task(self) -> TaskSpec:
+        return self._current_task()
+
+    @task.setter
+    def task(self, task: TaskSpec) -> None:
+        self.set_task(task)
+
+    def _start_reset(self, seed: int | None, options: Mapping[str, Any] | None) -> None:
+        """Seed ``np_random`` as ``gym.Env.reset`` does, then switch to ``options["task"]`` if given."""
+        super().reset(seed=seed)
+        if options and "task" in options:
+            self.set_task(options["task"])
+
+
 ActFn = Callable[[np.ndarray], tuple[np.ndarray, Mapping[str, np.ndarray]]]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from metarl_robot.envs import TaskEnv
 from metarl_robot.tasks import TaskDistribution, TaskError, TaskSpec, Uniform
 
 POINT_INTERFACE = {
@@ -40,7 +41,7 @@ def point_goal_distribution(seed: int = 0, num_train: int = 32, num_test: int = 
     )
 
 
-class PointGoalEnv(gym.Env):
+class PointGoalEnv(TaskEnv):
     """Move a point from the origin towards a hidden goal; reward is minus the distance.
 
     ``success`` means ending within ``success_radius`` of the goal.
@@ -59,21 +60,12 @@ class PointGoalEnv(gym.Env):
         self._pos = np.zeros(2)
         self._t = 0
 
-    def set_task(self, task: TaskSpec) -> None:
+    def validate_task(self, task: TaskSpec) -> None:
         if task.family != "point_goal":
             raise TaskError(f"PointGoalEnv takes tasks of family 'point_goal', got {task.family!r}")
-        self._task = task
-
-    @property
-    def task(self) -> TaskSpec:
-        return self._task
-
-    @task.setter
-    def task(self, task: TaskSpec) -> None:
-        self.set_task(task)
 
     def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
+        self._start_reset(seed, options)
         self._goal = np.array([self._task["goal_x"], self._task["goal_y"]], dtype=np.float64)
         self._pos = self.np_random.uniform(-0.02, 0.02, 2)
         self._t = 0

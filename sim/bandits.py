@@ -21,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 
 from metarl_robot.rendering import canvas, draw_progress, fill_rect
+from metarl_robot.envs import TaskEnv
 from metarl_robot.tasks import TaskDistribution, TaskError, TaskSpec, Uniform
 
 __all__ = [
@@ -147,7 +148,7 @@ def expected_regret(task: TaskSpec, actions: Sequence[int]) -> float:
     return float(np.sum(p.max() - p[np.asarray(actions, dtype=int)]))
 
 
-class BernoulliBanditEnv(gym.Env):
+class BernoulliBanditEnv(TaskEnv):
     """One trial of ``num_pulls`` pulls of a ``num_arms``-armed Bernoulli bandit.
 
     ============  ===============================================================================
@@ -197,24 +198,12 @@ class BernoulliBanditEnv(gym.Env):
         self._last_arm: int | None = None
         self._pulls = 0
 
-    def set_task(self, task: TaskSpec) -> None:
-        """Use ``task`` from the next ``reset`` on; raises :class:`TaskError` naming a bad field."""
+    def validate_task(self, task: TaskSpec) -> None:
         validate_bandit_task(task, self.num_arms)
-        self._task = task
-
-    @property
-    def task(self) -> TaskSpec:
-        return self._task
-
-    @task.setter
-    def task(self, task: TaskSpec) -> None:
-        self.set_task(task)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start a trial; ``options={"task": TaskSpec}`` switches the task first."""
-        super().reset(seed=seed)
-        if options and "task" in options:
-            self.set_task(options["task"])
+        self._start_reset(seed, options)
         self._p = np.array([float(self._task[f"p{i}"]) for i in range(self.num_arms)])
         self._counts[:] = 0
         self._last_arm = None
@@ -427,7 +416,7 @@ def tabular_mdp_distribution(
     )
 
 
-class TabularMDPEnv(gym.Env):
+class TabularMDPEnv(TaskEnv):
     """One trial: ``episodes_per_trial`` episodes of ``episode_length`` steps in one random MDP.
 
     Every episode starts in state 0. The env does not reset between the episodes of a trial; it
@@ -501,24 +490,12 @@ class TabularMDPEnv(gym.Env):
         self._episode = 0
         self._step_in_episode = 0
 
-    def set_task(self, task: TaskSpec) -> None:
-        """Use ``task`` from the next ``reset`` on; raises :class:`TaskError` naming a bad field."""
+    def validate_task(self, task: TaskSpec) -> None:
         validate_mdp_task(task, self.num_states, self.num_actions)
-        self._task = task
-
-    @property
-    def task(self) -> TaskSpec:
-        return self._task
-
-    @task.setter
-    def task(self, task: TaskSpec) -> None:
-        self.set_task(task)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start a trial in state 0; ``options={"task": TaskSpec}`` switches the task first."""
-        super().reset(seed=seed)
-        if options and "task" in options:
-            self.set_task(options["task"])
+        self._start_reset(seed, options)
         if self._arrays_of != self._task:
             transitions, self._reward_means = mdp_arrays(self._task)
             self._cumulative = np.cumsum(transitions, axis=2)

@@ -14,6 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from metarl_robot.envs import TaskEnv
 from metarl_robot.tasks import TaskSpec
 from sim.grasp_task import (
     MAX_EE_SPEED_M_S,
@@ -40,7 +41,7 @@ OBSERVATION_LOW = np.array([-2.0] * 6 + [-0.005] * 2 + [-MAX_GRIP_FORCE_N] * 2, 
 OBSERVATION_HIGH = np.array([2.0] * 6 + [0.045] * 2 + [MAX_GRIP_FORCE_N] * 2, dtype=np.float32)
 
 
-class GraspEnv(gym.Env):
+class GraspEnv(TaskEnv):
     """Grasp a hidden-property object and lift it 8 cm, level, within ``max_episode_steps`` control steps at 10 Hz.
 
     Episodes never terminate early (``terminated`` is always False) so vectorised episodes stay in
@@ -83,13 +84,8 @@ class GraspEnv(gym.Env):
         """Use ``task`` from the next ``reset`` on."""
         self._scene.set_task(task)
 
-    @property
-    def task(self) -> TaskSpec:
+    def _current_task(self) -> TaskSpec:
         return self._scene.task
-
-    @task.setter
-    def task(self, task: TaskSpec) -> None:
-        self.set_task(task)
 
     @property
     def scene(self) -> GraspScene:
@@ -99,9 +95,7 @@ class GraspEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start an episode; ``options={"task": TaskSpec}`` switches the task first."""
-        super().reset(seed=seed)
-        if options and "task" in options:
-            self.set_task(options["task"])
+        self._start_reset(seed, options)
         self._scene.reset(self.np_random)
         self._elapsed_steps = 0
         status = self._scene.status()

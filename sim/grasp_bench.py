@@ -1,45 +1,22 @@
 """The scripted grasp on a split: the oracle's force and grasp point against every fixed force of a sweep.
 
-``python -m sim.grasp_bench`` prints the milliseconds per env step and the success rate, on test-split
-tasks, of the scripted controller with the oracle's grip force (chosen from ``grasp_force_window``) and
+``python -m sim.grasp_bench`` prints the success rate, on test-split tasks, of the scripted controller with the oracle's grip force (chosen from ``grasp_force_window``) and
 grasp point against every fixed grip force of a sweep. ``--distribution suite`` uses the full grasp
-suite, ``--robot`` another arm. The trained comparison is ``bench/adaptation_gap.py``.
+suite, ``--robot`` another arm. The trained comparison is ``bench/adaptation_gap.py``, the env's speed
+``bench/grasp_env_speed.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Sequence
 
 
 from metarl_robot.tasks import TaskSpec
-from sim.grasp import GraspEnv, run_scripted_episode, scripted_grasp_action
+from sim.grasp import GraspEnv, run_scripted_episode
 from sim.grasp_task import default_grasp_distribution, grasp_distribution, oracle_grasp_offset_m, oracle_grip_force_n
 
 FIXED_FORCES_N = (1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 30.0, 45.0, 60.0)
-
-
-def step_cost_ms(env: GraspEnv, episodes: int = 5, repeats: int = 3, grip_force_n: float = 10.0) -> float:
-    """Wall-clock milliseconds per ``env.step`` in scripted episodes (resets excluded).
-
-    The best of ``repeats`` means over ``episodes`` episodes, so that other jobs on a shared machine
-    inflate the number less.
-    """
-    means = []
-    for _ in range(repeats):
-        elapsed, steps = 0.0, 0
-        for episode in range(episodes):
-            obs, _ = env.reset(seed=episode)
-            truncated = False
-            while not truncated:
-                action = scripted_grasp_action(obs, grip_force_n)
-                start = time.perf_counter()
-                obs, _, _, truncated, _ = env.step(action)
-                elapsed += time.perf_counter() - start
-                steps += 1
-        means.append(1e3 * elapsed / steps)
-    return min(means)
 
 
 def success_rate(env: GraspEnv, tasks: Sequence[TaskSpec], grip_force_n: float | None) -> float:
@@ -69,7 +46,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     distribution = make(seed=args.seed, num_train=max(64, args.tasks), num_test=args.tasks)
     tasks = distribution.split(args.split)[: args.tasks]
     env = GraspEnv(tasks[0], robot=args.robot)
-    print(f"env step: {step_cost_ms(env):.2f} ms (best of 3 means over 5 scripted episodes of 30 steps)")
     print(f"scripted grasp success on {len(tasks)} {args.split}-split tasks of the {args.distribution} distribution, {args.robot}:")
     print(f"  oracle force   {success_rate(env, tasks, None):6.1%}")
     rates = {force: success_rate(env, tasks, force) for force in FIXED_FORCES_N}

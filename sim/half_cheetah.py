@@ -26,6 +26,7 @@ import pybullet
 import pybullet_data
 from pybullet_utils import bullet_client
 
+from metarl_robot.envs import TaskEnv
 from metarl_robot.tasks import TaskDistribution, TaskError, TaskSpec, Uniform
 
 __all__ = [
@@ -351,7 +352,7 @@ class _CheetahWorld:
 # ---------------------------------------------------------------------------------------- envs
 
 
-class _HalfCheetahEnv(gym.Env):
+class _HalfCheetahEnv(TaskEnv):
     """Shared body of the two task envs; subclasses define the family and the task reward."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": int(round(1.0 / (FRAME_SKIP * MODEL_STEP_S)))}
@@ -394,27 +395,15 @@ class _HalfCheetahEnv(gym.Env):
     def _task_reward(self, forward_velocity: float) -> float:
         raise NotImplementedError
 
-    def set_task(self, task: TaskSpec) -> None:
-        """Use ``task`` from the next ``reset`` on; raises :class:`TaskError` naming a bad field."""
+    def validate_task(self, task: TaskSpec) -> None:
         self._validate(task)
-        self._task = task
-
-    @property
-    def task(self) -> TaskSpec:
-        return self._task
-
-    @task.setter
-    def task(self, task: TaskSpec) -> None:
-        self.set_task(task)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """The initial pose with N(0, 0.01) joint-position and N(0, 0.1) joint-velocity noise (rllab's);
         ``options={"task": TaskSpec}`` switches the task first."""
-        super().reset(seed=seed)
         if self._closed:
             raise RuntimeError("this env is closed")
-        if options and "task" in options:
-            self.set_task(options["task"])
+        self._start_reset(seed, options)
         size = len(ROOT_JOINTS) + len(LEG_JOINTS)
         positions = self.np_random.normal(0.0, RESET_POSITION_STD, size)
         velocities = self.np_random.normal(0.0, RESET_VELOCITY_STD, size)

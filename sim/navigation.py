@@ -14,6 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 from metarl_robot.rendering import canvas, draw_line, draw_progress, fill_disc, fill_rect
+from metarl_robot.envs import TaskEnv
 from metarl_robot.tasks import TaskDistribution, TaskError, TaskSpec, Uniform
 
 __all__ = [
@@ -90,7 +91,7 @@ def validate_navigation_task(task: TaskSpec) -> None:
             raise TaskError(f"{name}={value!r} must be a number (the goal coordinate in metres)")
 
 
-class Navigation2DEnv(gym.Env):
+class Navigation2DEnv(TaskEnv):
     """Move a point from the origin to a hidden goal within ``max_episode_steps`` steps.
 
     ============  ===============================================================================
@@ -135,26 +136,14 @@ class Navigation2DEnv(gym.Env):
 
     # ---------------------------------------------------------------------------------- tasks
 
-    def set_task(self, task: TaskSpec) -> None:
-        """Use ``task`` from the next ``reset`` on; raises :class:`TaskError` naming a bad field."""
+    def validate_task(self, task: TaskSpec) -> None:
         validate_navigation_task(task)
-        self._task = task
-
-    @property
-    def task(self) -> TaskSpec:
-        return self._task
-
-    @task.setter
-    def task(self, task: TaskSpec) -> None:
-        self.set_task(task)
 
     # ------------------------------------------------------------------------------- episodes
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start at the origin; ``options={"task": TaskSpec}`` switches the task first."""
-        super().reset(seed=seed)
-        if options and "task" in options:
-            self.set_task(options["task"])
+        self._start_reset(seed, options)
         self._goal = np.array([self._task["goal_x"], self._task["goal_y"]], dtype=np.float64)
         self._position = np.zeros(2)
         self._path = [self._position.copy()]

@@ -26,6 +26,7 @@ import gymnasium as gym
 import numpy as np
 import pybullet
 
+from metarl_robot.envs import TaskEnv
 from metarl_robot.tasks import Choice, Factor, TaskDistribution, TaskError, TaskSpec, Uniform, factor_from_config
 from sim.grasp_task import MAX_EE_SPEED_M_S, PARAM_HELP
 from sim.robots import robot_spec
@@ -614,7 +615,7 @@ class PushScene(_GoalScene):
 # ------------------------------------------------------------------------------------------ envs
 
 
-class _GoalEnv(gym.Env):
+class _GoalEnv(TaskEnv):
     """A Gymnasium env over a :class:`_GoalScene`: normalised actions, truncation only, task via ``set_task``."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": int(CONTROL_RATE_HZ)}
@@ -656,13 +657,8 @@ class _GoalEnv(gym.Env):
         """Use ``task`` from the next ``reset`` on; raises :class:`TaskError` naming a bad field."""
         self._scene.set_task(task)
 
-    @property
-    def task(self) -> TaskSpec:
+    def _current_task(self) -> TaskSpec:
         return self._scene.task
-
-    @task.setter
-    def task(self, task: TaskSpec) -> None:
-        self.set_task(task)
 
     @property
     def scene(self) -> _GoalScene:
@@ -672,9 +668,7 @@ class _GoalEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start an episode; ``options={"task": TaskSpec}`` switches the task first."""
-        super().reset(seed=seed)
-        if options and "task" in options:
-            self.set_task(options["task"])
+        self._start_reset(seed, options)
         self._scene.reset(self.np_random)
         self._elapsed_steps = 0
         return self._observe(), self._info(self._scene.status())
