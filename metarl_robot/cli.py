@@ -32,7 +32,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_controller_and_env(args: argparse.Namespace):
-    import gymnasium as gym
+    from metarl_robot.envs import make_meta_env
 
     if bool(args.checkpoint) == bool(args.bundle):
         raise ValueError("give exactly one of --checkpoint CKPT or --bundle DIR")
@@ -50,7 +50,7 @@ def _load_controller_and_env(args: argparse.Namespace):
         controller = TorchController(policy, int(data["adaptation"]["buffer_size"]))
         config = data["config"]
         label = f"checkpoint {args.checkpoint}"
-    env = gym.make(args.env_id or config["env_id"], **config.get("env_kwargs", {})).unwrapped
+    env = make_meta_env(args.env_id or config["env_id"], config.get("env_kwargs", {}), unwrapped=True)
     return controller, env, config, label
 
 
@@ -192,13 +192,14 @@ def cmd_gif(args: argparse.Namespace) -> int:
 
     import gymnasium as gym
 
+    from metarl_robot.envs import make_meta_env
     from metarl_robot.rendering import record_rollout, write_gif
 
     module_name, _, env_id = args.env_id.rpartition(":")
     module_name = module_name or "sim"
     try:
         module = importlib.import_module(module_name)  # registers the module's env ids
-        env = gym.make(env_id, render_mode="rgb_array").unwrapped
+        env = make_meta_env(env_id, {"render_mode": "rgb_array"}, unwrapped=True)
     except (ImportError, gym.error.Error) as err:
         return _fail(f"cannot make {args.env_id!r}: {err}")
     try:

@@ -161,6 +161,25 @@ def collect(
     return TrajectoryBatch(**arrays, extras={k: np.stack(v) for k, v in extras.items()}, tasks=list(tasks))
 
 
+def make_meta_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None, *, unwrapped: bool = False) -> gym.Env:
+    """Build the env of ``env_id`` (``"module:id"`` imports ``module`` first) with ``env_kwargs``.
+
+    The kwargs go into the registered spec rather than through ``gym.make(id, **kwargs)``, which would
+    take ``max_episode_steps`` for a TimeLimit wrapper instead of handing it to the constructor, as the
+    envs here expect. ``unwrapped=True`` returns the bare env (vector envs and the evaluation protocol
+    step it directly); otherwise the registered wrappers are kept. The env checker is left to the tests.
+    """
+    import importlib
+
+    module, _, name = env_id.rpartition(":")
+    if module:
+        importlib.import_module(module)
+    spec = gym.spec(name)
+    spec = dataclasses.replace(spec, kwargs={**spec.kwargs, **dict(env_kwargs or {})})
+    env = gym.make(spec, disable_env_checker=True)
+    return env.unwrapped if unwrapped else env
+
+
 def make_vector_env(
     env_id: str, num_envs: int, *, asynchronous: bool = False, env_kwargs: Mapping[str, Any] | None = None
 ) -> gym.vector.VectorEnv:
@@ -170,17 +189,10 @@ def make_vector_env(
     ``asynchronous`` runs each env in its own subprocess (Gymnasium's AsyncVectorEnv); workers are
     built from the env id and receive tasks as plain :class:`TaskSpec` data, never pickled envs.
     """
-    kwargs = dict(env_kwargs or {})
+    factories = [_EnvFactory(env_id, dict(env_kwargs or {})) for _ in range(num_envs)]
     if not asynchronous:
-        return gym.vector.SyncVectorEnv(
-            [lambda: gym.make(env_id, **kwargs).unwrapped for _ in range(num_envs)],
-            autoreset_mode=gym.vector.AutoresetMode.DISABLED,
-        )
-    return gym.vector.AsyncVectorEnv(
-        [_EnvFactory(env_id, kwargs) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
-        context="forkserver",
-    )
+        return gym.vector.SyncVectorEnv(factories, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    return gym.vector.AsyncVectorEnv(factories, autoreset_mode=gym.vector.AutoresetMode.DISABLED, context="forkserver")
 
 
 class _EnvFactory:
@@ -190,4 +202,4 @@ class _EnvFactory:
         self.env_id, self.kwargs = env_id, dict(kwargs)
 
     def __call__(self) -> gym.Env:
-        return gym.make(self.env_id, **self.kwargs).unwrapped
+        return make_meta_env(self.env_id, self.kwargs, unwrapped=True)

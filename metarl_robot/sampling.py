@@ -390,23 +390,10 @@ def _dump_policy(policy: Any, dumps: Callable[..., bytes] = pickle.dumps) -> byt
 
 
 def _make_env(env_id: str, env_kwargs: Mapping[str, Any]) -> Any:
-    """Build the env of ``env_id`` (``"module:id"`` imports ``module`` first) with ``env_kwargs``.
+    """:func:`metarl_robot.envs.make_meta_env`, refusing envs that cannot take a task."""
+    from metarl_robot.envs import make_meta_env
 
-    The kwargs go into the registered spec rather than through ``gym.make(id, **kwargs)``, which would
-    take ``max_episode_steps`` for a TimeLimit wrapper instead of handing it to the constructor as the
-    envs here expect. The registered wrappers (a registered time limit) are kept; the env checker is
-    left to the env tests.
-    """
-    import importlib
-
-    import gymnasium as gym
-
-    module, _, name = env_id.rpartition(":")
-    if module:
-        importlib.import_module(module)
-    spec = gym.spec(name)
-    spec = dataclasses.replace(spec, kwargs={**spec.kwargs, **env_kwargs})
-    env = gym.make(spec, disable_env_checker=True)
+    env = make_meta_env(env_id, env_kwargs)
     if not callable(getattr(env.unwrapped, "set_task", None)):
         raise TypeError(f"env {env_id!r} ({type(env).__name__}) has no set_task(TaskSpec); samplers need a MetaEnv")
     return env
