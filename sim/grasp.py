@@ -102,7 +102,7 @@ class GraspEnv(TaskEnv):
         return self._observe(), self._info(status)
 
     def step(self, action):
-        action = np.clip(np.asarray(action, dtype=np.float64).reshape(ACTION_SCALE.shape), -1.0, 1.0)
+        action = np.minimum(np.maximum(np.asarray(action, dtype=np.float64).reshape(ACTION_SCALE.shape), -1.0), 1.0)
         self._scene.apply_command(action * ACTION_SCALE)
         self._scene.step_control()
         self._elapsed_steps += 1

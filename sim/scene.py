@@ -90,6 +90,7 @@ HOME_EE_POSITION = (0.5, 0.0, 0.14)
 EE_DOWN_ORIENTATION = (1.0, 0.0, 0.0, 0.0)  # grasp frame z axis down: the fingers close along world y
 WORKSPACE_LOW = (0.3, -0.2, 0.01)
 WORKSPACE_HIGH = (0.7, 0.2, 0.4)
+_WORKSPACE_LOW, _WORKSPACE_HIGH = np.asarray(WORKSPACE_LOW), np.asarray(WORKSPACE_HIGH)
 _PARKING_POSITION = (5.0, 5.0, 5.0)
 MAX_TARGET_LEAD_M = 0.03
 """How far the commanded end-effector position may run ahead of a blocked end effector."""
@@ -142,6 +143,11 @@ def assemble_observation(
     return np.concatenate([np.asarray(part, dtype=np.float64) for part in parts]).astype(np.float32)
 
 
+def _clamp(x: np.ndarray, low, high) -> np.ndarray:
+    """``np.clip`` without its Python-level dispatch (a few microseconds a call in the control loop)."""
+    return np.minimum(np.maximum(x, low), high)
+
+
 def _rotation_error(desired: Sequence[float], actual: Sequence[float]) -> np.ndarray:
     """Rotation vector (rad, world frame) turning quaternion ``actual`` into ``desired`` (x, y, z, w)."""
     x1, y1, z1, w1 = desired
@@ -175,10 +181,12 @@ def _hermite_basis(duration: float, steps: int, every: int) -> tuple[np.ndarray,
     return position, velocity
 
 
-def _tilt_rad(quaternion: Sequence[float], rest_up: np.ndarray) -> float:
+def _tilt_rad(quaternion: Sequence[float], rest_up: Sequence[float]) -> float:
     """Angle between a body's z axis now and the direction it pointed at rest."""
-    rotation = np.asarray(pybullet.getMatrixFromQuaternion(quaternion)).reshape(3, 3)
-    return math.acos(max(-1.0, min(1.0, float(rotation[:, 2] @ rest_up))))
+    x, y, z, w = quaternion
+    up = (2.0 * (x * z + w * y), 2.0 * (y * z - w * x), 1.0 - 2.0 * (x * x + y * y))
+    cosine = up[0] * rest_up[0] + up[1] * rest_up[1] + up[2] * rest_up[2]
+    return math.acos(max(-1.0, min(1.0, cosine)))
 
 
 class _BulletClient(bullet_client.BulletClient):
@@ -349,7 +357,7 @@ class ArmScene:
         command = np.asarray(command, dtype=np.float64).reshape(-1)
         if command.shape != (3,) or not np.all(np.isfinite(command)):
             raise ValueError(f"command must be 3 finite numbers [vx, vy, vz], got {command!r}")
-        self._velocity_command = np.clip(self._queue_command(command), -MAX_EE_SPEED_M_S, MAX_EE_SPEED_M_S)
+        self._velocity_command = _clamp(self._queue_command(command), -MAX_EE_SPEED_M_S, MAX_EE_SPEED_M_S)
 
     def _step_arm(self, on_sample=None) -> None:
         """Advance the physics one control period towards the commanded grasp-frame velocity.
@@ -361,9 +369,9 @@ class ArmScene:
         period = 1.0 / CONTROL_RATE_HZ
         velocity = self._velocity_command.copy()
         target = self._target_position + 0.5 * period * (self._target_velocity + velocity)
-        reachable = np.clip(target, WORKSPACE_LOW, WORKSPACE_HIGH)
+        reachable = _clamp(target, _WORKSPACE_LOW, _WORKSPACE_HIGH)
         ee_position = self._ee_position
-        reachable = ee_position + np.clip(reachable - ee_position, -MAX_TARGET_LEAD_M, MAX_TARGET_LEAD_M)
+        reachable = ee_position + _clamp(reachable - ee_position, -MAX_TARGET_LEAD_M, MAX_TARGET_LEAD_M)
         velocity[reachable != target] = 0.0
         end_q, end_qd = self._solve_motion(reachable, velocity)
         knots = np.stack([self._target_q, self._target_qd, end_q, end_qd])
@@ -400,11 +408,12 @@ class ArmScene:
         )
         n = self._num_arm
         jacobian = np.array(linear + angular)[:, :n]
-        inverse = jacobian.T @ np.linalg.inv(jacobian @ jacobian.T + _IK_DAMPING_MATRIX)
+        # (J J^T + l^2 I) is symmetric, so solving it against J gives the transposed damped pseudo-inverse.
+        inverse = np.linalg.solve(jacobian @ jacobian.T + _IK_DAMPING_MATRIX, jacobian).T
         error = np.concatenate([target - self._ee_position, _rotation_error(EE_DOWN_ORIENTATION, self._ee_orientation)])
         end_q = q + inverse @ error + NULL_SPACE_GAIN * (self._rest_pose - q - inverse @ (jacobian @ (self._rest_pose - q)))
         end_qd = inverse[:, :3] @ ee_velocity
-        return np.clip(end_q, self._arm_lower, self._arm_upper), end_qd
+        return _clamp(end_q, self._arm_lower, self._arm_upper), end_qd
 
     # ------------------------------------------------------------------------------------ sensing
 
@@ -484,7 +493,7 @@ class GraspScene(ArmScene):
         self._built_task: TaskSpec | None = None
         self._object_colours: dict[int, tuple[float, ...]] = {}
         self._object_rest_z = 0.0
-        self._object_frame_offset = np.zeros(3)
+        self._object_frame_offset = (0.0, 0.0, 0.0)
         self._object_rest_orientation = (0.0, 0.0, 0.0, 1.0)
         self._object_rest_up = np.array([0.0, 0.0, 1.0])
         self._home_state = -1
@@ -582,7 +591,7 @@ class GraspScene(ArmScene):
         # Built objects report their geometric centre (the centre of mass may be offset from it); a URDF
         # object reports its inertial frame, as its link frame may lie anywhere (a bottle's at its base).
         self._object_frame_offset = (
-            np.zeros(3) if urdf is not None else np.asarray(b.getDynamicsInfo(self._object, -1)[3], dtype=np.float64)
+            (0.0, 0.0, 0.0) if urdf is not None else tuple(b.getDynamicsInfo(self._object, -1)[3])
         )
         self._object_colours = {}
         for shape_data in b.getVisualShapeData(self._object):
@@ -637,10 +646,10 @@ class GraspScene(ArmScene):
 
     def _object_frame(self) -> tuple[np.ndarray, np.ndarray]:
         position, orientation = self._bullet.getBasePositionAndOrientation(self._object)
-        if not self._object_frame_offset.any():
+        if not any(self._object_frame_offset):
             return np.array(position), np.array(orientation)
-        rotation = np.asarray(self._bullet.getMatrixFromQuaternion(orientation)).reshape(3, 3)
-        return np.asarray(position) - rotation @ self._object_frame_offset, np.array(orientation)
+        offset, _ = self._bullet.multiplyTransforms((0.0, 0.0, 0.0), orientation, self._object_frame_offset, (0.0, 0.0, 0.0, 1.0))
+        return np.subtract(position, offset), np.array(orientation)
 
     # ------------------------------------------------------------------------------------ task
 
@@ -702,7 +711,7 @@ class GraspScene(ArmScene):
         if command.shape != (4,) or not np.all(np.isfinite(command)):
             raise ValueError(f"command must be 4 finite numbers [vx, vy, vz, grip_force_n], got {command!r}")
         acting = self._queue_command(command)
-        self._velocity_command = np.clip(acting[:3], -MAX_EE_SPEED_M_S, MAX_EE_SPEED_M_S)
+        self._velocity_command = _clamp(acting[:3], -MAX_EE_SPEED_M_S, MAX_EE_SPEED_M_S)
         self._grip_command_n = float(min(acting[3], self._force_limit_n))
 
     def step_control(self) -> None:
