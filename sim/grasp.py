@@ -14,7 +14,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from metarl_robot.envs import TaskEnv
 from metarl_robot.tasks import TaskSpec
 from sim.grasp_task import (
     MAX_EE_SPEED_M_S,
@@ -24,6 +23,7 @@ from sim.grasp_task import (
     oracle_grasp_offset_m,
     oracle_grip_force_n,
 )
+from sim.scene_env import SceneEnv
 from sim.scene import DEFAULT_ROBOT, FINGER_OPEN_POSITION_M, INTERFACE, GraspScene
 
 __all__ = [
@@ -41,7 +41,7 @@ OBSERVATION_LOW = np.array([-2.0] * 6 + [-0.005] * 2 + [-MAX_GRIP_FORCE_N] * 2, 
 OBSERVATION_HIGH = np.array([2.0] * 6 + [0.045] * 2 + [MAX_GRIP_FORCE_N] * 2, dtype=np.float32)
 
 
-class GraspEnv(TaskEnv):
+class GraspEnv(SceneEnv):
     """Grasp a hidden-property object and lift it 8 cm, level, within ``max_episode_steps`` control steps at 10 Hz.
 
     Episodes never terminate early (``terminated`` is always False) so vectorised episodes stay in
@@ -49,7 +49,6 @@ class GraspEnv(TaskEnv):
     the episode's outcome. ``obs_noise_std`` is the observation noise of tasks that do not set their own.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
     demonstrator = "sim.demonstrations:oracle_grasp_demonstrator"
 
     def __init__(
@@ -61,61 +60,15 @@ class GraspEnv(TaskEnv):
         obs_noise_std: float = 0.0,
         robot: str = DEFAULT_ROBOT,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r}: use one of {self.metadata['render_modes']} or None")
-        if max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps={max_episode_steps} must be >= 1")
         if obs_noise_std < 0:
             raise ValueError(f"obs_noise_std={obs_noise_std} must be >= 0")
-        if task is None:
-            task = default_grasp_distribution().train_tasks[0]
-        self.render_mode = render_mode
-        self.max_episode_steps = int(max_episode_steps)
         self.obs_noise_std = float(obs_noise_std)
-        self._scene = GraspScene(task, robot=robot)
-        self.interface = self._scene.interface
+        task = task if task is not None else default_grasp_distribution().train_tasks[0]
+        self._init_scene_env(
+            lambda: GraspScene(task, robot=robot), max_episode_steps=max_episode_steps, render_mode=render_mode
+        )
         self.observation_space = gym.spaces.Box(OBSERVATION_LOW, OBSERVATION_HIGH, dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (len(ACTION_SCALE),), np.float32)
-        self._elapsed_steps = 0
-
-    # ---------------------------------------------------------------------------------- tasks
-
-    def set_task(self, task: TaskSpec) -> None:
-        """Use ``task`` from the next ``reset`` on."""
-        self._scene.set_task(task)
-
-    def _current_task(self) -> TaskSpec:
-        return self._scene.task
-
-    @property
-    def scene(self) -> GraspScene:
-        return self._scene
-
-    # ------------------------------------------------------------------------------- episodes
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        """Start an episode; ``options={"task": TaskSpec}`` switches the task first."""
-        self._start_reset(seed, options)
-        self._scene.reset(self.np_random)
-        self._elapsed_steps = 0
-        status = self._scene.status()
-        return self._observe(), self._info(status)
-
-    def step(self, action):
-        action = np.minimum(np.maximum(np.asarray(action, dtype=np.float64).reshape(ACTION_SCALE.shape), -1.0), 1.0)
-        self._scene.apply_command(action * ACTION_SCALE)
-        self._scene.step_control()
-        self._elapsed_steps += 1
-        status = self._scene.status()
-        truncated = self._elapsed_steps >= self.max_episode_steps
-        return self._observe(), float(status["reward"]), False, truncated, self._info(status)
-
-    def _observe(self) -> np.ndarray:
-        obs = self._scene.observation()
-        noise = float(self.task.params.get("obs_noise_std", self.obs_noise_std))
-        if noise > 0:
-            obs = obs + self.np_random.normal(0.0, noise, obs.shape).astype(np.float32)
-        return obs
 
     def _info(self, status: dict) -> dict[str, Any]:
         return {
@@ -126,14 +79,6 @@ class GraspEnv(TaskEnv):
             "grip_force_n": status["grip_force_n"],
             "task_id": self.task.task_id,
         }
-
-    def render(self):
-        if self.render_mode == "rgb_array":
-            return self._scene.render_rgb()
-        return None
-
-    def close(self) -> None:
-        self._scene.close()
 
 
 # ----------------------------------------------------------------------------- scripted control

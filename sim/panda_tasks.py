@@ -26,10 +26,10 @@ import gymnasium as gym
 import numpy as np
 import pybullet
 
-from metarl_robot.envs import TaskEnv
 from metarl_robot.tasks import Choice, Factor, TaskDistribution, TaskError, TaskSpec, Uniform, factor_from_config
 from sim.grasp_task import MAX_EE_SPEED_M_S, PARAM_HELP
 from sim.robots import robot_spec
+from sim.scene_env import SceneEnv
 from sim.scene import (
     _PARKING_POSITION,
     CONTROL_RATE_HZ,
@@ -615,8 +615,8 @@ class PushScene(_GoalScene):
 # ------------------------------------------------------------------------------------------ envs
 
 
-class _GoalEnv(TaskEnv):
-    """A Gymnasium env over a :class:`_GoalScene`: normalised actions, truncation only, task via ``set_task``."""
+class _GoalEnv(SceneEnv):
+    """A :class:`SceneEnv` over a :class:`_GoalScene`: normalised actions, truncation only, task via ``set_task``."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": int(CONTROL_RATE_HZ)}
     scene_class: type[_GoalScene]
@@ -631,74 +631,19 @@ class _GoalEnv(TaskEnv):
         render_mode: str | None = None,
         robot: str = DEFAULT_ROBOT,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r}: use one of {self.metadata['render_modes']} or None")
-        max_episode_steps = self.default_horizon if max_episode_steps is None else int(max_episode_steps)
-        if max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps={max_episode_steps} must be >= 1")
-        if task is None:
-            task = self._default_task()
-        self.render_mode = render_mode
-        self.max_episode_steps = max_episode_steps
-        self._scene = self.scene_class(task, robot=robot, goal_marker=render_mode == "rgb_array")
-        self.interface = self._scene.interface
-        self._action_scale = np.asarray(self.interface["action"]["scale"], dtype=np.float64)
+        task = task if task is not None else self._default_task()
+        horizon = self.default_horizon if max_episode_steps is None else int(max_episode_steps)
+        self._init_scene_env(
+            lambda: self.scene_class(task, robot=robot, goal_marker=render_mode == "rgb_array"),
+            max_episode_steps=horizon,
+            render_mode=render_mode,
+        )
         self.observation_space = gym.spaces.Box(-2.0, 2.0, (self.observation_size,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (len(self._action_scale),), np.float32)
-        self._elapsed_steps = 0
 
     @staticmethod
     def _default_task() -> TaskSpec:
         raise NotImplementedError
-
-    # ---------------------------------------------------------------------------------- tasks
-
-    def set_task(self, task: TaskSpec) -> None:
-        """Use ``task`` from the next ``reset`` on; raises :class:`TaskError` naming a bad field."""
-        self._scene.set_task(task)
-
-    def _current_task(self) -> TaskSpec:
-        return self._scene.task
-
-    @property
-    def scene(self) -> _GoalScene:
-        return self._scene
-
-    # ------------------------------------------------------------------------------- episodes
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        """Start an episode; ``options={"task": TaskSpec}`` switches the task first."""
-        self._start_reset(seed, options)
-        self._scene.reset(self.np_random)
-        self._elapsed_steps = 0
-        return self._observe(), self._info(self._scene.status())
-
-    def step(self, action):
-        action = np.clip(np.asarray(action, dtype=np.float64).reshape(self._action_scale.shape), -1.0, 1.0)
-        self._scene.apply_command(action * self._action_scale)
-        self._scene.step_control()
-        self._elapsed_steps += 1
-        status = self._scene.status()
-        truncated = self._elapsed_steps >= self.max_episode_steps
-        return self._observe(), float(status["reward"]), False, truncated, self._info(status)
-
-    def _observe(self) -> np.ndarray:
-        obs = self._scene.observation()
-        noise = float(self.task.params.get("obs_noise_std", 0.0))
-        if noise > 0:
-            obs = obs + self.np_random.normal(0.0, noise, obs.shape).astype(np.float32)
-        return obs
-
-    def _info(self, status: dict) -> dict[str, Any]:
-        return {**{k: v for k, v in status.items() if k != "reward"}, "task_id": self.task.task_id}
-
-    def render(self):
-        if self.render_mode == "rgb_array":
-            return self._scene.render_rgb()
-        return None
-
-    def close(self) -> None:
-        self._scene.close()
 
 
 class PandaReachEnv(_GoalEnv):
