@@ -82,6 +82,21 @@ class FaultyGoalPolicy(BasePolicy):
         return action, {"noise": noise, "adaptations": float(self.adaptations)}
 
 
+
+def kill_when_running(pid_file: Path, sig: int, killed: list[int]) -> threading.Thread:
+    """Start a thread that kills, with ``sig``, the worker whose pid appears in ``pid_file`` (within 30 s)."""
+
+    def kill() -> None:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        killed.append(int(pid_file.read_text()))
+        os.kill(killed[-1], sig)
+
+    thread = threading.Thread(target=kill)
+    thread.start()
+    return thread
+
 def scripted_grasp(obs, task, options):
     """The scripted grasp controller with the oracle grip force (or ``options["grip_force_n"]``)."""
     from sim import oracle_grip_force_n, scripted_grasp_action
@@ -252,17 +267,8 @@ def test_worker_killed_from_outside_mid_batch(reference, tmp_path) -> None:
     requests = with_options(point_requests(), 3, pid_file=str(pid_file))
     killed: list[int] = []
 
-    def kill_when_running() -> None:
-        deadline = time.monotonic() + 30
-        while not pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        pid = int(pid_file.read_text())
-        os.kill(pid, signal.SIGTERM)
-        killed.append(pid)
-
     with SubprocessSampler(POINT_ENV, 2, POINT_KWARGS) as sampler:
-        killer = threading.Thread(target=kill_when_running)
-        killer.start()
+        killer = kill_when_running(pid_file, signal.SIGTERM, killed)
         episodes = sampler.sample(FaultyGoalPolicy(), requests)
         killer.join()
         assert killed and killed[0] not in sampler.worker_pids

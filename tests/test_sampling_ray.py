@@ -9,8 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ from metarl_robot.sampling import (  # noqa: E402
 )
 from metarl_robot.tasks import TaskSpec  # noqa: E402
 from tests.test_sampling import (  # noqa: E402
+    kill_when_running,
     GRASP_ENV,
     POINT_ENV,
     POINT_KWARGS,
@@ -130,15 +129,7 @@ def test_ray_actor_killed_from_outside_mid_batch(ray_point, reference, tmp_path)
     requests = with_options(point_requests(), 3, pid_file=str(pid_file))
     killed: list[int] = []
 
-    def kill_when_running() -> None:
-        deadline = time.monotonic() + 30
-        while not pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        killed.append(int(pid_file.read_text()))
-        os.kill(killed[0], signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_when_running)
-    killer.start()
+    killer = kill_when_running(pid_file, signal.SIGKILL, killed)
     episodes = ray_point.sample(FaultyGoalPolicy(), requests)
     killer.join()
     assert killed and killed[0] not in ray_point.worker_pids
