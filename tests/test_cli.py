@@ -35,7 +35,10 @@ def test_eval_on_a_user_task_file_with_the_torch_free_runtime(bundle, tmp_path):
 
     import yaml
 
-    tasks = yaml.safe_load(open("configs/tasks/example_objects.yaml"))["tasks"][:2]
+    examples = yaml.safe_load(open("configs/tasks/example_objects.yaml"))["tasks"]
+    # a primitive, a held-out random_urdfs mesh, and one with every dynamics parameter set
+    tasks = [examples[0], *[t for t in examples if "random_urdf" in t["params"] or "action_latency_steps" in t["params"]]]
+    assert len(tasks) == 3
     task_file = tmp_path / "mine.yaml"
     task_file.write_text(yaml.safe_dump({"tasks": tasks}))
     out = run("eval", "--bundle", str(bundle), "--env-id", "sim:metarl/PandaGrasp-v0", "--task-file", str(task_file),
@@ -48,6 +51,11 @@ def test_eval_on_a_user_task_file_with_the_torch_free_runtime(bundle, tmp_path):
     task_file.write_text(yaml.safe_dump({"tasks": [{"family": "grasp", "params": {**tasks[0]["params"], "object_mass_kg": -1}}]}))
     out = run("eval", "--bundle", str(bundle), "--env-id", "sim:metarl/PandaGrasp-v0", "--task-file", str(task_file))
     assert out.returncode == 2 and "object_mass_kg" in out.stderr
+    for change, named in (({"mass_kg": 1.0}, "mass_kg"), ({"object_urdf": "gone.urdf", "object_shape": None}, "object_urdf")):
+        params = {k: v for k, v in {**tasks[0]["params"], **change}.items() if v is not None}
+        task_file.write_text(yaml.safe_dump({"tasks": [{"family": "grasp", "params": params}]}))
+        out = run("eval", "--bundle", str(bundle), "--env-id", "sim:metarl/PandaGrasp-v0", "--task-file", str(task_file))
+        assert out.returncode == 2 and named in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 def test_verify_refuses_a_one_byte_change_through_the_cli(bundle, tmp_path):
