@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train a fresh policy first (default config: the shipped model's recipe, ~6 min on 2 cores)")
     p.add_argument("--episodes-per-object", type=int, default=6)
     p.add_argument("--object-a", type=int, default=0, help="test-split index of the first object (default: %(default)s)")
-    p.add_argument("--object-b", type=int, default=6,
+    p.add_argument("--object-b", type=int, default=11,
                    help="test-split index of the object swapped in (default %(default)s: a held-out sphere that the "
                         "shipped policy fails first and grasps after adapting, in `metarl-robot eval`)")
     p.add_argument("--out", default="runs/demo")
