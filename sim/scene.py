@@ -78,7 +78,6 @@ def robot_interface(spec: RobotSpec | str = DEFAULT_ROBOT) -> dict:
 INTERFACE = robot_interface(DEFAULT_ROBOT)
 """The Panda's robot contract, written into exported grasp bundles."""
 
-ARM_JOINTS = ROBOTS[DEFAULT_ROBOT].arm_joints
 FINGER_JOINTS = ROBOTS[DEFAULT_ROBOT].finger_joints
 JOINT_NAMES = ROBOTS[DEFAULT_ROBOT].joint_names
 OBSERVATION_SIZE = sum(item["size"] for item in INTERFACE["observation_layout"])
@@ -114,7 +113,6 @@ HOME_TOLERANCE_M = 0.002
 """The home pose must put the grasp frame this close to ``home_ee_position``."""
 _IK_DAMPING_MATRIX = IK_DAMPING**2 * np.eye(6)
 NULL_SPACE_GAIN = 0.1
-REST_POSE = ROBOTS[DEFAULT_ROBOT].rest_pose
 
 OBJECT_COLOUR = (0.95, 0.75, 0.2, 1.0)
 CRUSHED_COLOUR = (0.85, 0.1, 0.1, 1.0)
