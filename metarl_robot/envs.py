@@ -106,6 +106,11 @@ class TaskEnv(gym.Env):
     def task(self, task: TaskSpec) -> None:
         self.set_task(task)
 
+    def _check_render_mode(self, render_mode: str | None) -> None:
+        """Refuse a ``render_mode`` the env's metadata does not list, naming the ones it does."""
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r}: use one of {self.metadata['render_modes']} or None")
+
     def _start_reset(self, seed: int | None, options: Mapping[str, Any] | None) -> None:
         """Seed ``np_random`` as ``gym.Env.reset`` does, then switch to ``options["task"]`` if given."""
         super().reset(seed=seed)

@@ -389,6 +389,13 @@ def _dump_policy(policy: Any, dumps: Callable[..., bytes] = pickle.dumps) -> byt
         ) from err
 
 
+def _check_pool(num_workers: int, max_retries: int) -> None:
+    if num_workers < 1:
+        raise ValueError(f"num_workers={num_workers} must be >= 1")
+    if max_retries < 0:
+        raise ValueError(f"max_retries={max_retries} must be >= 0")
+
+
 def _make_env(env_id: str, env_kwargs: Mapping[str, Any]) -> Any:
     """:func:`metarl_robot.envs.make_meta_env`, refusing envs that cannot take a task."""
     from metarl_robot.envs import make_meta_env
@@ -640,10 +647,7 @@ class SubprocessSampler:
     ) -> None:
         import multiprocessing
 
-        if num_workers < 1:
-            raise ValueError(f"num_workers={num_workers} must be >= 1")
-        if max_retries < 0:
-            raise ValueError(f"max_retries={max_retries} must be >= 0")
+        _check_pool(num_workers, max_retries)
         methods = multiprocessing.get_all_start_methods()
         if start_method not in methods:
             raise ValueError(f"start_method={start_method!r} is not available here; use one of {methods}")
@@ -951,10 +955,7 @@ class RaySampler:
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_steps: int = DEFAULT_MAX_STEPS,
     ) -> None:
-        if num_workers < 1:
-            raise ValueError(f"num_workers={num_workers} must be >= 1")
-        if max_retries < 0:
-            raise ValueError(f"max_retries={max_retries} must be >= 0")
+        _check_pool(num_workers, max_retries)
         ray = _import_ray()
         self._ray = ray
         self._owns_ray = not ray.is_initialized()

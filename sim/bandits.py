@@ -172,8 +172,7 @@ class BernoulliBanditEnv(TaskEnv):
         num_pulls: int = 10,
         render_mode: str | None = None,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r}: use one of {self.metadata['render_modes']} or None")
+        self._check_render_mode(render_mode)
         if num_arms < 2 or num_pulls < 1:
             raise ValueError(f"num_arms={num_arms} must be >= 2 and num_pulls={num_pulls} >= 1")
         self.render_mode = render_mode
@@ -451,8 +450,7 @@ class TabularMDPEnv(TaskEnv):
         episodes_per_trial: int = 10,
         render_mode: str | None = None,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r}: use one of {self.metadata['render_modes']} or None")
+        self._check_render_mode(render_mode)
         if min(num_states, num_actions, episode_length, episodes_per_trial) < 1:
             raise ValueError("num_states, num_actions, episode_length and episodes_per_trial must be >= 1")
         self.render_mode = render_mode

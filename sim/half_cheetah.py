@@ -368,8 +368,7 @@ class _HalfCheetahEnv(TaskEnv):
         frame_skip: int = FRAME_SKIP,
         render_mode: str | None = None,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r}: use one of {self.metadata['render_modes']} or None")
+        self._check_render_mode(render_mode)
         if max_episode_steps < 1 or frame_skip < 1:
             raise ValueError(f"max_episode_steps={max_episode_steps} and frame_skip={frame_skip} must be >= 1")
         self.render_mode = render_mode

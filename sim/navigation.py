@@ -117,8 +117,7 @@ class Navigation2DEnv(TaskEnv):
         terminate_at_goal: bool = True,
         render_mode: str | None = None,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r}: use one of {self.metadata['render_modes']} or None")
+        self._check_render_mode(render_mode)
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps={max_episode_steps} must be >= 1")
         self.render_mode = render_mode

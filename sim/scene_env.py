@@ -30,8 +30,7 @@ class SceneEnv(TaskEnv):
 
     def _init_scene_env(self, make_scene: Callable[[], Any], *, max_episode_steps: int, render_mode: str | None) -> None:
         """Check the arguments, then build the scene with ``make_scene()``."""
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r}: use one of {self.metadata['render_modes']} or None")
+        self._check_render_mode(render_mode)
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps={max_episode_steps} must be >= 1")
         self.render_mode = render_mode
