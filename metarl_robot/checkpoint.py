@@ -1,7 +1,8 @@
 """Training checkpoints: one ``.pt`` file holding the policy, how to rebuild it, and its provenance.
 
 Keys: ``format`` ("metarl_robot.checkpoint"), ``version`` (1), ``method`` (e.g. "context_ppo"),
-``policy`` ({obs_dim, act_dim, action_scale, config}), ``state_dict``, ``interface`` (the env's
+``policy`` ({class, obs_dim, act_dim, action_scale, config}; ``class`` is "ContextPolicy" or
+"GradientPolicy", absent in checkpoints written before gradient-based methods = "ContextPolicy"), ``state_dict``, ``interface`` (the env's
 robot contract: observation layout, action mode/names/units, joint names, control rate),
 ``adaptation`` ({buffer_size, cadence, reward_source}), ``config`` (the resolved training config),
 ``seed``, ``iteration``, ``metrics``, ``code_version``, and optionally ``optimizer`` and ``rng``
@@ -17,10 +18,12 @@ from typing import Any
 
 import torch
 
+from metarl_robot.gradient_policy import GradientPolicy, GradientPolicyConfig
 from metarl_robot.policies import ContextPolicy, PolicyConfig
 
 FORMAT = "metarl_robot.checkpoint"
 VERSION = 1
+POLICY_CLASSES = {"ContextPolicy": (ContextPolicy, PolicyConfig), "GradientPolicy": (GradientPolicy, GradientPolicyConfig)}
 
 
 class CheckpointError(ValueError):
@@ -43,7 +46,7 @@ def code_version() -> str:
         return __version__
 
 
-def save_checkpoint(path: str | Path, policy: ContextPolicy, **fields: Any) -> Path:
+def save_checkpoint(path: str | Path, policy: ContextPolicy | GradientPolicy, **fields: Any) -> Path:
     """Write atomically (temp file + rename), so an interrupted run never leaves a torn checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +54,7 @@ def save_checkpoint(path: str | Path, policy: ContextPolicy, **fields: Any) -> P
         "format": FORMAT,
         "version": VERSION,
         "policy": {
+            "class": type(policy).__name__,
             "obs_dim": policy.obs_dim,
             "act_dim": policy.act_dim,
             "action_scale": policy.action_scale.tolist(),
@@ -66,7 +70,7 @@ def save_checkpoint(path: str | Path, policy: ContextPolicy, **fields: Any) -> P
     return path
 
 
-def load_checkpoint(path: str | Path) -> tuple[ContextPolicy, dict[str, Any]]:
+def load_checkpoint(path: str | Path) -> tuple[ContextPolicy | GradientPolicy, dict[str, Any]]:
     """Rebuild the policy from a checkpoint; returns ``(policy, checkpoint_dict)``."""
     path = Path(path)
     if not path.is_file():
@@ -80,9 +84,13 @@ def load_checkpoint(path: str | Path) -> tuple[ContextPolicy, dict[str, Any]]:
     if data.get("version") != VERSION:
         raise CheckpointError(f"{str(path)!r} has checkpoint version {data.get('version')}, this code reads {VERSION}")
     spec = data["policy"]
+    name = spec.get("class", "ContextPolicy")
+    if name not in POLICY_CLASSES:
+        raise CheckpointError(f"{str(path)!r}: unknown policy class {name!r}; known: {sorted(POLICY_CLASSES)}")
+    cls, config_cls = POLICY_CLASSES[name]
     cfg = dict(spec["config"])
     cfg["hidden_sizes"] = tuple(cfg["hidden_sizes"])
-    policy = ContextPolicy(spec["obs_dim"], spec["act_dim"], spec["action_scale"], PolicyConfig(**cfg))
+    policy = cls(spec["obs_dim"], spec["act_dim"], spec["action_scale"], config_cls(**cfg))
     policy.load_state_dict(data["state_dict"])
     policy.eval()
     return policy, data

@@ -101,11 +101,24 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T
         )
     kwargs = {}
     for name, value in data.items():
+        default = _field_default(fields[name])
+        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+            # A partial section keeps the defaults this class chose for the rest of it, not the
+            # section class's own defaults.
+            value = {**to_dict(default), **value}
         kwargs[name] = _convert(value, hints[name], f"{path}.{name}" if path else name)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{path or cls.__name__}: {err}") from None
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

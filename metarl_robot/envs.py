@@ -156,10 +156,15 @@ def collect(
         steps["success"].append(np.asarray(success, dtype=bool) & ~done)
         for key, value in extra.items():
             extras.setdefault(key, []).append(np.asarray(value))
-        done = done | terminated | truncated
+        ended = terminated | truncated
+        done = done | ended
         obs = next_obs
         if done.all():
             break
+        if ended.any():
+            # Autoreset is disabled, so an env that ended must be reset before it is stepped again; its
+            # later steps are padding (valid=False) and never reach the learner.
+            obs, _ = envs.reset(options={"reset_mask": ended})
     else:
         raise RuntimeError(f"collect: episodes did not end within max_steps={max_steps}; give the env a time limit")
     arrays = {k: np.stack(v) for k, v in steps.items()}

@@ -71,8 +71,8 @@ def test_evaluate_reports_before_and_after_adaptation(tmp_path):
     path = train(load_config(TrainConfig, TINY), tmp_path, progress=False)
     policy, data = load_checkpoint(path)
     tasks = point_goal_distribution(num_test=3).test_tasks
-    results = evaluate(TorchController(policy, 20), PointGoalEnv(), tasks, episodes_per_task=3, seed=0)
-    assert [r["episode"] for r in results["summary"]] == [0, 1, 2]
+    results = evaluate(TorchController(policy, 20), PointGoalEnv(), tasks, rounds=3, seed=0)
+    assert [r["round"] for r in results["summary"]] == [0, 1, 2]
     assert len(results["tasks"]) == 3 and all(len(t["returns"]) == 3 for t in results["tasks"])
     json_path, png_path = write_report(results, tmp_path / "eval")
     assert json_path.exists() and png_path.stat().st_size > 1000

@@ -1,0 +1,400 @@
+"""Gradient-based meta-RL: MAML (TRPO/PPO), ProMP, Reptile, CAVIA, Meta-SGD and multi-task PPO.
+
+One meta-iteration reads top to bottom:
+
+1. draw ``meta_batch_size`` train tasks;
+2. for each inner step k = 0..K-1: run ``episodes_per_step`` episodes per task with the adapted
+   parameters ``phi_k`` (all tasks stepped together), compute advantages with the robot's own numpy
+   code (:mod:`metarl_robot.runtime.advantages`) and take the policy-gradient step
+   ``phi_{k+1} = phi_k - inner_lr * grad L(phi_k)``;
+3. run the post-adaptation episodes with ``phi_K``;
+4. update the meta-parameters: the outer loss is evaluated on the post-adaptation episodes with
+   ``phi_K`` recomputed *as a function of the meta-parameters* from the stored inner batches, so the
+   meta-gradient flows through every inner step (second order unless ``inner.first_order``).
+
+The methods differ only in step 4 and in what ``phi`` is (see :mod:`metarl_robot.gradient_policy`):
+MAML's TRPO step (natural gradient through the adaptation, KL-bounded line search) or PPO's clipped
+surrogate; ProMP's clipped surrogate with the low-variance-curvature inner estimator and an adaptive
+KL penalty on the pre-adaptation policy; Reptile's move towards the adapted parameters; CAVIA adapts
+a context vector only; Meta-SGD also learns per-parameter inner step sizes; multi-task PPO takes no
+inner step and is the domain-randomised baseline (fine-tuning it at test time is the transfer-learning
+baseline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metarl_robot.algos.context_ppo.algo import build_task_distribution
+from metarl_robot.algos.gradient.config import TrainConfig
+from metarl_robot.checkpoint import load_checkpoint, save_checkpoint
+from metarl_robot.config import save_config, to_dict
+from metarl_robot.envs import TrajectoryBatch, collect, make_vector_env
+from metarl_robot.gradient_policy import GradientPolicy, flat_grad, gaussian_kl, masked_mean
+from metarl_robot.runtime.advantages import compute_advantages
+
+log = logging.getLogger("metarl_robot.train")
+
+
+@dataclasses.dataclass
+class Rollouts:
+    """Episodes of one inner step for every task: tensors ``[M tasks, N episodes, T steps, *]``."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    mask: torch.Tensor
+    log_probs: torch.Tensor
+    advantages: torch.Tensor
+    returns: np.ndarray
+    """Undiscounted return per episode ``[M, N]``."""
+    success: np.ndarray
+    """Success per episode ``[M, N]``."""
+
+
+def to_rollouts(batch: TrajectoryBatch, num_tasks: int, config: TrainConfig) -> Rollouts:
+    """Regroup a lock-step batch ``[T, M*N, *]`` (task-major env order) into :class:`Rollouts`."""
+
+    def regroup(x: np.ndarray) -> np.ndarray:
+        x = np.swapaxes(x, 0, 1)  # [M*N, T, *]
+        return x.reshape(num_tasks, -1, *x.shape[1:])
+
+    obs, actions, rewards = regroup(batch.obs), regroup(batch.actions), regroup(batch.rewards)
+    mask = regroup(batch.valid).astype(np.float32)
+    advantages = np.stack([compute_advantages(obs[m], rewards[m], mask[m], config.advantages) for m in range(num_tasks)])
+    returns = (rewards * mask).sum(-1)
+    success = regroup(batch.success).any(-1)
+    t = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)  # noqa: E731
+    return Rollouts(t(obs), t(actions), t(rewards), t(mask), t(regroup(batch.extras["log_prob"])), t(advantages), returns, success)
+
+
+class GradientMetaRL:
+    """The meta-training loop; :func:`train` is the entry point."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path):
+        self.config, self.run_dir = config, Path(run_dir)
+        torch.set_num_threads(config.torch_threads)
+        self.rng = np.random.default_rng(config.seed)
+        torch.manual_seed(config.seed)
+        self.tasks = build_task_distribution(to_dict(config.tasks))
+        self.num_envs = config.meta_batch_size * config.inner.episodes_per_step
+        self.envs = make_vector_env(config.env_id, self.num_envs, asynchronous=config.asynchronous, env_kwargs=config.env_kwargs)
+        self.interface = dict(self.envs.get_attr("interface")[0])
+        self.max_episode_steps = int(self.envs.get_attr("max_episode_steps")[0])
+        self.obs_dim = int(np.prod(self.envs.single_observation_space.shape))
+        self.act_dim = int(np.prod(self.envs.single_action_space.shape))
+        self.policy = GradientPolicy(self.obs_dim, self.act_dim, self.interface["action"]["scale"], config.policy)
+        self.optimizer: torch.optim.Optimizer | None = None
+        if config.method in ("promp", "multitask_ppo") or (config.method in ("maml", "cavia", "meta_sgd") and config.outer == "ppo"):
+            lr = config.promp.lr if config.method == "promp" else config.ppo.lr
+            self.optimizer = torch.optim.Adam(self.policy.meta_parameters(), lr=lr, eps=1e-5)
+        self.kl_coef = config.promp.init_kl_coef
+        self.iteration = 0
+        self.metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def adaptation_spec(self) -> dict[str, Any]:
+        """The checkpoint's ``adaptation`` section: how the robot adapts this policy."""
+        return {
+            "kind": "gradient_step",
+            "steps": 1,
+            "episodes_per_step": self.config.inner.episodes_per_step,
+            "max_episode_steps": self.max_episode_steps,
+            "cadence": "episodes",
+            "reward_source": dict(self.config.reward_source),
+            "advantages": to_dict(self.config.advantages),
+        }
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.checkpoint_path,
+            self.policy,
+            method=self.config.method_name,
+            interface=self.interface,
+            adaptation=self.adaptation_spec(),
+            config=to_dict(self.config),
+            seed=self.config.seed,
+            iteration=self.iteration,
+            metrics=self.metrics,
+            optimizer=self.optimizer.state_dict() if self.optimizer else None,
+            kl_coef=self.kl_coef,
+            rng={"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
+        )
+
+    def restore(self) -> bool:
+        if not self.checkpoint_path.exists():
+            return False
+        policy, data = load_checkpoint(self.checkpoint_path)
+        if data.get("method") != self.config.method_name or data["policy"]["obs_dim"] != self.obs_dim:
+            raise ValueError(f"{self.checkpoint_path} was written by a different method or env; use a new --run-dir")
+        self.policy.load_state_dict(policy.state_dict())
+        if self.optimizer is not None and data.get("optimizer"):
+            self.optimizer.load_state_dict(data["optimizer"])
+        self.kl_coef = float(data.get("kl_coef", self.kl_coef))
+        self.rng.bit_generator.state = data["rng"]["numpy"]
+        torch.set_rng_state(data["rng"]["torch"])
+        self.iteration, self.metrics = int(data["iteration"]), dict(data.get("metrics", {}))
+        return True
+
+    # ------------------------------------------------------------------------------ sampling
+    def rollout(self, tasks, phis: torch.Tensor) -> Rollouts:
+        """``episodes_per_step`` stochastic episodes per task, task ``m`` acting with ``phis[m]``."""
+        m, n = len(tasks), self.config.inner.episodes_per_step
+        phis = phis.detach()
+
+        def act(obs: np.ndarray):
+            with torch.no_grad():
+                obs_t = torch.as_tensor(obs, dtype=torch.float32).reshape(m, n, -1)
+                actions = torch.empty(m, n, self.act_dim)
+                logp = torch.empty(m, n)
+                for i in range(m):
+                    mean, log_std = self.policy.mean_log_std(phis[i], obs_t[i])
+                    actions[i] = mean + torch.exp(log_std) * torch.randn_like(mean)
+                    logp[i] = self.policy.log_prob(phis[i], obs_t[i], actions[i])
+            return actions.reshape(m * n, -1).numpy(), {"log_prob": logp.reshape(-1).numpy()}
+
+        env_tasks = [task for task in tasks for _ in range(n)]
+        batch = collect(self.envs, act, env_tasks, seed=int(self.rng.integers(2**31)), max_steps=self.max_episode_steps)
+        return to_rollouts(batch, m, self.config)
+
+    def adapt(self, phi0: torch.Tensor, inner: list[Rollouts], task: int, *, create_graph: bool) -> list[torch.Tensor]:
+        """``[phi_0, ..., phi_K]`` of one task from its stored inner batches (differentiable in ``phi0``)."""
+        lvc = self.config.method == "promp"
+        phis = [phi0]
+        for batch in inner:
+            phis.append(
+                self.policy.inner_step(
+                    phis[-1], batch.obs[task], batch.actions[task], batch.advantages[task], batch.mask[task],
+                    create_graph=create_graph, low_variance_curvature=lvc,
+                )
+            )
+        return phis
+
+    def collect_iteration(self) -> tuple[list, list[Rollouts], Rollouts]:
+        """Tasks, the inner batches (one per inner step) and the post-adaptation batch."""
+        cfg = self.config
+        tasks = self.tasks.sample(cfg.meta_batch_size, self.rng, "train")
+        phi0 = self.policy.initial_adapted().detach()
+        phis = phi0.expand(len(tasks), -1).clone()
+        inner: list[Rollouts] = []
+        for _ in range(cfg.inner_steps):
+            batch = self.rollout(tasks, phis)
+            inner.append(batch)
+            phis = torch.stack([self.adapt(phis[m], [batch], m, create_graph=False)[-1].detach() for m in range(len(tasks))])
+        return tasks, inner, self.rollout(tasks, phis)
+
+    # ------------------------------------------------------------------------------ outer losses
+    def post_distributions(self, inner: list[Rollouts], post: Rollouts, *, create_graph: bool):
+        """Per task: ``(mean, log_std)`` of the adapted policy on the post-adaptation observations."""
+        phi0 = self.policy.initial_adapted()
+        out = []
+        for m in range(post.obs.shape[0]):
+            phi = self.adapt(phi0, inner, m, create_graph=create_graph)[-1]
+            out.append(self.policy.mean_log_std(phi, post.obs[m]))
+        return out
+
+    @staticmethod
+    def _log_prob(mean, log_std, action) -> torch.Tensor:
+        z = (action - mean) * torch.exp(-log_std)
+        return (-0.5 * z * z - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def surrogate(self, dists, post: Rollouts, clip: float | None = None) -> torch.Tensor:
+        """Minus the mean over tasks of the (clipped) importance-weighted advantage."""
+        losses = []
+        for m, (mean, log_std) in enumerate(dists):
+            ratio = torch.exp(self._log_prob(mean, log_std, post.actions[m]) - post.log_probs[m])
+            adv = post.advantages[m]
+            objective = ratio * adv
+            if clip is not None:
+                objective = torch.min(objective, ratio.clamp(1 - clip, 1 + clip) * adv)
+            losses.append(-masked_mean(objective, post.mask[m]))
+        return torch.stack(losses).mean()
+
+    @staticmethod
+    def mean_kl(old, new, post: Rollouts) -> torch.Tensor:
+        return torch.stack(
+            [masked_mean(gaussian_kl(om, ol, nm, nl), post.mask[m]) for m, ((om, ol), (nm, nl)) in enumerate(zip(old, new))]
+        ).mean()
+
+    # ------------------------------------------------------------------------------ outer updates
+    def update(self, inner: list[Rollouts], post: Rollouts) -> dict[str, float]:
+        cfg = self.config
+        if cfg.method == "reptile":
+            return self.reptile_update(inner, post)
+        if self.optimizer is None:
+            return self.trpo_update(inner, post)
+        return self.clipped_update(inner, post)
+
+    def trpo_update(self, inner: list[Rollouts], post: Rollouts) -> dict[str, float]:
+        cfg = self.config.trpo
+        second_order = not self.config.inner.first_order
+        params = self.policy.meta_parameters()
+        with torch.no_grad():
+            old = [(m.clone(), s.clone()) for m, s in self.post_distributions(inner, post, create_graph=False)]
+        dists = self.post_distributions(inner, post, create_graph=second_order)
+        loss = self.surrogate(dists, post)
+        grad = flat_grad(loss, params, retain_graph=True)
+        kl = self.mean_kl(old, dists, post)
+        kl_grad = flat_grad(kl, params, create_graph=True)
+
+        def fisher_vector(v: torch.Tensor) -> torch.Tensor:
+            return flat_grad(kl_grad @ v, params, retain_graph=True) + cfg.cg_damping * v
+
+        direction = conjugate_gradient(fisher_vector, -grad, cfg.cg_iters)
+        shs = 0.5 * direction @ fisher_vector(direction)
+        step = direction * torch.sqrt(2 * cfg.max_kl / torch.clamp(2 * shs, min=1e-12))
+        start = torch.cat([p.detach().reshape(-1) for p in params])
+        old_loss = loss.item()
+        accepted, new_loss, new_kl = 0.0, old_loss, 0.0
+        for i in range(cfg.line_search_steps):
+            candidate = start + cfg.backtrack_ratio**i * step
+            _assign(params, candidate)
+            with torch.no_grad():
+                trial = self.post_distributions(inner, post, create_graph=False)
+                trial_loss, trial_kl = float(self.surrogate(trial, post)), float(self.mean_kl(old, trial, post))
+            if trial_loss < old_loss and trial_kl <= cfg.max_kl:
+                accepted, new_loss, new_kl = cfg.backtrack_ratio**i, trial_loss, trial_kl
+                break
+        else:
+            _assign(params, start)
+        return {"loss/surrogate_before": old_loss, "loss/surrogate_after": new_loss, "loss/kl": new_kl, "loss/step_fraction": accepted}
+
+    def clipped_update(self, inner: list[Rollouts], post: Rollouts) -> dict[str, float]:
+        """PPO's clipped surrogate on the post-adaptation batch (MAML-PPO, multi-task PPO) or ProMP's,
+        which adds an adaptive KL penalty between the old and new pre-adaptation policies."""
+        cfg = self.config
+        promp = cfg.method == "promp"
+        clip, epochs, max_norm = (
+            (cfg.promp.clip_ratio, cfg.promp.epochs, cfg.promp.max_grad_norm) if promp
+            else (cfg.ppo.clip_ratio, cfg.ppo.epochs, cfg.ppo.max_grad_norm)
+        )
+        second_order = not cfg.inner.first_order
+        params = self.policy.meta_parameters()
+        pre_old = None
+        if promp and inner:
+            with torch.no_grad():
+                pre_old = [tuple(x.clone() for x in self.policy.mean_log_std(self.policy.initial_adapted(), inner[0].obs[m]))
+                           for m in range(post.obs.shape[0])]
+        losses, kls = [], []
+        for _ in range(epochs):
+            dists = self.post_distributions(inner, post, create_graph=second_order)
+            loss = self.surrogate(dists, post, clip=clip)
+            if pre_old is not None:
+                pre_new = [self.policy.mean_log_std(self.policy.initial_adapted(), inner[0].obs[m]) for m in range(post.obs.shape[0])]
+                inner_kl = self.mean_kl(pre_old, pre_new, inner[0])
+                loss = loss + self.kl_coef * inner_kl
+                kls.append(inner_kl.item())
+            self.optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            self.optimizer.step()
+            losses.append(loss.item())
+        out = {"loss/surrogate": float(np.mean(losses))}
+        if kls:
+            inner_kl = float(np.mean(kls))
+            if inner_kl < cfg.promp.target_inner_kl / 1.5:
+                self.kl_coef /= 2
+            elif inner_kl > cfg.promp.target_inner_kl * 1.5:
+                self.kl_coef *= 2
+            out.update({"loss/inner_kl": inner_kl, "loss/kl_coef": self.kl_coef})
+        return out
+
+    def reptile_update(self, inner: list[Rollouts], post: Rollouts) -> dict[str, float]:
+        cfg = self.config.reptile
+        size = cfg.meta_step_size * (1.0 - self.iteration / max(1, self.config.iterations) if cfg.anneal else 1.0)
+        with torch.no_grad():
+            phi0 = self.policy.initial_adapted().detach()
+            adapted = torch.stack([self.adapt(phi0, inner, m, create_graph=False)[-1].detach() for m in range(post.obs.shape[0])])
+            delta = adapted.mean(0) - phi0
+            self.policy.weights.add_(size * delta)
+        return {"loss/reptile_step_norm": float(size * delta.norm()), "loss/meta_step_size": size}
+
+    # ------------------------------------------------------------------------------ metrics
+    @staticmethod
+    def batch_metrics(inner: list[Rollouts], post: Rollouts) -> dict[str, float]:
+        out = {}
+        for k, batch in enumerate([*inner, post]):
+            out[f"return/step_{k}"] = float(batch.returns.mean())
+            out[f"success/step_{k}"] = float(batch.success.mean())
+        out["return/before_adaptation"] = out["return/step_0"]
+        out["return/after_adaptation"] = out[f"return/step_{len(inner)}"]
+        return out
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def _assign(params: list[torch.nn.Parameter], flat: torch.Tensor) -> None:
+    with torch.no_grad():
+        i = 0
+        for p in params:
+            p.copy_(flat[i : i + p.numel()].reshape(p.shape))
+            i += p.numel()
+
+
+def conjugate_gradient(matvec, b: torch.Tensor, iters: int, tol: float = 1e-10) -> torch.Tensor:
+    """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` given as ``matvec``."""
+    x = torch.zeros_like(b)
+    r, p = b.clone(), b.clone()
+    rr = r @ r
+    for _ in range(iters):
+        ap = matvec(p)
+        alpha = rr / torch.clamp(p @ ap, min=1e-12)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = r @ r
+        if rr_new < tol:
+            break
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x.detach()
+
+
+def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
+    """Meta-train, writing ``config.yaml``, TensorBoard logs (``tb/``) and ``checkpoints/last.pt``."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    algo = GradientMetaRL(config, run_dir)
+    try:
+        if resume and algo.restore():
+            log.info("resumed from %s at iteration %d", algo.checkpoint_path, algo.iteration)
+        save_config(config, run_dir / "config.yaml")
+        writer = SummaryWriter(str(run_dir / "tb"))
+        bar = tqdm(total=config.iterations, initial=algo.iteration, disable=not progress, desc=config.method_name, unit="it")
+        start = time.perf_counter()
+        while algo.iteration < config.iterations:
+            _, inner, post = algo.collect_iteration()
+            losses = algo.update(inner, post)
+            # The normaliser moves after the update, so the update saw the statistics the data were collected with.
+            first = inner[0] if inner else post
+            algo.policy.obs_norm.update(first.obs[first.mask > 0])
+            algo.iteration += 1
+            algo.metrics = {**algo.batch_metrics(inner, post), **losses, "time/wall_s": time.perf_counter() - start}
+            for key, value in algo.metrics.items():
+                writer.add_scalar(key, value, algo.iteration)
+            bar.set_postfix(pre=f"{algo.metrics['return/before_adaptation']:.1f}", post=f"{algo.metrics['return/after_adaptation']:.1f}")
+            bar.update(1)
+            if algo.iteration % config.checkpoint_every == 0 or algo.iteration == config.iterations:
+                algo.save()
+        bar.close()
+        writer.close()
+        if not algo.checkpoint_path.exists():
+            algo.save()
+        return algo.checkpoint_path
+    finally:
+        algo.close()

@@ -1,0 +1,147 @@
+"""Configuration of gradient-based meta-RL: MAML (TRPO or PPO outer loop), ProMP, Reptile, CAVIA,
+Meta-SGD, and the multi-task PPO baseline that trains one policy on all tasks without adaptation.
+
+Defaults are the MAML paper's 2D-navigation setup (Finn et al., 2017): 20 tasks per meta-batch,
+20 trajectories per inner step, inner learning rate 0.1, one inner step, a 64x64 tanh policy,
+TRPO with a KL bound of 0.01 as the outer optimiser, discount 0.99 and a linear feature baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from metarl_robot.algos.context_ppo.config import TasksConfig
+from metarl_robot.gradient_policy import GradientPolicyConfig
+from metarl_robot.runtime.advantages import AdvantageConfig
+
+Method = Literal["maml", "promp", "reptile", "cavia", "meta_sgd", "multitask_ppo"]
+METHODS: tuple[str, ...] = ("maml", "promp", "reptile", "cavia", "meta_sgd", "multitask_ppo")
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerConfig:
+    steps: int = 1
+    """Inner policy-gradient steps per task; each step collects fresh episodes with the adapted policy."""
+    episodes_per_step: int = 20
+    """Trajectories collected per task for each inner step (and for the post-adaptation batch)."""
+    first_order: bool = False
+    """Treat the inner gradient as a constant in the meta-gradient (FOMAML); second order otherwise."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.episodes_per_step < 1:
+            raise ValueError(f"steps must be >= 0 and episodes_per_step >= 1, got {self.steps}, {self.episodes_per_step}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TRPOConfig:
+    max_kl: float = 0.01
+    """Bound on the mean KL between the old and new post-adaptation policies."""
+    cg_iters: int = 10
+    """Conjugate-gradient iterations for the natural-gradient direction."""
+    cg_damping: float = 1e-5
+    """Added to the Fisher-vector product for numerical stability."""
+    backtrack_ratio: float = 0.5
+    line_search_steps: int = 15
+
+    def __post_init__(self) -> None:
+        if not self.max_kl > 0 or self.cg_iters < 1 or not 0 < self.backtrack_ratio < 1 or self.line_search_steps < 1:
+            raise ValueError("max_kl > 0, cg_iters >= 1, 0 < backtrack_ratio < 1 and line_search_steps >= 1 are required")
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    lr: float = 3e-4
+    """Adam learning rate of the meta-parameters."""
+    epochs: int = 5
+    """Passes over each meta-batch; the inner adaptation is recomputed (differentiably) in each."""
+    clip_ratio: float = 0.2
+    max_grad_norm: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or self.epochs < 1 or not self.clip_ratio > 0:
+            raise ValueError("lr > 0, epochs >= 1 and clip_ratio > 0 are required")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProMPConfig:
+    lr: float = 1e-3
+    """Adam learning rate (ProMP's default)."""
+    epochs: int = 5
+    clip_ratio: float = 0.3
+    target_inner_kl: float = 0.01
+    """Target KL between the old and new pre-adaptation policies; the penalty coefficient adapts to it."""
+    init_kl_coef: float = 0.01
+    max_grad_norm: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or self.epochs < 1 or not self.clip_ratio > 0 or not self.target_inner_kl > 0:
+            raise ValueError("lr > 0, epochs >= 1, clip_ratio > 0 and target_inner_kl > 0 are required")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReptileConfig:
+    meta_step_size: float = 0.5
+    """Outer step: ``theta += meta_step_size * (mean adapted parameters - theta)``."""
+    anneal: bool = True
+    """Decay the meta step size linearly to zero over training, as Reptile does."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.meta_step_size <= 1:
+            raise ValueError(f"meta_step_size must be in (0, 1], got {self.meta_step_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    method: Method = "maml"
+    """maml, promp, reptile, cavia, meta_sgd, or multitask_ppo (the non-adaptive baseline)."""
+    outer: Literal["trpo", "ppo"] = "trpo"
+    """Outer optimiser of maml, cavia and meta_sgd (promp, reptile and multitask_ppo have their own)."""
+    env_id: str = "sim:metarl/Navigation2D-v0"
+    """Gymnasium id, optionally ``module:id`` to import the module that registers it."""
+    env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    tasks: TasksConfig = TasksConfig(distribution="sim.navigation:navigation_distribution", num_train=1000, num_test=40)
+    seed: int = 0
+    iterations: int = 200
+    """Meta-iterations (outer updates)."""
+    meta_batch_size: int = 20
+    """Tasks per meta-iteration."""
+    asynchronous: bool = False
+    """Step envs in subprocess workers (Gymnasium AsyncVectorEnv); worth it for physics envs only."""
+    torch_threads: int = 1
+    checkpoint_every: int = 10
+    policy: GradientPolicyConfig = GradientPolicyConfig()
+    inner: InnerConfig = InnerConfig()
+    advantages: AdvantageConfig = AdvantageConfig()
+    trpo: TRPOConfig = TRPOConfig()
+    ppo: PPOConfig = PPOConfig()
+    promp: ProMPConfig = ProMPConfig()
+    reptile: ReptileConfig = ReptileConfig()
+    reward_source: dict[str, Any] = dataclasses.field(default_factory=lambda: {"type": "topic", "topic": "reward"})
+    """Where the deployed policy gets the rewards its adaptation step needs (written into the bundle)."""
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0 or self.meta_batch_size < 1:
+            raise ValueError(f"iterations must be >= 0 and meta_batch_size >= 1, got {self.iterations}, {self.meta_batch_size}")
+        if self.method == "cavia" and self.policy.context_dim < 1:
+            raise ValueError("method 'cavia' adapts a context vector: set policy.context_dim > 0 (e.g. 4)")
+        if self.method != "cavia" and self.policy.context_dim > 0:
+            raise ValueError(f"policy.context_dim={self.policy.context_dim} is CAVIA's; use method 'cavia' or set it to 0")
+        if self.method == "meta_sgd" and not self.policy.learn_inner_lr:
+            raise ValueError("method 'meta_sgd' learns the inner step sizes: set policy.learn_inner_lr: true")
+        if self.method != "meta_sgd" and self.policy.learn_inner_lr:
+            raise ValueError("policy.learn_inner_lr is Meta-SGD's; use method 'meta_sgd' or set it to false")
+        if self.method == "reptile" and self.inner.steps < 1:
+            raise ValueError("method 'reptile' needs inner.steps >= 1 (its update moves towards the adapted parameters)")
+
+    @property
+    def method_name(self) -> str:
+        """The name recorded in checkpoints and bundles, e.g. ``maml_trpo``."""
+        if self.method in ("maml", "cavia", "meta_sgd"):
+            return f"{self.method}_{self.outer}"
+        return self.method
+
+    @property
+    def inner_steps(self) -> int:
+        """Inner steps actually taken: multi-task PPO trains the unadapted policy."""
+        return 0 if self.method == "multitask_ppo" else self.inner.steps

@@ -1,0 +1,223 @@
+"""Gaussian MLP policy with an explicit, flat vector of adapted parameters, for gradient-based meta-RL.
+
+Gradient-based methods (MAML, ProMP, Reptile, CAVIA, Meta-SGD) adapt by taking policy-gradient steps
+on a new task. :class:`GradientPolicy` makes the adapted quantity an explicit input, ``phi``, a single
+flat float vector, so that one inner step is a pure function
+
+    phi' = phi - inner_lr * grad_phi L(phi; obs, action, advantage, mask)
+
+which PyTorch differentiates through (second-order meta-gradients) and which exports to ONNX as its
+own graph (:func:`adaptation_step`). What ``phi`` holds depends on the method:
+
+* all network weights and the log standard deviation (MAML, ProMP, Reptile, Meta-SGD), or
+* a context vector fed to the network next to the observation, with the weights fixed (CAVIA,
+  ``context_dim > 0``).
+
+The observation normaliser and the action scaling live in the module (frozen into exported graphs),
+and actions are Gaussian in normalised units: the command the robot receives is
+``clip(action, -1, 1) * action_scale``. Meta-SGD learns ``inner_lr`` per adapted parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from metarl_robot.policies import RunningNormalizer
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientPolicyConfig:
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer widths (the MAML paper's 64x64)."""
+    activation: str = "tanh"
+    """Hidden activation: tanh or relu."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of the Gaussian (normalised action units)."""
+    context_dim: int = 0
+    """0: adapt every weight (MAML family). >0: adapt only a context vector of this size fed to the
+    network, starting from zeros on every task (CAVIA)."""
+    inner_lr: float = 0.1
+    """Step size of the inner policy-gradient step."""
+    learn_inner_lr: bool = False
+    """Meta-learn one inner step size per adapted parameter (Meta-SGD), initialised to ``inner_lr``."""
+    normalize_observations: bool = True
+    """Keep running observation statistics and feed normalised observations to the network."""
+
+    def __post_init__(self) -> None:
+        if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
+        if self.activation not in ("tanh", "relu"):
+            raise ValueError(f"activation {self.activation!r} is not supported; use 'tanh' or 'relu'")
+        if self.context_dim < 0:
+            raise ValueError(f"context_dim must be >= 0, got {self.context_dim}")
+        if not self.inner_lr > 0:
+            raise ValueError(f"inner_lr must be positive, got {self.inner_lr}")
+
+
+class GradientPolicy(nn.Module):
+    """Gaussian MLP ``obs -> action`` whose adapted parameters are passed in as one flat vector.
+
+    ``weights`` (flat: every layer's weight and bias, then ``log_std``) is the meta-learned
+    initialisation. ``initial_adapted()`` is where adaptation starts on a new task: ``weights``
+    itself, or the zero context for CAVIA. Every ``*(phi, ...)`` method evaluates the policy at the
+    adapted vector ``phi``.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, action_scale, config: GradientPolicyConfig = GradientPolicyConfig()):
+        super().__init__()
+        self.obs_dim, self.act_dim, self.config = int(obs_dim), int(act_dim), config
+        scale = torch.as_tensor(action_scale, dtype=torch.float32).reshape(self.act_dim)
+        if not torch.all(scale > 0):
+            raise ValueError(f"action_scale must be positive for every action dimension, got {scale.tolist()}")
+        self.register_buffer("action_scale", scale)
+        self.obs_norm = RunningNormalizer(self.obs_dim)
+        sizes = [self.obs_dim + config.context_dim, *config.hidden_sizes, self.act_dim]
+        self.layer_shapes: list[tuple[tuple[int, int], tuple[int]]] = [
+            ((sizes[i + 1], sizes[i]), (sizes[i + 1],)) for i in range(len(sizes) - 1)
+        ]
+        chunks = []
+        for i, (w_shape, b_shape) in enumerate(self.layer_shapes):
+            weight = torch.empty(w_shape)
+            nn.init.orthogonal_(weight, 0.01 if i == len(self.layer_shapes) - 1 else math.sqrt(2.0))
+            chunks += [weight.reshape(-1), torch.zeros(b_shape)]
+        chunks.append(torch.full((self.act_dim,), float(config.init_log_std)))
+        self.weights = nn.Parameter(torch.cat(chunks))
+        self.register_buffer("initial_context", torch.zeros(config.context_dim))
+        lr = torch.full((self.num_adapted,), float(config.inner_lr))
+        if config.learn_inner_lr:
+            self.inner_lr = nn.Parameter(lr)
+        else:
+            self.register_buffer("inner_lr", lr)
+
+    # ------------------------------------------------------------------------------ layout
+    @property
+    def adapts_context(self) -> bool:
+        """True for CAVIA: ``phi`` is a context vector and the weights stay fixed."""
+        return self.config.context_dim > 0
+
+    @property
+    def num_adapted(self) -> int:
+        """Length of ``phi``."""
+        return self.config.context_dim if self.adapts_context else int(self.weights.numel())
+
+    def initial_adapted(self) -> torch.Tensor:
+        """Where adaptation starts on a new task (carries gradients to the meta-parameters)."""
+        return self.initial_context if self.adapts_context else self.weights
+
+    def meta_parameters(self) -> list[nn.Parameter]:
+        """What the outer loop learns: the weights, plus the inner step sizes for Meta-SGD."""
+        return [p for p in (self.weights, self.inner_lr) if isinstance(p, nn.Parameter)]
+
+    def _unflatten(self, flat: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        layers, i = [], 0
+        for w_shape, b_shape in self.layer_shapes:
+            nw, nb = w_shape[0] * w_shape[1], b_shape[0]
+            layers.append((flat[i : i + nw].reshape(w_shape), flat[i + nw : i + nw + nb]))
+            i += nw + nb
+        return layers, flat[i : i + self.act_dim]
+
+    # ------------------------------------------------------------------------------ the policy at phi
+    def mean_log_std(self, phi: torch.Tensor, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log std (normalised action units) for raw observations ``obs [..., obs_dim]``."""
+        x = self.obs_norm(obs) if self.config.normalize_observations else obs
+        if self.adapts_context:
+            weights = self.weights
+            x = torch.cat([x, phi.to(x.dtype).expand(*x.shape[:-1], -1)], dim=-1)
+        else:
+            weights = phi
+        layers, log_std = self._unflatten(weights.to(x.dtype))
+        act = torch.tanh if self.config.activation == "tanh" else torch.relu
+        for i, (w, b) in enumerate(layers):
+            x = F.linear(x, w, b)
+            if i < len(layers) - 1:
+                x = act(x)
+        return x, log_std.expand_as(x)
+
+    def log_prob(self, phi: torch.Tensor, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Log density of normalised ``action [..., act_dim]`` (summed over action dimensions)."""
+        mean, log_std = self.mean_log_std(phi, obs)
+        z = (action - mean) * torch.exp(-log_std)
+        return (-0.5 * z * z - log_std - _LOG_SQRT_2PI).sum(-1)
+
+    def sample(self, phi: torch.Tensor, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Normalised action ``mean + std * noise`` (``noise`` standard normal; zeros = the mean)."""
+        mean, log_std = self.mean_log_std(phi, obs)
+        return mean + torch.exp(log_std) * noise
+
+    def command(self, phi: torch.Tensor, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Command in physical units: ``clip(action, -1, 1) * action_scale``."""
+        action = self.sample(phi, obs, torch.zeros(()) if noise is None else noise)
+        return torch.clamp(action, -1.0, 1.0) * self.action_scale.to(action.dtype)
+
+    # ------------------------------------------------------------------------------ adaptation
+    def surrogate_loss(self, phi, obs, action, advantage, mask, *, low_variance_curvature: bool = False) -> torch.Tensor:
+        """The inner loss: minus the mean over valid steps of ``log pi(action | obs) * advantage``.
+
+        With ``low_variance_curvature`` (ProMP's LVC estimator) the log-probability is replaced by the
+        likelihood ratio ``pi / stop_gradient(pi)``: the same value and gradient at ``phi``, but a
+        lower-variance Hessian, which is what the meta-gradient differentiates.
+        """
+        logp = self.log_prob(phi, obs, action)
+        if low_variance_curvature:
+            logp = torch.exp(logp - logp.detach())
+        weight = advantage.to(logp.dtype) * mask.to(logp.dtype)
+        return -(logp * weight).sum() / torch.clamp(mask.to(logp.dtype).sum(), min=1.0)
+
+    def inner_step(
+        self, phi, obs, action, advantage, mask, *, create_graph: bool, low_variance_curvature: bool = False
+    ) -> torch.Tensor:
+        """One inner policy-gradient step from ``phi`` on a batch ``[N, T, *]`` (``mask`` marks valid steps).
+
+        ``create_graph=True`` keeps the step differentiable (second-order meta-gradients); otherwise the
+        gradient is treated as a constant (first-order), while ``phi`` and the step sizes still carry
+        gradients.
+        """
+        if not phi.requires_grad:
+            phi = phi.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = self.surrogate_loss(phi, obs, action, advantage, mask, low_variance_curvature=low_variance_curvature)
+            (grad,) = torch.autograd.grad(loss, phi, create_graph=create_graph)
+        return phi - self.inner_lr.to(phi.dtype) * grad
+
+
+def adaptation_step(policy: GradientPolicy) -> Callable[..., torch.Tensor]:
+    """The pure function ``(phi, obs, action, advantage, mask) -> phi'`` of one inner step, written with
+    ``torch.func.grad`` so it can be traced (``make_fx``) and exported as an ONNX graph.
+
+    ``obs [N, T, obs_dim]`` raw observations, ``action [N, T, act_dim]`` the normalised actions that were
+    executed (before clipping), ``advantage [N, T]``, ``mask [N, T]`` (1 = valid step).
+    """
+
+    def loss(phi, obs, action, advantage, mask):
+        return policy.surrogate_loss(phi, obs, action, advantage, mask)
+
+    grad = torch.func.grad(loss)
+
+    def step(phi, obs, action, advantage, mask):
+        return phi - policy.inner_lr.to(phi.dtype) * grad(phi, obs, action, advantage, mask)
+
+    return step
+
+
+def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q) -> torch.Tensor:
+    """KL(p || q) of diagonal Gaussians, summed over the last dimension."""
+    var_p, var_q = torch.exp(2 * log_std_p), torch.exp(2 * log_std_q)
+    return (log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2 * var_q) - 0.5).sum(-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / torch.clamp(mask.sum(), min=1.0)
+
+
+def flat_grad(output: torch.Tensor, params: Sequence[torch.Tensor], **kwargs) -> torch.Tensor:
+    grads = torch.autograd.grad(output, list(params), allow_unused=True, **kwargs)
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])

@@ -1,0 +1,265 @@
+"""Gradient-based meta-RL: every method trains for a tiny budget, and the meta-gradient through one or
+several inner steps is the true derivative of the post-adaptation objective."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from metarl_robot.algos.gradient import METHODS, GradientMetaRL, TrainConfig, train
+from metarl_robot.algos.gradient.algo import conjugate_gradient
+from metarl_robot.checkpoint import load_checkpoint
+from metarl_robot.config import ConfigError, load_config
+from metarl_robot.evaluation import GradientTorchController, evaluate
+from metarl_robot.gradient_policy import GradientPolicy, GradientPolicyConfig, adaptation_step
+from metarl_robot.runtime.advantages import AdvantageConfig, compute_advantages, discounted_returns, linear_feature_baseline
+from metarl_robot.testing import PointGoalEnv, point_goal_distribution
+
+TINY = {
+    "env_id": "metarl_robot.testing:metarl/PointGoal-v0",
+    "tasks": {"distribution": "metarl_robot.testing:point_goal_distribution", "num_train": 8, "num_test": 2},
+    "iterations": 2,
+    "meta_batch_size": 2,
+    "inner": {"episodes_per_step": 3},
+    "policy": {"hidden_sizes": [8, 8]},
+    "checkpoint_every": 1,
+}
+METHOD_SETTINGS = {
+    "maml": {},
+    "promp": {},
+    "reptile": {"inner": {"episodes_per_step": 3, "steps": 2}},
+    "cavia": {"policy": {"hidden_sizes": [8, 8], "context_dim": 3}},
+    "meta_sgd": {"policy": {"hidden_sizes": [8, 8], "learn_inner_lr": True}},
+    "multitask_ppo": {},
+}
+
+
+def tiny(**changes):
+    return load_config(TrainConfig, {**TINY, **changes})
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_for_a_tiny_budget_and_checkpoints(method, tmp_path):
+    config = tiny(method=method, **METHOD_SETTINGS[method])
+    torch.manual_seed(config.seed)
+    before = GradientPolicy(2, 2, [0.1, 0.1], config.policy)
+    path = train(config, tmp_path, progress=False)
+    policy, data = load_checkpoint(path)
+    assert isinstance(policy, GradientPolicy) and data["method"] == config.method_name and data["iteration"] == 2
+    assert not torch.equal(policy.weights, before.weights), "the meta-parameters did not move"
+    assert data["adaptation"]["kind"] == "gradient_step" and data["adaptation"]["max_episode_steps"] == 20
+    assert np.isfinite(data["metrics"]["return/after_adaptation"])
+    assert (tmp_path / "config.yaml").exists() and list((tmp_path / "tb").iterdir())
+
+
+@pytest.mark.parametrize("outer", ["trpo", "ppo"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_maml_with_several_inner_steps_trains_with_either_outer_optimiser(outer, first_order, tmp_path):
+    config = tiny(outer=outer, inner={"episodes_per_step": 3, "steps": 3, "first_order": first_order})
+    policy, data = load_checkpoint(train(config, tmp_path, progress=False))
+    metrics = data["metrics"]
+    assert {f"return/step_{k}" for k in range(4)} <= set(metrics) and data["method"] == f"maml_{outer}"
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    train(tiny(iterations=1), tmp_path, progress=False)
+    _, data = load_checkpoint(train(tiny(iterations=2), tmp_path, resume=True, progress=False))
+    assert data["iteration"] == 2
+
+
+def test_method_settings_that_contradict_each_other_are_refused_naming_the_key():
+    with pytest.raises(ConfigError, match="policy.context_dim"):
+        tiny(method="cavia")
+    with pytest.raises(ConfigError, match="learn_inner_lr"):
+        tiny(method="meta_sgd")
+    with pytest.raises(ConfigError, match="outer"):
+        tiny(outer="sgd")
+    with pytest.raises(ConfigError, match="inner.steps"):
+        tiny(method="reptile", inner={"steps": 0})
+
+
+# ------------------------------------------------------------------------------ meta-gradients
+def _random_batch(rng, n=3, t=6, obs_dim=3, act_dim=2):
+    obs = torch.as_tensor(rng.normal(size=(n, t, obs_dim)))
+    act = torch.as_tensor(rng.normal(size=(n, t, act_dim)))
+    adv = torch.as_tensor(rng.normal(size=(n, t)))
+    mask = torch.ones(n, t, dtype=torch.float64)
+    mask[0, 4:] = 0.0
+    return obs, act, adv, mask
+
+
+def _policy(**config) -> GradientPolicy:
+    torch.manual_seed(0)
+    policy = GradientPolicy(3, 2, [1.0, 2.0], GradientPolicyConfig(hidden_sizes=(5,), init_log_std=-0.3, **config)).double()
+    with torch.no_grad():
+        policy.weights.add_(0.3 * torch.randn_like(policy.weights))
+    return policy
+
+
+def _post_loss(policy, theta, inner_batches, post, *, create_graph, lr=None):
+    """The post-adaptation surrogate as a function of the initial adapted vector ``theta``."""
+    phi = theta
+    for batch in inner_batches:
+        phi = policy.inner_step(phi, *batch, create_graph=create_graph)
+    return policy.surrogate_loss(phi, *post)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("cavia", [False, True])
+def test_second_order_meta_gradient_matches_finite_differences(steps, cavia):
+    rng = np.random.default_rng(steps)
+    policy = _policy(context_dim=2 if cavia else 0, inner_lr=0.5)
+    inner = [_random_batch(rng) for _ in range(steps)]
+    post = _random_batch(rng)
+    params = policy.meta_parameters()[0]  # the weights
+
+    def loss_of(weights):
+        with torch.no_grad():
+            policy.weights.copy_(weights)
+        theta = policy.initial_adapted()
+        return _post_loss(policy, theta, inner, post, create_graph=True)
+
+    start = policy.weights.detach().clone()
+    loss = loss_of(start)
+    (grad,) = torch.autograd.grad(loss, params)
+    direction = torch.as_tensor(rng.normal(size=start.shape))
+    eps = 1e-6
+    with torch.enable_grad():
+        numeric = (loss_of(start + eps * direction).item() - loss_of(start - eps * direction).item()) / (2 * eps)
+    assert abs(float(grad @ direction) - numeric) < 1e-6 * max(1.0, abs(numeric)), (float(grad @ direction), numeric)
+
+
+def test_first_order_meta_gradient_is_the_gradient_at_the_adapted_parameters():
+    rng = np.random.default_rng(7)
+    policy = _policy(inner_lr=0.5)
+    inner = [_random_batch(rng) for _ in range(3)]
+    post = _random_batch(rng)
+    theta = policy.initial_adapted()
+    (first_order,) = torch.autograd.grad(_post_loss(policy, theta, inner, post, create_graph=False), policy.weights)
+    phi = theta
+    for batch in inner:
+        phi = policy.inner_step(phi, *batch, create_graph=False).detach()
+    phi.requires_grad_(True)
+    (at_phi,) = torch.autograd.grad(policy.surrogate_loss(phi, *post), phi)
+    torch.testing.assert_close(first_order, at_phi)
+    (second_order,) = torch.autograd.grad(_post_loss(policy, policy.initial_adapted(), inner, post, create_graph=True), policy.weights)
+    assert (second_order - first_order).abs().max() > 1e-6, "second order must differ from first order"
+
+
+def test_meta_sgd_learns_per_parameter_inner_step_sizes():
+    rng = np.random.default_rng(3)
+    policy = _policy(learn_inner_lr=True, inner_lr=0.5)
+    inner, post = [_random_batch(rng)], _random_batch(rng)
+    loss = _post_loss(policy, policy.initial_adapted(), inner, post, create_graph=True)
+    _, lr_grad = torch.autograd.grad(loss, policy.meta_parameters())
+    assert lr_grad.shape == policy.weights.shape and lr_grad.abs().max() > 0
+    i, eps, values = int(lr_grad.abs().argmax()), 1e-6, []
+    for sign in (1, -1):
+        with torch.no_grad():
+            policy.inner_lr[i] += sign * eps
+        values.append(_post_loss(policy, policy.initial_adapted(), inner, post, create_graph=False).item())
+        with torch.no_grad():
+            policy.inner_lr[i] -= sign * eps
+    numeric = (values[0] - values[1]) / (2 * eps)
+    assert abs(float(lr_grad[i]) - numeric) < 1e-6 * max(1.0, abs(numeric)), (float(lr_grad[i]), numeric)
+
+
+def test_inner_step_lowers_the_inner_loss_and_matches_the_exported_step_function():
+    rng = np.random.default_rng(1)
+    policy = _policy(inner_lr=0.01)
+    batch = _random_batch(rng)
+    phi0 = policy.initial_adapted().detach()
+    phi1 = policy.inner_step(phi0, *batch, create_graph=False)
+    assert policy.surrogate_loss(phi1, *batch) < policy.surrogate_loss(phi0, *batch)
+    torch.testing.assert_close(adaptation_step(policy)(phi0, *batch), phi1.detach())
+
+
+def test_cavia_adapts_only_a_context_that_starts_at_zero():
+    policy = _policy(context_dim=4)
+    assert policy.num_adapted == 4 and torch.equal(policy.initial_adapted(), torch.zeros(4, dtype=torch.float64))
+    rng = np.random.default_rng(2)
+    phi1 = policy.inner_step(policy.initial_adapted(), *_random_batch(rng), create_graph=False)
+    assert phi1.shape == (4,) and phi1.abs().max() > 0
+
+
+def test_conjugate_gradient_solves_a_positive_definite_system():
+    rng = np.random.default_rng(0)
+    a = torch.as_tensor(rng.normal(size=(6, 6)))
+    a = a @ a.T + 6 * torch.eye(6, dtype=torch.float64)
+    b = torch.as_tensor(rng.normal(size=6))
+    torch.testing.assert_close(conjugate_gradient(lambda v: a @ v, b, 20), torch.linalg.solve(a, b))
+
+
+def test_reptile_moves_the_weights_towards_the_adapted_parameters(tmp_path):
+    config = tiny(method="reptile", iterations=1, inner={"episodes_per_step": 3, "steps": 2}, reptile={"anneal": False})
+    algo = GradientMetaRL(config, tmp_path)
+    try:
+        _, inner, post = algo.collect_iteration()
+        start = algo.policy.weights.detach().clone()
+        adapted = torch.stack([algo.adapt(start, inner, m, create_graph=False)[-1].detach() for m in range(2)]).mean(0)
+        algo.update(inner, post)
+        torch.testing.assert_close(algo.policy.weights.detach(), start + 0.5 * (adapted - start))
+    finally:
+        algo.close()
+
+
+# ------------------------------------------------------------------------------ advantages
+def test_discounted_returns_stop_at_the_end_of_each_episode():
+    rewards = np.array([[1.0, 1.0, 1.0], [2.0, 5.0, 5.0]])
+    mask = np.array([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(discounted_returns(rewards, mask, 0.5), [[1.75, 1.5, 1.0], [2.0, 0.0, 0.0]])
+
+
+def test_linear_feature_baseline_fits_returns_that_are_linear_in_its_features():
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(5, 10, 2))
+    returns = 3.0 * obs[..., 0] - obs[..., 1] ** 2 + 0.5
+    mask = np.ones((5, 10))
+    np.testing.assert_allclose(linear_feature_baseline(obs, returns, mask), returns, atol=1e-4)
+
+
+def test_advantages_are_normalised_over_valid_steps_and_zero_elsewhere():
+    rng = np.random.default_rng(0)
+    mask = np.ones((4, 8))
+    mask[1, 5:] = 0
+    adv = compute_advantages(rng.normal(size=(4, 8, 3)), rng.normal(size=(4, 8)), mask, AdvantageConfig())
+    assert adv.dtype == np.float32 and np.all(adv[1, 5:] == 0)
+    assert abs(adv[mask > 0].mean()) < 1e-5 and abs(adv[mask > 0].std() - 1) < 1e-3
+
+
+# ------------------------------------------------------------------------------ evaluation
+def test_gradient_controller_adapts_with_the_policy_inner_step_and_reports_each_round(tmp_path):
+    config = tiny(iterations=1)
+    policy, data = load_checkpoint(train(config, tmp_path, progress=False))
+    controller = GradientTorchController(policy, data["adaptation"], seed=0)
+    env = PointGoalEnv()
+    tasks = point_goal_distribution(num_test=2).test_tasks
+    results = evaluate(controller, env, tasks, rounds=3, episodes_per_round=3, seed=0)
+    assert [r["adaptation_steps"] for r in results["summary"]] == [0, 1, 2]
+    assert results["episodes_per_round"] == 3 and len(results["tasks"]) == 2
+    # adapt() is exactly one inner step on the stored episodes with the robot's advantages.
+    controller.reset()
+    env.set_task(tasks[0])
+    scale = np.asarray(env.interface["action"]["scale"], np.float32)
+    episodes = []
+    for _ in range(3):
+        obs, _ = env.reset(seed=1)
+        rows, done = [], False
+        while not done:
+            command = controller.act(obs)
+            next_obs, reward, terminated, truncated, _ = env.step(command / scale)
+            done = terminated or truncated
+            controller.observe(obs, command, reward, next_obs, done)
+            rows.append((obs, controller._last[1], reward))
+            obs = next_obs
+        episodes.append(rows)
+    obs = np.array([[r[0] for r in e] for e in episodes], np.float32)
+    act = np.array([[r[1] for r in e] for e in episodes], np.float32)
+    rew = np.array([[r[2] for r in e] for e in episodes], np.float32)
+    mask = np.ones(rew.shape, np.float32)
+    adv = compute_advantages(obs, rew, mask, AdvantageConfig(**data["adaptation"]["advantages"]))
+    expected = policy.inner_step(policy.initial_adapted().detach(), *map(torch.as_tensor, (obs, act, adv, mask)), create_graph=False)
+    torch.testing.assert_close(controller.adapt(), expected.detach())
