@@ -20,38 +20,76 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _train_module(config_path: str | None, overrides: list[str]):
+    """The algorithm package a config trains with: gradient-based when it names a ``method``."""
+    import yaml
+
+    from metarl_robot.config import ConfigError
+
+    method = None
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "method":
+            method = value.strip()
+    if method is None and config_path:
+        path = Path(config_path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        method = data.get("method") if isinstance(data, dict) else None
+    if method is None:
+        from metarl_robot.algos import context_ppo
+
+        return context_ppo
+    from metarl_robot.algos import gradient
+
+    if method not in gradient.METHODS:
+        raise ConfigError(f"method: {method!r} is not one of {list(gradient.METHODS)} (omit it for context_ppo)")
+    return gradient
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from metarl_robot.algos.context_ppo import TrainConfig, train
     from metarl_robot.config import load_config
 
-    config = load_config(TrainConfig, args.config, args.set)
-    path = train(config, args.run_dir, resume=args.resume, progress=not args.no_progress)
+    module = _train_module(args.config, args.set)
+    config = load_config(module.TrainConfig, args.config, args.set)
+    path = module.train(config, args.run_dir, resume=args.resume, progress=not args.no_progress)
     run = Path(args.run_dir)
     print(f"checkpoint:   {path}\nconfig:       {run / 'config.yaml'}\ntensorboard:  tensorboard --logdir {run / 'tb'}")
     return 0
 
 
-def _load_controller_and_env(args: argparse.Namespace):
+def _load_controller(args: argparse.Namespace, source: str, kind: str):
+    """``(controller, config, label, adaptation)`` for one ``--bundle`` or ``--checkpoint``."""
+    if kind == "bundle":
+        from metarl_robot.runtime import load_controller
+
+        controller = load_controller(source, providers=args.providers, seed=args.seed)
+        manifest = controller.manifest
+        return controller, manifest["provenance"]["config"], f"bundle {source} on {controller.provider}", manifest["adaptation"]
+    from metarl_robot.checkpoint import load_checkpoint
+    from metarl_robot.evaluation import GradientTorchController, TorchController
+    from metarl_robot.gradient_policy import GradientPolicy
+
+    policy, data = load_checkpoint(source)
+    adaptation = data["adaptation"]
+    if isinstance(policy, GradientPolicy):
+        controller = GradientTorchController(policy, adaptation, seed=args.seed)
+    else:
+        controller = TorchController(policy, int(adaptation["buffer_size"]))
+    return controller, data["config"], f"checkpoint {source}", adaptation
+
+
+def _load_controllers_and_env(args: argparse.Namespace):
     from metarl_robot.envs import make_meta_env
 
     if bool(args.checkpoint) == bool(args.bundle):
-        raise ValueError("give exactly one of --checkpoint CKPT or --bundle DIR")
-    if args.bundle:
-        from metarl_robot.runtime import AdaptiveController
-
-        controller = AdaptiveController.load(args.bundle, providers=args.providers)
-        config = controller.manifest["provenance"]["config"]
-        label = f"bundle {args.bundle} on {controller.provider}"
-    else:
-        from metarl_robot.checkpoint import load_checkpoint
-        from metarl_robot.evaluation import TorchController
-
-        policy, data = load_checkpoint(args.checkpoint)
-        controller = TorchController(policy, int(data["adaptation"]["buffer_size"]))
-        config = data["config"]
-        label = f"checkpoint {args.checkpoint}"
+        raise ValueError("give --checkpoint CKPT [CKPT ...] or --bundle DIR [DIR ...], not both or neither")
+    kind, sources = ("bundle", args.bundle) if args.bundle else ("checkpoint", args.checkpoint)
+    loaded = [_load_controller(args, source, kind) for source in sources]
+    config = loaded[0][1]
     env = make_meta_env(args.env_id or config["env_id"], config.get("env_kwargs", {}), unwrapped=True)
-    return controller, env, config, label
+    return loaded, env, config
 
 
 def _eval_tasks(args: argparse.Namespace, config: dict, env):
@@ -72,14 +110,23 @@ def _eval_tasks(args: argparse.Namespace, config: dict, env):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from metarl_robot.evaluation import evaluate, format_summary, write_report
+    from metarl_robot.evaluation import combine, evaluate, format_summary, write_report
 
-    controller, env, config, label = _load_controller_and_env(args)
+    loaded, env, config = _load_controllers_and_env(args)
     tasks = _eval_tasks(args, config, env)
-    results = evaluate(controller, env, tasks, episodes_per_task=args.episodes, seed=args.seed, adapt=not args.no_adapt)
-    results["evaluated"] = label
-    json_path, png_path = write_report(results, args.out, title=label)
-    print(f"{label}: {len(tasks)} tasks, {args.episodes} episodes each (episode 0 = before adaptation)")
+    adaptation = loaded[0][3]
+    per_round = args.episodes_per_round or int(adaptation.get("episodes_per_step", 1))
+    runs = [
+        evaluate(controller, env, tasks, rounds=args.rounds, episodes_per_round=per_round, seed=args.seed, adapt=not args.no_adapt)
+        for controller, _, _, _ in loaded
+    ]
+    labels = [label for _, _, label, _ in loaded]
+    results = runs[0] if len(runs) == 1 else combine(runs, labels)
+    results["evaluated"] = labels[0] if len(labels) == 1 else labels
+    title = labels[0] if len(labels) == 1 else f"{len(labels)} runs pooled"
+    json_path, png_path = write_report(results, args.out, title=title)
+    print(f"{title}: {len(tasks)} tasks x {len(runs)} run(s), {args.rounds} rounds of {per_round} episode(s) "
+          "(round 0 = before adaptation)")
     print(format_summary(results))
     print(f"results: {json_path}\nplot:    {png_path}")
     return 0
@@ -237,13 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="meta-test before/after adaptation on test tasks (JSON + PNG)")
-    p.add_argument("--checkpoint", help="a training checkpoint (.pt), evaluated in PyTorch")
-    p.add_argument("--bundle", help="an exported bundle, evaluated with the torch-free runtime")
+    p.add_argument("--checkpoint", nargs="+", help="training checkpoint(s) (.pt), evaluated in PyTorch; several "
+                   "(e.g. one per training seed) are pooled: mean and CI over tasks and seeds")
+    p.add_argument("--bundle", nargs="+", help="exported bundle(s), evaluated with the torch-free runtime (several are pooled)")
     p.add_argument("--providers", nargs="+", default=["cpu"], help="execution providers for --bundle, in preference order")
     p.add_argument("--task-file", help="YAML task file (your own objects); default: the config's test split")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--num-tasks", type=int, default=0, help="first N tasks of the split (0 = all)")
-    p.add_argument("--episodes", type=int, default=3, help="episodes per task; episode 0 is before adaptation")
+    p.add_argument("--rounds", "--episodes", dest="rounds", type=int, default=3,
+                   help="rounds per task, adapting after each; round 0 is before adaptation (default: %(default)s)")
+    p.add_argument("--episodes-per-round", type=int, default=0,
+                   help="episodes per round (default: the policy's own: 1 for context methods, the trajectories per "
+                        "inner step for gradient methods)")
     p.add_argument("--no-adapt", action="store_true", help="never adapt (the non-adaptive baseline of the same policy)")
     p.add_argument("--env-id", help="override the env id from the checkpoint's config")
     p.add_argument("--seed", type=int, default=0)

@@ -263,3 +263,62 @@ def format_summary(results: dict[str, Any]) -> str:
             f"{r['return_mean']:>9.2f} ± {r['return_ci95']:<6.2f}"
         )
     return "\n".join(lines)
+
+
+class OracleController:
+    """A controller that is told the task: acts with the env's task-aware demonstrator and never adapts.
+
+    ``demonstrate(obs[N, D], tasks) -> actions[N, A]`` returns normalised actions (the env's
+    ``demonstrator`` reference); commands are those actions times the interface's action scale. The
+    upper reference line of the meta-test protocol.
+    """
+
+    def __init__(self, env, demonstrate=None):
+        if demonstrate is None:
+            from metarl_robot.algos.context_ppo.algo import resolve
+
+            reference = getattr(env, "demonstrator", None)
+            if not reference:
+                raise ValueError(f"{type(env).__name__} has no demonstrator; pass demonstrate=")
+            demonstrate = resolve(reference)
+        self.env, self.demonstrate = env, demonstrate
+        self.scale = np.asarray(env.interface["action"]["scale"], dtype=np.float32)
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        action = np.asarray(self.demonstrate(np.asarray(obs)[None], [self.env.task]))[0]
+        return np.clip(action, -1.0, 1.0).astype(np.float32) * self.scale
+
+    def observe(self, obs, action, reward, next_obs, done) -> None:
+        pass
+
+    def adapt(self) -> None:
+        return None
+
+
+def write_comparison(curves: Mapping[str, dict[str, Any]], path: str | Path, title: str, metric: str = "return") -> Path:
+    """One PNG with the ``metric`` curve (mean ± 95% CI per adaptation step) of several methods."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, results in curves.items():
+        rows = results["summary"]
+        steps = [r["round"] for r in rows]
+        mean = np.array([r[f"{metric}_mean"] for r in rows])
+        err = np.nan_to_num(np.array([r[f"{metric}_ci95"] for r in rows]))
+        ax.errorbar(steps, mean, yerr=err, marker="o", capsize=3, label=label)
+    ax.set_xlabel("adaptation steps")
+    ax.set_ylabel(f"average {metric}")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -263,3 +263,24 @@ def test_gradient_controller_adapts_with_the_policy_inner_step_and_reports_each_
     adv = compute_advantages(obs, rew, mask, AdvantageConfig(**data["adaptation"]["advantages"]))
     expected = policy.inner_step(policy.initial_adapted().detach(), *map(torch.as_tensor, (obs, act, adv, mask)), create_graph=False)
     torch.testing.assert_close(controller.adapt(), expected.detach())
+
+
+def test_warm_start_clones_the_demonstrator_into_the_unadapted_policy(tmp_path):
+    from metarl_robot.testing import point_goal_demonstrator
+
+    config = tiny(iterations=0, warm_start={"demonstrator": "metarl_robot.testing:point_goal_demonstrator",
+                                            "rounds": 2, "epochs": 40, "lr": 3e-3})
+    policy, data = load_checkpoint(train(config, tmp_path, progress=False))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    loss = events.Scalars("warm_start/imitation_loss")[-1].value
+    # The position reveals which way the demonstrator went, so a clone that cannot see the goal must
+    # still fit its actions far better than predicting zero (the labels' own energy).
+    tasks = point_goal_distribution(num_train=8).train_tasks
+    labels = point_goal_demonstrator(np.zeros((len(tasks), 2), np.float32), tasks)
+    assert loss < 0.75 * float((labels**2).mean()), (loss, float((labels**2).mean()))
+    assert data["iteration"] == 0 and events.Scalars("warm_start/demonstrator_success")[-1].value > 0
+    with pytest.raises(ConfigError, match="dagger"):
+        tiny(warm_start={"dagger_iterations": 1})

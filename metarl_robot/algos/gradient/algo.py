@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl_robot.algos.context_ppo.algo import build_task_distribution
+from metarl_robot.algos.context_ppo.algo import build_task_distribution, resolve
 from metarl_robot.algos.gradient.config import TrainConfig
 from metarl_robot.checkpoint import load_checkpoint, save_checkpoint
 from metarl_robot.config import save_config, to_dict
@@ -321,6 +321,49 @@ class GradientMetaRL:
             self.policy.weights.add_(size * delta)
         return {"loss/reptile_step_norm": float(size * delta.norm()), "loss/meta_step_size": size}
 
+    # ------------------------------------------------------------------------------ warm start
+    def warm_start(self) -> dict[str, float]:
+        """Clone ``warm_start.demonstrator`` (which knows each task) into the unadapted policy.
+
+        A policy that cannot see the task learns the demonstrator's average behaviour over tasks: a
+        starting point from which the meta-objective only has to learn what to change per task.
+        """
+        ws = self.config.warm_start
+        demonstrate = resolve(ws.demonstrator)
+        n = self.config.inner.episodes_per_step
+        obs_rows, label_rows = [], []
+        success = []
+        for _ in range(ws.rounds):
+            tasks = self.tasks.sample(self.config.meta_batch_size, self.rng, "train")
+            env_tasks = [task for task in tasks for _ in range(n)]
+            labels: list[np.ndarray] = []
+
+            def act(obs: np.ndarray, env_tasks=env_tasks, labels=labels):
+                expert = np.clip(demonstrate(obs, env_tasks), -1.0, 1.0)
+                labels.append(expert)
+                return expert, {}
+
+            batch = collect(self.envs, act, env_tasks, seed=int(self.rng.integers(2**31)), max_steps=self.max_episode_steps)
+            valid = batch.valid
+            obs_rows.append(batch.obs[valid])
+            label_rows.append(np.stack(labels)[valid])
+            success.append(float(batch.episode_success().mean()))
+        obs = torch.as_tensor(np.concatenate(obs_rows))
+        labels_t = torch.as_tensor(np.concatenate(label_rows))
+        self.policy.obs_norm.update(obs)
+        optimizer = torch.optim.Adam([self.policy.weights], lr=ws.lr)
+        losses = []
+        for _ in range(ws.epochs):
+            for idx in torch.randperm(len(obs)).split(256):
+                mean, _ = self.policy.mean_log_std(self.policy.initial_adapted(), obs[idx])
+                loss = ((mean - labels_t[idx]) ** 2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+        return {"warm_start/demonstrator_success": float(np.mean(success)), "warm_start/imitation_loss": float(np.mean(losses[-20:])),
+                "warm_start/transitions": float(len(obs))}
+
     # ------------------------------------------------------------------------------ metrics
     @staticmethod
     def batch_metrics(inner: list[Rollouts], post: Rollouts) -> dict[str, float]:
@@ -375,6 +418,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
             log.info("resumed from %s at iteration %d", algo.checkpoint_path, algo.iteration)
         save_config(config, run_dir / "config.yaml")
         writer = SummaryWriter(str(run_dir / "tb"))
+        if algo.iteration == 0 and config.warm_start.rounds > 0:
+            for key, value in algo.warm_start().items():
+                writer.add_scalar(key, value, 0)
+                log.info("%s = %.4g", key, value)
         bar = tqdm(total=config.iterations, initial=algo.iteration, disable=not progress, desc=config.method_name, unit="it")
         start = time.perf_counter()
         while algo.iteration < config.iterations:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from metarl_robot.algos.context_ppo.config import TasksConfig
+from metarl_robot.algos.context_ppo.config import TasksConfig, WarmStartConfig
 from metarl_robot.gradient_policy import GradientPolicyConfig
 from metarl_robot.runtime.advantages import AdvantageConfig
 
@@ -119,6 +119,9 @@ class TrainConfig:
     reptile: ReptileConfig = ReptileConfig()
     reward_source: dict[str, Any] = dataclasses.field(default_factory=lambda: {"type": "topic", "topic": "reward"})
     """Where the deployed policy gets the rewards its adaptation step needs (written into the bundle)."""
+    warm_start: WarmStartConfig = WarmStartConfig()
+    """Optional behaviour cloning of a demonstrator's actions into the unadapted policy before
+    meta-training (fresh runs only); ``dagger_iterations`` must be 0 here."""
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.meta_batch_size < 1:
@@ -131,6 +134,8 @@ class TrainConfig:
             raise ValueError("method 'meta_sgd' learns the inner step sizes: set policy.learn_inner_lr: true")
         if self.method != "meta_sgd" and self.policy.learn_inner_lr:
             raise ValueError("policy.learn_inner_lr is Meta-SGD's; use method 'meta_sgd' or set it to false")
+        if self.warm_start.dagger_iterations:
+            raise ValueError("warm_start.dagger_iterations is for context methods; set it to 0")
         if self.method == "reptile" and self.inner.steps < 1:
             raise ValueError("method 'reptile' needs inner.steps >= 1 (its update moves towards the adapted parameters)")
 
