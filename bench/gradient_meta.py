@@ -4,10 +4,12 @@ For each benchmark this script, in one run and for every seed given:
 
 1. meta-trains the gradient-based method (e.g. MAML-TRPO) from its config;
 2. trains the multi-task baseline (one policy on all tasks, no adaptation) with the same tasks, policy
-   and per-iteration sample budget;
+   and per-iteration sample budget, and where the benchmark has one, an oracle policy trained the
+   same way but with the task in its observation (the MAML paper's oracle);
 3. evaluates on the held-out test tasks with ``metarl_robot.evaluation.evaluate``: the meta-learner
    before and after 1..K adaptation steps; the baseline without adaptation (domain randomisation) and
-   fine-tuned with the same inner step (transfer learning); the env's task-aware oracle;
+   fine-tuned with the same inner step (transfer learning); the oracle policy; the env's task-aware
+   scripted controller (an upper bound: it acts without exploration noise);
 4. pools seeds (mean and 95% CI over tasks x seeds), prints a markdown table, and writes
    ``results.json`` and ``<metric>.png`` under ``--out``.
 
@@ -45,11 +47,13 @@ class Bench:
     rounds: int
     """Evaluation rounds: before adaptation and after 1..rounds-1 steps."""
     label: str
+    oracle: str = ""
+    """Config of a policy trained with the task in its observation (the MAML paper's oracle), if any."""
 
 
 BENCHES = {
     "navigation": Bench("configs/maml_navigation.yaml", "configs/multitask_navigation.yaml", "return", 4,
-                        "2D navigation, MAML-TRPO"),
+                        "2D navigation, MAML-TRPO", oracle="configs/oracle_navigation.yaml"),
     "cheetah-vel": Bench("configs/maml_cheetah_vel.yaml", "configs/multitask_cheetah_vel.yaml", "return", 3,
                          "half-cheetah velocity, MAML-TRPO"),
     "cheetah-dir": Bench("configs/maml_cheetah_dir.yaml", "configs/multitask_cheetah_dir.yaml", "return", 3,
@@ -96,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or ROOT / "runs" / f"bench_{args.bench.replace('-', '_')}")
     overrides = list(args.set) + ([f"iterations={args.iterations}"] if args.iterations else [])
     start = time.perf_counter()
-    checkpoints: dict[str, list[Path]] = {"meta": [], "baseline": []}
-    wall: dict[str, list[float]] = {"meta": [], "baseline": []}
+    roles = {"meta": bench.meta, "baseline": bench.baseline, **({"oracle": bench.oracle} if bench.oracle else {})}
+    checkpoints: dict[str, list[Path]] = {role: [] for role in roles}
+    wall: dict[str, list[float]] = {role: [] for role in roles}
     for seed in args.seeds:
-        for role, config in (("meta", bench.meta), ("baseline", bench.baseline)):
+        for role, config in roles.items():
             path, seconds = train_run(config, out / f"{role}_seed{seed}", [*overrides, f"seed={seed}"])
             checkpoints[role].append(path)
             wall[role].append(seconds)
@@ -107,7 +112,15 @@ def main(argv: list[str] | None = None) -> int:
 
     _, meta_data = load_checkpoint(checkpoints["meta"][0])
     config = meta_data["config"]
-    env = make_meta_env(config["env_id"], config.get("env_kwargs", {}), unwrapped=True)
+    envs: dict[str, object] = {}
+
+    def env_for(run_config: dict):
+        key = json.dumps([run_config["env_id"], run_config.get("env_kwargs", {})], sort_keys=True)
+        if key not in envs:
+            envs[key] = make_meta_env(run_config["env_id"], run_config.get("env_kwargs", {}), unwrapped=True)
+        return envs[key]
+
+    env = env_for(config)
     tasks = build_task_distribution(config["tasks"]).split("test")[: args.eval_tasks]
     per_round = args.episodes_per_round or int(meta_data["adaptation"]["episodes_per_step"])
     protocol = {"rounds": bench.rounds, "episodes_per_round": per_round, "seed": args.eval_seed}
@@ -117,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in checkpoints[role]:
             policy, data = load_checkpoint(path)
             controller = GradientTorchController(policy, data["adaptation"], seed=args.eval_seed)
-            results.append(evaluate(controller, env, tasks, adapt=adapt, **protocol))
+            results.append(evaluate(controller, env_for(data["config"]), tasks, adapt=adapt, **protocol))
         return combine(results, [str(p) for p in checkpoints[role]])
 
     eval_start = time.perf_counter()
@@ -127,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         "multi-task, no adaptation (DR)": run("baseline", False),
         "oracle (knows the task)": evaluate(OracleController(env), env, tasks, adapt=False, **protocol),
     }
+    oracle_key = "oracle (knows the task)"
+    if bench.oracle:
+        oracle_key = "oracle policy (task in its observation)"
+        curves[oracle_key] = run("oracle", False)
+        curves["scripted optimum (no exploration noise)"] = curves.pop("oracle (knows the task)")
     if args.export:
         from metarl_robot.export import export_bundle
         from metarl_robot.runtime import load_controller
@@ -137,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     eval_seconds = time.perf_counter() - eval_start
 
     metric = bench.metric
-    meta_key, transfer_key, dr_key, oracle_key = list(curves)[:4]
-    table = [f"| method | " + " | ".join(f"{k} step{'s' if k != 1 else ''}" for k in range(bench.rounds)) + " |",
+    meta_key, transfer_key, dr_key = list(curves)[:3]
+    table = ["| method | " + " | ".join(f"{k} step{'s' if k != 1 else ''}" for k in range(bench.rounds)) + " |",
              "|---" * (bench.rounds + 1) + "|"]
     for label, results in curves.items():
         cells = [f"{r[f'{metric}_mean']:.2f} ± {np.nan_to_num(r[f'{metric}_ci95']):.2f}" for r in results["summary"]]
@@ -148,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         "vs fine-tuned baseline": gap_closed(value(meta_key, 1), value(transfer_key, 1), value(oracle_key, 0)),
         "vs baseline without adaptation": gap_closed(value(meta_key, 1), value(dr_key, 0), value(oracle_key, 0)),
     }
+    if bench.oracle:
+        gaps["vs fine-tuned baseline, oracle = scripted optimum"] = gap_closed(
+            value(meta_key, 1), value(transfer_key, 1), value("scripted optimum (no exploration noise)", 0))
     print(f"\n{bench.label}: {len(tasks)} test tasks x {len(args.seeds)} seed(s), {per_round} episodes per adaptation "
           f"step, {metric} mean ± 95% CI over tasks x seeds\n")
     print("\n".join(table))

@@ -100,6 +100,8 @@ class Navigation2DEnv(TaskEnv):
     reward        ``-||position - goal||`` after the move
     terminated    within 0.01 m of the goal on both axes (``terminate_at_goal``, MAML's criterion)
     truncated     after ``max_episode_steps`` (100) steps
+    observe_goal  ``True`` appends the goal ``(goal_x, goal_y)`` to the observation (the task is then
+                  visible: the MAML paper's oracle is a policy trained this way)
     info          ``success``: within 0.1 m of the goal (Euclidean) after the step; ``distance_m``
     ============  ===============================================================================
     """
@@ -115,6 +117,7 @@ class Navigation2DEnv(TaskEnv):
         *,
         max_episode_steps: int = 100,
         terminate_at_goal: bool = True,
+        observe_goal: bool = False,
         render_mode: str | None = None,
     ) -> None:
         self._check_render_mode(render_mode)
@@ -123,7 +126,14 @@ class Navigation2DEnv(TaskEnv):
         self.render_mode = render_mode
         self.max_episode_steps = int(max_episode_steps)
         self.terminate_at_goal = bool(terminate_at_goal)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        # observe_goal appends the goal to the observation: the task is then visible, which makes the
+        # env the "oracle" of the MAML paper (a policy trained with the goal as input).
+        self.observe_goal = bool(observe_goal)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (4 if self.observe_goal else 2,), np.float32)
+        if self.observe_goal:
+            goal_entry = {"name": "goal", "source": "task", "field": "goal", "size": 2}
+            self.interface = {**NAVIGATION_INTERFACE,
+                              "observation_layout": [*NAVIGATION_INTERFACE["observation_layout"], goal_entry]}
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self._task = navigation_distribution().train_tasks[0]
         if task is not None:
@@ -147,7 +157,7 @@ class Navigation2DEnv(TaskEnv):
         self._position = np.zeros(2)
         self._path = [self._position.copy()]
         self._elapsed_steps = 0
-        return self._position.astype(np.float32), {"distance_m": self._distance(), "success": False}
+        return self._observation(), {"distance_m": self._distance(), "success": False}
 
     def step(self, action):
         action = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -1.0, 1.0)
@@ -159,7 +169,12 @@ class Navigation2DEnv(TaskEnv):
         terminated = self.terminate_at_goal and bool(np.all(offset < GOAL_TOLERANCE_M))
         truncated = self._elapsed_steps >= self.max_episode_steps
         info = {"distance_m": distance, "success": distance < SUCCESS_RADIUS_M}
-        return self._position.astype(np.float32), -distance, terminated, truncated, info
+        return self._observation(), -distance, terminated, truncated, info
+
+    def _observation(self) -> np.ndarray:
+        if self.observe_goal:
+            return np.concatenate([self._position, self._goal]).astype(np.float32)
+        return self._position.astype(np.float32)
 
     def _distance(self) -> float:
         return float(np.linalg.norm(self._position - self._goal))
@@ -192,7 +207,7 @@ class Navigation2DEnv(TaskEnv):
 def navigation_oracle(obs: np.ndarray, tasks: Sequence[TaskSpec]) -> np.ndarray:
     """Normalised actions ``[N, 2]`` that move each point straight towards its task's goal at full speed
     along the straight line (the last step lands on the goal)."""
-    obs = np.asarray(obs, dtype=np.float64).reshape(len(tasks), 2)
+    obs = np.asarray(obs, dtype=np.float64).reshape(len(tasks), -1)[:, :2]
     goals = np.array([[t["goal_x"], t["goal_y"]] for t in tasks], dtype=np.float64)
     offset = (goals - obs) / MAX_STEP_M
     # Scale the whole vector so the largest axis is at most 1: the direction stays straight at the goal.

@@ -284,3 +284,27 @@ def test_warm_start_clones_the_demonstrator_into_the_unadapted_policy(tmp_path):
     assert data["iteration"] == 0 and events.Scalars("warm_start/demonstrator_success")[-1].value > 0
     with pytest.raises(ConfigError, match="dagger"):
         tiny(warm_start={"dagger_iterations": 1})
+
+
+def test_cli_trains_a_gradient_config_and_evaluates_two_seeds_pooled(tmp_path, capsys):
+    import json
+
+    from metarl_robot.cli import REPO_ROOT, main
+
+    small = ["--set", "env_id=metarl_robot.testing:metarl/PointGoal-v0",
+             "--set", "tasks={distribution: 'metarl_robot.testing:point_goal_distribution', num_train: 8, num_test: 3}",
+             "--set", "iterations=1", "--set", "meta_batch_size=2", "--set", "inner.episodes_per_step=2",
+             "--set", "policy.hidden_sizes=[8, 8]", "--no-progress"]
+    paths = []
+    for seed in (0, 1):
+        run = tmp_path / f"seed{seed}"
+        assert main(["train", "--config", str(REPO_ROOT / "configs" / "maml_navigation.yaml"), "--run-dir", str(run),
+                     "--set", f"seed={seed}", *small]) == 0
+        paths.append(str(run / "checkpoints" / "last.pt"))
+    assert main(["eval", "--checkpoint", *paths, "--rounds", "2", "--out", str(tmp_path / "eval")]) == 0
+    results = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert results["num_tasks"] == 6 and results["episodes_per_round"] == 2, "3 tasks x 2 seeds, the trained batch size"
+    assert [r["adaptation_steps"] for r in results["summary"]] == [0, 1]
+    assert (tmp_path / "eval" / "eval.png").exists()
+    assert main(["train", "--config", str(REPO_ROOT / "configs" / "maml_navigation.yaml"), "--set", "method=maml2"]) == 2
+    assert "maml2" in capsys.readouterr().err

@@ -352,3 +352,17 @@ def test_bad_tasks_are_refused_naming_the_field(env_cls, task, field):
     with pytest.raises(TaskError, match=field):
         env.reset(options={"task": task})
     env.close()
+
+
+def test_navigation_can_show_the_goal_for_an_oracle_policy():
+    from sim.navigation import Navigation2DEnv, navigation_distribution, navigation_oracle
+
+    task = navigation_distribution(seed=3).test_tasks[0]
+    env = Navigation2DEnv(task, observe_goal=True)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.shape == (4,) and env.observation_space.contains(obs)
+    np.testing.assert_allclose(obs[2:], [task["goal_x"], task["goal_y"]], rtol=1e-6)
+    assert [e["name"] for e in env.interface["observation_layout"]] == ["position", "goal"]
+    assert Navigation2DEnv.interface["observation_layout"][-1]["name"] == "position", "the class contract is unchanged"
+    next_obs, *_ = env.step(navigation_oracle(obs[None], [task])[0])
+    np.testing.assert_allclose(next_obs[2:], obs[2:])
