@@ -1,15 +1,19 @@
 """Export a training checkpoint to a deployable bundle: two ONNX graphs, test vectors, a manifest.
 
+The checkpoint's policy class picks the bundle family. For a ``ContextPolicy`` (family "context"),
 ``policy.onnx`` computes ``ContextPolicy.command(obs, context)`` and ``adapt.onnx`` computes
-``ContextPolicy.encode_commands(obs, command, reward, next_obs, mask)``: observation normalisation,
-action clipping and scaling are inside the graphs, so the robot feeds raw sensor values and sends
-the output as is. The manifest carries the robot contract (observation layout, action mode, names,
-units, limits, joint names, control rate, adaptation settings) and the provenance. The format is
-specified in docs/bundle.md.
+``ContextPolicy.encode_commands(obs, command, reward, next_obs, mask)``. For a ``GradientPolicy``
+(family "gradient", :mod:`metarl_robot.gradient_export`), ``policy.onnx`` samples an action at the
+adapted parameters and ``adapt.onnx`` is one inner policy-gradient step on them. Observation
+normalisation, action clipping and scaling are inside the graphs, so the robot feeds raw sensor values
+and sends the output as is. The manifest carries the robot contract (observation layout, action mode,
+names, units, limits, joint names, control rate, adaptation settings) and the provenance. The format
+is specified in docs/bundle.md.
 
-An export is checked before it is published: both graphs run in onnxruntime on random batches and
-must match PyTorch within :data:`PARITY_TOLERANCE`. It is written to a temporary directory and renamed
-into place, so a failed export leaves no partial bundle.
+An export is checked before it is published: both graphs run in onnxruntime on random batches (and,
+for gradient bundles, on chains of adaptation steps) and must match PyTorch within
+:data:`PARITY_TOLERANCE`. It is written to a temporary directory and renamed into place, so a failed
+export leaves no partial bundle.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +43,14 @@ import torch
 from torch import nn
 
 from metarl_robot.checkpoint import load_checkpoint
+from metarl_robot.gradient_policy import GradientPolicy
 from metarl_robot.policies import ContextPolicy
 from metarl_robot.runtime.bundle import (
     ADAPT_FILE,
-    ADAPT_INPUTS,
     FORMAT,
     GRAPH_IO,
     MANIFEST_FILE,
+    PARAMS_FILE,
     POLICY_FILE,
     SCHEMA_VERSION,
     TEST_VECTORS_FILE,
@@ -61,6 +66,9 @@ logger = logging.getLogger("metarl_robot.export")
 PARITY_BATCHES = 50
 """Random batches per graph in the export-time parity check."""
 GRAPH_FILES = {"policy": POLICY_FILE, "adapt": ADAPT_FILE}
+CONTEXT_IO = GRAPH_IO["context"]
+PARITY_LABELS = {"adapt_chained": "the adapt graph over chained steps (its own output fed back)"}
+"""How the parity error message names a check that is not a single graph."""
 
 
 class ExportError(ValueError):
@@ -117,40 +125,22 @@ def export_bundle(
     _check_destination(out_dir, overwrite)
     policy, ckpt = load_checkpoint(checkpoint_path)
     sections = _contract_sections(policy, ckpt, checkpoint_path)
+    family = sections["method"]["family"]
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
-        for graph in GRAPH_IO:
-            _export_graph(policy, graph, staging / GRAPH_FILES[graph], opset)
-        sessions = {graph: _cpu_session(staging / GRAPH_FILES[graph]) for graph in GRAPH_IO}
-        buffer_size = sections["adaptation"]["buffer_size"]
-        diffs = parity_max_abs_diff(
-            policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0), max_sequence=buffer_size
-        )
-        failed = {graph: diff for graph, diff in diffs.items() if not diff <= PARITY_TOLERANCE}
-        if failed:
-            raise ExportError(
-                f"exporting {str(checkpoint_path)!r}: onnxruntime disagrees with PyTorch on "
-                + ", ".join(f"the {g} graph (max abs diff {d:.3g})" for g, d in failed.items())
-                + f" over {PARITY_BATCHES} random batches; the tolerance is {PARITY_TOLERANCE:g} (commands in "
-                "normalised action units). "
-                "No bundle was written."
-            )
-        _write_test_vectors(policy, staging / TEST_VECTORS_FILE, buffer_size=buffer_size)
-
-        files = {name: sha256_file(staging / name) for name in (POLICY_FILE, ADAPT_FILE, TEST_VECTORS_FILE)}
-        opsets = {_default_opset(staging / GRAPH_FILES[g]) for g in GRAPH_IO}
+        build = _build_gradient if family == "gradient" else _build_context
+        with single_threaded_torch():
+            diffs, dims, file_names = build(policy, sections["adaptation"], staging, opset, checkpoint_path)
+        files = {name: sha256_file(staging / name) for name in file_names}
+        opsets = {_default_opset(staging / GRAPH_FILES[g]) for g in GRAPH_FILES}
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "format": FORMAT,
             **sections,
             "graphs": {
-                graph: {
-                    "file": GRAPH_FILES[graph],
-                    **graph_shapes(graph, policy.obs_dim, policy.act_dim, policy.config.context_dim),
-                }
-                for graph in GRAPH_IO
+                graph: {"file": GRAPH_FILES[graph], **graph_shapes(family, graph, **dims)} for graph in GRAPH_FILES
             },
             "files": files,
             "provenance": _provenance(ckpt, checkpoint_path, opset=max(opsets), parity=diffs),
@@ -166,14 +156,65 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     logger.info(
-        "exported %s -> %s in %.1f s (parity max abs diff: policy %.2g, adapt %.2g)",
-        checkpoint_path, out_dir, time.perf_counter() - start, diffs["policy"], diffs["adapt"],
+        "exported %s -> %s in %.1f s (parity max abs diff: %s)",
+        checkpoint_path, out_dir, time.perf_counter() - start, ", ".join(f"{k} {v:.2g}" for k, v in diffs.items()),
     )
     return out_dir
 
 
+def _build_context(
+    policy: ContextPolicy, adaptation: Mapping[str, Any], staging: Path, opset: int | None, checkpoint_path: Path
+) -> tuple[dict[str, float], dict[str, int], list[str]]:
+    """Write the context family's graphs and test vectors into ``staging`` after the parity check;
+    return the parity figures, the graph sizes and the files to list."""
+    for graph in CONTEXT_IO:
+        _export_graph(policy, graph, staging / GRAPH_FILES[graph], opset)
+    sessions = {graph: _cpu_session(staging / GRAPH_FILES[graph]) for graph in CONTEXT_IO}
+    buffer_size = adaptation["buffer_size"]
+    diffs = parity_max_abs_diff(
+        policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0), max_sequence=buffer_size
+    )
+    _check_parity(diffs, checkpoint_path)
+    _write_test_vectors(policy, staging / TEST_VECTORS_FILE, buffer_size=buffer_size)
+    dims = {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "context_dim": policy.config.context_dim}
+    return diffs, dims, [POLICY_FILE, ADAPT_FILE, TEST_VECTORS_FILE]
+
+
+def _build_gradient(
+    policy: GradientPolicy, adaptation: Mapping[str, Any], staging: Path, opset: int | None, checkpoint_path: Path
+) -> tuple[dict[str, float], dict[str, int], list[str]]:
+    """The gradient family's counterpart of :func:`_build_context`, plus ``params.npy``."""
+    from metarl_robot import gradient_export  # imports this module, so not at the top
+
+    sizes = {"episodes": adaptation["episodes_per_step"], "max_episode_steps": adaptation["max_episode_steps"]}
+    for graph in GRAPH_FILES:
+        gradient_export.export_graph(policy, graph, staging / GRAPH_FILES[graph], opset, **sizes)
+    sessions = {graph: _cpu_session(staging / GRAPH_FILES[graph]) for graph in GRAPH_FILES}
+    diffs = gradient_export.parity_max_abs_diff(
+        policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0), **sizes
+    )
+    _check_parity(diffs, checkpoint_path)
+    gradient_export.write_test_vectors(policy, staging / TEST_VECTORS_FILE, **sizes)
+    with open(staging / PARAMS_FILE, "wb") as f:
+        np.save(f, gradient_export.initial_params(policy), allow_pickle=False)
+    dims = {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "num_params": policy.num_adapted, **sizes}
+    return diffs, dims, [POLICY_FILE, ADAPT_FILE, PARAMS_FILE, TEST_VECTORS_FILE]
+
+
+def _check_parity(diffs: Mapping[str, float], checkpoint_path: Path) -> None:
+    failed = {name: diff for name, diff in diffs.items() if not diff <= PARITY_TOLERANCE}
+    if failed:
+        raise ExportError(
+            f"exporting {str(checkpoint_path)!r}: onnxruntime disagrees with PyTorch on "
+            + ", ".join(f"{PARITY_LABELS.get(g, f'the {g} graph')} (max abs diff {d:.3g})" for g, d in failed.items())
+            + f" over {PARITY_BATCHES} random batches; the tolerance is {PARITY_TOLERANCE:g} (commands in "
+            "normalised action units). "
+            "No bundle was written."
+        )
+
+
 # ---------------------------------------------------------------------------- checkpoint -> manifest
-def _contract_sections(policy: ContextPolicy, ckpt: Mapping[str, Any], path: Path) -> dict[str, Any]:
+def _contract_sections(policy: ContextPolicy | GradientPolicy, ckpt: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """The manifest's method/observation/action/control_rate_hz/adaptation sections from a checkpoint."""
     where = f"checkpoint {str(path)!r}"
     resave = "re-save the checkpoint with it (see docs/bundle.md, 'Checkpoint keys read by export')"
@@ -237,14 +278,6 @@ def _contract_sections(policy: ContextPolicy, ckpt: Mapping[str, Any], path: Pat
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
         raise ExportError(f"{where}: 'interface.control_rate_hz' must be a positive number, got {rate!r}")
 
-    buffer_size = require(adaptation, "buffer_size", "adaptation.buffer_size")
-    if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
-        raise ExportError(f"{where}: 'adaptation.buffer_size' must be a positive integer, got {buffer_size!r}")
-    cadence = require(adaptation, "cadence", "adaptation.cadence")
-    if not isinstance(cadence, str):
-        raise ExportError(f"{where}: 'adaptation.cadence' must be a string, got {cadence!r}")
-    reward_source = mapping(adaptation, "reward_source", "adaptation.reward_source")
-
     scale = _float32_list(policy.action_scale)
     for key, expected in (("scale", scale), ("low", [-v for v in scale]), ("high", scale)):
         declared = _optional_action_field(interface, key)
@@ -260,10 +293,15 @@ def _contract_sections(policy: ContextPolicy, ckpt: Mapping[str, Any], path: Pat
                 f"{where}: 'interface.action.{key}' {declared!r} disagrees with the policy's action_scale "
                 f"{scale} (the policy graph clips to +-action_scale); fix the env interface or the policy"
             )
-    with torch.no_grad():
-        initial_context = _float32_list(policy.initial_context()[0])
+    if isinstance(policy, GradientPolicy):
+        from metarl_robot import gradient_export  # imports this module, so not at the top
+
+        family = "gradient"
+        adaptation_section = gradient_export.adaptation_section(policy, adaptation, require, where)
+    else:
+        family, adaptation_section = "context", _context_adaptation(policy, adaptation, require, where)
     return {
-        "method": {"family": "context", "name": str(method)},
+        "method": {"family": family, "name": str(method)},
         "observation": {"dim": policy.obs_dim, "layout": _jsonable(layout), "normalization": "baked"},
         "action": {
             "mode": mode,
@@ -277,17 +315,35 @@ def _contract_sections(policy: ContextPolicy, ckpt: Mapping[str, Any], path: Pat
             "clipping_and_scaling": "baked",
         },
         "control_rate_hz": float(rate),
-        "adaptation": {
-            "kind": "context_encoder",
-            "adapted": "context",
-            "context_dim": policy.config.context_dim,
-            "inner_lr": None,
-            "steps": 1,
-            "buffer_size": buffer_size,
-            "cadence": cadence,
-            "reward_source": _jsonable(reward_source),
-            "initial_context": initial_context,
-        },
+        "adaptation": adaptation_section,
+    }
+
+
+def _context_adaptation(
+    policy: ContextPolicy, adaptation: Mapping[str, Any], require: Callable[..., Any], where: str
+) -> dict[str, Any]:
+    """The manifest's ``adaptation`` section of a context bundle from the checkpoint's ``adaptation``."""
+    buffer_size = require(adaptation, "buffer_size", "adaptation.buffer_size")
+    if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
+        raise ExportError(f"{where}: 'adaptation.buffer_size' must be a positive integer, got {buffer_size!r}")
+    cadence = require(adaptation, "cadence", "adaptation.cadence")
+    if not isinstance(cadence, str):
+        raise ExportError(f"{where}: 'adaptation.cadence' must be a string, got {cadence!r}")
+    reward_source = require(adaptation, "reward_source", "adaptation.reward_source")
+    if not isinstance(reward_source, Mapping):
+        raise ExportError(f"{where}: 'adaptation.reward_source' must be a mapping, got {type(reward_source).__name__}")
+    with torch.no_grad():
+        initial_context = _float32_list(policy.initial_context()[0])
+    return {
+        "kind": "context_encoder",
+        "adapted": "context",
+        "context_dim": policy.config.context_dim,
+        "inner_lr": None,
+        "steps": 1,
+        "buffer_size": buffer_size,
+        "cadence": cadence,
+        "reward_source": _jsonable(reward_source),
+        "initial_context": initial_context,
     }
 
 
@@ -343,6 +399,18 @@ def _jsonable(value: Any) -> Any:
 
 # ---------------------------------------------------------------------------- ONNX export
 @contextlib.contextmanager
+def single_threaded_torch() -> Iterator[None]:
+    """Run PyTorch on one intra-op thread for the block. The parity references are many tiny batches,
+    for which a thread pool only adds synchronisation (tens of times slower on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence the dynamo exporter's warnings and log chatter (unrelated ops, axis-name notes);
     correctness is established by the parity check instead."""
@@ -373,14 +441,14 @@ def _example_inputs(policy: ContextPolicy, graph: str) -> tuple[torch.Tensor, ..
 
 
 def _export_graph(policy: ContextPolicy, graph: str, path: Path, opset: int | None) -> None:
-    inputs, outputs = GRAPH_IO[graph]
+    inputs, outputs = CONTEXT_IO[graph]
     module = (PolicyGraph if graph == "policy" else AdaptGraph)(policy).eval()
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence")
     if graph == "policy":
         dynamic_shapes = {name: {0: batch} for name in inputs}
     else:
-        dynamic_shapes = {name: {0: batch, 1: sequence} for name in ADAPT_INPUTS}
+        dynamic_shapes = {name: {0: batch, 1: sequence} for name in CONTEXT_IO["adapt"][0]}
     try:
         with _quiet_exporter():
             torch.onnx.export(
@@ -458,7 +526,7 @@ def reference_outputs(policy: ContextPolicy, graph: str, inputs: Mapping[str, np
     rounding: for wide layers the two float32 implementations each drift a few 1e-6 from the exact
     result, in different directions, which would otherwise count twice against the tolerance.
     """
-    tensors = [torch.from_numpy(np.ascontiguousarray(inputs[name])).double() for name in GRAPH_IO[graph][0]]
+    tensors = [torch.from_numpy(np.ascontiguousarray(inputs[name])).double() for name in CONTEXT_IO[graph][0]]
     exact = copy.deepcopy(policy).double()
     module = PolicyGraph(exact) if graph == "policy" else AdaptGraph(exact)
     return module.eval()(*tensors).numpy().astype(np.float32)
@@ -497,7 +565,7 @@ def _write_test_vectors(policy: ContextPolicy, path: Path, *, buffer_size: int) 
         inputs = sample_inputs(policy, graph, rng, batch=batch, sequence=buffer_size)
         for name, array in inputs.items():
             arrays[f"{graph}/inputs/{name}"] = array
-        arrays[f"{graph}/outputs/{GRAPH_IO[graph][1][0]}"] = reference_outputs(policy, graph, inputs)
+        arrays[f"{graph}/outputs/{CONTEXT_IO[graph][1][0]}"] = reference_outputs(policy, graph, inputs)
     with open(path, "wb") as f:
         np.savez(f, **arrays)
 

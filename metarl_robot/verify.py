@@ -4,7 +4,8 @@
 checksums, the ONNX checker on both graphs, the graphs' input/output names and shapes against the
 manifest, onnxruntime against the PyTorch outputs stored in ``test_vectors.npz`` (no torch needed),
 and, when torch is importable and the training checkpoint is at hand, onnxruntime against the
-checkpoint re-run in PyTorch on fresh random inputs.
+checkpoint re-run in PyTorch on fresh random inputs (for gradient bundles also over chained
+adaptation steps, and the initial parameters in ``params.npy`` against the checkpoint's).
 """
 
 from __future__ import annotations
@@ -112,9 +113,9 @@ def verify_bundle(path: str | Path, checkpoint: str | Path | None = None) -> Ver
         "pass",
         f"schema_version {bundle.schema_version}, {len(bundle.files)} files match their sha256",
     )
-    for graph in GRAPH_IO:
+    for graph in bundle.graphs:
         _check_onnx(report, bundle, graph)
-    for graph in GRAPH_IO:
+    for graph in bundle.graphs:
         _check_io(report, bundle, graph)
     _check_test_vectors(report, bundle)
     _check_torch_parity(report, bundle, checkpoint)
@@ -177,17 +178,20 @@ def _cpu_session(bundle: Bundle, graph: str) -> onnxruntime.InferenceSession:
     )
 
 
-def max_abs_diff(graph: str, actual: np.ndarray, expected: np.ndarray, action_scale: np.ndarray) -> float:
+def max_abs_diff(
+    graph: str, actual: np.ndarray, expected: np.ndarray, action_scale: np.ndarray, *, output: str | None = None
+) -> float:
     """Largest absolute difference between two outputs of ``graph`` (``inf`` if shapes differ).
 
-    Commands (policy graph) are compared in normalised action units, ``command / action_scale``, so
-    every action dimension gets the same relative precision whatever its physical unit (a float32
-    command of 60 N cannot be reproduced to 1e-5 N); contexts are compared as they are.
+    Commands (``output`` "command"; by default the policy graph's output) are compared in normalised
+    action units, ``command / action_scale``, so every action dimension gets the same relative
+    precision whatever its physical unit (a float32 command of 60 N cannot be reproduced to 1e-5 N);
+    contexts, normalised actions and adapted parameters are compared as they are.
     """
     if actual.shape != expected.shape:
         return math.inf
     diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    if graph == "policy":
+    if (output == "command") if output is not None else graph == "policy":
         diff = diff / np.asarray(action_scale, dtype=np.float64)
     return float(np.max(diff)) if diff.size else 0.0
 
@@ -203,11 +207,13 @@ def _check_test_vectors(report: VerifyReport, bundle: Bundle) -> None:
     try:
         with np.load(bundle.file_path(TEST_VECTORS_FILE), allow_pickle=False) as vectors:
             arrays = {key: vectors[key] for key in vectors.files}
-        for graph, (inputs, outputs) in GRAPH_IO.items():
+        for graph, (inputs, outputs) in GRAPH_IO[bundle.family].items():
             feed = {n: arrays[f"{graph}/inputs/{n}"].astype(np.float32) for n in inputs}
-            expected = arrays[f"{graph}/outputs/{outputs[0]}"]
-            actual = _cpu_session(bundle, graph).run(None, feed)[0]
-            diff = max_abs_diff(graph, actual, expected, action_scale)
+            actual = _cpu_session(bundle, graph).run(None, feed)
+            diff = max(
+                max_abs_diff(graph, got, arrays[f"{graph}/outputs/{name}"], action_scale, output=name)
+                for name, got in zip(outputs, actual)
+            )
             failed |= not diff <= PARITY_TOLERANCE
             details.append(f"{graph} max abs diff {diff:.2g}")
     except KeyError as err:
@@ -247,29 +253,61 @@ def _check_torch_parity(report: VerifyReport, bundle: Bundle, checkpoint: str | 
         return
     try:
         from metarl_robot.checkpoint import load_checkpoint
-        from metarl_robot.export import parity_max_abs_diff
+        from metarl_robot.export import single_threaded_torch
+        from metarl_robot.gradient_policy import GradientPolicy
 
         policy, _ = load_checkpoint(checkpoint)
-        sessions = {graph: _cpu_session(bundle, graph) for graph in GRAPH_IO}
-        diffs = parity_max_abs_diff(
-            policy,
-            sessions,
-            batches=PARITY_BATCHES,
-            rng=np.random.default_rng(),
-            max_sequence=bundle.buffer_size,
-        )
-        import torch
-
-        with torch.no_grad():
-            prior = policy.initial_context()[0].numpy()
+        family = "gradient" if isinstance(policy, GradientPolicy) else "context"
+        if family != bundle.family:
+            report.add(
+                name, "fail", f"{checkpoint} holds a {type(policy).__name__}, but this is a {bundle.family} bundle"
+            )
+            return
+        sessions = {graph: _cpu_session(bundle, graph) for graph in bundle.graphs}
+        with single_threaded_torch():
+            diffs, start_name, start_diff = (_gradient_parity if family == "gradient" else _context_parity)(
+                policy, bundle, sessions
+            )
     except Exception as err:  # checkpoint loading and inference raise several types
         report.add(name, "fail", f"{type(err).__name__}: {err}")
         return
-    prior_diff = float(np.max(np.abs(prior - bundle.initial_context)))
-    failed = any(not d <= PARITY_TOLERANCE for d in diffs.values()) or not prior_diff <= PARITY_TOLERANCE
+    failed = any(not d <= PARITY_TOLERANCE for d in diffs.values()) or not start_diff <= PARITY_TOLERANCE
     detail = (
         ", ".join(f"{graph} max abs diff {diff:.2g}" for graph, diff in diffs.items())
-        + f", initial_context diff {prior_diff:.2g} over {PARITY_BATCHES} fresh random batches per graph"
+        + f", {start_name} diff {start_diff:.2g} over {PARITY_BATCHES} fresh random batches per graph"
         + f" (checkpoint {checkpoint})"
     )
     report.add(name, "fail" if failed else "pass", detail)
+
+
+def _context_parity(policy, bundle: Bundle, sessions) -> tuple[dict[str, float], str, float]:
+    """Graph parity on fresh batches, and the encoder's prior against ``adaptation.initial_context``."""
+    import torch
+
+    from metarl_robot.export import parity_max_abs_diff
+
+    diffs = parity_max_abs_diff(
+        policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(), max_sequence=bundle.buffer_size
+    )
+    with torch.no_grad():
+        prior = policy.initial_context()[0].numpy()
+    return diffs, "initial_context", float(np.max(np.abs(prior - bundle.initial_context)))
+
+
+def _gradient_parity(policy, bundle: Bundle, sessions) -> tuple[dict[str, float], str, float]:
+    """Graph parity on fresh batches and chained adaptation steps, and ``params.npy`` against the
+    checkpoint's initial parameters."""
+    from metarl_robot import gradient_export
+
+    diffs = gradient_export.parity_max_abs_diff(
+        policy,
+        sessions,
+        batches=PARITY_BATCHES,
+        rng=np.random.default_rng(),
+        episodes=bundle.episodes_per_step,
+        max_episode_steps=bundle.max_episode_steps,
+    )
+    expected = gradient_export.initial_params(policy)
+    stored = bundle.initial_params
+    start_diff = float(np.max(np.abs(expected - stored))) if stored.shape == expected.shape else math.inf
+    return diffs, "initial params", start_diff

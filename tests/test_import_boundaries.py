@@ -40,6 +40,7 @@ def run_python(script: str) -> subprocess.CompletedProcess:
         "metarl_robot.policies",
         "metarl_robot.checkpoint",
         "metarl_robot.export",
+        "metarl_robot.gradient_export",
         "metarl_robot.verify",
         "metarl_robot.runtime",
     ],
@@ -75,7 +76,7 @@ def test_runtime_imports_with_torch_and_onnx_blocked() -> None:
         for name in ("torch", "onnx", "onnxscript", "pybullet", "rclpy"):
             sys.modules[name] = None
         import metarl_robot.runtime
-        from metarl_robot.runtime import AdaptiveController, load_bundle
+        from metarl_robot.runtime import AdaptiveController, GradientController, load_bundle, load_controller
         ours = sorted(m for m in sys.modules if m.startswith("metarl_robot"))
         assert all(m == "metarl_robot" or m.startswith("metarl_robot.runtime") for m in ours), ours
         """

@@ -1,29 +1,62 @@
 """The robot side of metarl_robot: load an exported bundle and run it with onnxruntime.
 
 Imports only numpy, onnxruntime and the standard library, so it installs on a robot without torch.
+:func:`load_controller` picks the controller for a bundle's family: :class:`AdaptiveController` for
+context-encoder bundles, :class:`GradientController` for gradient-based ones.
 """
 
-from metarl_robot.runtime.bundle import Bundle, BundleError, GraphSpec, load_bundle
-from metarl_robot.runtime.controller import (
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from metarl_robot.runtime.advantages import AdvantageConfig, compute_advantages
+from metarl_robot.runtime.base import (
     DEFAULT_PROVIDERS,
     PROVIDER_ALIASES,
-    AdaptiveController,
+    BundleController,
     LatencyStats,
     ProviderError,
     default_session_options,
     resolve_provider,
 )
+from metarl_robot.runtime.bundle import Bundle, BundleError, GraphSpec, load_bundle
+from metarl_robot.runtime.controller import AdaptiveController
+from metarl_robot.runtime.gradient_controller import GradientController
+
+def load_controller(
+    bundle_dir: str | Path, providers: Sequence[str] | None = None, *, seed: int | None = None, **kwargs: Any
+) -> AdaptiveController | GradientController:
+    """Validate the bundle at ``bundle_dir`` and open it with the controller for its family.
+
+    ``seed`` seeds a :class:`GradientController`'s exploration noise; an :class:`AdaptiveController`
+    acts deterministically and ignores it, so callers can pass one for any bundle. ``providers`` and
+    ``kwargs`` go to the controller (``session_options`` for both; ``explore`` for
+    :class:`GradientController`). Raises :class:`BundleError` for a bad bundle and
+    :class:`ProviderError` for an unknown or unavailable provider.
+    """
+    bundle = load_bundle(bundle_dir)
+    if bundle.family == "gradient":
+        return GradientController(bundle, providers, seed=seed, **kwargs)
+    return AdaptiveController(bundle, providers, **kwargs)
+
 
 __all__ = [
     "DEFAULT_PROVIDERS",
     "PROVIDER_ALIASES",
     "AdaptiveController",
+    "AdvantageConfig",
     "Bundle",
+    "BundleController",
     "BundleError",
+    "GradientController",
     "GraphSpec",
     "LatencyStats",
     "ProviderError",
+    "compute_advantages",
     "default_session_options",
     "load_bundle",
+    "load_controller",
     "resolve_provider",
 ]

@@ -9,140 +9,18 @@ node turns into a safe hold) instead of reaching the robot as a NaN command.
 
 from __future__ import annotations
 
-import logging
-import math
 import time
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import onnxruntime
 
-from metarl_robot.runtime.bundle import Bundle, BundleError, load_bundle
-
-logger = logging.getLogger("metarl_robot.runtime")
-
-PROVIDER_ALIASES: Mapping[str, str] = {
-    "tensorrt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
-"""Short names accepted wherever an execution provider is named."""
-
-DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
-"""Preference when none is given. TensorRT is opt-in: it builds an engine at start-up (slow)."""
+from metarl_robot.runtime.base import BundleController, check_done, load_vector, scalar
+from metarl_robot.runtime.bundle import Bundle
 
 
-class ProviderError(ValueError):
-    """An execution provider was named that does not exist or is not available in this onnxruntime."""
-
-
-def resolve_provider(providers: Sequence[str] | None = None) -> str:
-    """The first provider of the preference list that this onnxruntime build offers.
-
-    Names are onnxruntime provider names or the aliases in :data:`PROVIDER_ALIASES`. Raises
-    :class:`ProviderError` for an unknown name, or when none of the requested providers is available.
-    """
-    if isinstance(providers, str):
-        providers = [providers]
-    requested = list(DEFAULT_PROVIDERS if providers is None else providers)
-    if not requested:
-        raise ProviderError("providers is empty; name at least one, e.g. ['cuda', 'cpu']")
-    known = set(onnxruntime.get_all_providers())
-    names = []
-    for name in requested:
-        full = PROVIDER_ALIASES.get(name.lower(), name) if isinstance(name, str) else name
-        if full not in known:
-            raise ProviderError(
-                f"unknown execution provider {name!r}; valid names are {sorted(PROVIDER_ALIASES)} or one of "
-                f"{sorted(known)}"
-            )
-        names.append(full)
-    available = onnxruntime.get_available_providers()
-    for name in names:
-        if name in available:
-            return name
-    raise ProviderError(
-        f"none of the requested execution providers {names} is available in this onnxruntime "
-        f"(available: {available}); install the matching onnxruntime build (e.g. onnxruntime-gpu) or add 'cpu'"
-    )
-
-
-class LatencyStats:
-    """The most recent ``capacity`` durations of one operation, for percentile reports.
-
-    Durations are in seconds; ``summary()`` reports microseconds.
-    """
-
-    def __init__(self, capacity: int = 1000) -> None:
-        if capacity < 1:
-            raise ValueError(f"LatencyStats capacity must be positive, got {capacity}")
-        self._durations_s = np.zeros(capacity, dtype=np.float64)
-        self._next = 0
-        self.count = 0
-        """How many durations were recorded since the last reset (also those no longer kept)."""
-
-    def record(self, duration_s: float) -> None:
-        """Add one duration in seconds, forgetting the oldest when full."""
-        self._durations_s[self._next] = duration_s
-        self._next = (self._next + 1) % len(self._durations_s)
-        self.count += 1
-
-    def reset(self) -> None:
-        """Forget every recorded duration."""
-        self._next = 0
-        self.count = 0
-
-    def __len__(self) -> int:
-        return min(self.count, len(self._durations_s))
-
-    def durations_s(self) -> np.ndarray:
-        """The kept durations in seconds (a copy, in no particular order)."""
-        return self._durations_s[: len(self)].copy()
-
-    def percentile_s(self, q: float) -> float:
-        """The ``q``-th percentile (0..100) of the kept durations in seconds; NaN when empty."""
-        if len(self) == 0:
-            return math.nan
-        return float(np.percentile(self._durations_s[: len(self)], q))
-
-    @property
-    def p50_s(self) -> float:
-        """Median duration in seconds."""
-        return self.percentile_s(50)
-
-    @property
-    def p99_s(self) -> float:
-        """99th percentile duration in seconds."""
-        return self.percentile_s(99)
-
-    def summary(self) -> dict[str, float]:
-        """``{"count", "p50_us", "p99_us", "max_us"}`` over the kept durations (NaN when empty)."""
-        kept = self._durations_s[: len(self)]
-        return {
-            "count": self.count,
-            "p50_us": self.percentile_s(50) * 1e6,
-            "p99_us": self.percentile_s(99) * 1e6,
-            "max_us": float(kept.max()) * 1e6 if len(kept) else math.nan,
-        }
-
-
-def default_session_options() -> onnxruntime.SessionOptions:
-    """Options for the small graphs of a bundle: all graph optimisations, one intra-op thread.
-
-    One thread is faster than a thread pool for these MLPs and leaves the other cores to the control
-    stack; pass your own ``session_options`` to change it.
-    """
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return options
-
-
-class AdaptiveController:
+class AdaptiveController(BundleController):
     """Run an exported meta-policy on the robot: ``act``, ``observe``, ``adapt``, ``reset``.
 
     Typical use::
@@ -154,11 +32,12 @@ class AdaptiveController:
         if done:                                          # cadence "episode"
             controller.adapt()
 
-    Attributes: ``bundle`` and ``manifest`` (the validated bundle), ``provider`` (the execution
-    provider that actually runs the policy graph), ``obs_dim``, ``act_dim``, ``context_dim``,
-    ``buffer_size``, ``num_adapt_steps`` (adapt-graph runs since load), ``act_latency`` and
-    ``adapt_latency`` (:class:`LatencyStats` of whole ``act``/``adapt`` calls).
+    Runs bundles of the ``"context"`` family. Attributes: those of :class:`BundleController`
+    (``bundle``, ``manifest``, ``provider``, ``obs_dim``, ``act_dim``, ``num_adapt_steps``,
+    ``act_latency``, ``adapt_latency``), plus ``context_dim`` and ``buffer_size``.
     """
+
+    family = "context"
 
     def __init__(
         self,
@@ -167,32 +46,10 @@ class AdaptiveController:
         *,
         session_options: onnxruntime.SessionOptions | None = None,
     ) -> None:
-        """Open the graphs of an already validated ``bundle``; :meth:`load` reads and validates one
-        from a directory. Arguments as for :meth:`load`."""
-        self.bundle = bundle
-        self.manifest: dict[str, Any] = dict(bundle.manifest)
-        self.obs_dim, self.act_dim = bundle.obs_dim, bundle.act_dim
+        """Open the graphs of an already validated context ``bundle``; :meth:`load` reads and validates
+        one from a directory. Arguments as for :meth:`load`."""
+        super().__init__(bundle, providers, session_options=session_options)
         self.context_dim, self.buffer_size = bundle.context_dim, bundle.buffer_size
-        self.adapt_steps = bundle.adapt_steps
-
-        requested = resolve_provider(providers)
-        options = session_options if session_options is not None else default_session_options()
-        session_providers = [requested] if requested == "CPUExecutionProvider" else [requested, "CPUExecutionProvider"]
-        self._policy_session = self._open_session("policy", options, session_providers)
-        self._adapt_session = self._open_session("adapt", options, session_providers)
-        self.session_providers: dict[str, str] = {
-            "policy": self._policy_session.get_providers()[0],
-            "adapt": self._adapt_session.get_providers()[0],
-        }
-        """The provider that actually runs each graph."""
-        self.provider: str = self.session_providers["policy"]
-        for graph, actual in self.session_providers.items():
-            if actual != requested:
-                logger.warning(
-                    "bundle %s: %s graph fell back from %s to %s (onnxruntime could not use %s; see its log)",
-                    bundle.path, graph, requested, actual, requested,
-                )
-        logger.info("bundle %s: running on %s (requested %s)", bundle.path, self.provider, requested)
 
         self._initial_context = bundle.initial_context.reshape(1, self.context_dim)
         self._context = self._initial_context.copy()
@@ -218,45 +75,6 @@ class AdaptiveController:
         self._stage_next_obs = np.zeros(self.obs_dim, dtype=np.float32)
         self._next_slot = 0
         self._buffer_len = 0
-
-        self.num_adapt_steps = 0
-        self.act_latency = LatencyStats()
-        self.adapt_latency = LatencyStats()
-
-    @classmethod
-    def load(
-        cls,
-        bundle_dir: str | Path,
-        providers: Sequence[str] | None = None,
-        *,
-        session_options: onnxruntime.SessionOptions | None = None,
-    ) -> AdaptiveController:
-        """Validate the bundle at ``bundle_dir`` and open its graphs on the first available provider.
-
-        ``providers`` is a preference list such as ``["tensorrt", "cuda", "cpu"]`` (default: CUDA, then
-        CPU). Raises :class:`BundleError` for a bad bundle and :class:`ProviderError` for an unknown
-        or unavailable provider.
-        """
-        return cls(load_bundle(bundle_dir), providers, session_options=session_options)
-
-    def _open_session(
-        self, graph: str, options: onnxruntime.SessionOptions, providers: list[str]
-    ) -> onnxruntime.InferenceSession:
-        path = self.bundle.graph_path(graph)
-        try:
-            session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as err:  # onnxruntime raises its own exception types per failure
-            raise BundleError(
-                f"{path}: onnxruntime could not load the {graph} graph ({err}); re-export the bundle"
-            ) from None
-        spec = self.bundle.graphs[graph]
-        found = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-        if found != (list(spec.inputs), list(spec.outputs)):
-            raise BundleError(
-                f"{path}: graph inputs/outputs {found} do not match the manifest "
-                f"{(list(spec.inputs), list(spec.outputs))}; re-export the bundle"
-            )
-        return session
 
     # ------------------------------------------------------------------------------ state
     @property
@@ -289,7 +107,7 @@ class AdaptiveController:
         Raises ``ValueError`` naming the problem when ``obs`` has the wrong size or a non-finite value.
         """
         start = time.perf_counter()
-        _load_vector(self._obs[0], obs, "obs")
+        load_vector(self._obs[0], obs, "obs")
         command = self._policy_session.run(None, self._policy_feed)[0][0]
         if not np.isfinite(command).all():
             raise ValueError(f"policy graph returned a non-finite command {command.tolist()}; hold the robot")
@@ -304,12 +122,11 @@ class AdaptiveController:
         but not stored (with cadence "episode", call :meth:`adapt` after a ``done`` transition).
         Raises ``ValueError`` for a wrong size or non-finite value; the buffer is then unchanged.
         """
-        _load_vector(self._stage_obs, obs, "obs")
-        _load_vector(self._stage_command, action, "action")
-        _load_vector(self._stage_next_obs, next_obs, "next_obs")
-        reward_value = _scalar(reward, "reward")
-        if not (isinstance(done, (bool, np.bool_)) or (isinstance(done, (int, np.integer)) and done in (0, 1))):
-            raise ValueError(f"done must be a bool, got {done!r}")
+        load_vector(self._stage_obs, obs, "obs")
+        load_vector(self._stage_command, action, "action")
+        load_vector(self._stage_next_obs, next_obs, "next_obs")
+        reward_value = scalar(reward, "reward")
+        check_done(done)
         slot = self._next_slot
         self._buf_obs[0, slot] = self._stage_obs
         self._buf_command[0, slot] = self._stage_command
@@ -336,44 +153,7 @@ class AdaptiveController:
         self.adapt_latency.record(time.perf_counter() - start)
         return self.context
 
-    def warmup(self, iterations: int = 20) -> None:
-        """Run both graphs ``iterations`` times on zeros so first-call costs (allocation, kernel
-        selection, TensorRT engine build) happen now; state and latency stats are left untouched."""
+    def _warmup_feeds(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         policy_feed = {"obs": np.zeros_like(self._obs), "context": self._context.copy()}
         adapt_feed = {name: np.zeros_like(buffer) for name, buffer in self._adapt_feed.items()}
-        for _ in range(iterations):
-            self._policy_session.run(None, policy_feed)
-            self._adapt_session.run(None, adapt_feed)
-
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _load_vector(dst: np.ndarray, value: Any, name: str) -> None:
-    """Copy ``value`` into the float32 row ``dst`` after checking its shape; reject non-finite values."""
-    array = value if isinstance(value, np.ndarray) else np.asarray(value)
-    if array.shape != dst.shape:
-        raise ValueError(f"{name} has shape {array.shape}, expected {dst.shape}")
-    try:
-        dst[...] = array
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}") from None
-    if not np.isfinite(dst).all():
-        bad = np.flatnonzero(~np.isfinite(dst))
-        raise ValueError(
-            f"{name} has non-finite values at indices {bad.tolist()}: {array.reshape(-1)[bad].tolist()} "
-            "(values beyond float32 range count as non-finite)"
-        )
-
-
-def _scalar(value: Any, name: str) -> float:
-    array = np.asarray(value)
-    if array.size != 1 or array.ndim > 1:
-        raise ValueError(f"{name} must be a single number, got shape {array.shape}")
-    try:
-        number = float(array.reshape(()))
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
-        raise ValueError(f"{name} is not finite: {value!r}")
-    return number
+        return policy_feed, adapt_feed

@@ -1,0 +1,363 @@
+"""Export of gradient-based meta-policies (:class:`~metarl_robot.gradient_policy.GradientPolicy`): the
+policy graph, the adaptation-step graph, their parity checks and test vectors.
+
+``policy.onnx`` computes ``(command, action)`` from a raw observation, the adapted parameters and
+standard-normal noise. ``adapt.onnx`` computes one inner policy-gradient step,
+``params - inner_lr * grad L(params; obs, action, advantage, mask)``: ``torch.func.grad`` does not
+export directly, so the step is traced to plain aten operations with ``make_fx`` (the backward pass
+becomes ordinary forward operations) and that trace is exported. The adapt graph has fixed shapes
+``[episodes_per_step, max_episode_steps]``; the runtime pads shorter batches with ``mask = 0``.
+
+:func:`metarl_robot.export.export_bundle` calls into this module for gradient checkpoints; the bundle
+format is in docs/bundle.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import torch
+from torch import nn
+
+from metarl_robot.export import ExportError, _float32_list, _jsonable, _quiet_exporter, single_threaded_torch
+from metarl_robot.gradient_policy import GradientPolicy, adaptation_step
+from metarl_robot.runtime.advantages import AdvantageConfig, compute_advantages
+from metarl_robot.runtime.bundle import GRAPH_IO, PARAMS_FILE
+from metarl_robot.verify import max_abs_diff
+
+CHAINED_STEPS = 5
+"""Adapt-graph steps chained (each onnxruntime output fed back as the next input) in the parity check."""
+CHAINS = 3
+"""Independent chains of :data:`CHAINED_STEPS` steps in the parity check."""
+IO = GRAPH_IO["gradient"]
+
+
+class GradientPolicyGraph(nn.Module):
+    """What ``policy.onnx`` computes: ``(command, action)`` with ``action = mean + std * noise`` in
+    normalised units and ``command = clip(action, -1, 1) * action_scale`` in physical units."""
+
+    def __init__(self, policy: GradientPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(
+        self, obs: torch.Tensor, params: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        action = self.policy.sample(params, obs, noise)
+        return torch.clamp(action, -1.0, 1.0) * self.policy.action_scale.to(action.dtype), action
+
+
+class TracedGraph(nn.Module):
+    """An ``nn.Module`` around a ``make_fx`` trace, which is what ``torch.onnx.export`` takes."""
+
+    def __init__(self, graph_module: torch.fx.GraphModule) -> None:
+        super().__init__()
+        self.graph_module = graph_module
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.graph_module(*args)
+
+
+def _slice_backward_as_pad(default: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``slice_backward`` as zero padding: the values of the default decomposition (zeros with a slice
+    scattered in), but one ``Pad`` in ONNX per weight tensor instead of a ``ScatterND``, which is cheaper."""
+
+    def decompose(grad, input_sizes, dim, start, end, step):
+        if step != 1:
+            return default(grad, input_sizes, dim, start, end, step)
+        size = input_sizes[dim]
+        start = min(max(start + size if start < 0 else start, 0), size)
+        end = min(max(end + size if end < 0 else end, start), size)
+        pad = [0, 0] * (grad.dim() - 1 - dim) + [start, size - end]
+        return torch.ops.aten.constant_pad_nd(grad, pad, 0.0)
+
+    return decompose
+
+
+def trace_adaptation_step(policy: GradientPolicy, episodes: int, max_episode_steps: int) -> torch.fx.GraphModule:
+    """:func:`~metarl_robot.gradient_policy.adaptation_step` of ``policy`` traced to core aten operations
+    for float32 inputs of shape ``[episodes, max_episode_steps]``."""
+    from torch._decomp import core_aten_decompositions
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    table = dict(core_aten_decompositions())
+    slice_backward = torch.ops.aten.slice_backward.default
+    if slice_backward in table:
+        table[slice_backward] = _slice_backward_as_pad(table[slice_backward])
+    example = _example_inputs(policy, episodes, max_episode_steps)
+    return make_fx(adaptation_step(policy), decomposition_table=table)(*example)
+
+
+def _example_inputs(policy: GradientPolicy, episodes: int, max_episode_steps: int) -> tuple[torch.Tensor, ...]:
+    shape = (episodes, max_episode_steps)
+    return (
+        policy.initial_adapted().detach().clone(),
+        torch.zeros(*shape, policy.obs_dim),
+        torch.zeros(*shape, policy.act_dim),
+        torch.zeros(shape),
+        torch.ones(shape),
+    )
+
+
+def export_graph(
+    policy: GradientPolicy, graph: str, path: Path, opset: int | None, *, episodes: int, max_episode_steps: int
+) -> None:
+    """Write ``graph`` ("policy" or "adapt") of ``policy`` to ``path`` as ONNX."""
+    inputs, outputs = IO[graph]
+    if graph == "policy":
+        batch = torch.export.Dim("batch")
+        module: nn.Module = GradientPolicyGraph(policy).eval()
+        args: tuple[torch.Tensor, ...] = (
+            torch.zeros(2, policy.obs_dim),
+            policy.initial_adapted().detach().clone(),
+            torch.zeros(2, policy.act_dim),
+        )
+        dynamic_shapes: dict[str, Any] | None = {"obs": {0: batch}, "params": None, "noise": {0: batch}}
+    else:
+        try:
+            module = TracedGraph(trace_adaptation_step(policy, episodes, max_episode_steps))
+        except Exception as err:  # tracing raises a variety of types
+            raise ExportError(f"tracing the adaptation step (make_fx) failed: {err}") from err
+        args, dynamic_shapes = _example_inputs(policy, episodes, max_episode_steps), None
+    try:
+        with _quiet_exporter():
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                dynamo=True,
+                input_names=list(inputs),
+                output_names=list(outputs),
+                dynamic_shapes=dynamic_shapes,
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
+    except Exception as err:  # the exporter raises a variety of types
+        raise ExportError(f"torch.onnx.export (dynamo) failed for the {graph} graph: {err}") from err
+    if not path.is_file():
+        raise ExportError(f"torch.onnx.export reported success for the {graph} graph but wrote no {path.name}")
+
+
+# ---------------------------------------------------------------------------- checkpoint -> manifest
+def adaptation_section(
+    policy: GradientPolicy,
+    adaptation: Mapping[str, Any],
+    require: Callable[[Mapping[str, Any], str, str], Any],
+    where: str,
+) -> dict[str, Any]:
+    """The manifest's ``adaptation`` section of a gradient bundle from the checkpoint's ``adaptation``.
+
+    ``require(section, key, dotted_name)`` returns a value or raises the "missing key" ExportError.
+    """
+
+    def integer(key: str, minimum: int) -> int:
+        value = require(adaptation, key, f"adaptation.{key}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ExportError(f"{where}: 'adaptation.{key}' must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    kind = require(adaptation, "kind", "adaptation.kind")
+    if kind != "gradient_step":
+        raise ExportError(f"{where}: 'adaptation.kind' is {kind!r}; a GradientPolicy adapts by 'gradient_step'")
+    steps = integer("steps", 0)
+    episodes = integer("episodes_per_step", 1)
+    max_episode_steps = integer("max_episode_steps", 1)
+    cadence = require(adaptation, "cadence", "adaptation.cadence")
+    if not isinstance(cadence, str):
+        raise ExportError(f"{where}: 'adaptation.cadence' must be a string, got {cadence!r}")
+    reward_source = require(adaptation, "reward_source", "adaptation.reward_source")
+    if not isinstance(reward_source, Mapping):
+        raise ExportError(f"{where}: 'adaptation.reward_source' must be a mapping, got {type(reward_source).__name__}")
+    advantages = require(adaptation, "advantages", "adaptation.advantages")
+    if isinstance(advantages, AdvantageConfig):
+        advantages = dataclasses.asdict(advantages)
+    if not isinstance(advantages, Mapping):
+        raise ExportError(f"{where}: 'adaptation.advantages' must be a mapping, got {type(advantages).__name__}")
+    names = [f.name for f in dataclasses.fields(AdvantageConfig)]
+    fields = {name: require(advantages, name, f"adaptation.advantages.{name}") for name in names}
+    try:
+        advantage_config = AdvantageConfig(**fields)
+    except (TypeError, ValueError) as err:
+        raise ExportError(f"{where}: 'adaptation.advantages': {err}") from None
+
+    learned = bool(policy.config.learn_inner_lr)
+    return {
+        "kind": "gradient_step",
+        "adapted": "context" if policy.adapts_context else "policy_parameters",
+        "num_params": policy.num_adapted,
+        "inner_lr": None if learned else _float32_list(policy.inner_lr[:1])[0],
+        "inner_lr_learned": learned,
+        "steps": steps,
+        "episodes_per_step": episodes,
+        "max_episode_steps": max_episode_steps,
+        "cadence": cadence,
+        "advantages": _jsonable(advantage_config),
+        "exploration": "gaussian",
+        "reward_source": _jsonable(reward_source),
+        "initial_params_file": PARAMS_FILE,
+    }
+
+
+def initial_params(policy: GradientPolicy) -> np.ndarray:
+    """``policy.initial_adapted()`` as the float32 vector stored in ``params.npy``."""
+    return policy.initial_adapted().detach().cpu().numpy().astype(np.float32).reshape(-1)
+
+
+# ---------------------------------------------------------------------------- parity
+def sample_inputs(
+    policy: GradientPolicy,
+    graph: str,
+    rng: np.random.Generator,
+    *,
+    episodes: int,
+    max_episode_steps: int,
+    batch: int | None = None,
+    params: np.ndarray | None = None,
+    on_policy: bool | None = None,
+) -> dict[str, np.ndarray]:
+    """Random float32 inputs for ``graph`` that exercise the observation clip, the action clip and the mask.
+
+    ``params`` defaults to the initial parameters with a small random perturbation; observations are
+    spread 4 standard deviations around the normaliser statistics. Policy graph: ``batch`` (default
+    random 1..8) rows, noise of standard deviation 2 (so actions pass the clip) or, one time in five,
+    zeros. Adapt graph: masks whose episodes have random lengths (often 1-3 steps, sometimes empty or
+    full), with random holes one time in five; ``on_policy`` (default: a coin flip) batches are what the
+    robot feeds, actions sampled from the policy at ``params`` and advantages computed from random
+    rewards by :func:`~metarl_robot.runtime.advantages.compute_advantages`; otherwise actions of
+    standard deviation 1.5 (normalised units) and standard-normal advantages.
+    """
+    mean = policy.obs_norm.mean.numpy()
+    std = np.sqrt(policy.obs_norm.var.numpy() + 1e-8)
+
+    def observations(*shape: int) -> np.ndarray:
+        return (mean + std * rng.normal(0.0, 4.0, size=(*shape, policy.obs_dim))).astype(np.float32)
+
+    if params is None:
+        spread = 0.3 if policy.adapts_context else 0.05
+        params = initial_params(policy) + rng.normal(0.0, spread, policy.num_adapted).astype(np.float32)
+    params = np.asarray(params, dtype=np.float32)
+    if graph == "policy":
+        batch = int(rng.integers(1, 9)) if batch is None else batch
+        noise = rng.normal(0.0, 2.0, size=(batch, policy.act_dim)) * (rng.random() >= 0.2)
+        return {"obs": observations(batch), "params": params, "noise": noise.astype(np.float32)}
+    shape = (episodes, max_episode_steps)
+    short = rng.integers(1, min(3, max_episode_steps) + 1, size=episodes)
+    anywhere = rng.integers(0, max_episode_steps + 1, size=episodes)
+    lengths = np.where(rng.random(episodes) < 0.4, short, anywhere)
+    mask = np.arange(max_episode_steps)[None, :] < lengths[:, None]
+    if rng.random() < 0.2:
+        mask &= rng.random(shape) < 0.7
+    mask = mask.astype(np.float32)
+    obs = observations(*shape)
+    if on_policy if on_policy is not None else rng.random() < 0.5:
+        noise = torch.from_numpy(rng.normal(size=(*shape, policy.act_dim)).astype(np.float32))
+        with torch.no_grad():
+            action = policy.sample(torch.from_numpy(params), torch.from_numpy(obs), noise).numpy()
+        advantage = compute_advantages(obs, rng.normal(size=shape), mask)
+    else:
+        action = rng.normal(0.0, 1.5, size=(*shape, policy.act_dim)).astype(np.float32)
+        advantage = rng.normal(size=shape).astype(np.float32)
+    return {"params": params, "obs": obs, "action": action, "advantage": advantage, "mask": mask}
+
+
+def float64_copy(policy: GradientPolicy) -> GradientPolicy:
+    """A float64 copy of ``policy``, to evaluate the exact function the float32 graphs approximate."""
+    return copy.deepcopy(policy).double().eval()
+
+
+def reference_outputs(exact: GradientPolicy, graph: str, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """What PyTorch computes for ``graph`` on ``inputs`` with the float64 policy ``exact``
+    (:func:`float64_copy`), returned as float32 in the graph's output order.
+
+    The adapt graph's reference is :meth:`GradientPolicy.inner_step` (autograd, as in training), not
+    the traced ``torch.func`` function the graph was made from.
+    """
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(inputs[name])).double() for name in IO[graph][0]}
+    if graph == "policy":
+        with torch.no_grad():
+            outputs = GradientPolicyGraph(exact)(tensors["obs"], tensors["params"], tensors["noise"])
+    else:
+        stepped = exact.inner_step(*(tensors[name] for name in IO["adapt"][0]), create_graph=False)
+        outputs = (stepped.detach(),)
+    return tuple(out.numpy().astype(np.float32) for out in outputs)
+
+
+def output_diff(
+    graph: str, actual: Sequence[np.ndarray], expected: Sequence[np.ndarray], action_scale: np.ndarray
+) -> float:
+    """Largest :func:`~metarl_robot.verify.max_abs_diff` over the outputs of ``graph``."""
+    names = IO[graph][1]
+    if len(actual) != len(names):
+        return math.inf
+    return max(
+        max_abs_diff(graph, a, e, action_scale, output=name) for name, a, e in zip(names, actual, expected)
+    )
+
+
+def parity_max_abs_diff(
+    policy: GradientPolicy,
+    sessions: Mapping[str, onnxruntime.InferenceSession],
+    *,
+    batches: int,
+    rng: np.random.Generator,
+    episodes: int,
+    max_episode_steps: int,
+    chained_steps: int = CHAINED_STEPS,
+    chains: int = CHAINS,
+) -> dict[str, float]:
+    """Largest difference between onnxruntime and float64 PyTorch: ``policy`` and ``adapt`` over
+    ``batches`` random batches each, and ``adapt_chained`` over ``chains`` chains of ``chained_steps``
+    adapt steps from the initial parameters, each onnxruntime output fed back as the next input while
+    PyTorch follows its own chain. Chained batches are on-policy (see :func:`sample_inputs`), as on the
+    robot: off-policy random actions make repeated steps diverge, which says nothing about the export."""
+    with single_threaded_torch():
+        return _parity(policy, sessions, batches, rng, episodes, max_episode_steps, chained_steps, chains)
+
+
+def _parity(policy, sessions, batches, rng, episodes, max_episode_steps, chained_steps, chains) -> dict[str, float]:
+    exact = float64_copy(policy)
+    scale = policy.action_scale.numpy()
+    sizes = {"episodes": episodes, "max_episode_steps": max_episode_steps}
+    diffs: dict[str, float] = {}
+    for graph in ("policy", "adapt"):
+        worst = 0.0
+        for _ in range(batches):
+            inputs = sample_inputs(policy, graph, rng, **sizes)
+            actual = sessions[graph].run(None, inputs)
+            worst = max(worst, output_diff(graph, actual, reference_outputs(exact, graph, inputs), scale))
+            if not math.isfinite(worst):
+                break
+        diffs[graph] = worst
+    worst = 0.0
+    for _ in range(chains):
+        ours = theirs = initial_params(policy)
+        for _ in range(chained_steps):
+            batch = sample_inputs(policy, "adapt", rng, params=ours, on_policy=True, **sizes)
+            ours = sessions["adapt"].run(None, batch)[0]
+            (theirs,) = reference_outputs(exact, "adapt", {**batch, "params": theirs})
+            worst = max(worst, max_abs_diff("adapt", ours, theirs, scale))
+    diffs["adapt_chained"] = worst
+    return diffs
+
+
+def write_test_vectors(policy: GradientPolicy, path: Path, *, episodes: int, max_episode_steps: int) -> None:
+    """Store one seeded random batch per graph with the PyTorch outputs (keys in docs/bundle.md)."""
+    rng = np.random.default_rng(12345)
+    exact = float64_copy(policy)
+    arrays: dict[str, np.ndarray] = {}
+    for graph, batch in (("policy", 16), ("adapt", None)):
+        inputs = sample_inputs(policy, graph, rng, batch=batch, episodes=episodes, max_episode_steps=max_episode_steps)
+        for name, array in inputs.items():
+            arrays[f"{graph}/inputs/{name}"] = array
+        for name, array in zip(IO[graph][1], reference_outputs(exact, graph, inputs)):
+            arrays[f"{graph}/outputs/{name}"] = array
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)

@@ -1,0 +1,248 @@
+"""The on-robot gradient-based meta-policy: act with exploration, collect episodes, take a
+policy-gradient step on the adapted parameters.
+
+:class:`GradientController` runs a ``"gradient"`` bundle (MAML, ProMP, Reptile, CAVIA, Meta-SGD) with
+numpy and onnxruntime only. ``act`` samples a Gaussian action at the current parameters; ``observe``
+records the transition into the current episode; ``adapt`` computes advantages over the collected
+episodes with :func:`~metarl_robot.runtime.advantages.compute_advantages` (the code meta-training
+used) and runs the bundle's adapt graph, one inner policy-gradient step, on them.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnxruntime
+
+from metarl_robot.runtime.advantages import compute_advantages
+from metarl_robot.runtime.base import BundleController, check_done, load_vector, scalar
+from metarl_robot.runtime.bundle import Bundle
+
+
+class GradientController(BundleController):
+    """Run an exported gradient-based meta-policy on the robot: ``act``, ``observe``, ``adapt``, ``reset``.
+
+    Typical use::
+
+        controller = GradientController.load("bundles/nav", providers=["cpu"], seed=0)
+        controller.warmup()
+        command = controller.act(obs)                     # every control tick (explores)
+        controller.observe(obs, command, reward, next_obs, done)
+        if controller.episodes_ready == controller.episodes_per_step:
+            controller.adapt()                            # one policy-gradient step, then fresh episodes
+
+    An episode closes at ``done`` or after ``max_episode_steps`` transitions; the controller keeps the
+    ``episodes_per_step`` most recent closed episodes. ``adapt`` uses them (padded to the adapt graph's
+    fixed ``[episodes_per_step, max_episode_steps]`` shape with a mask) and then discards every collected
+    transition, since a policy-gradient step needs data from the current policy.
+
+    Attributes: those of :class:`BundleController` (``bundle``, ``manifest``, ``provider``, ``obs_dim``,
+    ``act_dim``, ``num_adapt_steps``, ``act_latency``, ``adapt_latency``), plus ``num_params``,
+    ``episodes_per_step``, ``max_episode_steps``, ``advantage_config`` and ``explore``.
+    """
+
+    family = "gradient"
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        providers: Sequence[str] | None = None,
+        *,
+        session_options: onnxruntime.SessionOptions | None = None,
+        seed: int | None = None,
+        explore: bool = True,
+    ) -> None:
+        """Open the graphs of an already validated gradient ``bundle``; :meth:`load` reads and validates
+        one from a directory. ``seed`` seeds the exploration noise; ``explore`` as the attribute."""
+        super().__init__(bundle, providers, session_options=session_options)
+        self.num_params = bundle.num_params
+        self.episodes_per_step = bundle.episodes_per_step
+        self.max_episode_steps = bundle.max_episode_steps
+        self.advantage_config = bundle.advantage_config
+        self.explore = bool(explore)
+        """Sample actions from the policy's Gaussian (what adaptation needs) or, when False, send its mean."""
+        self._rng = np.random.default_rng(seed)
+        self._scale = np.asarray(bundle.action["scale"], dtype=np.float32)
+
+        self._initial_params = bundle.initial_params
+        self._params = self._initial_params.copy()
+        self._obs = np.zeros((1, self.obs_dim), dtype=np.float32)
+        self._noise = np.zeros((1, self.act_dim), dtype=np.float32)
+        self._policy_feed = {"obs": self._obs, "params": self._params, "noise": self._noise}
+        # What the last act() sent and the normalised, unclipped action it came from.
+        self._last_command: np.ndarray | None = None
+        self._last_action: np.ndarray | None = None
+
+        # Episode slots: up to episodes_per_step closed ones plus the one being collected.
+        slots, steps = self.episodes_per_step + 1, self.max_episode_steps
+        self._ep_obs = np.zeros((slots, steps, self.obs_dim), dtype=np.float32)
+        self._ep_action = np.zeros((slots, steps, self.act_dim), dtype=np.float32)
+        self._ep_reward = np.zeros((slots, steps), dtype=np.float32)
+        self._ep_len = np.zeros(slots, dtype=np.int64)
+        self._closed: collections.deque[int] = collections.deque()
+        self._current = 0
+        # Staging rows: a transition is validated completely before it is stored.
+        self._stage_obs = np.zeros(self.obs_dim, dtype=np.float32)
+        self._stage_command = np.zeros(self.act_dim, dtype=np.float32)
+        self._stage_next_obs = np.zeros(self.obs_dim, dtype=np.float32)
+
+    # ------------------------------------------------------------------------------ state
+    @property
+    def params(self) -> np.ndarray:
+        """The current adapted parameters, float32 ``(num_params,)`` (a copy)."""
+        return self._params.copy()
+
+    @property
+    def initial_params(self) -> np.ndarray:
+        """Where adaptation starts on a new task (a copy)."""
+        return self._initial_params.copy()
+
+    @property
+    def episodes_ready(self) -> int:
+        """How many closed episodes the next :meth:`adapt` would use (at most ``episodes_per_step``)."""
+        return len(self._closed)
+
+    @property
+    def episode_len(self) -> int:
+        """Transitions recorded in the episode being collected."""
+        return int(self._ep_len[self._current])
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start a new task: restore the initial parameters and drop every collected transition.
+
+        ``seed`` re-seeds the exploration noise (``None`` keeps the current generator).
+        """
+        self._params[...] = self._initial_params
+        self._clear_episodes()
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+
+    def _clear_episodes(self) -> None:
+        self._closed.clear()
+        self._current = 0
+        self._start_episode(0)
+        self._last_command = self._last_action = None
+
+    def _start_episode(self, slot: int) -> None:
+        self._ep_obs[slot] = 0.0
+        self._ep_action[slot] = 0.0
+        self._ep_reward[slot] = 0.0
+        self._ep_len[slot] = 0
+
+    def _close_episode(self) -> None:
+        self._closed.append(self._current)
+        if len(self._closed) > self.episodes_per_step:
+            free = self._closed.popleft()
+        else:
+            free = min(set(range(self.episodes_per_step + 1)) - set(self._closed))
+        self._current = free
+        self._start_episode(free)
+
+    # ------------------------------------------------------------------------------ control
+    def act(self, obs: Any) -> np.ndarray:
+        """The command for one raw observation ``(obs_dim,)``: float32 ``(act_dim,)`` in physical units.
+
+        With ``explore`` the action is drawn from the policy's Gaussian with this controller's
+        generator, otherwise it is the mean. Raises ``ValueError`` naming the problem when ``obs`` has
+        the wrong size or a non-finite value.
+        """
+        start = time.perf_counter()
+        load_vector(self._obs[0], obs, "obs")
+        if self.explore:
+            self._noise[0] = self._rng.standard_normal(self.act_dim, dtype=np.float32)
+        else:
+            self._noise.fill(0.0)
+        command, action = self._policy_session.run(None, self._policy_feed)
+        command, action = command[0], action[0]
+        if not (np.isfinite(command).all() and np.isfinite(action).all()):
+            raise ValueError(f"policy graph returned a non-finite command {command.tolist()}; hold the robot")
+        self._last_command, self._last_action = command.copy(), action.copy()
+        self.act_latency.record(time.perf_counter() - start)
+        return command
+
+    def observe(self, obs: Any, action: Any, reward: Any, next_obs: Any, done: Any) -> None:
+        """Append one transition (``action`` = the command that was sent) to the current episode.
+
+        When ``action`` is the command the last :meth:`act` returned, the normalised action that
+        produced it (before clipping) is stored; any other command (e.g. one a safety layer changed) is
+        stored as ``command / scale``. The episode closes at ``done`` or after ``max_episode_steps``
+        transitions. Raises ``ValueError`` for a wrong size or non-finite value; nothing is stored then.
+        """
+        load_vector(self._stage_obs, obs, "obs")
+        load_vector(self._stage_command, action, "action")
+        load_vector(self._stage_next_obs, next_obs, "next_obs")
+        reward_value = scalar(reward, "reward")
+        episode_ends = check_done(done)
+        if self._last_command is not None and np.array_equal(self._stage_command, self._last_command):
+            executed = self._last_action
+        else:
+            executed = self._stage_command / self._scale
+        slot, step = self._current, int(self._ep_len[self._current])
+        self._ep_obs[slot, step] = self._stage_obs
+        self._ep_action[slot, step] = executed
+        self._ep_reward[slot, step] = reward_value
+        self._ep_len[slot] = step + 1
+        self._last_command = self._last_action = None
+        if episode_ends or step + 1 == self.max_episode_steps:
+            self._close_episode()
+
+    def adapt(self) -> np.ndarray:
+        """One policy-gradient adaptation on the closed episodes; adopt and return the new parameters.
+
+        Computes advantages with the manifest's settings, runs the adapt graph ``adaptation.steps``
+        times on the batch and discards the collected transitions (the next step needs episodes from
+        the adapted policy). Without a closed episode it does nothing and returns the current
+        parameters. Raises ``ValueError`` if the graph returns non-finite parameters; the old ones and
+        the collected episodes are then kept.
+        """
+        if not self._closed:
+            return self.params
+        start = time.perf_counter()
+        rows = list(self._closed)
+        shape = (self.episodes_per_step, self.max_episode_steps)
+        obs = np.zeros((*shape, self.obs_dim), dtype=np.float32)
+        action = np.zeros((*shape, self.act_dim), dtype=np.float32)
+        reward = np.zeros(shape, dtype=np.float32)
+        obs[: len(rows)] = self._ep_obs[rows]
+        action[: len(rows)] = self._ep_action[rows]
+        reward[: len(rows)] = self._ep_reward[rows]
+        lengths = np.zeros(self.episodes_per_step, dtype=np.int64)
+        lengths[: len(rows)] = self._ep_len[rows]
+        mask = (np.arange(self.max_episode_steps)[None, :] < lengths[:, None]).astype(np.float32)
+        advantage = compute_advantages(obs, reward, mask, self.advantage_config)
+
+        params = self._params.copy()
+        for _ in range(self.adapt_steps):
+            feed = {"params": params, "obs": obs, "action": action, "advantage": advantage, "mask": mask}
+            params = self._adapt_session.run(None, feed)[0]
+            if not np.isfinite(params).all():
+                bad = np.flatnonzero(~np.isfinite(params))
+                raise ValueError(
+                    f"adapt graph returned non-finite parameters (at {bad.size} of {params.size} indices, first "
+                    f"{bad[:5].tolist()}); kept the old ones"
+                )
+        self._params[...] = params
+        self.num_adapt_steps += self.adapt_steps
+        self._clear_episodes()
+        self.adapt_latency.record(time.perf_counter() - start)
+        return self.params
+
+    def _warmup_feeds(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        policy_feed = {
+            "obs": np.zeros_like(self._obs),
+            "params": self._params.copy(),
+            "noise": np.zeros_like(self._noise),
+        }
+        shape = (self.episodes_per_step, self.max_episode_steps)
+        adapt_feed = {
+            "params": self._params.copy(),
+            "obs": np.zeros((*shape, self.obs_dim), dtype=np.float32),
+            "action": np.zeros((*shape, self.act_dim), dtype=np.float32),
+            "advantage": np.zeros(shape, dtype=np.float32),
+            "mask": np.zeros(shape, dtype=np.float32),
+        }
+        return policy_feed, adapt_feed
