@@ -1,0 +1,230 @@
+"""Speed of one gradient adaptation step: the exported ONNX graph in onnxruntime against PyTorch.
+
+    python bench/adaptation_step_speed.py [--iterations 300] [--checkpoint CKPT | --bundle BUNDLE]
+
+Without arguments it exports freshly initialised 64x64 tanh GradientPolicies at three sizes: MAML's 2-D
+navigation (obs 2, act 2, 20 episodes of 100 steps) and two grasp sizes (sim/grasp.py: obs 10, act 4,
+30-step episodes, 8 per step; and a wider obs 24, act 4, 8 x 60 batch). For each, on the same random
+on-policy batch, it times in round-robin blocks of 20 back-to-back calls (so machine load hits every
+column alike while each call runs warm):
+
+* onnxruntime running ``adapt.onnx`` with the runtime's session options (CPU EP, all graph
+  optimisations, one thread),
+* PyTorch running the same step eagerly with ``torch.func`` (``adaptation_step(policy)``, float32,
+  ``torch.set_num_threads(1)``), the function the graph was traced from,
+* PyTorch's autograd ``GradientPolicy.inner_step`` (what training calls), for reference,
+* the runtime's whole ``GradientController.adapt()`` (numpy advantages + the graph; no speed-up is
+  given for it, since it computes more than the step),
+
+and reports the median and p90 in microseconds, the speed-up over ``torch.func``, and the largest
+difference from float64 PyTorch after 5 chained steps (each onnxruntime output fed back as the next
+input). ``--opt-levels`` adds a table of onnxruntime graph optimisation levels.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One thread everywhere, as on the robot: numpy's BLAS (the advantage baseline's least squares) would
+# otherwise start a thread pool that, on a busy machine, costs more than the step itself.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import platform
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+SIZES = {
+    "nav2d (MAML)": {"obs_dim": 2, "act_dim": 2, "episodes": 20, "max_episode_steps": 100},
+    "grasp (sim/grasp.py)": {"obs_dim": 10, "act_dim": 4, "episodes": 8, "max_episode_steps": 30},
+    "grasp, wide obs": {"obs_dim": 24, "act_dim": 4, "episodes": 8, "max_episode_steps": 60},
+}
+
+
+def make_checkpoint(path: Path, obs_dim: int, act_dim: int, episodes: int, max_episode_steps: int) -> Path:
+    import torch
+
+    from metarl_robot.checkpoint import save_checkpoint
+    from metarl_robot.gradient_policy import GradientPolicy, GradientPolicyConfig
+
+    torch.manual_seed(0)
+    policy = GradientPolicy(obs_dim, act_dim, [1.0] * act_dim, GradientPolicyConfig(hidden_sizes=(64, 64)))
+    with torch.no_grad():
+        policy.obs_norm.update(torch.randn(1000, obs_dim) * 2.0 + 1.0)
+    interface = {
+        "control_rate_hz": 10.0,
+        "joint_names": [],
+        "observation_layout": [{"name": "obs", "source": "bench", "size": obs_dim}],
+        "action": {"mode": "bench", "names": [f"a{i}" for i in range(act_dim)], "units": ["1"] * act_dim},
+    }
+    adaptation = {
+        "kind": "gradient_step",
+        "steps": 1,
+        "episodes_per_step": episodes,
+        "max_episode_steps": max_episode_steps,
+        "cadence": "episodes",
+        "reward_source": {"type": "topic", "topic": "reward"},
+        "advantages": {"gamma": 0.99, "gae_lambda": 1.0, "normalize": True, "baseline_ridge": 1e-5},
+    }
+    return save_checkpoint(path, policy.eval(), method="maml_trpo", interface=interface, adaptation=adaptation)
+
+
+def percentiles_us(samples: list[float]) -> tuple[float, float]:
+    return float(np.percentile(samples, 50) * 1e6), float(np.percentile(samples, 90) * 1e6)
+
+
+def bench_bundle(name: str, bundle: Path, checkpoint: Path | None, iterations: int, opt_levels: bool) -> dict:
+    import onnxruntime
+    import torch
+
+    from metarl_robot import gradient_export
+    from metarl_robot.checkpoint import load_checkpoint
+    from metarl_robot.gradient_policy import adaptation_step
+    from metarl_robot.runtime import GradientController, default_session_options, load_bundle
+
+    spec = load_bundle(bundle)
+    n, t = spec.episodes_per_step, spec.max_episode_steps
+    controller = GradientController(spec, ["cpu"], seed=0)
+    session = controller._adapt_session  # the session the runtime adapts with
+    policy = load_checkpoint(checkpoint)[0] if checkpoint is not None else None
+
+    rng = np.random.default_rng(0)
+    if policy is not None:
+        batch = gradient_export.sample_inputs(policy, "adapt", rng, episodes=n, max_episode_steps=t, on_policy=True)
+    else:
+        batch = {
+            "params": spec.initial_params,
+            "obs": rng.normal(size=(n, t, spec.obs_dim)).astype(np.float32),
+            "action": rng.normal(size=(n, t, spec.act_dim)).astype(np.float32),
+            "advantage": rng.normal(size=(n, t)).astype(np.float32),
+            "mask": np.ones((n, t), np.float32),
+        }
+    batch["params"] = spec.initial_params
+    batch["mask"][:] = 1.0  # full episodes: the largest step the graph takes
+    names = ("params", "obs", "action", "advantage", "mask")
+    tensors = [torch.from_numpy(batch[k]) for k in names]
+
+    def fill_controller() -> None:
+        controller.reset()
+        for episode in range(n):
+            for step in range(t):
+                obs = batch["obs"][episode, step]
+                reward = float(batch["advantage"][episode, step])
+                controller.observe(obs, controller.act(obs), reward, obs, step == t - 1)
+
+    calls = {"onnxruntime": lambda: session.run(None, batch)}
+    if policy is not None:
+        torch.set_num_threads(1)
+        step = adaptation_step(policy)
+        calls["torch.func"] = lambda: step(*tensors)
+        calls["torch autograd inner_step"] = lambda: policy.inner_step(*tensors, create_graph=False)
+    # Round-robin blocks: every call sees the same machine load, and runs warm (back-to-back calls of
+    # one kind, as on the robot) rather than with the caches just filled by another library.
+    block = 20
+    samples: dict[str, list[float]] = {key: [] for key in calls}
+    samples["runtime adapt()"] = []
+    for _ in range(max(1, iterations // block)):
+        for key, call in calls.items():
+            call()
+            for _ in range(block):
+                start = time.perf_counter()
+                call()
+                samples[key].append(time.perf_counter() - start)
+        fill_controller()
+        start = time.perf_counter()
+        controller.adapt()
+        samples["runtime adapt()"].append(time.perf_counter() - start)
+
+    result = {"name": name, "sizes": (spec.obs_dim, spec.act_dim, n, t, spec.num_params), "times": samples}
+    if policy is not None:
+        diffs = gradient_export.parity_max_abs_diff(
+            policy, {"policy": controller._policy_session, "adapt": session}, batches=5,
+            rng=np.random.default_rng(1), episodes=n, max_episode_steps=t,
+        )
+        result["parity"] = diffs["adapt_chained"]
+        with torch.no_grad():
+            ours = session.run(None, batch)[0]
+            theirs = step(*tensors).numpy()
+        result["same_step"] = float(np.max(np.abs(ours - theirs)))
+    if opt_levels:
+        levels = {}
+        for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"):
+            options = default_session_options()
+            options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, level)
+            s = onnxruntime.InferenceSession(str(spec.graph_path("adapt")), options, providers=["CPUExecutionProvider"])
+            for _ in range(10):
+                s.run(None, batch)
+            timed = []
+            for _ in range(iterations):
+                start = time.perf_counter()
+                s.run(None, batch)
+                timed.append(time.perf_counter() - start)
+            levels[level] = percentiles_us(timed)
+        result["levels"] = levels
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, help="time this checkpoint (exported to a temporary bundle)")
+    parser.add_argument("--bundle", type=Path, help="time this gradient bundle (PyTorch columns need its checkpoint)")
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--opt-levels", action="store_true", help="also time each onnxruntime optimisation level")
+    args = parser.parse_args()
+
+    import onnxruntime
+    import torch
+
+    from metarl_robot.export import export_bundle
+    from metarl_robot.runtime import load_bundle
+
+    root = Path(tempfile.mkdtemp(prefix="adaptation_step_speed."))
+    jobs: list[tuple[str, Path, Path | None]] = []
+    if args.bundle is not None:
+        recorded = load_bundle(args.bundle).provenance.get("checkpoint_path")
+        checkpoint = args.checkpoint or (Path(recorded) if recorded and Path(recorded).is_file() else None)
+        jobs.append((str(args.bundle), args.bundle, checkpoint))
+    elif args.checkpoint is not None:
+        jobs.append((str(args.checkpoint), export_bundle(args.checkpoint, root / "bundle"), args.checkpoint))
+    else:
+        for name, size in SIZES.items():
+            checkpoint = make_checkpoint(root / f"{len(jobs)}.pt", **size)
+            jobs.append((name, export_bundle(checkpoint, root / f"bundle{len(jobs)}"), checkpoint))
+
+    results = [bench_bundle(*job, args.iterations, args.opt_levels) for job in jobs]
+
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, onnxruntime "
+        f"{onnxruntime.__version__}, CPU EP, 1 thread, {args.iterations} calls each in round-robin blocks of 20\n"
+    )
+    print("| size (obs, act, N, T, P) | call | median µs | p90 µs | speed-up vs torch.func |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for r in results:
+        o, a, n, t, p = r["sizes"]
+        base = np.median(r["times"]["torch.func"]) if "torch.func" in r["times"] else None
+        for call, samples in r["times"].items():
+            p50, p90 = percentiles_us(samples)
+            same_step = call != "runtime adapt()"  # adapt() also computes the advantages
+            speedup = f"{base / np.median(samples):.1f}x" if base is not None and same_step else "—"
+            print(f"| {r['name']} ({o}, {a}, {n}, {t}, {p}) | {call} | {p50:.0f} | {p90:.0f} | {speedup} |")
+    print()
+    print("| size | onnxruntime vs torch.func, one step (float32) | vs float64 PyTorch after 5 chained steps |")
+    print("| --- | ---: | ---: |")
+    for r in results:
+        if "parity" in r:
+            print(f"| {r['name']} | {r['same_step']:.2g} | {r['parity']:.2g} |")
+    if args.opt_levels:
+        print()
+        print("| size | graph optimisation level | median µs | p90 µs |")
+        print("| --- | --- | ---: | ---: |")
+        for r in results:
+            for level, (p50, p90) in r["levels"].items():
+                print(f"| {r['name']} | {level} | {p50:.0f} | {p90:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
