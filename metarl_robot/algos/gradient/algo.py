@@ -325,44 +325,57 @@ class GradientMetaRL:
     def warm_start(self) -> dict[str, float]:
         """Clone ``warm_start.demonstrator`` (which knows each task) into the unadapted policy.
 
-        A policy that cannot see the task learns the demonstrator's average behaviour over tasks: a
-        starting point from which the meta-objective only has to learn what to change per task.
+        Round 0 records the demonstrator; each of the ``dagger_iterations`` after it lets the clone
+        act (its mean action) and has the demonstrator label the states it reaches (DAgger), so the
+        clone learns to recover from its own mistakes. A policy that cannot see the task learns the
+        demonstrator's average behaviour over tasks: a starting point from which the meta-objective
+        only has to learn what to change per task.
         """
         ws = self.config.warm_start
         demonstrate = resolve(ws.demonstrator)
         n = self.config.inner.episodes_per_step
-        obs_rows, label_rows = [], []
-        success = []
-        for _ in range(ws.rounds):
-            tasks = self.tasks.sample(self.config.meta_batch_size, self.rng, "train")
-            env_tasks = [task for task in tasks for _ in range(n)]
-            labels: list[np.ndarray] = []
-
-            def act(obs: np.ndarray, env_tasks=env_tasks, labels=labels):
-                expert = np.clip(demonstrate(obs, env_tasks), -1.0, 1.0)
-                labels.append(expert)
-                return expert, {}
-
-            batch = collect(self.envs, act, env_tasks, seed=int(self.rng.integers(2**31)), max_steps=self.max_episode_steps)
-            valid = batch.valid
-            obs_rows.append(batch.obs[valid])
-            label_rows.append(np.stack(labels)[valid])
-            success.append(float(batch.episode_success().mean()))
-        obs = torch.as_tensor(np.concatenate(obs_rows))
-        labels_t = torch.as_tensor(np.concatenate(label_rows))
-        self.policy.obs_norm.update(obs)
+        obs_rows: list[np.ndarray] = []
+        label_rows: list[np.ndarray] = []
+        metrics: dict[str, float] = {}
         optimizer = torch.optim.Adam([self.policy.weights], lr=ws.lr)
-        losses = []
-        for _ in range(ws.epochs):
-            for idx in torch.randperm(len(obs)).split(256):
-                mean, _ = self.policy.mean_log_std(self.policy.initial_adapted(), obs[idx])
-                loss = ((mean - labels_t[idx]) ** 2).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-        return {"warm_start/demonstrator_success": float(np.mean(success)), "warm_start/imitation_loss": float(np.mean(losses[-20:])),
-                "warm_start/transitions": float(len(obs))}
+        for dagger in range(ws.dagger_iterations + 1):
+            success = []
+            for _ in range(ws.rounds):
+                tasks = self.tasks.sample(self.config.meta_batch_size, self.rng, "train")
+                env_tasks = [task for task in tasks for _ in range(n)]
+                labels: list[np.ndarray] = []
+
+                def act(obs: np.ndarray, env_tasks=env_tasks, labels=labels, learner=dagger > 0):
+                    expert = np.clip(demonstrate(obs, env_tasks), -1.0, 1.0)
+                    labels.append(expert)
+                    if not learner:
+                        return expert, {}
+                    with torch.no_grad():
+                        mean, _ = self.policy.mean_log_std(self.policy.initial_adapted(), torch.as_tensor(obs, dtype=torch.float32))
+                    return mean.numpy(), {}
+
+                batch = collect(self.envs, act, env_tasks, seed=int(self.rng.integers(2**31)), max_steps=self.max_episode_steps)
+                obs_rows.append(batch.obs[batch.valid])
+                label_rows.append(np.stack(labels)[batch.valid])
+                success.append(float(batch.episode_success().mean()))
+            name = "demonstrator" if dagger == 0 else f"learner_{dagger}"
+            metrics[f"warm_start/{name}_success"] = float(np.mean(success))
+            obs = torch.as_tensor(np.concatenate(obs_rows))
+            labels_t = torch.as_tensor(np.concatenate(label_rows))
+            if dagger == 0:
+                self.policy.obs_norm.update(obs)
+            losses = []
+            for _ in range(ws.epochs):
+                for idx in torch.randperm(len(obs)).split(256):
+                    mean, _ = self.policy.mean_log_std(self.policy.initial_adapted(), obs[idx])
+                    loss = ((mean - labels_t[idx]) ** 2).mean()
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(loss.item())
+            metrics["warm_start/imitation_loss"] = float(np.mean(losses[-20:]))
+        metrics["warm_start/transitions"] = float(sum(len(rows) for rows in obs_rows))
+        return metrics
 
     # ------------------------------------------------------------------------------ metrics
     @staticmethod

@@ -120,8 +120,8 @@ class TrainConfig:
     reward_source: dict[str, Any] = dataclasses.field(default_factory=lambda: {"type": "topic", "topic": "reward"})
     """Where the deployed policy gets the rewards its adaptation step needs (written into the bundle)."""
     warm_start: WarmStartConfig = WarmStartConfig()
-    """Optional behaviour cloning of a demonstrator's actions into the unadapted policy before
-    meta-training (fresh runs only); ``dagger_iterations`` must be 0 here."""
+    """Optional behaviour cloning (then DAgger) of a demonstrator's actions into the unadapted policy
+    before meta-training (fresh runs only)."""
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.meta_batch_size < 1:
@@ -134,8 +134,6 @@ class TrainConfig:
             raise ValueError("method 'meta_sgd' learns the inner step sizes: set policy.learn_inner_lr: true")
         if self.method != "meta_sgd" and self.policy.learn_inner_lr:
             raise ValueError("policy.learn_inner_lr is Meta-SGD's; use method 'meta_sgd' or set it to false")
-        if self.warm_start.dagger_iterations:
-            raise ValueError("warm_start.dagger_iterations is for context methods; set it to 0")
         if self.method == "reptile" and self.inner.steps < 1:
             raise ValueError("method 'reptile' needs inner.steps >= 1 (its update moves towards the adapted parameters)")
 
