@@ -17,7 +17,7 @@ column alike while each call runs warm):
   given for it, since it computes more than the step),
 
 and reports the median and p90 in microseconds, the speed-up over ``torch.func``, and the largest
-difference from float64 PyTorch after 5 chained steps (each onnxruntime output fed back as the next
+difference from float64 PyTorch after ``CHAINED_STEPS`` chained steps (each onnxruntime output fed back as the next
 input). ``--opt-levels`` adds a table of onnxruntime graph optimisation levels.
 """
 
@@ -212,7 +212,9 @@ def main() -> None:
             speedup = f"{base / np.median(samples):.1f}x" if base is not None and same_step else "—"
             print(f"| {r['name']} ({o}, {a}, {n}, {t}, {p}) | {call} | {p50:.0f} | {p90:.0f} | {speedup} |")
     print()
-    print("| size | onnxruntime vs torch.func, one step (float32) | vs float64 PyTorch after 5 chained steps |")
+    from metarl_robot.gradient_export import CHAINED_STEPS
+
+    print(f"| size | onnxruntime vs torch.func, one step (float32) | vs float64 PyTorch after {CHAINED_STEPS} chained steps |")
     print("| --- | ---: | ---: |")
     for r in results:
         if "parity" in r:

@@ -308,3 +308,12 @@ def test_cli_trains_a_gradient_config_and_evaluates_two_seeds_pooled(tmp_path, c
     assert (tmp_path / "eval" / "eval.png").exists()
     assert main(["train", "--config", str(REPO_ROOT / "configs" / "maml_navigation.yaml"), "--set", "method=maml2"]) == 2
     assert "maml2" in capsys.readouterr().err
+
+
+def test_observation_statistics_can_be_kept_as_the_warm_start_measured_them(tmp_path):
+    warm = {"demonstrator": "metarl_robot.testing:point_goal_demonstrator", "rounds": 1, "epochs": 2}
+    kept, _ = load_checkpoint(train(tiny(warm_start=warm, update_obs_normalizer=False), tmp_path / "kept", progress=False))
+    moved, _ = load_checkpoint(train(tiny(warm_start=warm), tmp_path / "moved", progress=False))
+    per_round = 2 * 3 * 20  # tasks x episodes x steps of the tiny config
+    assert int(kept.obs_norm.count.round()) == per_round
+    assert int(moved.obs_norm.count.round()) == per_round * 3, "one update per iteration on top of the warm start"

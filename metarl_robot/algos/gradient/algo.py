@@ -441,8 +441,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
             _, inner, post = algo.collect_iteration()
             losses = algo.update(inner, post)
             # The normaliser moves after the update, so the update saw the statistics the data were collected with.
-            first = inner[0] if inner else post
-            algo.policy.obs_norm.update(first.obs[first.mask > 0])
+            if config.update_obs_normalizer:
+                first = inner[0] if inner else post
+                algo.policy.obs_norm.update(first.obs[first.mask > 0])
             algo.iteration += 1
             algo.metrics = {**algo.batch_metrics(inner, post), **losses, "time/wall_s": time.perf_counter() - start}
             for key, value in algo.metrics.items():

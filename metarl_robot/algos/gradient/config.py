@@ -111,6 +111,9 @@ class TrainConfig:
     torch_threads: int = 1
     checkpoint_every: int = 10
     policy: GradientPolicyConfig = GradientPolicyConfig()
+    update_obs_normalizer: bool = True
+    """Update the observation statistics from each iteration's first batch. Set false to keep those a
+    warm start measured: a cloned policy's behaviour drifts when its input scaling moves under it."""
     inner: InnerConfig = InnerConfig()
     advantages: AdvantageConfig = AdvantageConfig()
     trpo: TRPOConfig = TRPOConfig()
