@@ -35,9 +35,8 @@ from metarl_robot.verify import max_abs_diff
 CHAINED_STEPS = 3
 """Adapt-graph steps chained (each onnxruntime output fed back as the next input) in the parity check:
 the most adaptation steps the benchmarks evaluate. A policy-gradient step amplifies a perturbation of
-its input parameters several-fold (about 3-5x per step for the shipped navigation policy), so any
-float32 chain, PyTorch's own included, drifts from the exact float64 chain by ~1e-5 after four steps
-and ~1e-4 after five (figures in BENCHMARKS.md)."""
+its input parameters severalfold, so any float32 chain, PyTorch's own included, drifts from the exact
+float64 chain by about 1e-5 after four or five steps (``bench/chained_step_drift.py``, BENCHMARKS.md)."""
 CHAINS = 3
 """Independent chains of :data:`CHAINED_STEPS` steps in the parity check."""
 IO = GRAPH_IO["gradient"]

@@ -1,0 +1,71 @@
+"""How far chained adaptation steps drift from exact arithmetic, in onnxruntime and in PyTorch float32.
+
+Runs ``--steps`` policy-gradient steps of a gradient bundle's adapt graph, each on a fresh on-policy
+batch of whole episodes at the previous step's output, beside the same chain in PyTorch float32
+(``torch.func``) and in float64 (the exact function), and prints the largest parameter difference
+after each step. Both float32 chains leave the float64 one at a similar rate: the step map amplifies
+perturbations of its input, so the drift is a property of float32 arithmetic, not of the export.
+
+    python bench/chained_step_drift.py --checkpoint models/maml_navigation/checkpoint.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=str(ROOT / "models" / "maml_navigation" / "checkpoint.pt"))
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--chains", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from metarl_robot import gradient_export as ge
+    from metarl_robot.checkpoint import load_checkpoint
+    from metarl_robot.export import _cpu_session
+    from metarl_robot.gradient_policy import adaptation_step
+
+    torch.set_num_threads(1)
+    policy, data = load_checkpoint(args.checkpoint)
+    sizes = {"episodes": int(data["adaptation"]["episodes_per_step"]), "max_episode_steps": int(data["adaptation"]["max_episode_steps"])}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "adapt.onnx"
+        ge.export_graph(policy, "adapt", path, None, **sizes)
+        session = _cpu_session(path)
+        exact, step32 = ge.float64_copy(policy), adaptation_step(policy)
+        rng = np.random.default_rng(args.seed)
+        worst = np.zeros((3, args.steps))
+        for _ in range(args.chains):
+            ours = torch32 = theirs = ge.initial_params(policy)
+            for k in range(args.steps):
+                batch = ge.sample_inputs(policy, "adapt", rng, params=ours, on_policy=True, long_episodes=True, **sizes)
+                ours = session.run(None, batch)[0]
+                with torch.no_grad():
+                    torch32 = step32(*(torch.from_numpy(np.asarray(batch[n] if n != "params" else torch32))
+                                       for n in ("params", "obs", "action", "advantage", "mask"))).numpy()
+                (theirs,) = ge.reference_outputs(exact, "adapt", {**batch, "params": theirs})
+                for row, value in enumerate((np.abs(ours - theirs).max(), np.abs(torch32 - theirs).max(), np.abs(ours - torch32).max())):
+                    worst[row, k] = max(worst[row, k], value)
+    print(f"{args.checkpoint}: largest parameter difference after k chained steps ({args.chains} chains, "
+          f"{sizes['episodes']} episodes x {sizes['max_episode_steps']} steps per batch)\n")
+    print("| chain | " + " | ".join(f"k={k + 1}" for k in range(args.steps)) + " |")
+    print("|---" * (args.steps + 1) + "|")
+    for label, row in zip(("onnxruntime vs float64", "PyTorch float32 vs float64", "onnxruntime vs PyTorch float32"), worst):
+        print(f"| {label} | " + " | ".join(f"{v:.1e}" for v in row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
