@@ -449,11 +449,16 @@ def _export_graph(policy: ContextPolicy, graph: str, path: Path, opset: int | No
         dynamic_shapes = {name: {0: batch} for name in inputs}
     else:
         dynamic_shapes = {name: {0: batch, 1: sequence} for name in CONTEXT_IO["adapt"][0]}
+    onnx_export(module, _example_inputs(policy, graph), path, graph, inputs, outputs, dynamic_shapes, opset)
+
+
+def onnx_export(module: nn.Module, args, path: Path, graph: str, inputs, outputs, dynamic_shapes, opset: int | None) -> None:
+    """``torch.onnx.export`` with the dynamo exporter, its chatter silenced, failures as :class:`ExportError`."""
     try:
         with _quiet_exporter():
             torch.onnx.export(
                 module,
-                _example_inputs(policy, graph),
+                args,
                 str(path),
                 dynamo=True,
                 input_names=list(inputs),

@@ -26,7 +26,7 @@ import onnxruntime
 import torch
 from torch import nn
 
-from metarl_robot.export import ExportError, _float32_list, _jsonable, _quiet_exporter, single_threaded_torch
+from metarl_robot.export import ExportError, _float32_list, _jsonable, onnx_export, single_threaded_torch
 from metarl_robot.gradient_policy import GradientPolicy, adaptation_step
 from metarl_robot.runtime.advantages import AdvantageConfig, compute_advantages
 from metarl_robot.runtime.bundle import GRAPH_IO, PARAMS_FILE
@@ -129,24 +129,7 @@ def export_graph(
         except Exception as err:  # tracing raises a variety of types
             raise ExportError(f"tracing the adaptation step (make_fx) failed: {err}") from err
         args, dynamic_shapes = _example_inputs(policy, episodes, max_episode_steps), None
-    try:
-        with _quiet_exporter():
-            torch.onnx.export(
-                module,
-                args,
-                str(path),
-                dynamo=True,
-                input_names=list(inputs),
-                output_names=list(outputs),
-                dynamic_shapes=dynamic_shapes,
-                opset_version=opset,
-                external_data=False,
-                verbose=False,
-            )
-    except Exception as err:  # the exporter raises a variety of types
-        raise ExportError(f"torch.onnx.export (dynamo) failed for the {graph} graph: {err}") from err
-    if not path.is_file():
-        raise ExportError(f"torch.onnx.export reported success for the {graph} graph but wrote no {path.name}")
+    onnx_export(module, args, path, graph, inputs, outputs, dynamic_shapes, opset)
 
 
 # ---------------------------------------------------------------------------- checkpoint -> manifest

@@ -10,7 +10,6 @@ gradients from the stored transition windows, so the encoder learns what the pol
 from __future__ import annotations
 
 import importlib
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,12 @@ import torch
 
 from metarl_robot.algos.context_ppo.config import TrainConfig
 from metarl_robot.checkpoint import load_checkpoint, save_checkpoint
-from metarl_robot.config import save_config, to_dict
+from metarl_robot.algos.loop import run_training
+from metarl_robot.config import to_dict
 from metarl_robot.envs import TrajectoryBatch, collect, make_vector_env
 from metarl_robot.policies import ContextPolicy
 from metarl_robot.tasks import TaskDistribution
 
-log = logging.getLogger("metarl_robot.train")
 METHOD = "context_ppo"
 
 
@@ -331,6 +330,20 @@ class ContextPPO:
                 losses.append(float(loss.detach()))
         return float(np.mean(losses[-20:]))
 
+    def train_iteration(self) -> dict[str, float]:
+        episodes, windows = self.collect_iteration()
+        losses = self.update(episodes, windows)
+        self.iteration += 1
+        return {**self.episode_metrics(episodes), **losses}
+
+    @staticmethod
+    def progress(metrics: dict[str, float]) -> dict[str, str]:
+        return {
+            "succ_pre": f"{metrics['success/before_adaptation']:.2f}",
+            "succ_post": f"{metrics.get('success/after_adaptation', float('nan')):.2f}",
+            "ret": f"{metrics['return/episode_0']:.1f}",
+        }
+
     def close(self) -> None:
         self.envs.close()
 
@@ -341,41 +354,6 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
     With ``resume=True`` training continues from ``checkpoints/last.pt`` when it exists. Returns the
     final checkpoint's path.
     """
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    algo = ContextPPO(config, run_dir)
-    try:
-        if resume and algo.restore():
-            log.info("resumed from %s at iteration %d", algo.checkpoint_path, algo.iteration)
-        save_config(config, run_dir / "config.yaml")
-        writer = SummaryWriter(str(run_dir / "tb"))
-        if algo.iteration == 0 and config.warm_start.rounds > 0:
-            for key, value in algo.warm_start().items():
-                writer.add_scalar(key, value, 0)
-                log.info("%s = %.4g", key, value)
-        bar = tqdm(total=config.iterations, initial=algo.iteration, disable=not progress, desc="meta-train", unit="it")
-        while algo.iteration < config.iterations:
-            episodes, windows = algo.collect_iteration()
-            losses = algo.update(episodes, windows)
-            algo.iteration += 1
-            algo.metrics = {**algo.episode_metrics(episodes), **losses}
-            for key, value in algo.metrics.items():
-                writer.add_scalar(key, value, algo.iteration)
-            bar.set_postfix(
-                succ_pre=f"{algo.metrics['success/before_adaptation']:.2f}",
-                succ_post=f"{algo.metrics.get('success/after_adaptation', float('nan')):.2f}",
-                ret=f"{algo.metrics['return/episode_0']:.1f}",
-            )
-            bar.update(1)
-            if algo.iteration % config.checkpoint_every == 0 or algo.iteration == config.iterations:
-                algo.save()
-        bar.close()
-        writer.close()
-        if not algo.checkpoint_path.exists():
-            algo.save()
-        return algo.checkpoint_path
-    finally:
-        algo.close()
+    return run_training(ContextPPO(config, run_dir), config, run_dir, resume=resume, progress=progress, desc="meta-train")

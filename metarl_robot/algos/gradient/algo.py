@@ -24,9 +24,7 @@ baseline).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +34,12 @@ import torch
 from metarl_robot.algos.context_ppo.algo import build_task_distribution, resolve
 from metarl_robot.algos.gradient.config import TrainConfig
 from metarl_robot.checkpoint import load_checkpoint, save_checkpoint
-from metarl_robot.config import save_config, to_dict
+from metarl_robot.algos.loop import run_training
+from metarl_robot.config import to_dict
 from metarl_robot.envs import TrajectoryBatch, collect, make_vector_env
 from metarl_robot.gradient_policy import GradientPolicy, flat_grad, gaussian_kl, masked_mean
 from metarl_robot.runtime.advantages import compute_advantages
 
-log = logging.getLogger("metarl_robot.train")
 
 
 @dataclasses.dataclass
@@ -388,6 +386,20 @@ class GradientMetaRL:
         out["return/after_adaptation"] = out[f"return/step_{len(inner)}"]
         return out
 
+    def train_iteration(self) -> dict[str, float]:
+        _, inner, post = self.collect_iteration()
+        losses = self.update(inner, post)
+        # The normaliser moves after the update, so the update saw the statistics the data were collected with.
+        if self.config.update_obs_normalizer:
+            first = inner[0] if inner else post
+            self.policy.obs_norm.update(first.obs[first.mask > 0])
+        self.iteration += 1
+        return {**self.batch_metrics(inner, post), **losses}
+
+    @staticmethod
+    def progress(metrics: dict[str, float]) -> dict[str, str]:
+        return {"pre": f"{metrics['return/before_adaptation']:.1f}", "post": f"{metrics['return/after_adaptation']:.1f}"}
+
     def close(self) -> None:
         self.envs.close()
 
@@ -419,43 +431,12 @@ def conjugate_gradient(matvec, b: torch.Tensor, iters: int, tol: float = 1e-10) 
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
-    """Meta-train, writing ``config.yaml``, TensorBoard logs (``tb/``) and ``checkpoints/last.pt``."""
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
+    """Meta-train, writing ``config.yaml``, TensorBoard logs (``tb/``) and ``checkpoints/last.pt``.
 
+    With ``resume=True`` training continues from ``checkpoints/last.pt`` when it exists. Returns the
+    final checkpoint's path.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     algo = GradientMetaRL(config, run_dir)
-    try:
-        if resume and algo.restore():
-            log.info("resumed from %s at iteration %d", algo.checkpoint_path, algo.iteration)
-        save_config(config, run_dir / "config.yaml")
-        writer = SummaryWriter(str(run_dir / "tb"))
-        if algo.iteration == 0 and config.warm_start.rounds > 0:
-            for key, value in algo.warm_start().items():
-                writer.add_scalar(key, value, 0)
-                log.info("%s = %.4g", key, value)
-        bar = tqdm(total=config.iterations, initial=algo.iteration, disable=not progress, desc=config.method_name, unit="it")
-        start = time.perf_counter()
-        while algo.iteration < config.iterations:
-            _, inner, post = algo.collect_iteration()
-            losses = algo.update(inner, post)
-            # The normaliser moves after the update, so the update saw the statistics the data were collected with.
-            if config.update_obs_normalizer:
-                first = inner[0] if inner else post
-                algo.policy.obs_norm.update(first.obs[first.mask > 0])
-            algo.iteration += 1
-            algo.metrics = {**algo.batch_metrics(inner, post), **losses, "time/wall_s": time.perf_counter() - start}
-            for key, value in algo.metrics.items():
-                writer.add_scalar(key, value, algo.iteration)
-            bar.set_postfix(pre=f"{algo.metrics['return/before_adaptation']:.1f}", post=f"{algo.metrics['return/after_adaptation']:.1f}")
-            bar.update(1)
-            if algo.iteration % config.checkpoint_every == 0 or algo.iteration == config.iterations:
-                algo.save()
-        bar.close()
-        writer.close()
-        if not algo.checkpoint_path.exists():
-            algo.save()
-        return algo.checkpoint_path
-    finally:
-        algo.close()
+    return run_training(algo, config, run_dir, resume=resume, progress=progress, desc=config.method_name)

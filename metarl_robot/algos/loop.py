@@ -1,0 +1,51 @@
+"""The outer training loop every method shares: resume, warm start, iterate, log, checkpoint.
+
+A method supplies an object with ``iteration``, ``metrics``, ``checkpoint_path``, ``restore()``,
+``save()``, ``warm_start()``, ``train_iteration() -> metrics`` (one collect-and-update step that
+advances ``iteration``), ``progress(metrics) -> dict`` (the progress bar's fields) and ``close()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from metarl_robot.config import save_config
+
+log = logging.getLogger("metarl_robot.train")
+
+
+def run_training(algo: Any, config: Any, run_dir: Path, *, resume: bool, progress: bool, desc: str) -> Path:
+    """Write ``config.yaml``, TensorBoard logs (``tb/``) and ``checkpoints/last.pt`` while ``algo``
+    trains for ``config.iterations``; returns the final checkpoint's path and closes ``algo``."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    try:
+        if resume and algo.restore():
+            log.info("resumed from %s at iteration %d", algo.checkpoint_path, algo.iteration)
+        save_config(config, run_dir / "config.yaml")
+        writer = SummaryWriter(str(run_dir / "tb"))
+        if algo.iteration == 0 and config.warm_start.rounds > 0:
+            for key, value in algo.warm_start().items():
+                writer.add_scalar(key, value, 0)
+                log.info("%s = %.4g", key, value)
+        bar = tqdm(total=config.iterations, initial=algo.iteration, disable=not progress, desc=desc, unit="it")
+        start = time.perf_counter()
+        while algo.iteration < config.iterations:
+            algo.metrics = {**algo.train_iteration(), "time/wall_s": time.perf_counter() - start}
+            for key, value in algo.metrics.items():
+                writer.add_scalar(key, value, algo.iteration)
+            bar.set_postfix(**algo.progress(algo.metrics))
+            bar.update(1)
+            if algo.iteration % config.checkpoint_every == 0 or algo.iteration == config.iterations:
+                algo.save()
+        bar.close()
+        writer.close()
+        if not algo.checkpoint_path.exists():
+            algo.save()
+        return algo.checkpoint_path
+    finally:
+        algo.close()
