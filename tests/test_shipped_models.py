@@ -53,3 +53,14 @@ def test_shipped_navigation_bundle_adapts_towards_the_goal_with_torch_blocked(tm
     for task in results["tasks"]:
         assert task["returns"][1] > task["returns"][0] + 5.0, task
     assert after > before + 10.0, (before, after)
+
+
+def test_cli_evaluates_the_shipped_navigation_bundle_with_its_own_episodes_per_step(tmp_path):
+    from metarl_robot.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--bundle", str(NAVIGATION / "bundle"), "--num-tasks", "2", "--rounds", "2", "--out", str(out)]) == 0
+    results = json.loads((out / "eval.json").read_text())
+    assert results["episodes_per_round"] == 20 and "CPUExecutionProvider" in results["evaluated"]
+    before, after = (row["return_mean"] for row in results["summary"])
+    assert after > before + 10.0
