@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_methods"))
     args = parser.parse_args(argv)
 
-    import sim  # noqa: F401
+    import sim  # noqa: F401  (registers the envs)
     from metarl_robot.algos.context_ppo.algo import build_task_distribution
     from metarl_robot.algos.gradient import TrainConfig, train
     from metarl_robot.checkpoint import load_checkpoint

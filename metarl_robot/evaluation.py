@@ -71,6 +71,7 @@ class TorchController:
 
 
 def ci95(values: Sequence[float]) -> float:
+    """Half-width of the 95% confidence interval of the mean (normal approximation); NaN below 2 values."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) < 2:
         return float("nan")
@@ -142,13 +143,6 @@ class GradientTorchController:
             self.params = self.policy.inner_step(self.params, *args, create_graph=False).detach()
         self._episodes, self._current = [], []
         return self.params
-
-
-def ci95(values: Sequence[float]) -> float:
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
-        return float("nan")
-    return float(1.96 * values.std(ddof=1) / math.sqrt(len(values)))
 
 
 def evaluate(

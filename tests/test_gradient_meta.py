@@ -3,8 +3,6 @@ several inner steps is the true derivative of the post-adaptation objective."""
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch

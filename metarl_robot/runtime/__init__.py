@@ -25,6 +25,7 @@ from metarl_robot.runtime.bundle import Bundle, BundleError, GraphSpec, load_bun
 from metarl_robot.runtime.controller import AdaptiveController
 from metarl_robot.runtime.gradient_controller import GradientController
 
+
 def load_controller(
     bundle_dir: str | Path, providers: Sequence[str] | None = None, *, seed: int | None = None, **kwargs: Any
 ) -> AdaptiveController | GradientController:
