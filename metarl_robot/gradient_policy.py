@@ -143,9 +143,7 @@ class GradientPolicy(nn.Module):
 
     def log_prob(self, phi: torch.Tensor, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Log density of normalised ``action [..., act_dim]`` (summed over action dimensions)."""
-        mean, log_std = self.mean_log_std(phi, obs)
-        z = (action - mean) * torch.exp(-log_std)
-        return (-0.5 * z * z - log_std - _LOG_SQRT_2PI).sum(-1)
+        return gaussian_log_prob(*self.mean_log_std(phi, obs), action)
 
     def sample(self, phi: torch.Tensor, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Normalised action ``mean + std * noise`` (``noise`` standard normal; zeros = the mean)."""
@@ -205,6 +203,12 @@ def adaptation_step(policy: GradientPolicy) -> Callable[..., torch.Tensor]:
         return phi - policy.inner_lr.to(phi.dtype) * grad(phi, obs, action, advantage, mask)
 
     return step
+
+
+def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Log density of ``action`` under a diagonal Gaussian, summed over the last dimension."""
+    z = (action - mean) * torch.exp(-log_std)
+    return (-0.5 * z * z - log_std - _LOG_SQRT_2PI).sum(-1)
 
 
 def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q) -> torch.Tensor:

@@ -24,7 +24,6 @@ baseline).
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from metarl_robot.checkpoint import load_checkpoint, save_checkpoint
 from metarl_robot.algos.loop import run_training
 from metarl_robot.config import to_dict
 from metarl_robot.envs import TrajectoryBatch, collect, make_vector_env
-from metarl_robot.gradient_policy import GradientPolicy, flat_grad, gaussian_kl, masked_mean
+from metarl_robot.gradient_policy import GradientPolicy, flat_grad, gaussian_kl, gaussian_log_prob, masked_mean
 from metarl_robot.runtime.advantages import compute_advantages
 
 
@@ -203,16 +202,11 @@ class GradientMetaRL:
             out.append(self.policy.mean_log_std(phi, post.obs[m]))
         return out
 
-    @staticmethod
-    def _log_prob(mean, log_std, action) -> torch.Tensor:
-        z = (action - mean) * torch.exp(-log_std)
-        return (-0.5 * z * z - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-
     def surrogate(self, dists, post: Rollouts, clip: float | None = None) -> torch.Tensor:
         """Minus the mean over tasks of the (clipped) importance-weighted advantage."""
         losses = []
         for m, (mean, log_std) in enumerate(dists):
-            ratio = torch.exp(self._log_prob(mean, log_std, post.actions[m]) - post.log_probs[m])
+            ratio = torch.exp(gaussian_log_prob(mean, log_std, post.actions[m]) - post.log_probs[m])
             adv = post.advantages[m]
             objective = ratio * adv
             if clip is not None:
