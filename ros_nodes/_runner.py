@@ -40,7 +40,7 @@ def run_node(
     try:
         node = make_node()
         _exit_with_parent(node)
-        executor = SingleThreadedExecutor()
+        executor = make_executor(node)
         executor.add_node(node)
         while rclpy.ok():
             executor.spin_once(timeout_sec=_SPIN_TIMEOUT_S)
@@ -55,6 +55,21 @@ def run_node(
                     node.get_logger().error(f"cleanup before exit failed: {err}")
             node.destroy_node()
         rclpy.try_shutdown()
+
+
+EXECUTORS = ("single_threaded", "events")
+"""Values of a node's ``executor`` parameter: rclpy's SingleThreadedExecutor, or its EventsExecutor
+(callbacks dispatched from middleware events, far less overhead per message; rclpy.experimental)."""
+
+
+def make_executor(node: Node):
+    """The executor a node asks for with its read-only ``executor`` parameter (default single-threaded)."""
+    kind = node.get_parameter("executor").value if node.has_parameter("executor") else "single_threaded"
+    if kind == "events":
+        from rclpy.experimental import EventsExecutor
+
+        return EventsExecutor()
+    return SingleThreadedExecutor()
 
 
 def _exit_with_parent(node: Node) -> None:

@@ -69,8 +69,9 @@ class HoldKind(str, enum.Enum):
     """The node is not active (deactivated or shutting down)."""
 
 
-ERROR_HOLDS = frozenset({HoldKind.JOINT_CONTRACT, HoldKind.POLICY_ERROR})
-"""Hold kinds that are faults (diagnostic level ERROR) rather than waiting for data (WARN)."""
+WAITING_HOLDS = frozenset({HoldKind.NO_DATA, HoldKind.INACTIVE})
+"""Hold kinds that mean waiting (diagnostic level WARN); every other hold is a fault (ERROR): the robot
+sent stale, non-finite, malformed or incomplete data, its joints break the contract, or the policy failed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +208,8 @@ class ObservationAssembler:
         )
         self.needs_joint_states = any(entry.source == JOINT_SOURCE for entry in self.layout)
         self._index_cache: tuple[tuple[str, ...], dict[str, int]] | None = None
+        self.stamp_s = math.nan
+        """Header stamp of the newest input in the last observation :meth:`assemble` returned."""
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any], max_obs_age_s: float) -> ObservationAssembler:
@@ -239,6 +242,10 @@ class ObservationAssembler:
                 return hold
 
         parts: list[np.ndarray] = []
+        stamps = [poses[source].stamp_s for source in self.pose_sources]
+        if self.needs_joint_states:
+            stamps.append(joint_state.stamp_s)
+        self.stamp_s = max(stamps)
         for entry in self.layout:
             if entry.source == JOINT_SOURCE:
                 assert joint_state is not None
@@ -418,6 +425,12 @@ class SafetyLimits:
     """Largest change of the linear velocity vector from one control tick to the next."""
     max_grip_force_step_n: float = 0.0
     """Largest change of the gripper force from one control tick to the next."""
+    max_joint_speed: float = 0.0
+    """Joint-space bundles: cap on each joint's commanded velocity (``joint_velocity``) or on each
+    joint's commanded position change per second, from its last command or measured position
+    (``joint_position``); rad/s or m/s."""
+    max_joint_velocity_step: float = 0.0
+    """``joint_velocity`` bundles: largest change of a joint's velocity command per control tick."""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -448,8 +461,10 @@ class CommandFilter:
     Stopping (a hold) is never rate-limited.
     """
 
-    def __init__(self, spec: ActionSpec, limits: SafetyLimits = SafetyLimits()) -> None:
+    def __init__(self, spec: ActionSpec, limits: SafetyLimits = SafetyLimits(), control_period_s: float = 0.0) -> None:
         self.spec = spec
+        self.control_period_s = float(control_period_s)
+        """Used to turn ``max_joint_speed`` into a position step for ``joint_position`` bundles."""
         self._last = np.zeros(spec.dim)
         self._last_known = np.zeros(spec.dim, dtype=bool)
         self.reset()
@@ -467,6 +482,10 @@ class CommandFilter:
             for i in self.spec.linear_indices:
                 low[i] = max(low[i], -limits.max_ee_speed_mps)
                 high[i] = min(high[i], limits.max_ee_speed_mps)
+        if limits.max_joint_speed > 0 and self.spec.mode == JOINT_VELOCITY:
+            for i in self.spec.joint_indices:
+                low[i] = max(low[i], -limits.max_joint_speed)
+                high[i] = min(high[i], limits.max_joint_speed)
         self.low, self.high = low, high
 
     def resume_from(self, previous: CommandFilter) -> None:
@@ -474,14 +493,23 @@ class CommandFilter:
         if previous.spec.names == self.spec.names:
             self._last, self._last_known = previous._last.copy(), previous._last_known.copy()
 
+    @property
+    def has_commanded_joints(self) -> bool:
+        """Whether every joint dimension has a last command (rate limits then start from it)."""
+        return bool(self._last_known[list(self.spec.joint_indices)].all())
+
     def reset(self) -> None:
         """Forget the last command: velocities are taken to be zero, other dimensions unknown."""
         self._last[:] = 0.0
         self._last_known[:] = False
         self._last_known[list(self.spec.velocity_indices)] = True
 
-    def filter(self, raw: Sequence[float] | np.ndarray) -> SafeCommand:
-        """Clamp and rate-limit a policy command; raises ``ValueError`` if it is malformed."""
+    def filter(self, raw: Sequence[float] | np.ndarray, joint_positions: np.ndarray | None = None) -> SafeCommand:
+        """Clamp and rate-limit a policy command; raises ``ValueError`` if it is malformed.
+
+        ``joint_positions`` (measured, in the bundle's joint order) is where a ``joint_position``
+        bundle's first command is rate-limited from, before any command was sent.
+        """
         cmd = np.asarray(raw, dtype=np.float64).reshape(-1)
         if cmd.shape != (self.spec.dim,):
             raise ValueError(f"policy command has {cmd.size} values, the bundle's action has {self.spec.dim}")
@@ -494,6 +522,19 @@ class CommandFilter:
         if linear and self.limits.max_ee_velocity_step_mps > 0 and self._last_known[linear].all():
             step = _limit_norm(cmd[linear] - self._last[linear], self.limits.max_ee_velocity_step_mps)
             cmd[linear] = self._last[linear] + step
+        joints = list(self.spec.joint_indices)
+        if joints and self.limits.max_joint_velocity_step > 0 and self.spec.mode == JOINT_VELOCITY:
+            step = self.limits.max_joint_velocity_step
+            cmd[joints] = self._last[joints] + np.clip(cmd[joints] - self._last[joints], -step, step)
+        if joints and self.limits.max_joint_speed > 0 and self.spec.mode == JOINT_POSITION and self.control_period_s > 0:
+            if self._last_known[joints].all():
+                reference = self._last[joints]
+            elif joint_positions is not None:
+                reference = np.asarray(joint_positions, dtype=np.float64).reshape(-1)
+            else:
+                raise ValueError("the first joint_position command needs the measured joint positions to be rate-limited")
+            step = self.limits.max_joint_speed * self.control_period_s
+            cmd[joints] = reference + np.clip(cmd[joints] - reference, -step, step)
         grip = self.spec.grip_index
         if grip is not None and self.limits.max_grip_force_step_n > 0 and self._last_known[grip]:
             step_n = self.limits.max_grip_force_step_n
@@ -602,29 +643,44 @@ class TransitionRecorder:
         self._reward, self._num_rewards, self._episode_ended = 0.0, 0, False
 
 
+CADENCES = ("episode", "step", "episodes")
+
+
 @dataclasses.dataclass(frozen=True)
 class AdaptationSchedule:
-    """When to run the adapt graph: at episode ends (cadence ``episode``) and/or every N transitions.
+    """When to run the adapt graph.
 
-    ``every_n_steps = 0`` means "only at episode end" for cadence ``episode`` and "after every
-    transition" for cadence ``step``.
+    * ``episode`` (context bundles): at every episode end, and also every ``every_n_steps``
+      transitions when that is > 0;
+    * ``step``: every ``every_n_steps`` transitions (0 = after every transition);
+    * ``episodes`` (gradient bundles): at the episode end that completes ``episodes_per_step``
+      episodes collected with the current parameters (``every_n_steps`` does not apply: a
+      policy-gradient step needs whole episodes).
     """
 
     cadence: str = "episode"
     every_n_steps: int = 0
+    episodes_per_step: int = 1
 
     def __post_init__(self) -> None:
-        if self.cadence not in ("episode", "step"):
-            raise ValueError(f"adaptation cadence {self.cadence!r} is not supported; use 'episode' or 'step'")
+        if self.cadence not in CADENCES:
+            raise ValueError(f"adaptation cadence {self.cadence!r} is not supported; use one of {list(CADENCES)}")
         if self.every_n_steps < 0:
             raise ValueError(f"adapt_every_n_steps must be >= 0, got {self.every_n_steps}")
+        if self.episodes_per_step < 1:
+            raise ValueError(f"episodes_per_step must be >= 1, got {self.episodes_per_step}")
 
     def after_step(self, steps_since_adapt: int) -> bool:
         """Adapt now, ``steps_since_adapt`` transitions after the last adaptation?"""
+        if self.cadence == "episodes":
+            return False
         every = self.every_n_steps or (1 if self.cadence == "step" else 0)
         return every > 0 and steps_since_adapt >= every
 
-    def at_episode_end(self) -> bool:
+    def at_episode_end(self, episodes_ready: int = 1) -> bool:
+        """Adapt at this episode end, with ``episodes_ready`` complete episodes collected?"""
+        if self.cadence == "episodes":
+            return episodes_ready >= self.episodes_per_step
         return self.cadence == "episode"
 
 
@@ -639,12 +695,13 @@ def diagnostic_level(
 ) -> tuple[int, str]:
     """Overall ``(level, message)`` for the node's diagnostic status.
 
-    ERROR for a broken joint contract or a failing policy; WARN while holding for data, after a
-    recoverable error (e.g. a rejected reload) or when the control loop's 99th percentile period
-    exceeds 1.5 control periods; OK otherwise.
+    ERROR while holding because of bad data (stale, non-finite, wrong size, missing joints), a broken
+    joint contract or a failing policy; WARN while waiting for the first data, after a recoverable
+    error (e.g. a rejected reload) or when the control loop's 99th percentile period exceeds 1.5
+    control periods; OK otherwise.
     """
-    if hold is not None and hold.kind in ERROR_HOLDS:
-        return LEVEL_ERROR, str(hold)
+    if hold is not None and hold.kind not in WAITING_HOLDS:
+        return LEVEL_ERROR, f"holding: {hold}"
     if hold is not None:
         return LEVEL_WARN, f"holding: {hold}"
     if last_error:

@@ -31,24 +31,34 @@ from typing import Any
 
 import ros_nodes  # noqa: F401  (keeps DDS discovery on loopback before rclpy loads)
 
+import rclpy
 import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TwistStamped
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.service import Service
+from rclpy.wait_for_message import wait_for_message
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
-from metarl_robot.runtime import AdaptiveController, BundleError, LatencyStats, ProviderError, resolve_provider
+from metarl_robot.runtime import (
+    BundleController,
+    BundleError,
+    GradientController,
+    LatencyStats,
+    ProviderError,
+    load_controller,
+    resolve_provider,
+)
 from ros_nodes import POLICY_NODE_NAME
-from ros_nodes._runner import run_node
+from ros_nodes._runner import EXECUTORS, run_node
 from ros_nodes.policy_logic import (
     ANGULAR_VELOCITY_NAMES,
     CARTESIAN_VELOCITY,
@@ -59,6 +69,7 @@ from ros_nodes.policy_logic import (
     CommandFilter,
     Hold,
     HoldKind,
+    JOINT_POSITION,
     JointStateSample,
     LayoutError,
     ObservationAssembler,
@@ -72,26 +83,37 @@ from ros_nodes.policy_logic import (
 )
 
 MAX_CONTROL_RATE_HZ = 1000.0
+TRIGGERS = ("timer", "joint_states")
 
 PARAMETER_DEFAULTS: dict[str, Any] = {
     "bundle_path": "",
     "control_rate_hz": 0.0,
+    "trigger": "timer",
     "execution_providers": ["cuda", "cpu"],
     "max_obs_age_s": 0.5,
+    "joint_state_timeout_s": 2.0,
     "adaptation_enabled": True,
     "adapt_every_n_steps": 0,
     "max_ee_speed_mps": 0.0,
     "max_grip_force_n": 0.0,
     "max_ee_velocity_step_mps": 0.0,
     "max_grip_force_step_n": 0.0,
+    "max_joint_speed": 0.0,
+    "max_joint_velocity_step": 0.0,
     "command_frame_id": "world",
+    "executor": "events",
 }
 PARAMETER_HELP = {
     "bundle_path": "exported bundle directory; read at configure and by ~/reload_bundle",
     "control_rate_hz": "control loop rate in Hz, 0 = the bundle's control_rate_hz; read at configure and reload",
+    "trigger": "timer: a control step every 1/control_rate_hz; joint_states: a control step on every joint state "
+    "received (the robot's state stream sets the rate) with a watchdog step at control_rate_hz when it stops; "
+    "read at configure",
     "execution_providers": "onnxruntime execution providers in order of preference (cuda, tensorrt, cpu); "
     "read at configure and reload",
     "max_obs_age_s": "an input older than this (by header stamp) makes the node hold, > 0",
+    "joint_state_timeout_s": "configure waits this long for a joint state to check the robot's joints against the "
+    "bundle's, >= 0 (0 = do not wait; the check then runs on the first joint state)",
     "adaptation_enabled": "collect transitions and adapt the task context online",
     "adapt_every_n_steps": "also adapt every N transitions, >= 0 (0 = only at episode end)",
     "max_ee_speed_mps": "cap on the commanded end-effector speed in m/s, >= 0 (0 = the bundle's bounds)",
@@ -99,23 +121,58 @@ PARAMETER_HELP = {
     "max_ee_velocity_step_mps": "largest change of the end-effector velocity per control tick in m/s, "
     ">= 0 (0 = no rate limit)",
     "max_grip_force_step_n": "largest change of the grip force per control tick in N, >= 0 (0 = no rate limit)",
+    "max_joint_speed": "joint-space bundles: cap on each joint velocity command, or on each joint position "
+    "command's change per second, in rad/s or m/s, >= 0 (0 = the bundle's bounds / no limit)",
+    "max_joint_velocity_step": "joint_velocity bundles: largest change of a joint velocity command per control "
+    "tick, >= 0 (0 = no rate limit)",
     "command_frame_id": "frame_id written into cmd_twist headers",
+    "executor": "rclpy executor spinning the node: events (rclpy.experimental.EventsExecutor, lowest overhead) "
+    "or single_threaded; read-only, read at start-up",
     "robot_joint_names": "optional: the robot's joints; when set, configure fails unless the bundle's joints "
     "are all among them",
 }
+
+
+READ_ONLY = frozenset({"executor"})
+RANGES: dict[str, tuple[float, float]] = {
+    "control_rate_hz": (0.0, MAX_CONTROL_RATE_HZ),
+    "max_obs_age_s": (0.0, 60.0),
+    "joint_state_timeout_s": (0.0, 60.0),
+    "adapt_every_n_steps": (0, 1_000_000),
+    **{name: (0.0, 1e6) for name in PARAMETER_DEFAULTS if name.startswith("max_") and name != "max_obs_age_s"},
+}
+"""Declared ranges of the numeric parameters (also in their descriptors, where ``ros2 param describe`` shows them)."""
+
+
+def describe(name: str) -> ParameterDescriptor:
+    """The descriptor a parameter is declared with: help text, read-only flag, range."""
+    descriptor = ParameterDescriptor(description=PARAMETER_HELP[name], read_only=name in READ_ONLY)
+    if name in RANGES:
+        low, high = RANGES[name]
+        if isinstance(low, int):
+            descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=0)]
+        else:
+            descriptor.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
+    return descriptor
 
 
 def check_parameter(name: str, value: Any) -> str | None:
     """Why ``value`` is not acceptable for parameter ``name``, or ``None`` if it is."""
     if name == "control_rate_hz" and not (math.isfinite(value) and 0.0 <= value <= MAX_CONTROL_RATE_HZ):
         return f"control_rate_hz must be in [0, {MAX_CONTROL_RATE_HZ:g}] Hz (0 = the bundle's rate), got {value}"
+    if name == "trigger" and value not in TRIGGERS:
+        return f"trigger must be one of {list(TRIGGERS)}, got {value!r}"
+    if name == "executor" and value not in EXECUTORS:
+        return f"executor must be one of {list(EXECUTORS)}, got {value!r}"
+    if name == "joint_state_timeout_s" and not (math.isfinite(value) and 0.0 <= value <= 60.0):
+        return f"joint_state_timeout_s must be in [0, 60] s (0 = do not wait), got {value}"
     if name == "execution_providers":
         try:
             resolve_provider(list(value))
         except ProviderError as err:
             return f"execution_providers: {err}"
-    if name == "max_obs_age_s" and not (math.isfinite(value) and value > 0.0):
-        return f"max_obs_age_s must be a finite number > 0, got {value}"
+    if name == "max_obs_age_s" and not (math.isfinite(value) and 0.0 < value <= 60.0):
+        return f"max_obs_age_s must be in (0, 60] s, got {value}"
     if name == "adapt_every_n_steps" and value < 0:
         return f"adapt_every_n_steps must be >= 0 (0 = only at episode end), got {value}"
     if name.startswith("max_") and name != "max_obs_age_s" and not (math.isfinite(value) and value >= 0.0):
@@ -130,13 +187,38 @@ def check_parameter(name: str, value: Any) -> str | None:
 class LoadedPolicy:
     """A bundle ready to run, with what the node derived from its manifest."""
 
-    controller: AdaptiveController
+    controller: BundleController
+    """An ``AdaptiveController`` (context bundles) or a ``GradientController`` (gradient bundles)."""
     assembler: ObservationAssembler
     action: ActionSpec
     cadence: str
     reward_topic: str
     control_rate_hz: float
     bundle_path: str
+
+    @property
+    def episodes_per_step(self) -> int:
+        """Episodes one adaptation step needs (gradient bundles; 1 for context bundles)."""
+        return int(getattr(self.controller, "episodes_per_step", 1))
+
+    def schedule(self, every_n_steps: int) -> AdaptationSchedule:
+        return AdaptationSchedule(self.cadence, every_n_steps, self.episodes_per_step)
+
+    def episodes_ready(self) -> int:
+        """Complete episodes waiting for the next adaptation step (gradient bundles)."""
+        return int(getattr(self.controller, "episodes_ready", 1))
+
+    def buffer_status(self) -> dict[str, str]:
+        """What the adaptation data looks like, for diagnostics."""
+        controller = self.controller
+        if isinstance(controller, GradientController):
+            return {
+                "adaptation_family": "gradient",
+                "episodes_ready": str(controller.episodes_ready),
+                "episodes_per_step": str(controller.episodes_per_step),
+                "episode_len": str(controller.episode_len),
+            }
+        return {"adaptation_family": "context", "buffer_len": str(controller.buffer_len)}
 
     @property
     def observed_joints(self) -> tuple[str, ...]:
@@ -163,7 +245,7 @@ def load_policy(
     """Load, check and warm up a bundle; raises ``BundleError``/``ProviderError``/``LayoutError``."""
     if not bundle_path:
         raise BundleError("bundle_path is empty; set it to an exported bundle directory")
-    controller = AdaptiveController.load(bundle_path, list(providers))
+    controller = load_controller(bundle_path, list(providers))
     manifest = controller.manifest
     assembler = ObservationAssembler.from_manifest(manifest, max_obs_age_s)
     if assembler.obs_dim != controller.obs_dim:
@@ -179,9 +261,7 @@ def load_policy(
             "rewards from a topic"
         )
     cadence = str(adaptation.get("cadence", "episode"))
-    AdaptationSchedule(cadence)  # validates the cadence
-    controller.warmup()
-    return LoadedPolicy(
+    policy = LoadedPolicy(
         controller=controller,
         assembler=assembler,
         action=action,
@@ -190,10 +270,18 @@ def load_policy(
         control_rate_hz=float(control_rate_hz or manifest["control_rate_hz"]),
         bundle_path=str(bundle_path),
     )
+    policy.schedule(0)  # validates the cadence
+    controller.warmup()
+    return policy
 
 
 def _seconds(stamp: Time) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
+
+
+def _to_msg(seconds: float) -> Time:
+    nanoseconds = round(seconds * 1e9)
+    return Time(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
 
 
 def _format_ms(seconds: float) -> str:
@@ -205,14 +293,15 @@ class PolicyNode(LifecycleNode):
 
     def __init__(self, node_name: str = POLICY_NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
+        # Registered first so a bad value in a parameter file is refused with the same reasons.
+        self.add_on_set_parameters_callback(self._validate_parameters)
         for name, default in PARAMETER_DEFAULTS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=PARAMETER_HELP[name]))
+            self.declare_parameter(name, default, describe(name))
         self.declare_parameter(
             "robot_joint_names",
             Parameter.Type.STRING_ARRAY,
             ParameterDescriptor(description=PARAMETER_HELP["robot_joint_names"]),
         )
-        self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
 
         self._policy: LoadedPolicy | None = None
@@ -224,6 +313,8 @@ class PolicyNode(LifecycleNode):
         self._active = False
         self._configure_error: str | None = None
         self._last_error: str | None = None
+        self._trigger = self._param("trigger")
+        self._trigger_on_joint_states = False
         self._reset_inputs()
         self._reset_counters()
         self._read_settings()
@@ -255,6 +346,8 @@ class PolicyNode(LifecycleNode):
             max_grip_force_n=self._param("max_grip_force_n"),
             max_ee_velocity_step_mps=self._param("max_ee_velocity_step_mps"),
             max_grip_force_step_n=self._param("max_grip_force_step_n"),
+            max_joint_speed=self._param("max_joint_speed"),
+            max_joint_velocity_step=self._param("max_joint_velocity_step"),
         )
         self._adaptation_enabled = bool(self._param("adaptation_enabled"))
         self._frame_id = self._param("command_frame_id")
@@ -262,7 +355,10 @@ class PolicyNode(LifecycleNode):
             self._filter.set_limits(self._limits)
         if self._policy is not None:
             self._policy.assembler.max_obs_age_s = self._param("max_obs_age_s")
-            self._schedule = AdaptationSchedule(self._policy.cadence, self._param("adapt_every_n_steps"))
+            self._schedule = self._policy.schedule(self._param("adapt_every_n_steps"))
+            if isinstance(self._policy.controller, GradientController):
+                # Exploration noise is what a policy-gradient step learns from; frozen means the mean action.
+                self._policy.controller.explore = self._adaptation_enabled
 
     def _load_from_parameters(self) -> LoadedPolicy:
         for name in [*PARAMETER_DEFAULTS, "robot_joint_names"]:
@@ -283,21 +379,56 @@ class PolicyNode(LifecycleNode):
                 raise ValueError(f"{problem} (robot_joint_names parameter)")
         return policy
 
+    def _probe_joint_contract(self, policy: LoadedPolicy) -> None:
+        """At configure: wait up to ``joint_state_timeout_s`` for one joint state and check its joints.
+
+        Raises ``ValueError`` naming the mismatch. A probe node of its own (not spun by the executor)
+        takes the message, so this works from inside the lifecycle callback.
+        """
+        timeout_s = self._param("joint_state_timeout_s")
+        if not policy.observed_joints or timeout_s <= 0:
+            return
+        probe = rclpy.create_node(
+            f"{self.get_name()}_joint_probe", namespace=self.get_namespace(), context=self.context,
+            start_parameter_services=False, enable_rosout=False,
+        )
+        try:
+            topic = self.resolve_topic_name("joint_states")
+            received, msg = wait_for_message(JointState, probe, topic, qos_profile=qos_profile_sensor_data,
+                                             time_to_wait=timeout_s)
+        finally:
+            probe.destroy_node()
+        if not received:
+            self.get_logger().warning(
+                f"no joint state on {topic} within joint_state_timeout_s={timeout_s:g} s; the robot's joints "
+                "will be checked against the bundle's on the first joint state (holding until then)"
+            )
+            return
+        problem = check_joint_contract(policy.observed_joints, msg.name)
+        if problem is not None:
+            raise ValueError(f"{problem} (joint state on {topic} names {list(msg.name)})")
+        self.get_logger().info(f"joint contract holds: {topic} carries {list(policy.observed_joints)}")
+
     # ------------------------------------------------------------------------------- lifecycle
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:
             policy = self._load_from_parameters()
+            self._probe_joint_contract(policy)
         except Exception as err:  # any failure must fail the transition with a reason, not crash
             self._configure_error = f"configure failed: {err}"
             self.get_logger().error(self._configure_error)
             return TransitionCallbackReturn.FAILURE
         self._configure_error = None
         self._last_error = None
+        self._trigger = self._param("trigger")
+        self._trigger_on_joint_states = self._trigger == "joint_states"
         self._install(policy)
         self._create_interfaces()
         self.get_logger().info(
-            f"configured bundle {policy.bundle_path} on {policy.controller.provider} at "
-            f"{policy.control_rate_hz:g} Hz (obs {policy.controller.obs_dim}, action {policy.action.names})"
+            f"configured {policy.controller.family} bundle {policy.bundle_path} on execution provider "
+            f"{policy.controller.provider} (preference {list(self._param('execution_providers'))}), warmed up; "
+            f"{policy.control_rate_hz:g} Hz, trigger {self._trigger}, obs {policy.controller.obs_dim}, "
+            f"action {policy.action.names}"
         )
         return super().on_configure(state)
 
@@ -345,13 +476,21 @@ class PolicyNode(LifecycleNode):
         """Make ``policy`` the running one; the latest sensor samples stay valid, the contract is re-checked."""
         previous_filter = self._filter
         self._policy = policy
-        self._filter = CommandFilter(policy.action, self._limits)
+        self._filter = CommandFilter(policy.action, self._limits, 1.0 / policy.control_rate_hz)
         if previous_filter is not None:
             self._filter.resume_from(previous_filter)
         self._recorder.reset()
-        self._contract_checked = False
         self._contract_hold = None
+        self._contract_checked = self._joint_state is not None
+        if self._joint_state is not None:
+            self._check_contract(self._joint_state.names)
         self._read_settings()
+
+    def _check_contract(self, names: Sequence[str]) -> None:
+        problem = check_joint_contract(self._policy.observed_joints, names)
+        if problem is not None:
+            self._contract_hold = Hold(HoldKind.JOINT_CONTRACT, problem)
+            self.get_logger().error(f"{problem}; holding until the bundle is reloaded or reconfigured")
 
     def _reset_inputs(self) -> None:
         self._joint_state: JointStateSample | None = None
@@ -398,7 +537,7 @@ class PolicyNode(LifecycleNode):
         if self._control_timer is not None:
             self.destroy_timer(self._control_timer)
         self._control_timer = self.create_timer(
-            1.0 / self._policy.control_rate_hz, self._on_control_tick, autostart=self._active
+            1.0 / self._policy.control_rate_hz, self._on_control_timer, autostart=self._active
         )
 
     def _destroy_interfaces(self) -> None:
@@ -427,10 +566,9 @@ class PolicyNode(LifecycleNode):
         )
         if not self._contract_checked and self._policy is not None:
             self._contract_checked = True
-            problem = check_joint_contract(self._policy.observed_joints, msg.name)
-            if problem is not None:
-                self._contract_hold = Hold(HoldKind.JOINT_CONTRACT, problem)
-                self.get_logger().error(f"{problem}; holding until the bundle is reloaded or reconfigured")
+            self._check_contract(msg.name)
+        if self._trigger_on_joint_states and self._active:
+            self._control_step()
 
     def _on_pose(self, source: str, msg: PoseStamped) -> None:
         p, q = msg.pose.position, msg.pose.orientation
@@ -449,13 +587,24 @@ class PolicyNode(LifecycleNode):
     def _now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
+    def _now_msg(self) -> Time:
+        return self.get_clock().now().to_msg()
+
     def _observe(self, now_s: float) -> np.ndarray | Hold:
         if self._contract_hold is not None:
             return self._contract_hold
         return self._policy.assembler.assemble(now_s, self._joint_state, self._poses)
 
     # ------------------------------------------------------------------------------ control loop
-    def _on_control_tick(self) -> None:
+    def _on_control_timer(self) -> None:
+        """Trigger ``timer``: every control step. Trigger ``joint_states``: the watchdog that keeps
+        stepping (and so holds once the data is stale) when the robot's state stream stops."""
+        if self._trigger_on_joint_states and self._last_tick_s is not None:
+            if time.perf_counter() - self._last_tick_s < 1.5 / self._policy.control_rate_hz:
+                return
+        self._control_step()
+
+    def _control_step(self) -> None:
         tick_start = time.perf_counter()
         if self._last_tick_s is not None:
             self._loop_period.record(tick_start - self._last_tick_s)
@@ -475,7 +624,10 @@ class PolicyNode(LifecycleNode):
             self._hold_with(obs)
             return
         try:
-            command = filt.filter(policy.controller.act(fresh_obs))
+            measured = None
+            if policy.action.mode == JOINT_POSITION and not filt.has_commanded_joints:
+                measured = self._measured_joint_positions(policy.action.joint_names)
+            command = filt.filter(policy.controller.act(fresh_obs), measured)
         except ValueError as err:
             self._hold_with(Hold(HoldKind.POLICY_ERROR, str(err)))
             return
@@ -484,6 +636,15 @@ class PolicyNode(LifecycleNode):
         if self._hold is not None:
             self.get_logger().info(f"resuming after hold ({self._hold})")
         self._hold = None
+
+    def _measured_joint_positions(self, names: Sequence[str]) -> np.ndarray | None:
+        sample = self._joint_state
+        if sample is None or len(sample.position) != len(sample.names):
+            return None
+        index = {name: i for i, name in enumerate(sample.names)}
+        if any(name not in index for name in names):
+            return None
+        return sample.position[[index[name] for name in names]]
 
     def _hold_with(self, reason: Hold) -> None:
         self._publish_command(self._filter.hold(reason))
@@ -503,7 +664,8 @@ class PolicyNode(LifecycleNode):
             except ValueError as err:
                 self._last_error = f"dropped a transition: {err}"
                 self.get_logger().warning(self._last_error, throttle_duration_sec=5.0)
-        if (episode_ended and self._schedule.at_episode_end()) or self._schedule.after_step(self._steps_since_adapt):
+        at_end = episode_ended and self._schedule.at_episode_end(self._policy.episodes_ready())
+        if at_end or self._schedule.after_step(self._steps_since_adapt):
             try:
                 controller.adapt()
                 self._adaptations_since_reset += 1
@@ -520,7 +682,9 @@ class PolicyNode(LifecycleNode):
             self._gripper_pub.publish(Float64MultiArray(data=[float(values[spec.grip_index])]))
         if self._twist_pub is not None:
             msg = TwistStamped()
-            msg.header.stamp = self.get_clock().now().to_msg()
+            # A policy command carries the stamp of the newest input it was computed from, so a
+            # driver can measure input-to-command latency and reject commands built on old data.
+            msg.header.stamp = self._now_msg() if command.hold else _to_msg(self._policy.assembler.stamp_s)
             msg.header.frame_id = self._frame_id
             msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(values[i]) for i in spec.linear_indices)
             for axis, name in zip("xyz", ANGULAR_VELOCITY_NAMES, strict=True):
@@ -604,12 +768,14 @@ class PolicyNode(LifecycleNode):
                 "control_rate_hz": f"{policy.control_rate_hz:g}",
                 "inference_latency_p50_ms": _format_ms(controller.act_latency.p50_s),
                 "inference_latency_p99_ms": _format_ms(controller.act_latency.p99_s),
+                "loop_period_p50_ms": _format_ms(self._loop_period.p50_s),
                 "loop_period_p99_ms": _format_ms(self._loop_period.p99_s),
+                "trigger": self._trigger,
                 "adapt_latency_p99_ms": _format_ms(controller.adapt_latency.p99_s),
                 "adaptation_enabled": str(self._adaptation_enabled).lower(),
                 "adaptation_steps": str(controller.num_adapt_steps),
                 "adaptations_since_reset": str(self._adaptations_since_reset),
-                "buffer_len": str(controller.buffer_len),
+                **policy.buffer_status(),
                 "episodes": str(self._episodes),
                 "episode_successes": str(self._successes),
                 "control_ticks": str(self._ticks),

@@ -301,7 +301,9 @@ def test_adaptation_schedule():
 
 def test_diagnostic_levels():
     assert diagnostic_level(None, None, 0.1, 0.1)[0] == LEVEL_OK
-    assert diagnostic_level(Hold(HoldKind.STALE, "x"), None, 0.1, 0.1)[0] == LEVEL_WARN
+    for fault in (HoldKind.STALE, HoldKind.NON_FINITE, HoldKind.BAD_SIZE, HoldKind.MISSING_JOINT):
+        assert diagnostic_level(Hold(fault, "x"), None, 0.1, 0.1)[0] == LEVEL_ERROR
+    assert diagnostic_level(Hold(HoldKind.NO_DATA, "x"), None, 0.1, 0.1)[0] == LEVEL_WARN
     level, message = diagnostic_level(Hold(HoldKind.JOINT_CONTRACT, "missing ['j1']"), None, 0.1, 0.1)
     assert level == LEVEL_ERROR and "j1" in message
     assert diagnostic_level(None, "reload failed", 0.1, 0.1)[0] == LEVEL_WARN

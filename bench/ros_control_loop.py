@@ -1,0 +1,230 @@
+"""The policy node at 1 kHz over Fast DDS on loopback, driven by a separate process acting as the robot.
+
+    python bench/ros_control_loop.py [--bundle DIR] [--rate 1000] [--seconds 20] [--providers cpu cuda]
+
+This process plays the robot driver: at ``--rate`` it publishes ``joint_states``, ``ee_pose`` and
+``object_pose`` stamped with the time of publication, a ``reward`` per command received and an
+``episode_end`` every ``--episode-steps`` ticks (each one triggers an adaptation step in the node).
+The policy node runs as a child process (``ros_nodes.graph``), one run per execution provider.
+
+Reported per run:
+
+* achieved rate: policy commands received per second, and the node's control ticks per second;
+* loop period: the node's own tick-to-tick periods, p50/p99 and p99 deviation from the nominal period
+  (read from its ``/diagnostics``, one window of 1000 ticks per second; the worst window is reported);
+* observation-to-command latency: receive time of each ``cmd_twist`` minus its header stamp, which the
+  node sets to the stamp of the newest input the command was computed from (same host clock);
+* CPU use of the node process (user + system time over wall time, 100% = one core).
+
+Without ``--bundle`` the shipped grasp checkpoint (models/grasp_context_ppo) is exported to a
+temporary directory first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import ros_nodes  # noqa: E402,F401  (loopback discovery before rclpy loads)
+
+import numpy as np  # noqa: E402
+import rclpy  # noqa: E402
+from rclpy.experimental import EventsExecutor  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
+from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+from std_msgs.msg import Bool, Float64  # noqa: E402
+
+from ros_nodes import POLICY_NODE_NAME  # noqa: E402
+from ros_nodes.graph import DEFAULT_PARAMS_FILE, NodeGraph  # noqa: E402
+
+PANDA_JOINTS = [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1", "panda_finger_joint2"]
+
+
+def export_shipped_bundle(out: Path) -> Path:
+    from metarl_robot.export import export_bundle
+
+    return export_bundle(REPO / "models" / "grasp_context_ppo" / "checkpoint.pt", out / "bundle")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def latest_policy_values(array: DiagnosticArray) -> dict[str, str] | None:
+    for status in array.status:
+        if status.name.startswith(f"{POLICY_NODE_NAME}:"):
+            return {kv.key: kv.value for kv in status.values}
+    return None
+
+
+def run_once(bundle: Path, provider: str, args: argparse.Namespace, log_dir: Path) -> dict:
+    overrides = {
+        POLICY_NODE_NAME: {
+            "control_rate_hz": float(args.rate),
+            "execution_providers": [provider],
+            "max_obs_age_s": args.max_obs_age_s,
+            "adapt_every_n_steps": args.adapt_every,
+            **({"executor": args.executor} if args.executor else {}),
+            **({"trigger": args.trigger} if args.trigger else {}),
+        }
+    }
+    period_s = 1.0 / args.rate
+    with NodeGraph(DEFAULT_PARAMS_FILE, bundle_path=bundle, overrides=overrides, log_dir=log_dir,
+                   start_robot=False) as graph:
+        # The robot driver: a node of its own on rclpy's EventsExecutor (the lightest way to spin here).
+        node = rclpy.create_node("bench_robot_driver", context=graph.node.context)
+        executor = EventsExecutor(context=graph.node.context)
+        executor.add_node(node)
+        clock = node.get_clock()
+        joint_pub = node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+        ee_pub = node.create_publisher(PoseStamped, "ee_pose", qos_profile_sensor_data)
+        object_pub = node.create_publisher(PoseStamped, "object_pose", qos_profile_sensor_data)
+        reward_pub = node.create_publisher(Float64, "reward", QoSProfile(depth=100))
+        end_pub = node.create_publisher(Bool, "episode_end", QoSProfile(depth=10))
+        diagnostics: list[dict[str, str]] = []
+
+        def on_diagnostics(array: DiagnosticArray) -> None:
+            values = latest_policy_values(array)
+            if values is not None:
+                diagnostics.append(values)
+
+        node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+        latencies_ns: list[int] = []
+        received: list[int] = []
+        measuring = [False]
+
+        def on_twist(msg: TwistStamped) -> None:
+            now_ns = clock.now().nanoseconds
+            if measuring[0]:
+                stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                latencies_ns.append(now_ns - stamp_ns)
+                received.append(now_ns)
+            reward_pub.publish(Float64(data=-0.01))
+
+        node.create_subscription(TwistStamped, "cmd_twist", on_twist, QoSProfile(depth=100))
+
+        joints = JointState(name=list(PANDA_JOINTS), position=[0.0] * 9, velocity=[0.0] * 9, effort=[0.0] * 9)
+        joints.position[7] = joints.position[8] = 0.04
+        ee, obj = PoseStamped(), PoseStamped()
+        ee.header.frame_id = obj.header.frame_id = "world"
+        ee.pose.position.x, ee.pose.position.z = 0.5, 0.3
+        obj.pose.position.x, obj.pose.position.z = 0.5, 0.02
+        ee.pose.orientation.w = obj.pose.orientation.w = 1.0
+        pid = graph.processes[POLICY_NODE_NAME].pid
+
+        total_s = args.warmup_s + args.seconds
+        start = time.perf_counter()
+        next_tick = start
+        tick = 0
+        cpu0 = wall0 = ticks0 = None
+        while True:
+            now = time.perf_counter()
+            if now - start >= total_s:
+                break
+            if not measuring[0] and now - start >= args.warmup_s:
+                measuring[0] = True
+                cpu0, wall0 = cpu_seconds(pid), now
+                diag_at_start = len(diagnostics)
+            if now >= next_tick:
+                stamp = clock.now().to_msg()
+                joints.header.stamp = ee.header.stamp = obj.header.stamp = stamp
+                joint_pub.publish(joints)
+                ee_pub.publish(ee)
+                object_pub.publish(obj)
+                tick += 1
+                if args.episode_steps and tick % args.episode_steps == 0:
+                    end_pub.publish(Bool(data=False))
+                next_tick += period_s
+                if next_tick < now:  # fell behind: do not burst to catch up
+                    next_tick = now + period_s
+            executor.spin_once(timeout_sec=max(0.0, next_tick - time.perf_counter()))
+        wall = time.perf_counter() - wall0
+        cpu = cpu_seconds(pid) - cpu0
+        windows = diagnostics[diag_at_start + 1:]  # windows wholly inside the measurement
+        if not windows:
+            raise RuntimeError("no diagnostics from the policy node during the run")
+        ticks = [int(w["control_ticks"]) for w in windows]
+        p99 = np.array([float(w["loop_period_p99_ms"]) for w in windows])
+        p50 = np.array([float(w["loop_period_p50_ms"]) for w in windows]) if "loop_period_p50_ms" in windows[0] else None
+        adapt_steps = [int(w["adaptation_steps"]) for w in windows]
+        lat = np.array(latencies_ns, dtype=np.float64) / 1e3
+        result = {
+            "provider_requested": provider,
+            "provider": windows[-1]["execution_provider"],
+            "executor": args.executor or "default",
+            "trigger": args.trigger or "default",
+            "rate_hz_nominal": args.rate,
+            "seconds": round(wall, 2),
+            "commands_per_s": round(len(received) / wall, 1),
+            "node_ticks_per_s": round((ticks[-1] - ticks[0]) / max(1e-9, (len(ticks) - 1)), 1) if len(ticks) > 1 else None,
+            "loop_period_p99_ms_median_window": round(float(np.median(p99)), 3),
+            "loop_period_p99_ms_worst_window": round(float(p99.max()), 3),
+            "loop_period_p50_ms_median_window": round(float(np.median(p50)), 3) if p50 is not None else None,
+            "latency_us_p50": round(float(np.percentile(lat, 50)), 1),
+            "latency_us_p99": round(float(np.percentile(lat, 99)), 1),
+            "latency_us_max": round(float(lat.max()), 1),
+            "inference_latency_p50_ms": windows[-1]["inference_latency_p50_ms"],
+            "inference_latency_p99_ms": windows[-1]["inference_latency_p99_ms"],
+            "adapt_latency_p99_ms": windows[-1]["adapt_latency_p99_ms"],
+            "adaptation_steps_during_run": adapt_steps[-1] - adapt_steps[0],
+            "hold_ticks": int(windows[-1]["hold_ticks"]) - int(windows[0]["hold_ticks"]),
+            "node_cpu_percent": round(100.0 * cpu / wall, 1),
+        }
+        executor.shutdown()
+        node.destroy_node()
+        return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument("--providers", nargs="+", default=["cpu", "cuda", "tensorrt"],
+                        help="one run per provider that this onnxruntime offers")
+    parser.add_argument("--episode-steps", type=int, default=1000, help="episode_end every N ticks (0: never)")
+    parser.add_argument("--adapt-every", type=int, default=0, help="adapt_every_n_steps of the node")
+    parser.add_argument("--max-obs-age-s", type=float, default=0.02)
+    parser.add_argument("--executor", default=None, help="policy node executor parameter")
+    parser.add_argument("--trigger", default=None, help="policy node trigger parameter")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+
+    import onnxruntime
+
+    from metarl_robot.runtime import PROVIDER_ALIASES
+
+    available = set(onnxruntime.get_available_providers())
+    tmp = Path(tempfile.mkdtemp(prefix="ros_control_loop_"))
+    bundle = args.bundle or export_shipped_bundle(tmp)
+    results = []
+    for provider in args.providers:
+        if PROVIDER_ALIASES.get(provider, provider) not in available:
+            print(f"[skip] {provider}: not offered by this onnxruntime ({sorted(available)})")
+            continue
+        result = run_once(bundle, provider, args, tmp / f"logs_{provider}")
+        print(json.dumps(result, indent=1))
+        results.append(result)
+    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+              "command": " ".join(sys.argv), "results": results}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
