@@ -207,7 +207,8 @@ class ObservationAssembler:
             dict.fromkeys(entry.source for entry in self.layout if entry.source != JOINT_SOURCE)
         )
         self.needs_joint_states = any(entry.source == JOINT_SOURCE for entry in self.layout)
-        self._index_cache: tuple[tuple[str, ...], dict[str, int]] | None = None
+        self._joint_fields_used = tuple(dict.fromkeys(e.field for e in self.layout if e.source == JOINT_SOURCE))
+        self._plan_cache: tuple[tuple[str, ...], tuple[list[str], list[str], dict[str, np.ndarray]]] | None = None
         self.stamp_s = math.nan
         """Header stamp of the newest input in the last observation :meth:`assemble` returned."""
 
@@ -231,32 +232,34 @@ class ObservationAssembler:
         joint_state: JointStateSample | None,
         poses: Mapping[str, PoseSample | None],
     ) -> np.ndarray | Hold:
-        """The float32 observation vector, or the first :class:`Hold` reason found."""
+        """The float32 observation vector, or the first :class:`Hold` reason found.
+
+        Runs every control tick, so the common case is cheap: presence, age and sizes are checked
+        per input, finiteness once on the assembled vector; only a fault pays for finding its cause.
+        """
+        stamp_s = -math.inf
+        parts: list[np.ndarray] = []
         if self.needs_joint_states:
             hold = self._check_joint_state(now_s, joint_state)
             if hold is not None:
                 return hold
+            stamp_s = joint_state.stamp_s
         for source in self.pose_sources:
             hold = self._check_pose(now_s, source, poses.get(source))
             if hold is not None:
                 return hold
-
-        parts: list[np.ndarray] = []
-        stamps = [poses[source].stamp_s for source in self.pose_sources]
-        if self.needs_joint_states:
-            stamps.append(joint_state.stamp_s)
-        self.stamp_s = max(stamps)
+            stamp_s = max(stamp_s, poses[source].stamp_s)
         for entry in self.layout:
             if entry.source == JOINT_SOURCE:
-                assert joint_state is not None
-                index = self._joint_index(joint_state.names)
-                values = getattr(joint_state, entry.field)
-                parts.append(values[[index[j] for j in entry.joints]])
+                parts.append(getattr(joint_state, entry.field)[self._joint_plan(joint_state.names)[2][entry.name]])
             else:
                 pose = poses[entry.source]
-                assert pose is not None
                 parts.append(pose.position if entry.field == "position" else pose.orientation_xyzw)
-        return np.concatenate(parts).astype(np.float32)
+        obs = np.concatenate(parts)
+        if not np.isfinite(obs).all():
+            return self._non_finite(obs)
+        self.stamp_s = stamp_s
+        return obs.astype(np.float32)
 
     # ---------------------------------------------------------------------------------- checks
     def _check_age(self, now_s: float, stamp_s: float, what: str) -> Hold | None:
@@ -271,26 +274,16 @@ class ObservationAssembler:
         stale = self._check_age(now_s, sample.stamp_s, "joint_states")
         if stale is not None:
             return stale
-        n = len(sample.names)
-        if len(set(sample.names)) != n:
-            duplicates = sorted({name for name in sample.names if sample.names.count(name) > 1})
+        duplicates, missing, _ = self._joint_plan(sample.names)
+        if duplicates:
             return Hold(HoldKind.BAD_SIZE, f"joint_states names joints {duplicates} more than once")
-        fields_used = {entry.field for entry in self.layout if entry.source == JOINT_SOURCE}
-        for field in JOINT_FIELDS:
+        n = len(sample.names)
+        for field in self._joint_fields_used:
             values = getattr(sample, field)
-            if field in fields_used and len(values) != n:
+            if len(values) != n:
                 return Hold(HoldKind.BAD_SIZE, f"joint_states.{field} has {len(values)} values for {n} names")
-        missing = [j for j in self.required_joints if j not in self._joint_index(sample.names)]
         if missing:
             return Hold(HoldKind.MISSING_JOINT, f"joint_states lacks joint(s) {missing}")
-        index = self._joint_index(sample.names)
-        for entry in self.layout:
-            if entry.source != JOINT_SOURCE:
-                continue
-            values = getattr(sample, entry.field)
-            bad = [j for j in entry.joints if not math.isfinite(values[index[j]])]
-            if bad:
-                return Hold(HoldKind.NON_FINITE, f"joint_states.{entry.field} is not finite for {bad}")
         return None
 
     def _check_pose(self, now_s: float, source: str, sample: PoseSample | None) -> Hold | None:
@@ -301,14 +294,34 @@ class ObservationAssembler:
             return stale
         if sample.position.shape != (3,) or sample.orientation_xyzw.shape != (4,):
             return Hold(HoldKind.BAD_SIZE, f"{source} needs 3 position and 4 orientation values")
-        if not (np.all(np.isfinite(sample.position)) and np.all(np.isfinite(sample.orientation_xyzw))):
-            return Hold(HoldKind.NON_FINITE, f"{source} holds a non-finite value")
         return None
 
-    def _joint_index(self, names: tuple[str, ...]) -> dict[str, int]:
-        if self._index_cache is None or self._index_cache[0] != names:
-            self._index_cache = (names, {name: i for i, name in enumerate(names)})
-        return self._index_cache[1]
+    def _non_finite(self, obs: np.ndarray) -> Hold:
+        """The hold for an assembled vector with a NaN or infinity, naming the input and joints."""
+        start = 0
+        for entry in self.layout:
+            bad = ~np.isfinite(obs[start:start + entry.size])
+            start += entry.size
+            if bad.any():
+                if entry.source == JOINT_SOURCE:
+                    joints = [j for j, b in zip(entry.joints, bad, strict=True) if b]
+                    return Hold(HoldKind.NON_FINITE, f"joint_states.{entry.field} is not finite for {joints}")
+                return Hold(HoldKind.NON_FINITE, f"{entry.source} holds a non-finite {entry.field}")
+        return Hold(HoldKind.NON_FINITE, "the observation holds a non-finite value")
+
+    def _joint_plan(self, names: tuple[str, ...]) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
+        """For a joint-state name list: duplicated names, required joints it lacks, and per layout entry
+        the indices that gather its joints. Cached: a robot sends the same names every time."""
+        if self._plan_cache is None or self._plan_cache[0] != names:
+            index = {name: i for i, name in enumerate(names)}
+            duplicates = sorted({name for name in names if names.count(name) > 1})
+            missing = [j for j in self.required_joints if j not in index]
+            gather = {} if missing else {
+                entry.name: np.array([index[j] for j in entry.joints], dtype=np.intp)
+                for entry in self.layout if entry.source == JOINT_SOURCE
+            }
+            self._plan_cache = (names, (duplicates, missing, gather))
+        return self._plan_cache[1]
 
 
 def check_joint_contract(

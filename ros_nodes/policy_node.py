@@ -527,6 +527,7 @@ class PolicyNode(LifecycleNode):
         ]
         if policy.action.mode == CARTESIAN_VELOCITY:
             self._twist_pub = self.create_lifecycle_publisher(TwistStamped, "cmd_twist", events)
+            self._twist_msg = TwistStamped()
         else:
             self._joint_pub = self.create_lifecycle_publisher(Float64MultiArray, "joint_command", events)
         if policy.action.grip_index is not None:
@@ -676,23 +677,23 @@ class PolicyNode(LifecycleNode):
 
     def _publish_command(self, command: SafeCommand) -> None:
         spec = self._policy.action
-        values, known = command.values, command.known
+        values, known = command.values.tolist(), command.known
         # Gripper first: a lockstep simulator steps when the twist arrives.
         if self._gripper_pub is not None and known[spec.grip_index]:
-            self._gripper_pub.publish(Float64MultiArray(data=[float(values[spec.grip_index])]))
+            self._gripper_pub.publish(Float64MultiArray(data=[values[spec.grip_index]]))
         if self._twist_pub is not None:
-            msg = TwistStamped()
+            msg = self._twist_msg  # reused: publish() serializes before it returns
             # A policy command carries the stamp of the newest input it was computed from, so a
             # driver can measure input-to-command latency and reject commands built on old data.
             msg.header.stamp = self._now_msg() if command.hold else _to_msg(self._policy.assembler.stamp_s)
             msg.header.frame_id = self._frame_id
-            msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(values[i]) for i in spec.linear_indices)
-            for axis, name in zip("xyz", ANGULAR_VELOCITY_NAMES, strict=True):
-                if name in spec.names:
-                    setattr(msg.twist.angular, axis, float(values[spec.names.index(name)]))
+            linear, angular = msg.twist.linear, msg.twist.angular
+            linear.x, linear.y, linear.z = (values[i] for i in spec.linear_indices)
+            for axis, i in zip("xyz", spec.angular_indices):
+                setattr(angular, axis, values[i])
             self._twist_pub.publish(msg)
         elif self._joint_pub is not None and known[list(spec.joint_indices)].all():
-            self._joint_pub.publish(Float64MultiArray(data=[float(values[i]) for i in spec.joint_indices]))
+            self._joint_pub.publish(Float64MultiArray(data=[values[i] for i in spec.joint_indices]))
 
     # -------------------------------------------------------------------------------- services
     def _on_reset_adaptation(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
