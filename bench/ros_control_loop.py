@@ -16,6 +16,10 @@ Reported per run:
   node sets to the stamp of the newest input the command was computed from (same host clock);
 * CPU use of the node process (user + system time over wall time, 100% = one core).
 
+A baseline run in the same script replaces the policy node by an echo node (a child process, the
+same Python, rclpy executor and Fast DDS) that answers each joint state with a ``cmd_twist`` carrying
+its stamp: the floor that transport and the Python client library set for any rclpy node here.
+
 Without ``--bundle`` the shipped grasp checkpoint (models/grasp_context_ppo) is exported to a
 temporary directory first.
 """
@@ -26,6 +30,8 @@ import argparse
 import json
 import os
 import platform
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +39,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import random  # noqa: E402
+
+# A DDS domain of the run's own unless the caller chose one; discovery stays on loopback (ros_nodes).
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(100, 200)))
 
 import ros_nodes  # noqa: E402,F401  (loopback discovery before rclpy loads)
 
@@ -69,30 +80,139 @@ def latest_policy_values(array: DiagnosticArray) -> dict[str, str] | None:
     return None
 
 
-def run_once(bundle: Path, provider: str, args: argparse.Namespace, log_dir: Path) -> dict:
+def serve_echo() -> None:
+    """The baseline node: answer every joint state with a cmd_twist stamped like it, nothing else."""
+    rclpy.init()
+    node = rclpy.create_node("bench_echo")
+    pub = node.create_publisher(TwistStamped, "cmd_twist", QoSProfile(depth=10))
+    reply = TwistStamped()
+
+    def on_joint_state(msg: JointState) -> None:
+        reply.header.stamp = msg.header.stamp
+        pub.publish(reply)
+
+    node.create_subscription(JointState, "joint_states", on_joint_state, qos_profile_sensor_data)
+    executor = EventsExecutor()
+    executor.add_node(node)
+    try:
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.2)
+    except KeyboardInterrupt:
+        pass
+
+
+def run_echo(args: argparse.Namespace) -> dict:
+    graph = NodeGraph(None, start_robot=False, activate=False)
+    graph._start_driver()
+    env = graph.child_env()
+    echo = subprocess.Popen([sys.executable, __file__, "--serve-echo"], env=env)
+    try:
+        node = rclpy.create_node("bench_robot_driver", context=graph.node.context)
+        executor = EventsExecutor(context=graph.node.context)
+        executor.add_node(node)
+        got = []
+        node.create_subscription(TwistStamped, "cmd_twist", got.append, QoSProfile(depth=10))
+        joint_pub = node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline:  # discovery
+            joint_pub.publish(JointState())
+            executor.spin_once(timeout_sec=0.05)
+        stats = drive(node, executor, args, pid=echo.pid)
+        executor.shutdown()
+        node.destroy_node()
+    finally:
+        echo.send_signal(signal.SIGINT)
+        try:
+            echo.wait(10)
+        except subprocess.TimeoutExpired:
+            echo.kill()
+        graph.stop()
+    return {"target": "echo baseline (no policy)", **stats}
+
+
+def drive(node, executor, args: argparse.Namespace, pid: int, on_measure_start=None) -> dict:
+    """Play the robot at ``args.rate`` for warm-up + ``args.seconds``; measure commands and CPU of ``pid``."""
+    clock = node.get_clock()
+    period_s = 1.0 / args.rate
+    joint_pub = node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+    ee_pub = node.create_publisher(PoseStamped, "ee_pose", qos_profile_sensor_data)
+    object_pub = node.create_publisher(PoseStamped, "object_pose", qos_profile_sensor_data)
+    reward_pub = node.create_publisher(Float64, "reward", QoSProfile(depth=100))
+    end_pub = node.create_publisher(Bool, "episode_end", QoSProfile(depth=10))
+    latencies_ns: list[int] = []
+    received: list[int] = []
+    measuring = [False]
+
+    def on_twist(msg: TwistStamped) -> None:
+        now_ns = clock.now().nanoseconds
+        if measuring[0]:
+            latencies_ns.append(now_ns - (msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec))
+            received.append(now_ns)
+        reward_pub.publish(Float64(data=-0.01))
+
+    node.create_subscription(TwistStamped, "cmd_twist", on_twist, QoSProfile(depth=100))
+    joints = JointState(name=list(PANDA_JOINTS), position=[0.0] * 9, velocity=[0.0] * 9, effort=[0.0] * 9)
+    joints.position[7] = joints.position[8] = 0.04
+    ee, obj = PoseStamped(), PoseStamped()
+    ee.header.frame_id = obj.header.frame_id = "world"
+    ee.pose.position.x, ee.pose.position.z = 0.5, 0.3
+    obj.pose.position.x, obj.pose.position.z = 0.5, 0.02
+    ee.pose.orientation.w = obj.pose.orientation.w = 1.0
+
+    start = time.perf_counter()
+    next_tick, tick = start, 0
+    cpu0 = wall0 = 0.0
+    while True:
+        now = time.perf_counter()
+        if now - start >= args.warmup_s + args.seconds:
+            break
+        if not measuring[0] and now - start >= args.warmup_s:
+            measuring[0] = True
+            cpu0, wall0 = cpu_seconds(pid), now
+            if on_measure_start is not None:
+                on_measure_start()
+        if now >= next_tick:
+            # Poses first, joint states last: with trigger joint_states the node steps on the latter.
+            stamp = clock.now().to_msg()
+            joints.header.stamp = ee.header.stamp = obj.header.stamp = stamp
+            ee_pub.publish(ee)
+            object_pub.publish(obj)
+            joint_pub.publish(joints)
+            tick += 1
+            if args.episode_steps and tick % args.episode_steps == 0:
+                end_pub.publish(Bool(data=False))
+            next_tick += period_s
+            if next_tick < now:  # fell behind: do not burst to catch up
+                next_tick = now + period_s
+        executor.spin_once(timeout_sec=max(0.0, next_tick - time.perf_counter()))
+    wall = time.perf_counter() - wall0
+    lat = np.array(latencies_ns, dtype=np.float64) / 1e3
+    return {
+        "seconds": round(wall, 2),
+        "commands_per_s": round(len(received) / wall, 1),
+        "latency_us_p50": round(float(np.percentile(lat, 50)), 1),
+        "latency_us_p99": round(float(np.percentile(lat, 99)), 1),
+        "latency_us_max": round(float(lat.max()), 1),
+        "cpu_percent": round(100.0 * (cpu_seconds(pid) - cpu0) / wall, 1),
+    }
+
+
+def run_once(bundle: Path, provider: str, trigger: str, args: argparse.Namespace, log_dir: Path) -> dict:
     overrides = {
         POLICY_NODE_NAME: {
             "control_rate_hz": float(args.rate),
             "execution_providers": [provider],
             "max_obs_age_s": args.max_obs_age_s,
             "adapt_every_n_steps": args.adapt_every,
-            **({"executor": args.executor} if args.executor else {}),
-            **({"trigger": args.trigger} if args.trigger else {}),
+            "trigger": trigger,
         }
     }
-    period_s = 1.0 / args.rate
     with NodeGraph(DEFAULT_PARAMS_FILE, bundle_path=bundle, overrides=overrides, log_dir=log_dir,
                    start_robot=False) as graph:
         # The robot driver: a node of its own on rclpy's EventsExecutor (the lightest way to spin here).
         node = rclpy.create_node("bench_robot_driver", context=graph.node.context)
         executor = EventsExecutor(context=graph.node.context)
         executor.add_node(node)
-        clock = node.get_clock()
-        joint_pub = node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
-        ee_pub = node.create_publisher(PoseStamped, "ee_pose", qos_profile_sensor_data)
-        object_pub = node.create_publisher(PoseStamped, "object_pose", qos_profile_sensor_data)
-        reward_pub = node.create_publisher(Float64, "reward", QoSProfile(depth=100))
-        end_pub = node.create_publisher(Bool, "episode_end", QoSProfile(depth=10))
         diagnostics: list[dict[str, str]] = []
 
         def on_diagnostics(array: DiagnosticArray) -> None:
@@ -101,90 +221,36 @@ def run_once(bundle: Path, provider: str, args: argparse.Namespace, log_dir: Pat
                 diagnostics.append(values)
 
         node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
-        latencies_ns: list[int] = []
-        received: list[int] = []
-        measuring = [False]
-
-        def on_twist(msg: TwistStamped) -> None:
-            now_ns = clock.now().nanoseconds
-            if measuring[0]:
-                stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                latencies_ns.append(now_ns - stamp_ns)
-                received.append(now_ns)
-            reward_pub.publish(Float64(data=-0.01))
-
-        node.create_subscription(TwistStamped, "cmd_twist", on_twist, QoSProfile(depth=100))
-
-        joints = JointState(name=list(PANDA_JOINTS), position=[0.0] * 9, velocity=[0.0] * 9, effort=[0.0] * 9)
-        joints.position[7] = joints.position[8] = 0.04
-        ee, obj = PoseStamped(), PoseStamped()
-        ee.header.frame_id = obj.header.frame_id = "world"
-        ee.pose.position.x, ee.pose.position.z = 0.5, 0.3
-        obj.pose.position.x, obj.pose.position.z = 0.5, 0.02
-        ee.pose.orientation.w = obj.pose.orientation.w = 1.0
-        pid = graph.processes[POLICY_NODE_NAME].pid
-
-        total_s = args.warmup_s + args.seconds
-        start = time.perf_counter()
-        next_tick = start
-        tick = 0
-        cpu0 = wall0 = ticks0 = None
-        while True:
-            now = time.perf_counter()
-            if now - start >= total_s:
-                break
-            if not measuring[0] and now - start >= args.warmup_s:
-                measuring[0] = True
-                cpu0, wall0 = cpu_seconds(pid), now
-                diag_at_start = len(diagnostics)
-            if now >= next_tick:
-                stamp = clock.now().to_msg()
-                joints.header.stamp = ee.header.stamp = obj.header.stamp = stamp
-                joint_pub.publish(joints)
-                ee_pub.publish(ee)
-                object_pub.publish(obj)
-                tick += 1
-                if args.episode_steps and tick % args.episode_steps == 0:
-                    end_pub.publish(Bool(data=False))
-                next_tick += period_s
-                if next_tick < now:  # fell behind: do not burst to catch up
-                    next_tick = now + period_s
-            executor.spin_once(timeout_sec=max(0.0, next_tick - time.perf_counter()))
-        wall = time.perf_counter() - wall0
-        cpu = cpu_seconds(pid) - cpu0
-        windows = diagnostics[diag_at_start + 1:]  # windows wholly inside the measurement
-        if not windows:
-            raise RuntimeError("no diagnostics from the policy node during the run")
-        ticks = [int(w["control_ticks"]) for w in windows]
-        p99 = np.array([float(w["loop_period_p99_ms"]) for w in windows])
-        p50 = np.array([float(w["loop_period_p50_ms"]) for w in windows]) if "loop_period_p50_ms" in windows[0] else None
-        adapt_steps = [int(w["adaptation_steps"]) for w in windows]
-        lat = np.array(latencies_ns, dtype=np.float64) / 1e3
-        result = {
-            "provider_requested": provider,
-            "provider": windows[-1]["execution_provider"],
-            "executor": args.executor or "default",
-            "trigger": args.trigger or "default",
-            "rate_hz_nominal": args.rate,
-            "seconds": round(wall, 2),
-            "commands_per_s": round(len(received) / wall, 1),
-            "node_ticks_per_s": round((ticks[-1] - ticks[0]) / max(1e-9, (len(ticks) - 1)), 1) if len(ticks) > 1 else None,
-            "loop_period_p99_ms_median_window": round(float(np.median(p99)), 3),
-            "loop_period_p99_ms_worst_window": round(float(p99.max()), 3),
-            "loop_period_p50_ms_median_window": round(float(np.median(p50)), 3) if p50 is not None else None,
-            "latency_us_p50": round(float(np.percentile(lat, 50)), 1),
-            "latency_us_p99": round(float(np.percentile(lat, 99)), 1),
-            "latency_us_max": round(float(lat.max()), 1),
-            "inference_latency_p50_ms": windows[-1]["inference_latency_p50_ms"],
-            "inference_latency_p99_ms": windows[-1]["inference_latency_p99_ms"],
-            "adapt_latency_p99_ms": windows[-1]["adapt_latency_p99_ms"],
-            "adaptation_steps_during_run": adapt_steps[-1] - adapt_steps[0],
-            "hold_ticks": int(windows[-1]["hold_ticks"]) - int(windows[0]["hold_ticks"]),
-            "node_cpu_percent": round(100.0 * cpu / wall, 1),
-        }
+        first = [0]
+        stats = drive(node, executor, args, graph.processes[POLICY_NODE_NAME].pid,
+                      on_measure_start=lambda: first.__setitem__(0, len(diagnostics)))
         executor.shutdown()
         node.destroy_node()
-        return result
+    windows = diagnostics[first[0] + 1:]  # windows wholly inside the measurement
+    if len(windows) < 2:
+        raise RuntimeError("too few diagnostics from the policy node during the run")
+    ticks = [int(w["control_ticks"]) for w in windows]
+    p99 = np.array([float(w["loop_period_p99_ms"]) for w in windows])
+    p50 = np.array([float(w["loop_period_p50_ms"]) for w in windows])
+    adapt_steps = [int(w["adaptation_steps"]) for w in windows]
+    nominal_ms = 1e3 / args.rate
+    return {
+        "target": "policy node",
+        "provider": windows[-1]["execution_provider"],
+        "trigger": windows[-1]["trigger"],
+        "rate_hz_nominal": args.rate,
+        "node_ticks_per_s": round((ticks[-1] - ticks[0]) / (len(ticks) - 1), 1),
+        "loop_period_p50_ms_median_window": round(float(np.median(p50)), 3),
+        "loop_period_p99_ms_median_window": round(float(np.median(p99)), 3),
+        "loop_period_p99_ms_worst_window": round(float(p99.max()), 3),
+        "loop_period_p99_deviation_ms_worst_window": round(float(p99.max() - nominal_ms), 3),
+        "inference_latency_p50_ms": windows[-1]["inference_latency_p50_ms"],
+        "inference_latency_p99_ms": windows[-1]["inference_latency_p99_ms"],
+        "adapt_latency_p99_ms": windows[-1]["adapt_latency_p99_ms"],
+        "adaptation_steps_during_run": adapt_steps[-1] - adapt_steps[0],
+        "hold_ticks_during_run": int(windows[-1]["hold_ticks"]) - int(windows[0]["hold_ticks"]),
+        **stats,
+    }
 
 
 def main() -> None:
@@ -198,10 +264,14 @@ def main() -> None:
     parser.add_argument("--episode-steps", type=int, default=1000, help="episode_end every N ticks (0: never)")
     parser.add_argument("--adapt-every", type=int, default=0, help="adapt_every_n_steps of the node")
     parser.add_argument("--max-obs-age-s", type=float, default=0.02)
-    parser.add_argument("--executor", default=None, help="policy node executor parameter")
-    parser.add_argument("--trigger", default=None, help="policy node trigger parameter")
+    parser.add_argument("--triggers", nargs="+", default=["timer", "joint_states"], help="one run per trigger")
+    parser.add_argument("--no-echo", action="store_true", help="skip the echo baseline")
+    parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
+    if args.serve_echo:
+        serve_echo()
+        return
 
     import onnxruntime
 
@@ -211,13 +281,16 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ros_control_loop_"))
     bundle = args.bundle or export_shipped_bundle(tmp)
     results = []
+    if not args.no_echo:
+        results.append(run_echo(args))
+        print(json.dumps(results[-1], indent=1), flush=True)
     for provider in args.providers:
         if PROVIDER_ALIASES.get(provider, provider) not in available:
             print(f"[skip] {provider}: not offered by this onnxruntime ({sorted(available)})")
             continue
-        result = run_once(bundle, provider, args, tmp / f"logs_{provider}")
-        print(json.dumps(result, indent=1))
-        results.append(result)
+        for trigger in args.triggers:
+            results.append(run_once(bundle, provider, trigger, args, tmp / f"logs_{provider}_{trigger}"))
+            print(json.dumps(results[-1], indent=1), flush=True)
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
               "command": " ".join(sys.argv), "results": results}

@@ -308,3 +308,36 @@ def test_diagnostic_levels():
     assert level == LEVEL_ERROR and "j1" in message
     assert diagnostic_level(None, "reload failed", 0.1, 0.1)[0] == LEVEL_WARN
     assert diagnostic_level(None, None, 0.2, 0.1)[0] == LEVEL_WARN
+
+
+def _joint_spec(mode: str) -> ActionSpec:
+    return ActionSpec.from_manifest(
+        {"mode": mode, "dim": 2, "names": ["j1", "j2"], "low": [-2.0, -2.0], "high": [2.0, 2.0],
+         "joint_names": ["j1", "j2"]}
+    )
+
+
+def test_joint_velocity_speed_cap_and_rate_limit():
+    filt = CommandFilter(_joint_spec("joint_velocity"), SafetyLimits(max_joint_speed=0.5, max_joint_velocity_step=0.2))
+    np.testing.assert_allclose(filt.filter([1.5, -0.1]).values, [0.2, -0.1])  # from rest, 0.2 per tick
+    np.testing.assert_allclose(filt.filter([1.5, -0.1]).values, [0.4, -0.1])
+    np.testing.assert_allclose(filt.filter([1.5, -0.1]).values, [0.5, -0.1])  # capped at 0.5
+    np.testing.assert_allclose(filt.hold(Hold(HoldKind.STALE, "x")).values, [0.0, 0.0])
+
+
+def test_joint_position_steps_are_limited_from_the_measured_position():
+    filt = CommandFilter(_joint_spec("joint_position"), SafetyLimits(max_joint_speed=1.0), control_period_s=0.01)
+    assert not filt.has_commanded_joints
+    with pytest.raises(ValueError, match="measured joint positions"):
+        filt.filter([1.0, 1.0])
+    first = filt.filter([1.0, -1.0], joint_positions=np.array([0.5, 0.0]))
+    np.testing.assert_allclose(first.values, [0.51, -0.01])  # 1 rad/s x 10 ms from where the joints are
+    np.testing.assert_allclose(filt.filter([1.0, -1.0]).values, [0.52, -0.02])
+    # A hold keeps position commands where they were (no velocity dimensions to zero).
+    np.testing.assert_allclose(filt.hold(Hold(HoldKind.STALE, "x")).values, [0.52, -0.02])
+
+
+def test_gradient_cadence_adapts_when_its_episodes_are_complete():
+    schedule = AdaptationSchedule("episodes", every_n_steps=5, episodes_per_step=3)
+    assert not schedule.after_step(100)
+    assert not schedule.at_episode_end(2) and schedule.at_episode_end(3)
