@@ -1,13 +1,20 @@
-"""metarl-robot: train, evaluate, export, verify and demo meta-policies."""
+"""metarl-robot: train, evaluate, export, verify, demo and deploy meta-policies."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # ROS 2 is imported lazily: the rest of the CLI works without rclpy
+    from ros_nodes.graph import NodeGraph
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CHECKPOINT = REPO_ROOT / "models" / "grasp_context_ppo" / "checkpoint.pt"
@@ -180,6 +187,152 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return subprocess.call(command, env=env, cwd=REPO_ROOT)
 
 
+def _parameter_file_sections(*paths: Path) -> dict[str, dict[str, Any]]:
+    """``{node name: ros__parameters}`` merged over ROS 2 parameter files, later files winning."""
+    import yaml
+
+    merged: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        try:
+            content = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"parameter file {str(path)!r} is not valid YAML: {err}") from None
+        if not isinstance(content, dict):
+            raise ValueError(f"parameter file {str(path)!r} is not a mapping of node names to ros__parameters")
+        for key, section in content.items():
+            if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
+                merged.setdefault(str(key).lstrip("/"), {}).update(section["ros__parameters"])
+    return merged
+
+
+def parse_node_overrides(
+    items: Sequence[str], node_names: Sequence[str], reference: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``--set NODE.PARAM=VALUE`` items as ``{node: {param: value}}``, values parsed with ``yaml.safe_load``.
+
+    ``NODE`` must be one of ``node_names``. Where ``reference`` (the parameter files' sections) holds
+    the parameter, its type guides the parse: an integer for a float parameter becomes a float (ROS 2
+    refuses 50 for a double), and a string parameter takes the text as given. Raises ``ValueError``
+    naming the item.
+    """
+    import yaml
+
+    from ros_nodes import POLICY_NODE_NAME, SIM_ROBOT_NODE_NAME
+
+    reference = reference or {}
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, equals, text = item.partition("=")
+        node, dot, param = key.strip().partition(".")
+        if not equals or not dot or not node or not param:
+            raise ValueError(f"--set {item!r}: expected NODE.PARAM=VALUE, e.g. {POLICY_NODE_NAME}.control_rate_hz=50.0")
+        if node not in node_names:
+            hint = " (the simulated robot runs only with --sim)" if node == SIM_ROBOT_NODE_NAME else ""
+            raise ValueError(f"--set {item!r}: no node {node!r} in this graph{hint}; its nodes: {', '.join(node_names)}")
+        if node == POLICY_NODE_NAME and param == "bundle_path":
+            raise ValueError(f"--set {item!r}: give the bundle with --bundle DIR")
+        known = reference.get(node, {}).get(param)
+        if isinstance(known, str):
+            value: Any = text  # a string parameter takes the text as given (task_yaml='{mass: 0.2}', frame 123)
+        else:
+            try:
+                value = yaml.safe_load(text) if text.strip() else ""
+            except yaml.YAMLError as err:
+                raise ValueError(f"--set {item!r}: the value is not valid YAML: {err}") from None
+            if value is None or isinstance(value, dict):
+                raise ValueError(f"--set {item!r}: a parameter value is a number, string, boolean or list")
+            if isinstance(known, float) and type(value) is int:
+                value = float(value)
+        overrides.setdefault(node, {})[param] = value
+    return overrides
+
+
+def _say(message: str) -> None:
+    print(f"[deploy] {message}", flush=True)
+
+
+def _print_interfaces(graph: NodeGraph, node_name: str) -> None:
+    """The node's topics and own services as the ROS graph shows them."""
+    interfaces = graph.node_interfaces(node_name)
+    everywhere = {"/rosout", "/parameter_events"}
+    for kind in ("subscriptions", "publishers", "services"):
+        entries = [(name, types) for name, types in interfaces[kind] if name not in everywhere]
+        if entries:
+            _say(f"{graph.node_path(node_name)} {kind}:")
+            width = max(len(name) for name, _ in entries)
+            for name, types in entries:
+                print(f"           {name:<{width}}  {types}", flush=True)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    bundle = Path(args.bundle).expanduser().resolve()
+    if not bundle.is_dir():
+        return _fail(f"bundle directory {bundle} does not exist (export one with `metarl-robot export CKPT --out DIR`)")
+    if not (bundle / "manifest.json").is_file():
+        return _fail(f"{bundle} is not a bundle: it has no manifest.json")
+    if args.duration is not None and args.duration <= 0:
+        return _fail("--duration must be > 0 seconds")
+    try:
+        # ros_nodes first: it keeps DDS discovery on loopback before rclpy loads.
+        from ros_nodes import POLICY_NODE_NAME, SIM_ROBOT_NODE_NAME
+        from ros_nodes.graph import DEFAULT_PARAMS_FILE, GraphError, NodeGraph
+    except ImportError as err:
+        return _fail(f"deploy needs ROS 2's Python packages (rclpy and the message packages; "
+                     f"`pip install -e '.[ros]'` or source a ROS 2 install): {err}")
+    params = Path(args.params).expanduser().resolve() if args.params else DEFAULT_PARAMS_FILE
+    if not params.is_file():
+        return _fail(f"parameter file {params} does not exist")
+    node_names = [POLICY_NODE_NAME] + ([SIM_ROBOT_NODE_NAME] if args.sim else [])
+    try:
+        reference = _parameter_file_sections(DEFAULT_PARAMS_FILE, params)
+        overrides = parse_node_overrides(args.set, node_names, reference)
+        graph = NodeGraph(params, bundle_path=bundle, overrides=overrides, log_dir=args.log_dir,
+                          start_robot=args.sim, namespace=args.namespace)
+    except (ValueError, GraphError) as err:
+        return _fail(str(err))
+
+    def stop_on_signal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # SIGINT too: a process started in the background of a script inherits SIGINT ignored.
+    previous = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    running = False
+    try:
+        discovery = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "")
+        _say(f"starting {', '.join(graph.node_path(n) for n in node_names)} on ROS_DOMAIN_ID={graph.domain_id} "
+             f"(ROS_AUTOMATIC_DISCOVERY_RANGE={discovery}), parameters {params}")
+        graph.start()
+        running = True
+        _say(f"{graph.node_path(POLICY_NODE_NAME)}: {graph.lifecycle_state()} (bundle {bundle})")
+        if args.sim:
+            _say(f"{graph.node_path(SIM_ROBOT_NODE_NAME)}: running (the simulated robot)")
+        else:
+            _say("no robot started: the policy holds until the robot's joint_states and pose topics arrive")
+        _print_interfaces(graph, POLICY_NODE_NAME)
+        for name, path in graph.log_paths.items():
+            _say(f"{name} log: {path}")
+        until = f"for {args.duration:g} s" if args.duration else "until Ctrl-C or SIGTERM"
+        _say(f"running {until}")
+        end = time.monotonic() + args.duration if args.duration else None
+        while end is None or time.monotonic() < end:
+            graph.check_alive()
+            graph.spin_for(0.5 if end is None else max(0.0, min(0.5, end - time.monotonic())))
+        _say("duration reached; stopping (the policy publishes a hold first)")
+    except KeyboardInterrupt:
+        _say("stopping (the policy publishes a hold first)" if running else "interrupted while starting")
+    except GraphError as err:
+        print(f"metarl-robot: error: {err}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        graph.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not running:
+        return 130
+    _say("stopped")
+    return 0
+
+
 def _gif_tasks(args: argparse.Namespace, env, env_id: str, registry: dict, config: dict | None):
     """The task to record: index ``--index`` of a task file, or of a split of the env's task distribution."""
     from metarl_robot.algos.context_ppo.algo import resolve
@@ -273,7 +426,7 @@ def cmd_gif(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metarl-robot", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,export,verify,demo,gif}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,export,verify,demo,deploy,gif}")
 
     p = sub.add_parser("train", help="meta-train a policy; writes checkpoints, TensorBoard logs and the resolved config")
     p.add_argument("--config", default=str(SHIPPED_CONFIG), help="YAML config (default: %(default)s)")
@@ -324,6 +477,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "shipped policy fails first and grasps after adapting, in `metarl-robot eval`)")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "deploy",
+        help="run a bundle under ROS 2: the policy lifecycle node, active (with --sim: beside the simulated Panda)",
+        description="Start the node graph of launch/policy.launch.py (or, with --sim, sim_grasp.launch.py) "
+        "without ROS 2 launch, drive the policy node to active, print what runs, and run until Ctrl-C or "
+        "SIGTERM; then the policy publishes a hold and the nodes stop. Uses the caller's ROS_DOMAIN_ID and "
+        "keeps DDS discovery on loopback unless ROS_AUTOMATIC_DISCOVERY_RANGE is set.",
+    )
+    p.add_argument("--bundle", required=True, help="exported bundle directory")
+    p.add_argument("--sim", action="store_true", help="also start the simulated Panda (metarl_sim_robot_node)")
+    p.add_argument("--params", help="ROS 2 parameter file (default: launch/params.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                   help="override a node parameter, e.g. metarl_policy_node.control_rate_hz=50.0 (value parsed as YAML)")
+    p.add_argument("--log-dir", help="write each node's output to LOG_DIR/<node>.log (default: this terminal)")
+    p.add_argument("--namespace", default="", help="namespace of the nodes and their topics (default: none)")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="stop after this long (default: run until Ctrl-C or SIGTERM)")
+    p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("gif", help="record one episode of an env as an animated GIF")
     p.add_argument("--env-id", required=True,

@@ -1,9 +1,10 @@
-"""Start the grasp demo's node graph without ``launch_ros``: ``python -m ros_nodes.graph``.
+"""Start the node graph of the launch files without ``launch_ros``: ``python -m ros_nodes.graph``.
 
 :class:`NodeGraph` runs the policy node and the simulated robot as child processes with the same
-parameter file the launch file uses (``--ros-args --params-file``), discovery on loopback and the
-caller's ``ROS_DOMAIN_ID``, drives the policy node to *active* through its lifecycle services, and
-stops everything on exit (children that outlive a killed graph process exit on their own)::
+parameter file the launch files use (``--ros-args --params-file``), discovery on loopback and the
+caller's ``ROS_DOMAIN_ID``, optionally in a namespace, drives the policy node to *active* through its
+lifecycle services, and stops everything on exit (children that outlive a killed graph process exit
+on their own). ``metarl-robot deploy`` is built on it. ::
 
     with NodeGraph("launch/params.yaml", bundle_path="bundles/grasp", log_dir="out") as graph:
         results = graph.collect(String, "/metarl_sim_robot_node/episode_result")
@@ -32,12 +33,13 @@ import yaml
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.msg import SetParametersResult
-from rcl_interfaces.srv import SetParameters
+from rcl_interfaces.srv import GetParameters, ListParameters, SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.parameter import Parameter
+from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import QoSProfile
 from rclpy.signals import SignalHandlerOptions
+from rclpy.validate_namespace import validate_namespace
 from std_srvs.srv import SetBool, Trigger
 
 from ros_nodes import POLICY_NODE_NAME, SIM_ROBOT_NODE_NAME
@@ -59,6 +61,22 @@ class GraphError(RuntimeError):
     """The graph could not be started or driven; the message says which node and why."""
 
 
+def normalize_namespace(namespace: str | None) -> str:
+    """``""`` for the root namespace, else the absolute form (``robot1`` -> ``/robot1``).
+
+    Raises :class:`GraphError` naming the problem when ``namespace`` is not a valid ROS 2 namespace.
+    """
+    text = (namespace or "").strip()
+    if text in ("", "/"):
+        return ""
+    text = "/" + text.strip("/")
+    try:
+        validate_namespace(text)
+    except Exception as err:  # rclpy's InvalidNamespaceException says which character and where
+        raise GraphError(f"namespace {namespace!r} is not a valid ROS 2 namespace: {err}") from None
+    return text
+
+
 class NodeGraph:
     """The policy node and the simulated robot as child processes, plus a driver node to talk to them.
 
@@ -67,6 +85,10 @@ class NodeGraph:
     ``log_dir`` receives ``<node>.log`` with each child's output and the ROS log files; without it
     the children write to this process's terminal. ``activate=False`` leaves the policy node
     unconfigured. ``start_robot=False`` starts only the policy node (for a real robot).
+    ``namespace`` puts every node (the driver too) in that namespace (``--ros-args -r __ns:=/ns``):
+    their relative topics move with it, the node sections of the parameter files still apply, and
+    the lifecycle and parameter calls below address the namespaced nodes. An override naming a
+    parameter the node does not declare fails :meth:`start` instead of being silently ignored.
     """
 
     def __init__(
@@ -79,6 +101,7 @@ class NodeGraph:
         domain_id: int | None = None,
         activate: bool = True,
         start_robot: bool = True,
+        namespace: str | None = None,
         startup_timeout_s: float = 60.0,
     ) -> None:
         self.params_file = Path(params_file) if params_file else None
@@ -87,6 +110,8 @@ class NodeGraph:
             self.overrides.setdefault(POLICY_NODE_NAME, {})["bundle_path"] = str(Path(bundle_path).resolve())
         self.log_dir = Path(log_dir) if log_dir else None
         self.domain_id = int(domain_id if domain_id is not None else os.environ.get("ROS_DOMAIN_ID", "0"))
+        self.namespace = normalize_namespace(namespace)
+        """``""`` (root) or the absolute namespace of every node of the graph."""
         self.activate_on_start = activate
         self.node_names = [POLICY_NODE_NAME] + ([SIM_ROBOT_NODE_NAME] if start_robot else [])
         self.startup_timeout_s = startup_timeout_s
@@ -95,6 +120,7 @@ class NodeGraph:
         self._log_files: list[Any] = []
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._overrides_file: Path | None = None
+        self._namespaced_params_file: Path | None = None
         self._context: rclpy.Context | None = None
         self._executor: SingleThreadedExecutor | None = None
         self.node: Node | None = None
@@ -121,11 +147,18 @@ class NodeGraph:
             env["ROS_LOG_DIR"] = str(self.log_dir / "ros_logs")
         return env
 
+    def node_path(self, node_name: str) -> str:
+        """The fully qualified name of ``node_name`` in this graph (``/ns/metarl_policy_node``)."""
+        return f"{self.namespace}/{node_name}"
+
     def command(self, node_name: str) -> list[str]:
         """The command line that starts ``node_name``."""
         cmd = [sys.executable, "-m", NODE_MODULES[node_name], "--ros-args"]
-        if self.params_file is not None:
-            cmd += ["--params-file", str(self.params_file)]
+        if self.namespace:
+            cmd += ["-r", f"__ns:={self.namespace}"]
+        params_file = self._namespaced_params_file or self.params_file
+        if params_file is not None:
+            cmd += ["--params-file", str(params_file)]
         if self._overrides_file is not None:
             cmd += ["--params-file", str(self._overrides_file)]
         return cmd
@@ -137,9 +170,10 @@ class NodeGraph:
         try:
             self._start_processes()
             self._start_driver()
-            self.wait_for_service(f"/{POLICY_NODE_NAME}/change_state", ChangeState)
+            self.wait_for_service(f"{self.node_path(POLICY_NODE_NAME)}/change_state", ChangeState)
             if SIM_ROBOT_NODE_NAME in self.processes:
-                self.wait_for_service(f"/{SIM_ROBOT_NODE_NAME}/set_parameters", SetParameters)
+                self.wait_for_service(f"{self.node_path(SIM_ROBOT_NODE_NAME)}/set_parameters", SetParameters)
+            self._check_overrides()
             if self.activate_on_start:
                 self.change_state("configure")
                 self.change_state("activate")
@@ -147,16 +181,65 @@ class NodeGraph:
             self.stop()
             raise
 
-    def _start_processes(self) -> None:
-        if self.overrides:
-            if self.log_dir is not None:
-                target_dir = self.log_dir
-            else:
+    def _check_overrides(self) -> None:
+        """Refuse overrides a node did not take: undeclared names, or values it does not hold (wrong type).
+
+        ROS 2 ignores a parameter file's undeclared parameters without a word, so this asks each node.
+        """
+        for name, params in self.overrides.items():
+            if name not in self.processes or not params:
+                continue
+            path = self.node_path(name)
+            declared = set(self.call(ListParameters, f"{path}/list_parameters", ListParameters.Request()).result.names)
+            unknown = sorted(set(params) - declared)
+            if unknown:
+                raise GraphError(
+                    f"{name} declares no parameter {', '.join(map(repr, unknown))}; "
+                    f"it declares: {', '.join(sorted(declared))}"
+                )
+            names = list(params)
+            values = self.call(GetParameters, f"{path}/get_parameters", GetParameters.Request(names=names)).values
+            for param, value in zip(names, values):
+                actual = parameter_value_to_python(value)
+                if not _same_value(params[param], actual):
+                    raise GraphError(
+                        f"{name} did not take {param}={params[param]!r} (it holds {actual!r}): "
+                        f"the value has the wrong type or is out of range; see the node's log"
+                    )
+
+    def _work_dir(self) -> Path:
+        """Where the generated parameter files go: the log directory, else a temporary one."""
+        if self.log_dir is not None:
+            target_dir = self.log_dir
+        else:
+            if self._tmp is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="metarl_graph_")
-                target_dir = Path(self._tmp.name)
-            target_dir.mkdir(parents=True, exist_ok=True)
-            self._overrides_file = target_dir / "graph_overrides.yaml"
-            content = {name: {"ros__parameters": params} for name, params in self.overrides.items()}
+            target_dir = Path(self._tmp.name)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        return target_dir
+
+    def _node_key(self, name: str) -> str:
+        """The key of a node's section in a parameter file: its name, or its full name in a namespace.
+
+        A section keyed by the bare node name matches only the node in the root namespace.
+        """
+        return self.node_path(name) if self.namespace else name
+
+    def _start_processes(self) -> None:
+        if self.namespace and self.params_file is not None:
+            # Re-key the file's sections of bare node names so they still apply in the namespace.
+            content = yaml.safe_load(self.params_file.read_text()) or {}
+            if not isinstance(content, dict):
+                raise GraphError(f"parameter file {str(self.params_file)!r} is not a mapping of node names")
+            rekeyed = {
+                (self._node_key(key) if isinstance(key, str) and "/" not in key and "*" not in key else key): value
+                for key, value in content.items()
+            }
+            self._namespaced_params_file = self._work_dir() / "graph_params.yaml"
+            self._namespaced_params_file.write_text(yaml.safe_dump(rekeyed, sort_keys=False))
+        if self.overrides:
+            self._overrides_file = self._work_dir() / "graph_overrides.yaml"
+            content = {self._node_key(name): {"ros__parameters": params} for name, params in self.overrides.items()}
             self._overrides_file.write_text(yaml.safe_dump(content, sort_keys=False))
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +265,9 @@ class NodeGraph:
     def _start_driver(self) -> None:
         self._context = rclpy.Context()
         rclpy.init(context=self._context, domain_id=self.domain_id, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node(f"metarl_graph_driver_{os.getpid()}", context=self._context)
+        self.node = rclpy.create_node(
+            f"metarl_graph_driver_{os.getpid()}", namespace=self.namespace or None, context=self._context
+        )
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self.node)
 
@@ -219,7 +304,10 @@ class NodeGraph:
         return True
 
     def collect(self, msg_type: type, topic: str, qos: QoSProfile | int = 100) -> list:
-        """Subscribe the driver node to ``topic``; the returned list fills as messages arrive while spinning."""
+        """Subscribe the driver node to ``topic``; the returned list fills as messages arrive while spinning.
+
+        A relative ``topic`` resolves in the graph's namespace, as the nodes' own relative topics do.
+        """
         messages: list = []
         self.node.create_subscription(msg_type, topic, messages.append, qos)
         return messages
@@ -261,13 +349,13 @@ class NodeGraph:
         request = SetParameters.Request(
             parameters=[Parameter(name, value=value).to_parameter_msg() for name, value in values.items()]
         )
-        return list(self.call(SetParameters, f"/{node_name}/set_parameters", request).results)
+        return list(self.call(SetParameters, f"{self.node_path(node_name)}/set_parameters", request).results)
 
     def change_state(self, transition: str) -> None:
         """Run a lifecycle transition of the policy node; raises :class:`GraphError` if it fails."""
         request = ChangeState.Request()
         request.transition.id = TRANSITIONS[transition]
-        response = self.call(ChangeState, f"/{POLICY_NODE_NAME}/change_state", request)
+        response = self.call(ChangeState, f"{self.node_path(POLICY_NODE_NAME)}/change_state", request)
         if not response.success:
             raise GraphError(
                 f"{POLICY_NODE_NAME}: transition {transition!r} failed (state: {self.lifecycle_state()}); "
@@ -276,7 +364,44 @@ class NodeGraph:
 
     def lifecycle_state(self) -> str:
         """The policy node's lifecycle state label (``unconfigured``, ``inactive``, ``active``, ...)."""
-        return self.call(GetState, f"/{POLICY_NODE_NAME}/get_state").current_state.label
+        return self.call(GetState, f"{self.node_path(POLICY_NODE_NAME)}/get_state").current_state.label
+
+    def node_interfaces(self, node_name: str, timeout_s: float = 3.0) -> dict[str, list[tuple[str, str]]]:
+        """``{"publishers"|"subscriptions"|"services": [(name, type), ...]}`` of a running node.
+
+        From the ROS graph as this process has discovered it; waits up to ``timeout_s`` for the node's
+        topics to be seen (until they stop changing). Types are written ``pkg/msg/Type``; the parameter,
+        lifecycle and logger services every node offers are left out of ``services``.
+        """
+        namespace = self.namespace or "/"
+        node = self.node
+
+        def lookup() -> dict[str, list[tuple[str, str]]]:
+            found = {}
+            for key, get in (
+                ("publishers", node.get_publisher_names_and_types_by_node),
+                ("subscriptions", node.get_subscriber_names_and_types_by_node),
+                ("services", node.get_service_names_and_types_by_node),
+            ):
+                try:
+                    entries = get(node_name, namespace)
+                except Exception:  # the node is not discovered yet
+                    entries = []
+                found[key] = sorted((name, ", ".join(types)) for name, types in entries)
+            found["services"] = [
+                (name, kind) for name, kind in found["services"] if not _is_standard_service(kind)
+            ]
+            return found
+
+        # Discovery brings a node's endpoints in over a few moments: wait until they stop changing.
+        result, unchanged = lookup(), 0
+        end = time.monotonic() + timeout_s
+        while unchanged < 3 and time.monotonic() < end:
+            self.spin_for(0.1)
+            latest = lookup()
+            unchanged = unchanged + 1 if latest == result and latest["publishers"] else 0
+            result = latest
+        return result
 
     # -------------------------------------------------------------------------------- shutdown
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -306,6 +431,26 @@ class NodeGraph:
             self._tmp = None
 
 
+def _same_value(expected: Any, actual: Any) -> bool:
+    """Whether a node's parameter value is the one asked for (1 and 1.0 alike; lists element-wise)."""
+    if isinstance(expected, (list, tuple)):
+        return (isinstance(actual, (list, tuple)) and len(actual) == len(expected)
+                and all(_same_value(e, a) for e, a in zip(expected, actual)))
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return type(expected) is type(actual) and expected == actual
+    if isinstance(expected, (int, float)) and isinstance(actual, (int, float)):
+        return float(expected) == float(actual)
+    return expected == actual
+
+
+_STANDARD_SERVICE_PACKAGES = ("rcl_interfaces/srv/", "lifecycle_msgs/srv/", "type_description_interfaces/srv/")
+
+
+def _is_standard_service(kind: str) -> bool:
+    """The parameter, lifecycle, logger-level and type-description services rclpy adds to every node."""
+    return kind.startswith(_STANDARD_SERVICE_PACKAGES)
+
+
 def _terminate(process: subprocess.Popen, timeout_s: float) -> None:
     for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         if process.poll() is not None:
@@ -325,16 +470,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bundle", help="bundle directory; overrides the policy node's bundle_path")
     parser.add_argument("--log-dir", help="write each node's output to <log-dir>/<node>.log")
     parser.add_argument("--no-robot", action="store_true", help="start only the policy node (real robot)")
+    parser.add_argument("--namespace", default="", help="namespace of the nodes and their topics (default: none)")
     args = parser.parse_args(argv)
 
     def stop_on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)
-    graph = NodeGraph(args.params, bundle_path=args.bundle, log_dir=args.log_dir, start_robot=not args.no_robot)
+    try:
+        graph = NodeGraph(args.params, bundle_path=args.bundle, log_dir=args.log_dir, start_robot=not args.no_robot,
+                          namespace=args.namespace)
+    except GraphError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         graph.start()
-        print(f"graph running on ROS_DOMAIN_ID={graph.domain_id}: {', '.join(graph.node_names)}; Ctrl-C to stop")
+        names = ", ".join(graph.node_path(name) for name in graph.node_names)
+        print(f"graph running on ROS_DOMAIN_ID={graph.domain_id}: {names}; Ctrl-C to stop")
         for name, path in graph.log_paths.items():
             print(f"  {name} log: {path}")
         while True:
