@@ -502,6 +502,7 @@ class PolicyNode(LifecycleNode):
 
     def _reset_counters(self) -> None:
         self._loop_period = LatencyStats()
+        self._step_latency = LatencyStats()
         self._ticks = self._holds = 0
         self._episodes = self._successes = 0
         self._adaptations_since_reset = 0
@@ -618,25 +619,29 @@ class PolicyNode(LifecycleNode):
         obs = self._observe(self._now_s())
         fresh_obs = obs if isinstance(obs, np.ndarray) else None
         closed = self._recorder.close(fresh_obs)
-        if self._adaptation_enabled:
-            self._learn(closed.transition, closed.episode_ended)
+        learn = self._adaptation_enabled
+        if learn:  # before act(): the controller pairs a transition with the action it last sent
+            self._record(closed.transition)
 
         if fresh_obs is None:
             self._hold_with(obs)
-            return
-        try:
-            measured = None
-            if policy.action.mode == JOINT_POSITION and not filt.has_commanded_joints:
-                measured = self._measured_joint_positions(policy.action.joint_names)
-            command = filt.filter(policy.controller.act(fresh_obs), measured)
-        except ValueError as err:
-            self._hold_with(Hold(HoldKind.POLICY_ERROR, str(err)))
-            return
-        self._publish_command(command)
-        self._recorder.open(fresh_obs, command.values)
-        if self._hold is not None:
-            self.get_logger().info(f"resuming after hold ({self._hold})")
-        self._hold = None
+        else:
+            try:
+                measured = None
+                if policy.action.mode == JOINT_POSITION and not filt.has_commanded_joints:
+                    measured = self._measured_joint_positions(policy.action.joint_names)
+                command = filt.filter(policy.controller.act(fresh_obs), measured)
+            except ValueError as err:
+                self._hold_with(Hold(HoldKind.POLICY_ERROR, str(err)))
+            else:
+                self._publish_command(command)
+                self._recorder.open(fresh_obs, command.values)
+                if self._hold is not None:
+                    self.get_logger().info(f"resuming after hold ({self._hold})")
+                self._hold = None
+        self._step_latency.record(time.perf_counter() - tick_start)
+        if learn:  # after the command is out: an adaptation step never delays it
+            self._maybe_adapt(closed.episode_ended)
 
     def _measured_joint_positions(self, names: Sequence[str]) -> np.ndarray | None:
         sample = self._joint_state
@@ -654,17 +659,20 @@ class PolicyNode(LifecycleNode):
             self.get_logger().warning(f"holding: {reason}")
         self._hold = reason
 
-    def _learn(self, transition: Transition | None, episode_ended: bool) -> None:
+    def _record(self, transition: Transition | None) -> None:
+        if transition is None:
+            return
+        try:
+            self._policy.controller.observe(
+                transition.obs, transition.command, transition.reward, transition.next_obs, transition.done
+            )
+            self._steps_since_adapt += 1
+        except ValueError as err:
+            self._last_error = f"dropped a transition: {err}"
+            self.get_logger().warning(self._last_error, throttle_duration_sec=5.0)
+
+    def _maybe_adapt(self, episode_ended: bool) -> None:
         controller = self._policy.controller
-        if transition is not None:
-            try:
-                controller.observe(
-                    transition.obs, transition.command, transition.reward, transition.next_obs, transition.done
-                )
-                self._steps_since_adapt += 1
-            except ValueError as err:
-                self._last_error = f"dropped a transition: {err}"
-                self.get_logger().warning(self._last_error, throttle_duration_sec=5.0)
         at_end = episode_ended and self._schedule.at_episode_end(self._policy.episodes_ready())
         if at_end or self._schedule.after_step(self._steps_since_adapt):
             try:
@@ -769,6 +777,8 @@ class PolicyNode(LifecycleNode):
                 "control_rate_hz": f"{policy.control_rate_hz:g}",
                 "inference_latency_p50_ms": _format_ms(controller.act_latency.p50_s),
                 "inference_latency_p99_ms": _format_ms(controller.act_latency.p99_s),
+                "step_latency_p50_ms": _format_ms(self._step_latency.p50_s),
+                "step_latency_p99_ms": _format_ms(self._step_latency.p99_s),
                 "loop_period_p50_ms": _format_ms(self._loop_period.p50_s),
                 "loop_period_p99_ms": _format_ms(self._loop_period.p99_s),
                 "trigger": self._trigger,
