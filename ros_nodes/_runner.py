@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import rclpy
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
@@ -38,7 +40,13 @@ def run_node(
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     node: Node | None = None
     try:
-        node = make_node()
+        try:
+            node = make_node()
+        except (InvalidParameterTypeException, InvalidParameterValueException) as err:
+            # A bad value in a parameter file or on the command line: say which, without a traceback.
+            print(f"error: {err}; fix the parameter file or the --ros-args -p value", file=sys.stderr)
+            rclpy.try_shutdown()
+            raise SystemExit(2) from None
         _exit_with_parent(node)
         executor = make_executor(node)
         executor.add_node(node)

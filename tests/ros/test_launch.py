@@ -114,12 +114,6 @@ def test_launch_file_compiles_and_has_a_launch_description(path, tmp_path):
     assert _launch_configurations(tree) <= _declared_launch_arguments(tree)
 
 
-def test_grasp_demo_launch_file_is_gone():
-    assert not (LAUNCH_DIR / "grasp_demo.launch.py").exists()
-    for path in (REPO_ROOT / "README.md", PACKAGE_DIR / "setup.cfg", PACKAGE_DIR / "package.xml", REPO_ROOT / "setup.py"):
-        assert "grasp_demo.launch" not in path.read_text(), path
-
-
 def test_launch_files_name_the_nodes_the_package_installs():
     policy = _node_actions(ast.parse(POLICY_LAUNCH.read_text()))
     assert set(policy) == {"LifecycleNode"}
