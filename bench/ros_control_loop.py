@@ -10,6 +10,7 @@ The policy node runs as a child process (``ros_nodes.graph``), one run per execu
 Reported per run:
 
 * achieved rate: policy commands received per second, and the node's control ticks per second;
+* control step latency: the node's own measure of one step, start to command published;
 * loop period: the node's own tick-to-tick periods, p50/p99 and p99 deviation from the nominal period
   (read from its ``/diagnostics``, one window of 1000 ticks per second; the worst window is reported);
 * observation-to-command latency: receive time of each ``cmd_twist`` minus its header stamp, which the
@@ -244,6 +245,8 @@ def run_once(bundle: Path, provider: str, trigger: str, args: argparse.Namespace
         "loop_period_p99_ms_median_window": round(float(np.median(p99)), 3),
         "loop_period_p99_ms_worst_window": round(float(p99.max()), 3),
         "loop_period_p99_deviation_ms_worst_window": round(float(p99.max() - nominal_ms), 3),
+        "step_latency_p50_ms": windows[-1]["step_latency_p50_ms"],
+        "step_latency_p99_ms": windows[-1]["step_latency_p99_ms"],
         "inference_latency_p50_ms": windows[-1]["inference_latency_p50_ms"],
         "inference_latency_p99_ms": windows[-1]["inference_latency_p99_ms"],
         "adapt_latency_p99_ms": windows[-1]["adapt_latency_p99_ms"],

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import math
 import sys
 import time
@@ -107,7 +108,8 @@ PARAMETER_HELP = {
     "bundle_path": "exported bundle directory; read at configure and by ~/reload_bundle",
     "control_rate_hz": "control loop rate in Hz, 0 = the bundle's control_rate_hz; read at configure and reload",
     "trigger": "timer: a control step every 1/control_rate_hz; joint_states: a control step on every joint state "
-    "received (the robot's state stream sets the rate) with a watchdog step at control_rate_hz when it stops; "
+    "received (the robot's state stream sets the rate), and watchdog steps every max(1/control_rate_hz, "
+    "max_obs_age_s/4) while it stops; "
     "read at configure",
     "execution_providers": "onnxruntime execution providers in order of preference (cuda, tensorrt, cpu); "
     "read at configure and reload",
@@ -355,6 +357,9 @@ class PolicyNode(LifecycleNode):
             self._filter.set_limits(self._limits)
         if self._policy is not None:
             self._policy.assembler.max_obs_age_s = self._param("max_obs_age_s")
+            timer = self._control_timer
+            if timer is not None and abs(timer.timer_period_ns * 1e-9 - self._timer_period_s()) > 1e-9:
+                self._create_control_timer()
             self._schedule = self._policy.schedule(self._param("adapt_every_n_steps"))
             if isinstance(self._policy.controller, GradientController):
                 # Exploration noise is what a policy-gradient step learns from; frozen means the mean action.
@@ -440,6 +445,10 @@ class PolicyNode(LifecycleNode):
         self._last_tick_s = None
         self._active = True
         self._control_timer.reset()
+        # Everything loaded so far lives as long as the node: keep the cyclic collector off it, so a
+        # full collection does not walk onnxruntime's and rclpy's objects in the middle of a tick.
+        gc.collect()
+        gc.freeze()
         self.get_logger().info("active: commanding the robot")
         return result
 
@@ -535,12 +544,18 @@ class PolicyNode(LifecycleNode):
             self._gripper_pub = self.create_lifecycle_publisher(Float64MultiArray, "gripper_command", events)
         self._create_control_timer()
 
+    def _timer_period_s(self) -> float:
+        """The control period; with trigger ``joint_states`` the watchdog's, which need not be faster
+        than a quarter of ``max_obs_age_s`` (each rclpy timer call costs tens of microseconds)."""
+        period_s = 1.0 / self._policy.control_rate_hz
+        if self._trigger_on_joint_states:
+            period_s = max(period_s, self._param("max_obs_age_s") / 4.0)
+        return period_s
+
     def _create_control_timer(self) -> None:
         if self._control_timer is not None:
             self.destroy_timer(self._control_timer)
-        self._control_timer = self.create_timer(
-            1.0 / self._policy.control_rate_hz, self._on_control_timer, autostart=self._active
-        )
+        self._control_timer = self.create_timer(self._timer_period_s(), self._on_control_timer, autostart=self._active)
 
     def _destroy_interfaces(self) -> None:
         for entity in self._entities:
@@ -600,7 +615,8 @@ class PolicyNode(LifecycleNode):
     # ------------------------------------------------------------------------------ control loop
     def _on_control_timer(self) -> None:
         """Trigger ``timer``: every control step. Trigger ``joint_states``: the watchdog that keeps
-        stepping (and so holds once the data is stale) when the robot's state stream stops."""
+        stepping (and so holds once the data is stale) when the robot's state stream stops; it holds
+        at most a quarter of ``max_obs_age_s`` (or one control period) after the data turns stale."""
         if self._trigger_on_joint_states and self._last_tick_s is not None:
             if time.perf_counter() - self._last_tick_s < 1.5 / self._policy.control_rate_hz:
                 return
