@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -47,6 +48,11 @@ def run_node(
             print(f"error: {err}; fix the parameter file or the --ros-args -p value", file=sys.stderr)
             rclpy.try_shutdown()
             raise SystemExit(2) from None
+        # In a process of its own, what is loaded by now (rclpy, numpy, onnxruntime, the node) lives as
+        # long as the process: keep the cyclic collector off it, so a full collection does not walk
+        # it in the middle of a control tick. Not done for nodes created in another process.
+        gc.collect()
+        gc.freeze()
         _exit_with_parent(node)
         executor = make_executor(node)
         executor.add_node(node)

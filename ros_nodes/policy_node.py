@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gc
 import math
 import sys
 import time
@@ -445,10 +444,6 @@ class PolicyNode(LifecycleNode):
         self._last_tick_s = None
         self._active = True
         self._control_timer.reset()
-        # Everything loaded so far lives as long as the node: keep the cyclic collector off it, so a
-        # full collection does not walk onnxruntime's and rclpy's objects in the middle of a tick.
-        gc.collect()
-        gc.freeze()
         self.get_logger().info("active: commanding the robot")
         return result
 
