@@ -39,8 +39,6 @@ the network). ``sim_grasp.launch.py`` includes this file with the simulated Pand
 
 import os
 
-import yaml
-from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
 from launch.conditions import IfCondition
@@ -51,10 +49,17 @@ from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from lifecycle_msgs.msg import Transition
 
+from ros_nodes.launch_support import (
+    DISCOVERY_RANGE,
+    LOG_LEVELS,
+    check_log_level,
+    check_params_file,
+    default_params_file,
+    node_parameters,
+)
+
 PACKAGE = "metarl_robot_ros"
 POLICY_NODE = "metarl_policy_node"
-PARAMS_FILE = "params.yaml"
-DISCOVERY_RANGE = "ROS_AUTOMATIC_DISCOVERY_RANGE"
 
 POLICY_PARAMETER_ARGUMENTS = ("bundle_path",)
 """Launch arguments that, when not empty, set the policy node's parameter of the same name."""
@@ -65,38 +70,10 @@ TOPIC_ARGUMENTS = {
     "gripper_command_topic": "gripper_command",
 }
 """Launch argument -> the policy node's topic it remaps (default: the topic's own name, no remapping)."""
-LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
-
-
-def default_params_file() -> str:
-    """The installed ``share/metarl_robot_ros/config/params.yaml``, else the one beside this file (source tree)."""
-    try:
-        return os.path.join(get_package_share_directory(PACKAGE), "config", PARAMS_FILE)
-    except PackageNotFoundError:
-        return os.path.join(os.path.dirname(os.path.abspath(__file__)), PARAMS_FILE)
-
-
-def node_section(params_file: str, node_name: str) -> dict:
-    """The ``ros__parameters`` of ``node_name`` in ``params_file`` (keyed ``name`` or ``/name``), or ``{}``.
-
-    Passed as a parameter dict, launch_ros writes it under a key that matches the node in whatever
-    namespace it runs, where the file's own ``metarl_policy_node:`` key matches only the root namespace.
-    """
-    with open(params_file) as handle:
-        content = yaml.safe_load(handle) or {}
-    if not isinstance(content, dict):
-        raise RuntimeError(f"params_file {params_file!r} is not a mapping of node names to ros__parameters")
-    for key in (node_name, f"/{node_name}"):
-        section = content.get(key)
-        if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
-            return dict(section["ros__parameters"])
-    return {}
 
 
 def _policy_node(context, *args, **kwargs):
-    params_file = os.path.abspath(os.path.expanduser(LaunchConfiguration("params_file").perform(context)))
-    if not os.path.isfile(params_file):
-        raise RuntimeError(f"params_file {params_file!r} does not exist")
+    params_file = check_params_file(LaunchConfiguration("params_file").perform(context))
     overrides = {}
     for name in POLICY_PARAMETER_ARGUMENTS:
         value = LaunchConfiguration(name).perform(context).strip()
@@ -106,23 +83,15 @@ def _policy_node(context, *args, **kwargs):
         overrides["bundle_path"] = os.path.abspath(os.path.expanduser(overrides["bundle_path"]))
         if not os.path.isdir(overrides["bundle_path"]):
             raise RuntimeError(f"bundle_path {overrides['bundle_path']!r} is not a directory")
-    log_level = LaunchConfiguration("log_level").perform(context).strip().lower()
-    if log_level not in LOG_LEVELS:
-        raise RuntimeError(f"log_level {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    log_level = check_log_level(LaunchConfiguration("log_level").perform(context))
     remappings = []
     for argument, topic in TOPIC_ARGUMENTS.items():
         target = LaunchConfiguration(argument).perform(context).strip()
         if target and target != topic:
             remappings.append((topic, target))
-    parameters = [params_file]
     namespace = LaunchConfiguration("namespace").perform(context).strip()
-    if namespace.strip("/") or (context.launch_configurations.get("ros_namespace") or "").strip("/"):
-        # In a namespace the file's "metarl_policy_node:" key no longer matches the node; its section does.
-        section = node_section(params_file, POLICY_NODE)
-        if section:
-            parameters.append(section)
-    if overrides:
-        parameters.append(overrides)
+    namespaced = bool(namespace.strip("/") or (context.launch_configurations.get("ros_namespace") or "").strip("/"))
+    parameters = node_parameters(params_file, POLICY_NODE, namespaced, overrides)
 
     policy = LifecycleNode(
         package=PACKAGE,

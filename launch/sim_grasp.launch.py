@@ -15,55 +15,36 @@ values when not empty; ``namespace`` and ``log_level`` apply to both nodes.
 Without ``launch_ros``: ``metarl-robot deploy --sim --bundle DIR`` starts the same graph.
 """
 
-import os
 
 import yaml
-from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution, ThisLaunchFileDir
 from launch_ros.actions import Node
 
+from ros_nodes.launch_support import (
+    DISCOVERY_RANGE,
+    LOG_LEVELS,
+    check_log_level,
+    check_params_file,
+    default_params_file,
+    node_parameters,
+)
+
 PACKAGE = "metarl_robot_ros"
 SIM_ROBOT_NODE = "metarl_sim_robot_node"
-PARAMS_FILE = "params.yaml"
 POLICY_LAUNCH_FILE = "policy.launch.py"
-DISCOVERY_RANGE = "ROS_AUTOMATIC_DISCOVERY_RANGE"
 
 SIM_PARAMETER_ARGUMENTS = ("task_index", "step_mode")
 """Launch arguments that, when not empty, set the sim robot node's parameter of the same name."""
 POLICY_LAUNCH_ARGUMENTS = ("bundle_path", "params_file", "namespace", "log_level")
 """Launch arguments handed on to policy.launch.py."""
 STEP_MODES = ("realtime", "lockstep")
-LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
-
-
-def default_params_file() -> str:
-    """The installed ``share/metarl_robot_ros/config/params.yaml``, else the one beside this file (source tree)."""
-    try:
-        return os.path.join(get_package_share_directory(PACKAGE), "config", PARAMS_FILE)
-    except PackageNotFoundError:
-        return os.path.join(os.path.dirname(os.path.abspath(__file__)), PARAMS_FILE)
-
-
-def node_section(params_file: str, node_name: str) -> dict:
-    """The ``ros__parameters`` of ``node_name`` in ``params_file`` (keyed ``name`` or ``/name``), or ``{}``."""
-    with open(params_file) as handle:
-        content = yaml.safe_load(handle) or {}
-    if not isinstance(content, dict):
-        raise RuntimeError(f"params_file {params_file!r} is not a mapping of node names to ros__parameters")
-    for key in (node_name, f"/{node_name}"):
-        section = content.get(key)
-        if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
-            return dict(section["ros__parameters"])
-    return {}
 
 
 def _sim_robot_node(context, *args, **kwargs):
-    params_file = os.path.abspath(os.path.expanduser(LaunchConfiguration("params_file").perform(context)))
-    if not os.path.isfile(params_file):
-        raise RuntimeError(f"params_file {params_file!r} does not exist")
+    params_file = check_params_file(LaunchConfiguration("params_file").perform(context))
     overrides = {}
     task_index = LaunchConfiguration("task_index").perform(context).strip()
     if task_index:
@@ -76,18 +57,10 @@ def _sim_robot_node(context, *args, **kwargs):
         if step_mode not in STEP_MODES:
             raise RuntimeError(f"step_mode must be one of {', '.join(STEP_MODES)}, not {step_mode!r}")
         overrides["step_mode"] = step_mode
-    log_level = LaunchConfiguration("log_level").perform(context).strip().lower()
-    if log_level not in LOG_LEVELS:
-        raise RuntimeError(f"log_level {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
-    parameters = [params_file]
+    log_level = check_log_level(LaunchConfiguration("log_level").perform(context))
     namespace = LaunchConfiguration("namespace").perform(context).strip()
-    if namespace.strip("/") or (context.launch_configurations.get("ros_namespace") or "").strip("/"):
-        # In a namespace the file's "metarl_sim_robot_node:" key no longer matches the node; its section does.
-        section = node_section(params_file, SIM_ROBOT_NODE)
-        if section:
-            parameters.append(section)
-    if overrides:
-        parameters.append(overrides)
+    namespaced = bool(namespace.strip("/") or (context.launch_configurations.get("ros_namespace") or "").strip("/"))
+    parameters = node_parameters(params_file, SIM_ROBOT_NODE, namespaced, overrides)
     return [
         Node(
             package=PACKAGE,

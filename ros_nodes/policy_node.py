@@ -60,7 +60,6 @@ from metarl_robot.runtime import (
 from ros_nodes import POLICY_NODE_NAME
 from ros_nodes._runner import EXECUTORS, run_node
 from ros_nodes.policy_logic import (
-    ANGULAR_VELOCITY_NAMES,
     CARTESIAN_VELOCITY,
     LEVEL_ERROR,
     LEVEL_OK,

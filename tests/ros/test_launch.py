@@ -195,10 +195,13 @@ def test_the_package_installs_both_launch_files_and_the_parameters():
     config = setup["options.data_files"]["share/metarl_robot_ros/config"].split()
     assert [Path(p).name for p in config] == [PARAMS_FILE.name]
     assert (PACKAGE_DIR / config[0]).resolve() == PARAMS_FILE
-    # The launch files find it where it is installed.
+    # The launch files find it where it is installed, or in the source tree (as here).
+    from ros_nodes import launch_support
+
+    assert launch_support.PARAMS_FILE == PARAMS_FILE.name
+    assert Path(launch_support.default_params_file()).resolve() == PARAMS_FILE
     for path in LAUNCH_FILES:
-        text = path.read_text()
-        assert '"config", PARAMS_FILE' in text and _constants(ast.parse(text))["PARAMS_FILE"] == PARAMS_FILE.name
+        assert "default_params_file" in path.read_text(), path
     # The pip install (root setup.py) installs the same files by glob.
     root_setup = (REPO_ROOT / "setup.py").read_text()
     assert 'f"share/{ROS_PACKAGE}/launch", [str(p) for p in sorted(Path("launch").glob("*.launch.py"))]' in root_setup
@@ -220,3 +223,16 @@ def test_params_file_matches_the_nodes():
         assert section[name] == default and type(section[name]) is type(default), name
     # The sim node's section lists every declared parameter.
     assert set(params[SIM_ROBOT_NODE_NAME]["ros__parameters"]) == _declared_parameters(NODE_MODULES[SIM_ROBOT_NODE_NAME])
+
+
+def test_namespaced_nodes_get_their_section_of_the_params_file(tmp_path):
+    from ros_nodes.launch_support import check_log_level, check_params_file, node_parameters
+
+    assert node_parameters(str(PARAMS_FILE), POLICY_NODE_NAME, False, {}) == [str(PARAMS_FILE)]
+    file, section, overrides = node_parameters(str(PARAMS_FILE), POLICY_NODE_NAME, True, {"bundle_path": "/b"})
+    assert section == yaml.safe_load(PARAMS_FILE.read_text())[POLICY_NODE_NAME]["ros__parameters"]
+    assert overrides == {"bundle_path": "/b"}
+    with pytest.raises(RuntimeError, match="does not exist"):
+        check_params_file(str(tmp_path / "missing.yaml"))
+    with pytest.raises(RuntimeError, match="log_level"):
+        check_log_level("loud")

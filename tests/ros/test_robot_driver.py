@@ -6,7 +6,6 @@ plays the robot. The tests share one node and run in file order.
 """
 
 import math
-import time
 
 import numpy as np
 import pytest
