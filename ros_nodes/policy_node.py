@@ -1,22 +1,24 @@
 """``metarl_policy_node``: an exported meta-policy bundle as a ROS 2 lifecycle node that adapts online.
 
-Lifecycle: *configure* loads the bundle (``bundle_path``) on the preferred execution provider, warms
-it up and creates the node's topics and services; *activate* starts the control loop; *deactivate*
-stops it after publishing a hold command; *cleanup* frees everything.
+Lifecycle: *configure* loads the bundle (``bundle_path``, context or gradient family) on the first
+available execution provider of ``execution_providers``, warms it up, checks the robot's joints
+against the bundle's on one joint state (``joint_state_timeout_s``) and creates the node's topics
+and services; *activate* starts the control loop; *deactivate* stops it after publishing a hold
+command; *cleanup* frees everything. docs/ros_interface.md lists every topic, service and parameter.
 
-Each control tick assembles the observation from the latest ``joint_states`` (sensor_msgs/JointState,
-joints mapped by name), ``ee_pose`` and ``object_pose`` (geometry_msgs/PoseStamped) — or whichever
-pose topics the bundle's observation layout names — runs the policy, clamps and rate-limits the
-command and publishes it: ``cmd_twist`` (geometry_msgs/TwistStamped) and ``gripper_command``
-(std_msgs/Float64MultiArray, ``[grip_force_n]``) for Cartesian bundles, ``joint_command``
-(Float64MultiArray in the bundle's joint order) for joint-space ones. Missing, stale or non-finite
-inputs produce a hold command instead: zero velocity, gripper force unchanged.
+A control step runs every 1/``control_rate_hz`` (``trigger: timer``) or on every joint state received
+(``trigger: joint_states``). It assembles the observation from the latest ``joint_states`` (joints
+mapped by name) and the pose topics the bundle's observation layout names, runs the policy, clamps
+and rate-limits the command and publishes it: ``cmd_twist`` (stamped with the newest input it was
+computed from) and ``gripper_command`` for Cartesian bundles, ``joint_command`` in the bundle's joint
+order for joint-space ones. Missing, stale, non-finite or malformed inputs produce a hold command
+instead (zero velocity, gripper force unchanged) and an ERROR on ``/diagnostics`` until good data
+returns.
 
-Adaptation: transitions (observation, command, the ``reward`` (std_msgs/Float64) received before the
-next tick, next observation) fill the bundle's buffer; ``episode_end`` (std_msgs/Bool, true on
-success) marks the last one and, with the bundle's cadence "episode", triggers an adaptation step.
-Services ``~/reset_adaptation`` (std_srvs/Trigger), ``~/set_adaptation`` (std_srvs/SetBool) and
-``~/reload_bundle`` (std_srvs/Trigger). Health is published on ``/diagnostics`` at 1 Hz.
+Adaptation: transitions (observation, command, the rewards received before the next step, next
+observation) go to the controller; ``episode_end`` marks the last one of an episode. Context bundles
+adapt at every episode end (and every ``adapt_every_n_steps`` transitions); gradient bundles once
+they hold ``episodes_per_step`` episodes. The adaptation step runs after the step's command is out.
 """
 
 from __future__ import annotations
