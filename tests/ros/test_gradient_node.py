@@ -53,6 +53,10 @@ def test_gradient_bundle_adapts_after_its_episodes(tmp_path_factory, tmp_path):
 
         # Frozen adaptation sends the mean action: no more steps however many episodes end.
         assert graph.set_bool(f"/{POLICY_NODE_NAME}/set_adaptation", False).success
+        # Diagnostics come once a second: read the count from one published after the switch.
+        assert graph.spin_until(lambda: values().get("adaptation_enabled") == "false", 5.0), values()
+        seen = len(diagnostics)
+        graph.spin_until(lambda: len(diagnostics) > seen, 3.0)
         steps = int(values()["adaptation_steps"])
         count = len(results)
         assert graph.spin_until(lambda: len(results) >= count + episodes_per_step + 1, 60.0)
