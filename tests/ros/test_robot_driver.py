@@ -42,12 +42,12 @@ class FakeRobot:
     permutes the joints in the message (values follow their names); ``paused`` stops publishing.
     """
 
-    def __init__(self, graph: NodeGraph) -> None:
+    def __init__(self, graph: NodeGraph, prefix: str = "") -> None:
         node = graph.node
         self.clock = node.get_clock()
-        self.joint_pub = node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
-        self.ee_pub = node.create_publisher(PoseStamped, "ee_pose", qos_profile_sensor_data)
-        self.object_pub = node.create_publisher(PoseStamped, "object_pose", qos_profile_sensor_data)
+        self.joint_pub = node.create_publisher(JointState, f"{prefix}joint_states", qos_profile_sensor_data)
+        self.ee_pub = node.create_publisher(PoseStamped, f"{prefix}ee_pose", qos_profile_sensor_data)
+        self.object_pub = node.create_publisher(PoseStamped, f"{prefix}object_pose", qos_profile_sensor_data)
         self.names = list(PANDA_JOINTS)
         self.position = {name: 0.1 * i for i, name in enumerate(PANDA_JOINTS)}
         self.position.update(panda_finger_joint1=0.012, panda_finger_joint2=0.031)
@@ -280,3 +280,35 @@ def test_shutdown_finalizes_with_a_hold(robot_graph):
     settled = len(graph.twists)
     graph.spin_for(0.3)
     assert len(graph.twists) == settled, "commands after shutdown"
+
+
+def test_trigger_joint_states_steps_once_per_joint_state_and_holds_when_the_stream_stops(tiny_bundle, tmp_path):
+    max_age = 0.2
+    overrides = {POLICY_NODE_NAME: {
+        "control_rate_hz": 200.0, "trigger": "joint_states", "max_obs_age_s": max_age, "joint_state_timeout_s": 3.0,
+    }}
+    with NodeGraph(DEFAULT_PARAMS_FILE, bundle_path=tiny_bundle, overrides=overrides, start_robot=False,
+                   log_dir=tmp_path, namespace="/trigger_test") as graph:
+        robot = FakeRobot(graph, "/trigger_test/")  # 100 Hz, under the 200 Hz bound: the stream sets the rate
+        twists = Recorder(graph.node.get_clock())
+        graph.node.create_subscription(TwistStamped, "/trigger_test/cmd_twist", twists.append, 100)
+        graph.spin_for(1.0)
+        twists.clear()
+        graph.spin_for(2.0)
+        rate = len(twists) / 2.0
+        assert 70.0 <= rate <= 115.0, f"{rate:.0f} commands/s for 100 joint states/s"
+        # Each command answers one joint state: its stamp is that state's, and no two share one.
+        stamps = [(m.header.stamp.sec, m.header.stamp.nanosec) for m in twists]
+        assert len(set(stamps)) == len(stamps)
+
+        robot.paused = True
+        graph.spin_for(0.02)
+        last_stamp = robot.last_stamp_s
+        twists.clear()
+        assert graph.spin_until(lambda: any(linear(m) == (0.0, 0.0, 0.0) for m in twists), 3.0), "no hold"
+        first_hold = next(i for i, m in enumerate(twists) if linear(m) == (0.0, 0.0, 0.0))
+        delay = twists.times[first_hold] - last_stamp
+        # The watchdog runs every max(1/200 s, max_age/4) = 50 ms.
+        assert max_age <= delay <= max_age + max_age / 4 + 0.06, f"hold after {delay:.3f} s"
+        robot.paused = False
+        assert graph.spin_until(lambda: any(any(v != 0.0 for v in linear(m)) for m in twists[first_hold:]), 3.0)
