@@ -286,8 +286,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     try:
         reference = _parameter_file_sections(DEFAULT_PARAMS_FILE, params)
         overrides = parse_node_overrides(args.set, node_names, reference)
+        remaps = [tuple(r.split(":=", 1)) for r in args.remap]
+        bad = [r for r, pair in zip(args.remap, remaps) if len(pair) != 2 or not all(x.strip() for x in pair)]
+        if bad:
+            raise ValueError(f"--remap {bad[0]!r}: expected FROM:=TO, e.g. joint_command:=/forward_velocity_controller/commands")
         graph = NodeGraph(params, bundle_path=bundle, overrides=overrides, log_dir=args.log_dir,
-                          start_robot=args.sim, namespace=args.namespace)
+                          start_robot=args.sim, namespace=args.namespace,
+                          remappings={POLICY_NODE_NAME: remaps} if remaps else None)
     except (ValueError, GraphError) as err:
         return _fail(str(err))
 
@@ -493,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a node parameter, e.g. metarl_policy_node.control_rate_hz=50.0 (value parsed as YAML)")
     p.add_argument("--log-dir", help="write each node's output to LOG_DIR/<node>.log (default: this terminal)")
     p.add_argument("--namespace", default="", help="namespace of the nodes and their topics (default: none)")
+    p.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
+                   help="remap a topic of the policy node, e.g. joint_command:=/forward_velocity_controller/commands "
+                        "or joint_states:=/franka/joint_states (repeatable)")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="stop after this long (default: run until Ctrl-C or SIGTERM)")
     p.set_defaults(func=cmd_deploy)

@@ -102,6 +102,7 @@ class NodeGraph:
         activate: bool = True,
         start_robot: bool = True,
         namespace: str | None = None,
+        remappings: Mapping[str, Sequence[tuple[str, str]]] | None = None,
         startup_timeout_s: float = 60.0,
     ) -> None:
         self.params_file = Path(params_file) if params_file else None
@@ -112,6 +113,14 @@ class NodeGraph:
         self.domain_id = int(domain_id if domain_id is not None else os.environ.get("ROS_DOMAIN_ID", "0"))
         self.namespace = normalize_namespace(namespace)
         """``""`` (root) or the absolute namespace of every node of the graph."""
+        self.remappings = {name: [tuple(pair) for pair in pairs] for name, pairs in (remappings or {}).items()}
+        """Per node, ``(from, to)`` topic remappings (``--ros-args -r from:=to``)."""
+        for name, pairs in self.remappings.items():
+            if name not in NODE_MODULES:
+                raise GraphError(f"remappings name node {name!r}; the graph's nodes are {sorted(NODE_MODULES)}")
+            for source, target in pairs:
+                if not source or not target or ":=" in source or ":=" in target:
+                    raise GraphError(f"remapping {source!r} -> {target!r} of {name}: expected two topic names")
         self.activate_on_start = activate
         self.node_names = [POLICY_NODE_NAME] + ([SIM_ROBOT_NODE_NAME] if start_robot else [])
         self.startup_timeout_s = startup_timeout_s
@@ -156,6 +165,8 @@ class NodeGraph:
         cmd = [sys.executable, "-m", NODE_MODULES[node_name], "--ros-args"]
         if self.namespace:
             cmd += ["-r", f"__ns:={self.namespace}"]
+        for source, target in self.remappings.get(node_name, ()):
+            cmd += ["-r", f"{source}:={target}"]
         params_file = self._namespaced_params_file or self.params_file
         if params_file is not None:
             cmd += ["--params-file", str(params_file)]

@@ -75,7 +75,7 @@ def test_deploy_without_sim_runs_the_policy_alone_in_a_namespace_until_ctrl_c(ti
     logs = tmp_path / "logs"
     process = subprocess.Popen(
         [*DEPLOY, "--bundle", str(tiny_bundle), "--namespace", "deploy_test", "--log-dir", str(logs),
-         "--set", f"{POLICY_NODE_NAME}.joint_state_timeout_s=0.5"],
+         "--set", f"{POLICY_NODE_NAME}.joint_state_timeout_s=0.5", "--remap", "joint_states:=/franka/joint_states"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
     )
     try:
@@ -90,7 +90,8 @@ def test_deploy_without_sim_runs_the_policy_alone_in_a_namespace_until_ctrl_c(ti
     out += rest.decode(errors="replace")
     assert process.returncode == 0, out
     assert f"/deploy_test/{POLICY_NODE_NAME}: active" in out
-    assert "/deploy_test/joint_states" in out and "/deploy_test/cmd_twist" in out
+    assert "/franka/joint_states" in out and "/deploy_test/cmd_twist" in out
+    assert "/deploy_test/joint_states" not in out
     assert SIM_ROBOT_NODE_NAME not in out
     assert "[deploy] stopped" in out
     assert sorted(p.name for p in logs.glob("*.log")) == [f"{POLICY_NODE_NAME}.log"]
@@ -146,3 +147,9 @@ def test_deploy_set_values_follow_the_parameter_types():
     ):
         with pytest.raises(ValueError, match=reason):
             parse_node_overrides([bad], nodes, reference)
+
+
+def test_deploy_refuses_a_malformed_remap(tiny_bundle):
+    result = subprocess.run([*DEPLOY, "--bundle", str(tiny_bundle), "--remap", "joint_command=/x"],
+                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert result.returncode != 0 and "FROM:=TO" in result.stderr, result.stderr
