@@ -97,6 +97,8 @@ class JointStateSample:
     velocity: np.ndarray
     effort: np.ndarray
     stamp_s: float
+    received_s: float = math.nan
+    """When this node received it, on its own clock (``nan``: take the stamp)."""
 
     @classmethod
     def create(
@@ -106,10 +108,13 @@ class JointStateSample:
         velocity: Iterable[float] = (),
         effort: Iterable[float] = (),
         stamp_s: float = 0.0,
+        received_s: float = math.nan,
     ) -> JointStateSample:
         """Build a sample from any sequences (message fields, lists, arrays)."""
         as_array = lambda values: np.asarray(values, dtype=np.float64).reshape(-1)  # noqa: E731
-        return cls(tuple(names), as_array(position), as_array(velocity), as_array(effort), float(stamp_s))
+        return cls(
+            tuple(names), as_array(position), as_array(velocity), as_array(effort), float(stamp_s), float(received_s)
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,13 +124,18 @@ class PoseSample:
     position: np.ndarray
     orientation_xyzw: np.ndarray
     stamp_s: float
+    received_s: float = math.nan
+    """When this node received it, on its own clock (``nan``: take the stamp)."""
 
     @classmethod
-    def create(cls, position: Iterable[float], orientation_xyzw: Iterable[float], stamp_s: float) -> PoseSample:
+    def create(
+        cls, position: Iterable[float], orientation_xyzw: Iterable[float], stamp_s: float, received_s: float = math.nan
+    ) -> PoseSample:
         return cls(
             np.asarray(position, dtype=np.float64).reshape(-1),
             np.asarray(orientation_xyzw, dtype=np.float64).reshape(-1),
             float(stamp_s),
+            float(received_s),
         )
 
 
@@ -262,16 +272,27 @@ class ObservationAssembler:
         return obs.astype(np.float32)
 
     # ---------------------------------------------------------------------------------- checks
-    def _check_age(self, now_s: float, stamp_s: float, what: str) -> Hold | None:
-        age_s = now_s - stamp_s
-        if age_s > self.max_obs_age_s:
-            return Hold(HoldKind.STALE, f"{what} is {age_s:.3f} s old (max_obs_age_s={self.max_obs_age_s:g})")
+    def _check_age(self, now_s: float, sample: JointStateSample | PoseSample, what: str) -> Hold | None:
+        """Stale by its header stamp, or by when it arrived: a sender whose clock runs ahead of this
+        node's still goes stale when it stops sending."""
+        limit = self.max_obs_age_s
+        age_s = now_s - sample.stamp_s
+        if sample.stamp_s == 0.0:
+            return Hold(HoldKind.STALE, f"{what} has no header stamp (0); stamp inputs with the time they were measured")
+        if age_s > limit:
+            return Hold(HoldKind.STALE, f"{what} is {age_s:.3f} s old (max_obs_age_s={limit:g})")
+        if -age_s > limit:
+            return Hold(HoldKind.STALE, f"{what} is stamped {-age_s:.3f} s in the future: the sender's clock and "
+                        f"this node's disagree by more than max_obs_age_s={limit:g}; synchronise them (chrony/PTP)")
+        if now_s - sample.received_s > limit:
+            return Hold(HoldKind.STALE, f"no {what} received for {now_s - sample.received_s:.3f} s "
+                        f"(max_obs_age_s={limit:g})")
         return None
 
     def _check_joint_state(self, now_s: float, sample: JointStateSample | None) -> Hold | None:
         if sample is None:
             return Hold(HoldKind.NO_DATA, "no joint_states received yet")
-        stale = self._check_age(now_s, sample.stamp_s, "joint_states")
+        stale = self._check_age(now_s, sample, "joint_states")
         if stale is not None:
             return stale
         duplicates, missing, _ = self._joint_plan(sample.names)
@@ -289,7 +310,7 @@ class ObservationAssembler:
     def _check_pose(self, now_s: float, source: str, sample: PoseSample | None) -> Hold | None:
         if sample is None:
             return Hold(HoldKind.NO_DATA, f"no {source} received yet")
-        stale = self._check_age(now_s, sample.stamp_s, source)
+        stale = self._check_age(now_s, sample, source)
         if stale is not None:
             return stale
         if sample.position.shape != (3,) or sample.orientation_xyzw.shape != (4,):

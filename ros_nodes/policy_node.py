@@ -575,7 +575,7 @@ class PolicyNode(LifecycleNode):
     # ---------------------------------------------------------------------------------- inputs
     def _on_joint_state(self, msg: JointState) -> None:
         self._joint_state = JointStateSample.create(
-            msg.name, msg.position, msg.velocity, msg.effort, _seconds(msg.header.stamp)
+            msg.name, msg.position, msg.velocity, msg.effort, _seconds(msg.header.stamp), self._now_s()
         )
         if not self._contract_checked and self._policy is not None:
             self._contract_checked = True
@@ -585,7 +585,9 @@ class PolicyNode(LifecycleNode):
 
     def _on_pose(self, source: str, msg: PoseStamped) -> None:
         p, q = msg.pose.position, msg.pose.orientation
-        self._poses[source] = PoseSample.create((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), _seconds(msg.header.stamp))
+        self._poses[source] = PoseSample.create(
+            (p.x, p.y, p.z), (q.x, q.y, q.z, q.w), _seconds(msg.header.stamp), self._now_s()
+        )
 
     def _on_reward(self, msg: Float64) -> None:
         self._recorder.add_reward(msg.data)

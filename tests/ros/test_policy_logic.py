@@ -144,6 +144,21 @@ def test_stale_input_holds(assembler, stale):
     assert isinstance(assembler.assemble(NOW, joint_state(stamp=NOW - 0.4), poses(NOW - 0.4)), np.ndarray)
 
 
+def test_unstamped_future_stamped_and_stopped_inputs_hold(assembler):
+    hold = assembler.assemble(NOW, joint_state(stamp=0.0), poses())
+    assert hold.kind is HoldKind.STALE and "no header stamp" in hold.detail
+    hold = assembler.assemble(NOW, joint_state(stamp=NOW + 2.0), poses())
+    assert hold.kind is HoldKind.STALE and "future" in hold.detail and "synchronise" in hold.detail
+    # A sender whose clock runs 0.3 s ahead: fresh by its stamp, but nothing has arrived for 0.7 s.
+    ahead = JointStateSample.create(PANDA_JOINTS, joint_state().position, joint_state().velocity,
+                                    joint_state().effort, stamp_s=NOW + 0.3 - 0.7, received_s=NOW - 0.7)
+    hold = assembler.assemble(NOW, ahead, poses())
+    assert hold.kind is HoldKind.STALE and "received" in hold.detail, hold
+    arrived = JointStateSample.create(PANDA_JOINTS, joint_state().position, joint_state().velocity,
+                                      joint_state().effort, stamp_s=NOW + 0.3, received_s=NOW)
+    assert isinstance(assembler.assemble(NOW, arrived, poses()), np.ndarray)
+
+
 def test_missing_input_holds(assembler):
     assert assembler.assemble(NOW, None, poses()).kind is HoldKind.NO_DATA
     assert assembler.assemble(NOW, joint_state(), {"ee_pose": poses()["ee_pose"]}).kind is HoldKind.NO_DATA
