@@ -499,8 +499,10 @@ class CommandFilter:
         self.spec = spec
         self.control_period_s = float(control_period_s)
         """Used to turn ``max_joint_speed`` into a position step for ``joint_position`` bundles."""
-        self._last = np.zeros(spec.dim)
-        self._last_known = np.zeros(spec.dim, dtype=bool)
+        self._linear = np.array(spec.linear_indices, dtype=np.intp)
+        self._joints = np.array(spec.joint_indices, dtype=np.intp)
+        self._all_known = np.ones(spec.dim, dtype=bool)
+        self._all_known.flags.writeable = False  # shared by every command: never modified in place
         self.reset()
         self.set_limits(limits)
 
@@ -534,8 +536,8 @@ class CommandFilter:
 
     def reset(self) -> None:
         """Forget the last command: velocities are taken to be zero, other dimensions unknown."""
-        self._last[:] = 0.0
-        self._last_known[:] = False
+        self._last = np.zeros(self.spec.dim)
+        self._last_known = np.zeros(self.spec.dim, dtype=bool)
         self._last_known[list(self.spec.velocity_indices)] = True
 
     def filter(self, raw: Sequence[float] | np.ndarray, joint_positions: np.ndarray | None = None) -> SafeCommand:
@@ -550,17 +552,22 @@ class CommandFilter:
         if not np.all(np.isfinite(cmd)):
             raise ValueError(f"policy command {cmd.tolist()} is not finite")
         cmd = np.clip(cmd, self.low, self.high)
-        linear = list(self.spec.linear_indices)
-        if linear and self.limits.max_ee_speed_mps > 0:
+        limits = self.limits
+        if not (limits.max_ee_speed_mps or limits.max_ee_velocity_step_mps or limits.max_joint_velocity_step
+                or limits.max_grip_force_step_n or (limits.max_joint_speed and self.spec.mode == JOINT_POSITION)):
+            self._last, self._last_known = cmd, self._all_known  # no limit beyond the bounds: done
+            return SafeCommand(cmd.copy(), self._all_known)
+        linear = self._linear
+        if linear.size and self.limits.max_ee_speed_mps > 0:
             cmd[linear] = _limit_norm(cmd[linear], self.limits.max_ee_speed_mps)
-        if linear and self.limits.max_ee_velocity_step_mps > 0 and self._last_known[linear].all():
+        if linear.size and self.limits.max_ee_velocity_step_mps > 0 and self._last_known[linear].all():
             step = _limit_norm(cmd[linear] - self._last[linear], self.limits.max_ee_velocity_step_mps)
             cmd[linear] = self._last[linear] + step
-        joints = list(self.spec.joint_indices)
-        if joints and self.limits.max_joint_velocity_step > 0 and self.spec.mode == JOINT_VELOCITY:
+        joints = self._joints
+        if joints.size and self.limits.max_joint_velocity_step > 0 and self.spec.mode == JOINT_VELOCITY:
             step = self.limits.max_joint_velocity_step
             cmd[joints] = self._last[joints] + np.clip(cmd[joints] - self._last[joints], -step, step)
-        if joints and self.limits.max_joint_speed > 0 and self.spec.mode == JOINT_POSITION and self.control_period_s > 0:
+        if joints.size and self.limits.max_joint_speed > 0 and self.spec.mode == JOINT_POSITION and self.control_period_s > 0:
             if self._last_known[joints].all():
                 reference = self._last[joints]
             elif joint_positions is not None:
@@ -574,8 +581,8 @@ class CommandFilter:
             step_n = self.limits.max_grip_force_step_n
             cmd[grip] = self._last[grip] + np.clip(cmd[grip] - self._last[grip], -step_n, step_n)
         cmd = np.clip(cmd, self.low, self.high)
-        self._last, self._last_known = cmd.copy(), np.ones(self.spec.dim, dtype=bool)
-        return SafeCommand(cmd, self._last_known.copy())
+        self._last, self._last_known = cmd, self._all_known
+        return SafeCommand(cmd.copy(), self._all_known)
 
     def hold(self, reason: Hold) -> SafeCommand:
         """Zero every velocity dimension; keep every other dimension (gripper force) at its last value."""
