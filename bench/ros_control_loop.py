@@ -58,7 +58,7 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64  # noqa: E402
 
 from ros_nodes import POLICY_NODE_NAME  # noqa: E402
-from ros_nodes.graph import DEFAULT_PARAMS_FILE, NodeGraph  # noqa: E402
+from ros_nodes.graph import DEFAULT_PARAMS_FILE, NodeGraph, policy_status  # noqa: E402
 
 PANDA_JOINTS = [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1", "panda_finger_joint2"]
 
@@ -72,13 +72,6 @@ def export_shipped_bundle(out: Path) -> Path:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def latest_policy_values(array: DiagnosticArray) -> dict[str, str] | None:
-    for status in array.status:
-        if status.name.startswith(f"{POLICY_NODE_NAME}:"):
-            return {kv.key: kv.value for kv in status.values}
-    return None
 
 
 def serve_echo() -> None:
@@ -217,8 +210,8 @@ def run_once(bundle: Path, provider: str, trigger: str, args: argparse.Namespace
         diagnostics: list[dict[str, str]] = []
 
         def on_diagnostics(array: DiagnosticArray) -> None:
-            values = latest_policy_values(array)
-            if values is not None:
+            level, _, values = policy_status([array])
+            if level >= 0:
                 diagnostics.append(values)
 
         node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)

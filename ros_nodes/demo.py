@@ -26,19 +26,11 @@ from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import String
 
 from ros_nodes import POLICY_NODE_NAME, SIM_ROBOT_NODE_NAME
-from ros_nodes.graph import DEFAULT_PARAMS_FILE, GraphError, NodeGraph
+from ros_nodes.graph import DEFAULT_PARAMS_FILE, GraphError, NodeGraph, policy_status
 
 EPISODE_RESULT_TOPIC = f"/{SIM_ROBOT_NODE_NAME}/episode_result"
 CSV_FIELDS = ("object", "task_index", "task_id", "episode", "episode_on_object", "success", "crushed",
               "episode_return")
-
-
-def _latest_diagnostics(messages: list[DiagnosticArray]) -> dict[str, str]:
-    for array in reversed(messages):
-        for status in array.status:
-            if status.name.startswith(f"{POLICY_NODE_NAME}:"):
-                return {kv.key: kv.value for kv in status.values}
-    return {}
 
 
 class DemoRun:
@@ -96,7 +88,7 @@ class DemoRun:
         """The policy node's count of adaptations since the last reset, from a fresh diagnostics message."""
         seen = len(self.diagnostics)
         self.graph.spin_until(lambda: len(self.diagnostics) > seen, 3.0)
-        return int(_latest_diagnostics(self.diagnostics).get("adaptations_since_reset", "0"))
+        return int(policy_status(self.diagnostics)[2].get("adaptations_since_reset", "0"))
 
 
 def summarize(rows: Sequence[dict[str, Any]], adaptations: dict[str, int]) -> str:

@@ -462,6 +462,17 @@ def _is_standard_service(kind: str) -> bool:
     return kind.startswith(_STANDARD_SERVICE_PACKAGES)
 
 
+def policy_status(arrays: Sequence[Any], node_name: str = POLICY_NODE_NAME) -> tuple[int, str, dict[str, str]]:
+    """``(level, message, values)`` of the newest status of ``node_name`` in collected
+    ``/diagnostics`` DiagnosticArrays; ``(-1, "", {})`` when there is none yet."""
+    for array in reversed(arrays):
+        for status in array.status:
+            if status.name.startswith(f"{node_name}:"):
+                level = status.level[0] if isinstance(status.level, bytes) else int(status.level)
+                return level, status.message, {kv.key: kv.value for kv in status.values}
+    return -1, "", {}
+
+
 def _terminate(process: subprocess.Popen, timeout_s: float) -> None:
     for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         if process.poll() is not None:

@@ -30,6 +30,7 @@ from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 
 from ros_nodes import POLICY_NODE_NAME, SIM_ROBOT_NODE_NAME  # noqa: E402
 from ros_nodes.graph import DEFAULT_PARAMS_FILE, NodeGraph  # noqa: E402
+from ros_nodes.graph import policy_status as policy_diagnostics  # noqa: E402,F401  (used by the other ROS tests)
 
 from .conftest import PANDA_JOINTS  # noqa: E402
 
@@ -43,16 +44,6 @@ RATE_HZ = 20.0
 EPISODE_STEPS = 8
 POLICY = f"/{POLICY_NODE_NAME}"
 SIM = f"/{SIM_ROBOT_NODE_NAME}"
-
-
-def policy_diagnostics(arrays) -> tuple[int, str, dict]:
-    """``(level, message, values)`` of the latest policy-node status in collected DiagnosticArrays."""
-    for array in reversed(arrays):
-        for status in array.status:
-            if status.name.startswith(f"{POLICY_NODE_NAME}:"):
-                level = status.level[0] if isinstance(status.level, bytes) else int(status.level)
-                return level, status.message, {kv.key: kv.value for kv in status.values}
-    return -1, "", {}
 
 
 def test_parameter_checks_give_reasons():
