@@ -16,6 +16,7 @@ from metarl_robot.runtime.base import (
     DEFAULT_PROVIDERS,
     PROVIDER_ALIASES,
     BundleController,
+    Controller,
     LatencyStats,
     ProviderError,
     default_session_options,
@@ -24,6 +25,7 @@ from metarl_robot.runtime.base import (
 from metarl_robot.runtime.bundle import Bundle, BundleError, GraphSpec, load_bundle
 from metarl_robot.runtime.controller import AdaptiveController
 from metarl_robot.runtime.gradient_controller import GradientController
+from metarl_robot.runtime.schedule import CADENCES, AdaptationSchedule
 
 
 def load_controller(
@@ -44,6 +46,9 @@ def load_controller(
 
 
 __all__ = [
+    "CADENCES",
+    "AdaptationSchedule",
+    "Controller",
     "DEFAULT_PROVIDERS",
     "PROVIDER_ALIASES",
     "AdaptiveController",

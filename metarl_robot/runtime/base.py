@@ -13,12 +13,13 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import onnxruntime
 
 from metarl_robot.runtime.bundle import Bundle, BundleError, load_bundle
+from metarl_robot.runtime.schedule import AdaptationSchedule
 
 logger = logging.getLogger("metarl_robot.runtime")
 
@@ -141,6 +142,51 @@ def default_session_options() -> onnxruntime.SessionOptions:
     return options
 
 
+@runtime_checkable
+class Controller(Protocol):
+    """What the control loop, evaluation and the ROS node may ask of any controller, whatever its family.
+
+    Every family's on-robot controller (and its PyTorch twin used in evaluation) implements this; no
+    caller branches on the family. Commands are in physical units; ``act`` raises ``ValueError`` for
+    a bad observation (the control loop then holds).
+    """
+
+    family: str
+    obs_dim: int
+    act_dim: int
+
+    def reset(self) -> None:
+        """Forget the task: back to the prior, adaptation data dropped."""
+
+    def act(self, obs: Any) -> np.ndarray:
+        """The command for one raw observation."""
+
+    def observe(self, obs: Any, action: Any, reward: Any, next_obs: Any, done: Any) -> None:
+        """Record one transition (``action`` = the command that was sent)."""
+
+    def adapt(self) -> Any:
+        """Adapt to the task from what was observed; returns the new adapted state."""
+
+    def schedule(self, every_n_steps: int = 0) -> AdaptationSchedule:
+        """When this controller adapts: its bundle's cadence, ``every_n_steps`` as the deployer set it."""
+
+    @property
+    def episodes_ready(self) -> int:
+        """Complete episodes waiting for the next adaptation (1 for families that need none)."""
+
+    def set_learning(self, enabled: bool) -> None:
+        """Adaptation switched on or off by the deployer (a family may change how it acts, e.g. stop exploring)."""
+
+    def status(self) -> dict[str, str]:
+        """Diagnostic key/values describing the adaptation state (always ``adaptation_family``)."""
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """The adapted state as named arrays (copies), e.g. to log it or carry it across a restart."""
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Adopt a state returned by :meth:`get_state`; raises ``ValueError`` for a wrong name or shape."""
+
+
 ControllerT = TypeVar("ControllerT", bound="BundleController")
 
 
@@ -227,6 +273,48 @@ class BundleController:
                 f"{(list(spec.inputs), list(spec.outputs))}; re-export the bundle"
             )
         return session
+
+    # ------------------------------------------------------------------ the Controller protocol, shared part
+    @property
+    def episodes_per_step(self) -> int:
+        """Episodes one adaptation needs (1 unless the family collects several)."""
+        return 1
+
+    @property
+    def episodes_ready(self) -> int:
+        """Complete episodes waiting for the next adaptation (families that need none: always 1)."""
+        return 1
+
+    def schedule(self, every_n_steps: int = 0) -> AdaptationSchedule:
+        """When to adapt: the manifest's ``adaptation.cadence`` with the deployer's ``every_n_steps``."""
+        cadence = str(self.bundle.adaptation.get("cadence", "episode"))
+        return AdaptationSchedule(cadence, every_n_steps, self.episodes_per_step)
+
+    def set_learning(self, enabled: bool) -> None:
+        """Adaptation on or off; the base controller acts the same either way."""
+
+    def status(self) -> dict[str, str]:
+        """Diagnostic key/values of the adaptation state; families add their own."""
+        return {"adaptation_family": self.family}
+
+    _STATE: ClassVar[tuple[str, ...]] = ()
+    """Names of the float32 arrays (attributes ``_<name>``) that make up the adapted state."""
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """The adapted state as named float32 arrays (copies)."""
+        return {name: np.array(getattr(self, f"_{name}"), dtype=np.float32) for name in self._STATE}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Adopt ``state`` (as :meth:`get_state` returns it); validated completely before anything changes."""
+        if set(state) != set(self._STATE):
+            raise ValueError(f"state must have exactly the keys {sorted(self._STATE)}, got {sorted(state)}")
+        staged = {}
+        for name in self._STATE:
+            current = getattr(self, f"_{name}")
+            staged[name] = np.zeros_like(current)
+            load_vector(staged[name], state[name], name)
+        for name, value in staged.items():
+            getattr(self, f"_{name}")[...] = value
 
     def _warmup_feeds(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Inputs for the policy and adapt graphs that leave the controller's state alone."""

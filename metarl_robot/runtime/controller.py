@@ -38,6 +38,7 @@ class AdaptiveController(BundleController):
     """
 
     family = "context"
+    _STATE = ("context",)
 
     def __init__(
         self,
@@ -91,6 +92,9 @@ class AdaptiveController(BundleController):
     def buffer_len(self) -> int:
         """How many transitions the buffer holds (at most ``buffer_size``)."""
         return self._buffer_len
+
+    def status(self) -> dict[str, str]:
+        return {"adaptation_family": self.family, "buffer_len": str(self.buffer_len)}
 
     def reset(self) -> None:
         """Start a new task: empty the transition buffer and restore the initial context."""

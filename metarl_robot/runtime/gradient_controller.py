@@ -46,6 +46,7 @@ class GradientController(BundleController):
     """
 
     family = "gradient"
+    _STATE = ("params",)
 
     def __init__(
         self,
@@ -60,7 +61,7 @@ class GradientController(BundleController):
         one from a directory. ``seed`` seeds the exploration noise; ``explore`` as the attribute."""
         super().__init__(bundle, providers, session_options=session_options)
         self.num_params = bundle.num_params
-        self.episodes_per_step = bundle.episodes_per_step
+        self._episodes_per_step = bundle.episodes_per_step
         self.max_episode_steps = bundle.max_episode_steps
         self.advantage_config = bundle.advantage_config
         self.explore = bool(explore)
@@ -100,6 +101,24 @@ class GradientController(BundleController):
     def initial_params(self) -> np.ndarray:
         """Where adaptation starts on a new task (a copy)."""
         return self._initial_params.copy()
+
+    @property
+    def episodes_per_step(self) -> int:
+        """Episodes ``N`` one adaptation step uses."""
+        return self._episodes_per_step
+
+    def set_learning(self, enabled: bool) -> None:
+        """Exploration noise is what a policy-gradient step learns from: with adaptation off the
+        controller sends the mean action."""
+        self.explore = bool(enabled)
+
+    def status(self) -> dict[str, str]:
+        return {
+            "adaptation_family": self.family,
+            "episodes_ready": str(self.episodes_ready),
+            "episodes_per_step": str(self.episodes_per_step),
+            "episode_len": str(self.episode_len),
+        }
 
     @property
     def episodes_ready(self) -> int:
