@@ -24,6 +24,8 @@ setup(
         "onnx>=1.16",
         "onnxscript>=0.3",
         "onnxruntime>=1.18",
+        "safetensors>=0.4",
+        "cryptography>=42",  # bundle signing (ed25519); the runtime imports it only for trusted_keys
         "gymnasium>=1.1",
         "pybullet>=3.2.6",
         "PyYAML>=6",
@@ -41,7 +43,12 @@ setup(
             "metarl-robot=metarl_robot.cli:main",
             "metarl_policy_node=ros_nodes.policy_node:main",
             "metarl_sim_robot_node=ros_nodes.sim_robot_node:main",
-        ]
+        ],
+        # Verbs of `metarl-robot` that live outside the core: the ROS 2 ones live with the nodes.
+        "metarl_robot.cli_verbs": [
+            "demo=ros_nodes.cli:add_demo",
+            "deploy=ros_nodes.cli:add_deploy",
+        ],
     },
     data_files=[
         (f"share/{ROS_PACKAGE}/launch", [str(p) for p in sorted(Path("launch").glob("*.launch.py"))]),

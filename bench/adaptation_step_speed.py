@@ -81,7 +81,7 @@ def bench_bundle(name: str, bundle: Path, checkpoint: Path | None, iterations: i
     import onnxruntime
     import torch
 
-    from metarl_robot import gradient_export
+    from metarl_robot.families import gradient_torch as gradient_export
     from metarl_robot.checkpoint import load_checkpoint
     from metarl_robot.gradient_policy import adaptation_step
     from metarl_robot.runtime import GradientController, default_session_options, load_bundle
@@ -192,7 +192,7 @@ def main() -> None:
         jobs.append((str(args.checkpoint), export_bundle(args.checkpoint, root / "bundle"), args.checkpoint))
     else:
         for name, size in SIZES.items():
-            checkpoint = make_checkpoint(root / f"{len(jobs)}.pt", **size)
+            checkpoint = make_checkpoint(root / f"{len(jobs)}.safetensors", **size)
             jobs.append((name, export_bundle(checkpoint, root / f"bundle{len(jobs)}"), checkpoint))
 
     results = [bench_bundle(*job, args.iterations, args.opt_levels) for job in jobs]
@@ -212,7 +212,7 @@ def main() -> None:
             speedup = f"{base / np.median(samples):.1f}x" if base is not None and same_step else "—"
             print(f"| {r['name']} ({o}, {a}, {n}, {t}, {p}) | {call} | {p50:.0f} | {p90:.0f} | {speedup} |")
     print()
-    from metarl_robot.gradient_export import CHAINED_STEPS
+    from metarl_robot.families.gradient_torch import CHAINED_STEPS
 
     print(f"| size | onnxruntime vs torch.func, one step (float32) | vs float64 PyTorch after {CHAINED_STEPS} chained steps |")
     print("| --- | ---: | ---: |")

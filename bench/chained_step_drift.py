@@ -6,7 +6,7 @@ batch of whole episodes at the previous step's output, beside the same chain in 
 after each step. Both float32 chains leave the float64 one at a similar rate: the step map amplifies
 perturbations of its input, so the drift is a property of float32 arithmetic, not of the export.
 
-    python bench/chained_step_drift.py --checkpoint models/maml_navigation/checkpoint.pt
+    python bench/chained_step_drift.py --checkpoint models/maml_navigation/checkpoint.safetensors
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=str(ROOT / "models" / "maml_navigation" / "checkpoint.pt"))
+    parser.add_argument("--checkpoint", default=str(ROOT / "models" / "maml_navigation" / "checkpoint.safetensors"))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--chains", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from metarl_robot import gradient_export as ge
+    from metarl_robot.families import gradient_torch as ge
     from metarl_robot.checkpoint import load_checkpoint
-    from metarl_robot.export import _cpu_session
+    from metarl_robot.export import cpu_session as _cpu_session
     from metarl_robot.gradient_policy import adaptation_step
 
     torch.set_num_threads(1)

@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     from metarl_robot.algos.context_ppo.algo import build_task_distribution
     from metarl_robot.checkpoint import load_checkpoint
     from metarl_robot.envs import make_meta_env
-    from metarl_robot.evaluation import GradientTorchController, OracleController, combine, evaluate, write_comparison
+    from metarl_robot.evaluation import OracleController, combine, evaluate, write_comparison
+    from metarl_robot.families.gradient_torch import GradientTorchController
 
     bench = BENCHES[args.bench]
     out = Path(args.out or ROOT / "runs" / f"bench_{args.bench.replace('-', '_')}")

@@ -8,7 +8,7 @@ on the first ``--tasks`` train objects with the meta-test protocol:
 2. success before and after one inner policy-gradient step of each ``--inner-lrs`` (log std fixed to
    ``--step-log-std``), the step taken on ``--episodes`` attempts per object.
 
-    python bench/grasp_exploration.py runs/grasp_clone/checkpoints/last.pt
+    python bench/grasp_exploration.py runs/grasp_clone/checkpoints/last.safetensors
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     from metarl_robot.algos.context_ppo.algo import build_task_distribution
     from metarl_robot.checkpoint import load_checkpoint
     from metarl_robot.envs import make_meta_env
-    from metarl_robot.evaluation import GradientTorchController, evaluate
+    from metarl_robot.evaluation import evaluate
+    from metarl_robot.families.gradient_torch import GradientTorchController
 
     policy, data = load_checkpoint(args.checkpoint)
     env = make_meta_env(data["config"]["env_id"], data["config"].get("env_kwargs", {}), unwrapped=True)

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     from metarl_robot.checkpoint import load_checkpoint
     from metarl_robot.config import load_config, to_dict
     from metarl_robot.envs import make_meta_env
-    from metarl_robot.evaluation import GradientTorchController, evaluate, write_comparison
+    from metarl_robot.evaluation import evaluate, write_comparison
+    from metarl_robot.families.gradient_torch import GradientTorchController
 
     out = Path(args.out)
     rows, curves, report = [], {}, {}

@@ -66,7 +66,7 @@ PANDA_JOINTS = [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1"
 def export_shipped_bundle(out: Path) -> Path:
     from metarl_robot.export import export_bundle
 
-    return export_bundle(REPO / "models" / "grasp_context_ppo" / "checkpoint.pt", out / "bundle")
+    return export_bundle(REPO / "models" / "grasp_context_ppo" / "checkpoint.safetensors", out / "bundle")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -94,7 +94,7 @@ def main() -> None:
     if bundle is None:
         from metarl_robot.export import export_bundle
 
-        bundle = export_bundle(REPO / "models" / "grasp_context_ppo" / "checkpoint.pt", tmp / "bundle")
+        bundle = export_bundle(REPO / "models" / "grasp_context_ppo" / "checkpoint.safetensors", tmp / "bundle")
     rows = []
     for seed in args.seeds:
         for condition in CONDITIONS:

@@ -38,7 +38,7 @@ def main() -> None:
         from tests.runtime.conftest import make_checkpoint
 
         root = Path(tempfile.mkdtemp())
-        bundle = export_bundle(make_checkpoint(root / "c.pt"), root / "bundle")
+        bundle = export_bundle(make_checkpoint(root / "c.safetensors"), root / "bundle")
     ctl = AdaptiveController.load(bundle, providers=args.providers)
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(args.iterations, ctl.obs_dim)).astype(np.float32)

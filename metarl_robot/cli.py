@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # ROS 2 is imported lazily: the rest of the CLI works without rclpy
-    from ros_nodes.graph import NodeGraph
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_CHECKPOINT = REPO_ROOT / "models" / "grasp_context_ppo" / "checkpoint.pt"
+SHIPPED_CHECKPOINT = REPO_ROOT / "models" / "grasp_context_ppo" / "checkpoint.safetensors"
 SHIPPED_CONFIG = REPO_ROOT / "configs" / "grasp_meta_imitation.yaml"
 """The recipe of the shipped model: the default for `train` and for `demo --train`."""
 
@@ -75,15 +67,11 @@ def _load_controller(args: argparse.Namespace, source: str, kind: str):
         manifest = controller.manifest
         return controller, manifest["provenance"]["config"], f"bundle {source} on {controller.provider}", manifest["adaptation"]
     from metarl_robot.checkpoint import load_checkpoint
-    from metarl_robot.evaluation import GradientTorchController, TorchController
-    from metarl_robot.gradient_policy import GradientPolicy
+    from metarl_robot.evaluation import torch_controller
 
     policy, data = load_checkpoint(source)
     adaptation = data["adaptation"]
-    if isinstance(policy, GradientPolicy):
-        controller = GradientTorchController(policy, adaptation, seed=args.seed)
-    else:
-        controller = TorchController(policy, int(adaptation["buffer_size"]))
+    controller = torch_controller(policy, adaptation, seed=args.seed)
     return controller, data["config"], f"checkpoint {source}", adaptation
 
 
@@ -147,195 +135,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate_checkpoint(args: argparse.Namespace) -> int:
+    from metarl_robot.checkpoint import migrate_checkpoint
+
+    path = migrate_checkpoint(args.old, args.new, overwrite=args.overwrite)
+    print(f"checkpoint: {path} (version 2, safetensors + JSON, from {args.old})")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from metarl_robot.verify import verify_bundle
 
     report = verify_bundle(args.bundle, checkpoint=args.checkpoint)
     print(report.format())
     return 0 if report.ok else 1
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    if args.train:
-        print(f"[demo] training a fresh meta-policy with {args.train} (the recipe of the shipped one)")
-        from metarl_robot.algos.context_ppo import TrainConfig, train
-        from metarl_robot.config import load_config
-
-        checkpoint = train(load_config(TrainConfig, args.train), out / "train", progress=True)
-    else:
-        checkpoint = Path(args.checkpoint)
-        print(f"[demo] using the shipped checkpoint {checkpoint} (see models/README.md for the command that made it)")
-    if not checkpoint.is_file():
-        return _fail(f"checkpoint {checkpoint} not found; pass --checkpoint CKPT or --train")
-    from metarl_robot.export import export_bundle
-    from metarl_robot.verify import verify_bundle
-
-    bundle = export_bundle(checkpoint, out / "bundle", overwrite=True)
-    print(f"[demo] exported {bundle}")
-    report = verify_bundle(bundle, checkpoint=checkpoint)
-    print(report.format())
-    if not report.ok:
-        return _fail("the exported bundle failed verification")
-    env = dict(os.environ)
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    command = [sys.executable, "-m", "ros_nodes.demo", "--bundle", str(bundle), "--out", str(out),
-               "--episodes-per-object", str(args.episodes_per_object),
-               "--object-a", str(args.object_a), "--object-b", str(args.object_b)]
-    print(f"[demo] starting the ROS 2 graph: {' '.join(command)}")
-    return subprocess.call(command, env=env, cwd=REPO_ROOT)
-
-
-def _parameter_file_sections(*paths: Path) -> dict[str, dict[str, Any]]:
-    """``{node name: ros__parameters}`` merged over ROS 2 parameter files, later files winning."""
-    import yaml
-
-    merged: dict[str, dict[str, Any]] = {}
-    for path in paths:
-        try:
-            content = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"parameter file {str(path)!r} is not valid YAML: {err}") from None
-        if not isinstance(content, dict):
-            raise ValueError(f"parameter file {str(path)!r} is not a mapping of node names to ros__parameters")
-        for key, section in content.items():
-            if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
-                merged.setdefault(str(key).lstrip("/"), {}).update(section["ros__parameters"])
-    return merged
-
-
-def parse_node_overrides(
-    items: Sequence[str], node_names: Sequence[str], reference: dict[str, dict[str, Any]] | None = None
-) -> dict[str, dict[str, Any]]:
-    """``--set NODE.PARAM=VALUE`` items as ``{node: {param: value}}``, values parsed with ``yaml.safe_load``.
-
-    ``NODE`` must be one of ``node_names``. Where ``reference`` (the parameter files' sections) holds
-    the parameter, its type guides the parse: an integer for a float parameter becomes a float (ROS 2
-    refuses 50 for a double), and a string parameter takes the text as given. Raises ``ValueError``
-    naming the item.
-    """
-    import yaml
-
-    from ros_nodes import POLICY_NODE_NAME, SIM_ROBOT_NODE_NAME
-
-    reference = reference or {}
-    overrides: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, equals, text = item.partition("=")
-        node, dot, param = key.strip().partition(".")
-        if not equals or not dot or not node or not param:
-            raise ValueError(f"--set {item!r}: expected NODE.PARAM=VALUE, e.g. {POLICY_NODE_NAME}.control_rate_hz=50.0")
-        if node not in node_names:
-            hint = " (the simulated robot runs only with --sim)" if node == SIM_ROBOT_NODE_NAME else ""
-            raise ValueError(f"--set {item!r}: no node {node!r} in this graph{hint}; its nodes: {', '.join(node_names)}")
-        if node == POLICY_NODE_NAME and param == "bundle_path":
-            raise ValueError(f"--set {item!r}: give the bundle with --bundle DIR")
-        known = reference.get(node, {}).get(param)
-        if isinstance(known, str):
-            value: Any = text  # a string parameter takes the text as given (task_yaml='{mass: 0.2}', frame 123)
-        else:
-            try:
-                value = yaml.safe_load(text) if text.strip() else ""
-            except yaml.YAMLError as err:
-                raise ValueError(f"--set {item!r}: the value is not valid YAML: {err}") from None
-            if value is None or isinstance(value, dict):
-                raise ValueError(f"--set {item!r}: a parameter value is a number, string, boolean or list")
-            if isinstance(known, float) and type(value) is int:
-                value = float(value)
-        overrides.setdefault(node, {})[param] = value
-    return overrides
-
-
-def _say(message: str) -> None:
-    print(f"[deploy] {message}", flush=True)
-
-
-def _print_interfaces(graph: NodeGraph, node_name: str) -> None:
-    """The node's topics and own services as the ROS graph shows them."""
-    interfaces = graph.node_interfaces(node_name)
-    everywhere = {"/rosout", "/parameter_events"}
-    for kind in ("subscriptions", "publishers", "services"):
-        entries = [(name, types) for name, types in interfaces[kind] if name not in everywhere]
-        if entries:
-            _say(f"{graph.node_path(node_name)} {kind}:")
-            width = max(len(name) for name, _ in entries)
-            for name, types in entries:
-                print(f"           {name:<{width}}  {types}", flush=True)
-
-
-def cmd_deploy(args: argparse.Namespace) -> int:
-    bundle = Path(args.bundle).expanduser().resolve()
-    if not bundle.is_dir():
-        return _fail(f"bundle directory {bundle} does not exist (export one with `metarl-robot export CKPT --out DIR`)")
-    if not (bundle / "manifest.json").is_file():
-        return _fail(f"{bundle} is not a bundle: it has no manifest.json")
-    if args.duration is not None and args.duration <= 0:
-        return _fail("--duration must be > 0 seconds")
-    try:
-        # ros_nodes first: it keeps DDS discovery on loopback before rclpy loads.
-        from ros_nodes import POLICY_NODE_NAME, SIM_ROBOT_NODE_NAME
-        from ros_nodes.graph import DEFAULT_PARAMS_FILE, GraphError, NodeGraph
-    except ImportError as err:
-        return _fail(f"deploy needs ROS 2's Python packages (rclpy and the message packages; "
-                     f"`pip install -e '.[ros]'` or source a ROS 2 install): {err}")
-    params = Path(args.params).expanduser().resolve() if args.params else DEFAULT_PARAMS_FILE
-    if not params.is_file():
-        return _fail(f"parameter file {params} does not exist")
-    node_names = [POLICY_NODE_NAME] + ([SIM_ROBOT_NODE_NAME] if args.sim else [])
-    try:
-        reference = _parameter_file_sections(DEFAULT_PARAMS_FILE, params)
-        overrides = parse_node_overrides(args.set, node_names, reference)
-        remaps = [tuple(r.split(":=", 1)) for r in args.remap]
-        bad = [r for r, pair in zip(args.remap, remaps) if len(pair) != 2 or not all(x.strip() for x in pair)]
-        if bad:
-            raise ValueError(f"--remap {bad[0]!r}: expected FROM:=TO, e.g. joint_command:=/forward_velocity_controller/commands")
-        graph = NodeGraph(params, bundle_path=bundle, overrides=overrides, log_dir=args.log_dir,
-                          start_robot=args.sim, namespace=args.namespace,
-                          remappings={POLICY_NODE_NAME: remaps} if remaps else None)
-    except (ValueError, GraphError) as err:
-        return _fail(str(err))
-
-    def stop_on_signal(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    # SIGINT too: a process started in the background of a script inherits SIGINT ignored.
-    previous = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    running = False
-    try:
-        discovery = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "")
-        _say(f"starting {', '.join(graph.node_path(n) for n in node_names)} on ROS_DOMAIN_ID={graph.domain_id} "
-             f"(ROS_AUTOMATIC_DISCOVERY_RANGE={discovery}), parameters {params}")
-        graph.start()
-        running = True
-        _say(f"{graph.node_path(POLICY_NODE_NAME)}: {graph.lifecycle_state()} (bundle {bundle})")
-        if args.sim:
-            _say(f"{graph.node_path(SIM_ROBOT_NODE_NAME)}: running (the simulated robot)")
-        else:
-            _say("no robot started: the policy holds until the robot's joint_states and pose topics arrive")
-        _print_interfaces(graph, POLICY_NODE_NAME)
-        for name, path in graph.log_paths.items():
-            _say(f"{name} log: {path}")
-        until = f"for {args.duration:g} s" if args.duration else "until Ctrl-C or SIGTERM"
-        _say(f"running {until}")
-        end = time.monotonic() + args.duration if args.duration else None
-        while end is None or time.monotonic() < end:
-            graph.check_alive()
-            graph.spin_for(0.5 if end is None else max(0.0, min(0.5, end - time.monotonic())))
-        _say("duration reached; stopping (the policy publishes a hold first)")
-    except KeyboardInterrupt:
-        _say("stopping (the policy publishes a hold first)" if running else "interrupted while starting")
-    except GraphError as err:
-        print(f"metarl-robot: error: {err}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        graph.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if not running:
-        return 130
-    _say("stopped")
-    return 0
 
 
 def _gif_tasks(args: argparse.Namespace, env, env_id: str, registry: dict, config: dict | None):
@@ -382,13 +195,13 @@ def _gif_policy(args: argparse.Namespace, env, task, checkpoint):
             raise ValueError(f"{type(env).__name__} has no demonstrator; use --policy random or a checkpoint")
         demonstrate = resolve(reference)
         return lambda obs: np.asarray(demonstrate(np.asarray(obs)[None], [task]))[0]
-    from metarl_robot.evaluation import TorchController
+    from metarl_robot.evaluation import torch_controller
 
     policy, data = checkpoint
-    controller = TorchController(policy, int(data["adaptation"]["buffer_size"]))
+    controller = torch_controller(policy, data["adaptation"], seed=args.seed, explore=False)
     scale = np.asarray(env.interface["action"]["scale"], dtype=np.float32)
     # The controller commands physical units; the env takes normalised actions. It acts on its prior
-    # context: one episode leaves nothing to adapt from before the episode ends.
+    # (context or initial parameters, without exploration noise): one episode leaves nothing to adapt from.
     return lambda obs: controller.act(obs) / scale
 
 
@@ -428,21 +241,32 @@ def cmd_gif(args: argparse.Namespace) -> int:
     return 0
 
 
+VERB_GROUP = "metarl_robot.cli_verbs"
+"""Entry-point group of command-line verbs other packages add: ``name = module:add_parser`` where
+``add_parser(subparsers)`` adds the verb's subparser with ``func`` set."""
+
+
+def _verb_entry_points() -> list[Any]:
+    from importlib.metadata import entry_points
+
+    return sorted(entry_points(group=VERB_GROUP), key=lambda ep: ep.name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metarl-robot", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,export,verify,demo,deploy,gif}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="VERB")
 
     p = sub.add_parser("train", help="meta-train a policy; writes checkpoints, TensorBoard logs and the resolved config")
     p.add_argument("--config", default=str(SHIPPED_CONFIG), help="YAML config (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. ppo.lr=1e-3")
     p.add_argument("--run-dir", default="runs/grasp", help="output folder (default: %(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.safetensors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="meta-test before/after adaptation on test tasks (JSON + PNG)")
-    p.add_argument("--checkpoint", nargs="+", help="training checkpoint(s) (.pt), evaluated in PyTorch; several "
+    p.add_argument("--checkpoint", nargs="+", help="training checkpoint(s) (.safetensors), evaluated in PyTorch; several "
                    "(e.g. one per training seed) are pooled: mean and CI over tasks and seeds")
     p.add_argument("--bundle", nargs="+", help="exported bundle(s), evaluated with the torch-free runtime (several are pooled)")
     p.add_argument("--providers", nargs="+", default=["cpu"], help="execution providers for --bundle, in preference order")
@@ -466,44 +290,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser(
+        "migrate-checkpoint",
+        help="convert a version-1 .pt checkpoint to .safetensors (read with torch.load(weights_only=True), never run)",
+    )
+    p.add_argument("old", help="version-1 checkpoint (.pt)")
+    p.add_argument("new", nargs="?", help="new checkpoint (default: OLD with the .safetensors suffix)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_migrate_checkpoint)
+
     p = sub.add_parser("verify", help="check a bundle: schema, checksums, ONNX checker, parity")
     p.add_argument("bundle")
     p.add_argument("--checkpoint", help="also check parity against this checkpoint in PyTorch")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("demo", help="export, start the sim robot and the adapting policy node, swap the object")
-    p.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
-    p.add_argument("--train", nargs="?", const=str(SHIPPED_CONFIG), default=None, metavar="CONFIG",
-                   help="train a fresh policy first (default config: the shipped model's recipe, ~6 min on 2 cores)")
-    p.add_argument("--episodes-per-object", type=int, default=6)
-    p.add_argument("--object-a", type=int, default=0, help="test-split index of the first object (default: %(default)s)")
-    p.add_argument("--object-b", type=int, default=11,
-                   help="test-split index of the object swapped in (default %(default)s: a held-out sphere that the "
-                        "shipped policy fails first and grasps after adapting, in `metarl-robot eval`)")
-    p.add_argument("--out", default="runs/demo")
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser(
-        "deploy",
-        help="run a bundle under ROS 2: the policy lifecycle node, active (with --sim: beside the simulated Panda)",
-        description="Start the node graph of launch/policy.launch.py (or, with --sim, sim_grasp.launch.py) "
-        "without ROS 2 launch, drive the policy node to active, print what runs, and run until Ctrl-C or "
-        "SIGTERM; then the policy publishes a hold and the nodes stop. Uses the caller's ROS_DOMAIN_ID and "
-        "keeps DDS discovery on loopback unless ROS_AUTOMATIC_DISCOVERY_RANGE is set.",
-    )
-    p.add_argument("--bundle", required=True, help="exported bundle directory")
-    p.add_argument("--sim", action="store_true", help="also start the simulated Panda (metarl_sim_robot_node)")
-    p.add_argument("--params", help="ROS 2 parameter file (default: launch/params.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
-                   help="override a node parameter, e.g. metarl_policy_node.control_rate_hz=50.0 (value parsed as YAML)")
-    p.add_argument("--log-dir", help="write each node's output to LOG_DIR/<node>.log (default: this terminal)")
-    p.add_argument("--namespace", default="", help="namespace of the nodes and their topics (default: none)")
-    p.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
-                   help="remap a topic of the policy node, e.g. joint_command:=/forward_velocity_controller/commands "
-                        "or joint_states:=/franka/joint_states (repeatable)")
-    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                   help="stop after this long (default: run until Ctrl-C or SIGTERM)")
-    p.set_defaults(func=cmd_deploy)
+    for entry_point in _verb_entry_points():
+        # A verb another package provides (the ROS 2 verbs live with the nodes, in ros_nodes.cli): its
+        # entry point adds the subparser. A package that fails to import only loses its own verbs.
+        try:
+            entry_point.load()(sub)
+        except ImportError as err:
+            logging.getLogger("metarl_robot.cli").debug("verb %s unavailable: %s", entry_point.name, err)
 
     p = sub.add_parser("gif", help="record one episode of an env as an animated GIF")
     p.add_argument("--env-id", required=True,
@@ -515,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-seed", type=int, default=None,
                    help="seed of the task distribution (default: the checkpoint config's, else 0)")
     p.add_argument("--policy", default="random",
-                   help="random, oracle (the env's demonstrator) or a checkpoint .pt (default: %(default)s)")
+                   help="random, oracle (the env's demonstrator) or a checkpoint .safetensors (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="reset seed (and the random policy's seed)")
     p.add_argument("--max-steps", type=int, default=200, help="stop after this many steps (default: %(default)s)")
     p.add_argument("--fps", type=float, default=0.0, help="frames per second (default: the env's render_fps)")

@@ -9,8 +9,8 @@ mean and 95% confidence interval over tasks (and over training seeds when :func:
 runs of several seeds), written as JSON and as a PNG curve.
 
 The controller is anything with the runtime's interface (``reset``, ``act``, ``observe``, ``adapt``):
-the runtime's controllers evaluate the deployed ONNX bundle itself; :class:`TorchController` and
-:class:`GradientTorchController` evaluate a checkpoint in PyTorch with the same semantics.
+the runtime's controllers evaluate the deployed ONNX bundle itself; :func:`torch_controller` gives a
+checkpoint's PyTorch twin with the same semantics, from the checkpoint's family plug-in.
 """
 
 from __future__ import annotations
@@ -19,55 +19,22 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from metarl_robot.runtime.advantages import AdvantageConfig, compute_advantages
 from metarl_robot.tasks import TaskSpec
 
 
-class Controller(Protocol):
-    def reset(self) -> None: ...
-    def act(self, obs: np.ndarray) -> np.ndarray: ...
-    def observe(self, obs, action, reward, next_obs, done) -> None: ...
-    def adapt(self) -> Any: ...
+Controller = Any
+"""Anything with ``reset``, ``act``, ``observe`` and ``adapt`` (e.g. :class:`metarl_robot.runtime.Controller`)."""
 
 
-class TorchController:
-    """The runtime's controller semantics over a PyTorch :class:`~metarl_robot.policies.ContextPolicy`."""
+def torch_controller(policy: Any, adaptation: Mapping[str, Any], *, seed: int = 0, explore: bool = True) -> Controller:
+    """The runtime controller's semantics over a checkpoint's PyTorch ``policy``, from its family plug-in."""
+    from metarl_robot.families import for_policy_class
 
-    def __init__(self, policy, buffer_size: int):
-        import torch
-
-        self._torch, self.policy, self.buffer_size = torch, policy, buffer_size
-        self.reset()
-
-    def reset(self) -> None:
-        self._buffer: list[tuple[np.ndarray, ...]] = []
-        with self._torch.no_grad():
-            self.context = self.policy.initial_context(1)
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        with self._torch.no_grad():
-            obs_t = self._torch.as_tensor(np.asarray(obs, np.float32)[None])
-            return self.policy.command(obs_t, self.context)[0].numpy()
-
-    def observe(self, obs, action, reward, next_obs, done) -> None:
-        item = (np.asarray(obs, np.float32), np.asarray(action, np.float32), np.float32(reward), np.asarray(next_obs, np.float32))
-        self._buffer = (self._buffer + [item])[-self.buffer_size :]
-
-    def adapt(self):
-        t = self._torch
-        if not self._buffer:
-            return self.context
-        obs, cmd, rew, nxt = (np.stack(x) for x in zip(*self._buffer))
-        with t.no_grad():
-            self.context = self.policy.encode_commands(
-                t.as_tensor(obs[None]), t.as_tensor(cmd[None]), t.as_tensor(rew[None, :, None]),
-                t.as_tensor(nxt[None]), t.ones(1, len(obs)),
-            )
-        return self.context
+    return for_policy_class(type(policy).__name__).torch_controller(policy, adaptation, seed=seed, explore=explore)
 
 
 def ci95(values: Sequence[float]) -> float:
@@ -76,73 +43,6 @@ def ci95(values: Sequence[float]) -> float:
     if len(values) < 2:
         return float("nan")
     return float(1.96 * values.std(ddof=1) / math.sqrt(len(values)))
-
-
-class GradientTorchController:
-    """The runtime's gradient-adaptation semantics over a PyTorch :class:`~metarl_robot.gradient_policy.GradientPolicy`.
-
-    ``act`` samples a Gaussian action (``explore``; the mean otherwise) and returns the command;
-    ``observe`` stores the episode; ``adapt`` computes advantages over the stored episodes with the
-    robot's numpy code and takes ``adaptation["steps"]`` inner policy-gradient steps, then forgets the
-    episodes (they were collected by the old parameters).
-    """
-
-    def __init__(self, policy, adaptation: Mapping[str, Any], *, explore: bool = True, seed: int = 0):
-        import torch
-
-        self._torch, self.policy, self.explore = torch, policy, explore
-        self.steps = int(adaptation.get("steps", 1))
-        self.max_episode_steps = int(adaptation["max_episode_steps"])
-        self.episodes_per_step = int(adaptation["episodes_per_step"])
-        self.advantages = AdvantageConfig(**adaptation.get("advantages", {}))
-        self._generator = torch.Generator().manual_seed(seed)
-        self.reset()
-
-    def reset(self) -> None:
-        self.params = self.policy.initial_adapted().detach().clone()
-        self._episodes: list[list[tuple[np.ndarray, np.ndarray, float]]] = []
-        self._current: list[tuple[np.ndarray, np.ndarray, float]] = []
-        self._last: tuple[np.ndarray, np.ndarray] | None = None
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        t = self._torch
-        with t.no_grad():
-            obs_t = t.as_tensor(np.asarray(obs, np.float32)[None])
-            noise = t.randn(1, self.policy.act_dim, generator=self._generator) if self.explore else t.zeros(1, self.policy.act_dim)
-            action = self.policy.sample(self.params, obs_t, noise)[0]
-            command = (t.clamp(action, -1.0, 1.0) * self.policy.action_scale).numpy()
-        self._last = (command, action.numpy())
-        return command
-
-    def observe(self, obs, action, reward, next_obs, done) -> None:
-        command = np.asarray(action, np.float32)
-        if self._last is not None and np.array_equal(command, self._last[0]):
-            normalised = self._last[1]
-        else:
-            normalised = command / self.policy.action_scale.numpy()
-        self._current.append((np.asarray(obs, np.float32), normalised, float(reward)))
-        if done or len(self._current) >= self.max_episode_steps:
-            self._episodes = (self._episodes + [self._current])[-self.episodes_per_step :]
-            self._current = []
-
-    def adapt(self):
-        t = self._torch
-        if not self._episodes:
-            return self.params
-        n, steps = len(self._episodes), self.max_episode_steps
-        obs = np.zeros((n, steps, self.policy.obs_dim), np.float32)
-        act = np.zeros((n, steps, self.policy.act_dim), np.float32)
-        rew = np.zeros((n, steps), np.float32)
-        mask = np.zeros((n, steps), np.float32)
-        for i, episode in enumerate(self._episodes):
-            for j, (o, a, r) in enumerate(episode):
-                obs[i, j], act[i, j], rew[i, j], mask[i, j] = o, a, r, 1.0
-        adv = compute_advantages(obs, rew, mask, self.advantages)
-        args = [t.as_tensor(x) for x in (obs, act, adv, mask)]
-        for _ in range(self.steps):
-            self.params = self.policy.inner_step(self.params, *args, create_graph=False).detach()
-        self._episodes, self._current = [], []
-        return self.params
 
 
 def evaluate(

@@ -1,10 +1,7 @@
-"""Export a training checkpoint to a deployable bundle: two ONNX graphs, test vectors, a manifest.
+"""Export a training checkpoint to a deployable bundle: the family's ONNX graphs, test vectors, a manifest.
 
-The checkpoint's policy class picks the bundle family. For a ``ContextPolicy`` (family "context"),
-``policy.onnx`` computes ``ContextPolicy.command(obs, context)`` and ``adapt.onnx`` computes
-``ContextPolicy.encode_commands(obs, command, reward, next_obs, mask)``. For a ``GradientPolicy``
-(family "gradient", :mod:`metarl_robot.gradient_export`), ``policy.onnx`` samples an action at the
-adapted parameters and ``adapt.onnx`` is one inner policy-gradient step on them. Observation
+The checkpoint's policy class picks the family plug-in (:mod:`metarl_robot.families`), which writes
+its graphs and files and states its manifest ``adaptation`` section; this writer knows no family. Observation
 normalisation, action clipping and scaling are inside the graphs, so the robot feeds raw sensor values
 and sends the output as is. The manifest carries the robot contract (observation layout, action mode,
 names, units, limits, joint names, control rate, adaptation settings) and the provenance. The format
@@ -18,13 +15,10 @@ export leaves no partial bundle.
 
 from __future__ import annotations
 
-import copy
-
 import contextlib
 import dataclasses
 import datetime
 import enum
-import json
 import logging
 import math
 import os
@@ -32,7 +26,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,66 +37,19 @@ import torch
 from torch import nn
 
 from metarl_robot.checkpoint import load_checkpoint
-from metarl_robot.gradient_policy import GradientPolicy
-from metarl_robot.policies import ContextPolicy
-from metarl_robot.runtime.bundle import (
-    ADAPT_FILE,
-    FORMAT,
-    GRAPH_IO,
-    MANIFEST_FILE,
-    PARAMS_FILE,
-    POLICY_FILE,
-    SCHEMA_VERSION,
-    TEST_VECTORS_FILE,
-    BundleError,
-    graph_shapes,
-    load_bundle,
-    sha256_file,
-)
-from metarl_robot.verify import PARITY_TOLERANCE, max_abs_diff
+from metarl_robot.families import registry
+from metarl_robot.parity import PARITY_TOLERANCE
+from metarl_robot.runtime.bundle import FORMAT, MANIFEST_FILE, SCHEMA_VERSION, BundleError, load_bundle, sha256_file
+from metarl_robot.runtime.integrity import write_manifest
 
 logger = logging.getLogger("metarl_robot.export")
 
 PARITY_BATCHES = 50
-"""Random batches per graph in the export-time parity check."""
-GRAPH_FILES = {"policy": POLICY_FILE, "adapt": ADAPT_FILE}
-CONTEXT_IO = GRAPH_IO["context"]
-PARITY_LABELS = {"adapt_chained": "the adapt graph over chained steps (its own output fed back)"}
-"""How the parity error message names a check that is not a single graph."""
+"""Random batches per graph in the export-time parity check (each family uses this figure)."""
 
 
 class ExportError(ValueError):
     """A checkpoint cannot be exported; the message names the missing key or failed check."""
-
-
-class PolicyGraph(nn.Module):
-    """What ``policy.onnx`` computes: raw observation and context in, physical command out."""
-
-    def __init__(self, policy: ContextPolicy) -> None:
-        super().__init__()
-        self.policy = policy
-
-    def forward(self, obs: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.policy.command(obs, context)
-
-
-class AdaptGraph(nn.Module):
-    """What ``adapt.onnx`` computes: a batch of transition sequences (commands in physical units) in,
-    context out."""
-
-    def __init__(self, policy: ContextPolicy) -> None:
-        super().__init__()
-        self.policy = policy
-
-    def forward(
-        self,
-        obs: torch.Tensor,
-        command: torch.Tensor,
-        reward: torch.Tensor,
-        next_obs: torch.Tensor,
-        mask: torch.Tensor,
-    ) -> torch.Tensor:
-        return self.policy.encode_commands(obs, command, reward, next_obs, mask)
 
 
 def export_bundle(
@@ -124,28 +71,29 @@ def export_bundle(
     checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
     _check_destination(out_dir, overwrite)
     policy, ckpt = load_checkpoint(checkpoint_path)
-    sections = _contract_sections(policy, ckpt, checkpoint_path)
-    family = sections["method"]["family"]
+    plugin = registry.for_policy_class(type(policy).__name__)
+    sections = _contract_sections(plugin, policy, ckpt, checkpoint_path)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
-        build = _build_gradient if family == "gradient" else _build_context
         with single_threaded_torch():
-            diffs, dims, file_names = build(policy, sections["adaptation"], staging, opset, checkpoint_path)
-        files = {name: sha256_file(staging / name) for name in file_names}
-        opsets = {_default_opset(staging / GRAPH_FILES[g]) for g in GRAPH_FILES}
+            built = plugin.build_graphs(policy, sections["adaptation"], staging, opset)
+        diffs = dict(built.parity)
+        _check_parity(plugin, diffs, checkpoint_path)
+        files = {name: sha256_file(staging / name) for name in built.files}
+        opsets = {_default_opset(staging / file) for file in plugin.graph_files.values()}
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "format": FORMAT,
             **sections,
             "graphs": {
-                graph: {"file": GRAPH_FILES[graph], **graph_shapes(family, graph, **dims)} for graph in GRAPH_FILES
+                graph: {"file": file, **plugin.graph_shapes(graph, built.dims)} for graph, file in plugin.graph_files.items()
             },
             "files": files,
             "provenance": _provenance(ckpt, checkpoint_path, opset=max(opsets), parity=diffs),
         }
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        write_manifest(staging / MANIFEST_FILE, manifest)  # sealed with the digest over it and so every file
         try:
             load_bundle(staging)
         except BundleError as err:
@@ -162,51 +110,12 @@ def export_bundle(
     return out_dir
 
 
-def _build_context(
-    policy: ContextPolicy, adaptation: Mapping[str, Any], staging: Path, opset: int | None, checkpoint_path: Path
-) -> tuple[dict[str, float], dict[str, int], list[str]]:
-    """Write the context family's graphs and test vectors into ``staging`` after the parity check;
-    return the parity figures, the graph sizes and the files to list."""
-    for graph in CONTEXT_IO:
-        _export_graph(policy, graph, staging / GRAPH_FILES[graph], opset)
-    sessions = {graph: _cpu_session(staging / GRAPH_FILES[graph]) for graph in CONTEXT_IO}
-    buffer_size = adaptation["buffer_size"]
-    diffs = parity_max_abs_diff(
-        policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0), max_sequence=buffer_size
-    )
-    _check_parity(diffs, checkpoint_path)
-    _write_test_vectors(policy, staging / TEST_VECTORS_FILE, buffer_size=buffer_size)
-    dims = {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "context_dim": policy.config.context_dim}
-    return diffs, dims, [POLICY_FILE, ADAPT_FILE, TEST_VECTORS_FILE]
-
-
-def _build_gradient(
-    policy: GradientPolicy, adaptation: Mapping[str, Any], staging: Path, opset: int | None, checkpoint_path: Path
-) -> tuple[dict[str, float], dict[str, int], list[str]]:
-    """The gradient family's counterpart of :func:`_build_context`, plus ``params.npy``."""
-    from metarl_robot import gradient_export  # imports this module, so not at the top
-
-    sizes = {"episodes": adaptation["episodes_per_step"], "max_episode_steps": adaptation["max_episode_steps"]}
-    for graph in GRAPH_FILES:
-        gradient_export.export_graph(policy, graph, staging / GRAPH_FILES[graph], opset, **sizes)
-    sessions = {graph: _cpu_session(staging / GRAPH_FILES[graph]) for graph in GRAPH_FILES}
-    diffs = gradient_export.parity_max_abs_diff(
-        policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0), **sizes
-    )
-    _check_parity(diffs, checkpoint_path)
-    gradient_export.write_test_vectors(policy, staging / TEST_VECTORS_FILE, **sizes)
-    with open(staging / PARAMS_FILE, "wb") as f:
-        np.save(f, gradient_export.initial_params(policy), allow_pickle=False)
-    dims = {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "num_params": policy.num_adapted, **sizes}
-    return diffs, dims, [POLICY_FILE, ADAPT_FILE, PARAMS_FILE, TEST_VECTORS_FILE]
-
-
-def _check_parity(diffs: Mapping[str, float], checkpoint_path: Path) -> None:
+def _check_parity(plugin: Any, diffs: Mapping[str, float], checkpoint_path: Path) -> None:
     failed = {name: diff for name, diff in diffs.items() if not diff <= PARITY_TOLERANCE}
     if failed:
         raise ExportError(
             f"exporting {str(checkpoint_path)!r}: onnxruntime disagrees with PyTorch on "
-            + ", ".join(f"{PARITY_LABELS.get(g, f'the {g} graph')} (max abs diff {d:.3g})" for g, d in failed.items())
+            + ", ".join(f"{plugin.parity_labels.get(g, f'the {g} graph')} (max abs diff {d:.3g})" for g, d in failed.items())
             + f" over {PARITY_BATCHES} random batches; the tolerance is {PARITY_TOLERANCE:g} (commands in "
             "normalised action units). "
             "No bundle was written."
@@ -214,7 +123,7 @@ def _check_parity(diffs: Mapping[str, float], checkpoint_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- checkpoint -> manifest
-def _contract_sections(policy: ContextPolicy | GradientPolicy, ckpt: Mapping[str, Any], path: Path) -> dict[str, Any]:
+def _contract_sections(plugin: Any, policy: Any, ckpt: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """The manifest's method/observation/action/control_rate_hz/adaptation sections from a checkpoint."""
     where = f"checkpoint {str(path)!r}"
     resave = "re-save the checkpoint with it (see docs/bundle.md, 'Checkpoint keys read by export')"
@@ -278,7 +187,7 @@ def _contract_sections(policy: ContextPolicy | GradientPolicy, ckpt: Mapping[str
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
         raise ExportError(f"{where}: 'interface.control_rate_hz' must be a positive number, got {rate!r}")
 
-    scale = _float32_list(policy.action_scale)
+    scale = float32_list(policy.action_scale)
     for key, expected in (("scale", scale), ("low", [-v for v in scale]), ("high", scale)):
         declared = _optional_action_field(interface, key)
         if declared is None:
@@ -293,16 +202,10 @@ def _contract_sections(policy: ContextPolicy | GradientPolicy, ckpt: Mapping[str
                 f"{where}: 'interface.action.{key}' {declared!r} disagrees with the policy's action_scale "
                 f"{scale} (the policy graph clips to +-action_scale); fix the env interface or the policy"
             )
-    if isinstance(policy, GradientPolicy):
-        from metarl_robot import gradient_export  # imports this module, so not at the top
-
-        family = "gradient"
-        adaptation_section = gradient_export.adaptation_section(policy, adaptation, require, where)
-    else:
-        family, adaptation_section = "context", _context_adaptation(policy, adaptation, require, where)
+    adaptation_section = plugin.adaptation_section(policy, adaptation, require, where)
     return {
-        "method": {"family": family, "name": str(method)},
-        "observation": {"dim": policy.obs_dim, "layout": _jsonable(layout), "normalization": "baked"},
+        "method": {"family": plugin.name, "name": str(method)},
+        "observation": {"dim": policy.obs_dim, "layout": jsonable(layout), "normalization": "baked"},
         "action": {
             "mode": mode,
             "dim": act_dim,
@@ -319,34 +222,6 @@ def _contract_sections(policy: ContextPolicy | GradientPolicy, ckpt: Mapping[str
     }
 
 
-def _context_adaptation(
-    policy: ContextPolicy, adaptation: Mapping[str, Any], require: Callable[..., Any], where: str
-) -> dict[str, Any]:
-    """The manifest's ``adaptation`` section of a context bundle from the checkpoint's ``adaptation``."""
-    buffer_size = require(adaptation, "buffer_size", "adaptation.buffer_size")
-    if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
-        raise ExportError(f"{where}: 'adaptation.buffer_size' must be a positive integer, got {buffer_size!r}")
-    cadence = require(adaptation, "cadence", "adaptation.cadence")
-    if not isinstance(cadence, str):
-        raise ExportError(f"{where}: 'adaptation.cadence' must be a string, got {cadence!r}")
-    reward_source = require(adaptation, "reward_source", "adaptation.reward_source")
-    if not isinstance(reward_source, Mapping):
-        raise ExportError(f"{where}: 'adaptation.reward_source' must be a mapping, got {type(reward_source).__name__}")
-    with torch.no_grad():
-        initial_context = _float32_list(policy.initial_context()[0])
-    return {
-        "kind": "context_encoder",
-        "adapted": "context",
-        "context_dim": policy.config.context_dim,
-        "inner_lr": None,
-        "steps": 1,
-        "buffer_size": buffer_size,
-        "cadence": cadence,
-        "reward_source": _jsonable(reward_source),
-        "initial_context": initial_context,
-    }
-
-
 def _optional_action_field(interface: Mapping[str, Any], key: str) -> Any:
     nested = interface.get("action")
     if isinstance(nested, Mapping) and key in nested:
@@ -356,11 +231,11 @@ def _optional_action_field(interface: Mapping[str, Any], key: str) -> Any:
 
 def _provenance(ckpt: Mapping[str, Any], path: Path, *, opset: int, parity: Mapping[str, float]) -> dict[str, Any]:
     return {
-        "config": _jsonable(ckpt.get("config")),
-        "seed": _jsonable(ckpt.get("seed")),
-        "code_version": _jsonable(ckpt.get("code_version")),
-        "training_metrics": _jsonable(ckpt.get("metrics")),
-        "iteration": _jsonable(ckpt.get("iteration")),
+        "config": jsonable(ckpt.get("config")),
+        "seed": jsonable(ckpt.get("seed")),
+        "code_version": jsonable(ckpt.get("code_version")),
+        "training_metrics": jsonable(ckpt.get("metrics")),
+        "iteration": jsonable(ckpt.get("iteration")),
         "checkpoint_sha256": sha256_file(path),
         "checkpoint_path": str(path.resolve()),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -370,28 +245,28 @@ def _provenance(ckpt: Mapping[str, Any], path: Path, *, opset: int, parity: Mapp
     }
 
 
-def _float32_list(tensor: torch.Tensor) -> list[float]:
+def float32_list(tensor: torch.Tensor) -> list[float]:
     """Float32 values as the shortest decimals that read back to the same float32 (0.15, not
     0.15000000596046448)."""
     return [float(str(v)) for v in tensor.detach().cpu().numpy().astype(np.float32).reshape(-1)]
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """A JSON-serialisable copy: tuples become lists, paths strings, non-finite floats "nan"/"inf"."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, enum.Enum):
-        return _jsonable(value.value)
+        return jsonable(value.value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
+        return jsonable(dataclasses.asdict(value))
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (np.ndarray, np.generic, torch.Tensor)):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return str(value)
@@ -427,31 +302,6 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _example_inputs(policy: ContextPolicy, graph: str) -> tuple[torch.Tensor, ...]:
-    batch, seq = 2, 3
-    if graph == "policy":
-        return torch.zeros(batch, policy.obs_dim), torch.zeros(batch, policy.config.context_dim)
-    return (
-        torch.zeros(batch, seq, policy.obs_dim),
-        torch.zeros(batch, seq, policy.act_dim),
-        torch.zeros(batch, seq, 1),
-        torch.zeros(batch, seq, policy.obs_dim),
-        torch.ones(batch, seq),
-    )
-
-
-def _export_graph(policy: ContextPolicy, graph: str, path: Path, opset: int | None) -> None:
-    inputs, outputs = CONTEXT_IO[graph]
-    module = (PolicyGraph if graph == "policy" else AdaptGraph)(policy).eval()
-    batch = torch.export.Dim("batch")
-    sequence = torch.export.Dim("sequence")
-    if graph == "policy":
-        dynamic_shapes = {name: {0: batch} for name in inputs}
-    else:
-        dynamic_shapes = {name: {0: batch, 1: sequence} for name in CONTEXT_IO["adapt"][0]}
-    onnx_export(module, _example_inputs(policy, graph), path, graph, inputs, outputs, dynamic_shapes, opset)
-
-
 def onnx_export(module: nn.Module, args, path: Path, graph: str, inputs, outputs, dynamic_shapes, opset: int | None) -> None:
     """``torch.onnx.export`` with the dynamo exporter, its chatter silenced, failures as :class:`ExportError`."""
     try:
@@ -479,100 +329,11 @@ def _default_opset(path: Path) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _cpu_session(path: Path) -> onnxruntime.InferenceSession:
+def cpu_session(path: Path) -> onnxruntime.InferenceSession:
+    """An onnxruntime session on the CPU for an exported graph file (parity checks, verify)."""
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     return onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-# ---------------------------------------------------------------------------- parity
-def sample_inputs(
-    policy: ContextPolicy,
-    graph: str,
-    rng: np.random.Generator,
-    *,
-    batch: int | None = None,
-    sequence: int | None = None,
-    max_sequence: int = 64,
-) -> dict[str, np.ndarray]:
-    """Random float32 inputs for ``graph`` that exercise the normaliser clip and the action clip.
-
-    ``batch`` defaults to a random 1..8 and ``sequence`` (adapt graph) to a random 1..``max_sequence``.
-    Observations are drawn around the policy's normaliser statistics with 4 standard deviations of
-    spread; commands reach 1.5x the action scale; masks have random holes (and may be all zero).
-    """
-    if batch is None:
-        batch = int(rng.integers(1, 9))
-    mean = policy.obs_norm.mean.numpy()
-    std = np.sqrt(policy.obs_norm.var.numpy() + 1e-8)
-
-    def observations(*shape: int) -> np.ndarray:
-        return (mean + std * rng.normal(0.0, 4.0, size=(*shape, policy.obs_dim))).astype(np.float32)
-
-    if graph == "policy":
-        context = rng.uniform(-1.0, 1.0, size=(batch, policy.config.context_dim))
-        return {"obs": observations(batch), "context": context.astype(np.float32)}
-    seq = int(rng.integers(1, max_sequence + 1)) if sequence is None else sequence
-    scale = policy.action_scale.numpy()
-    return {
-        "obs": observations(batch, seq),
-        "command": (rng.uniform(-1.5, 1.5, size=(batch, seq, policy.act_dim)) * scale).astype(np.float32),
-        "reward": rng.normal(size=(batch, seq, 1)).astype(np.float32),
-        "next_obs": observations(batch, seq),
-        "mask": (rng.random((batch, seq)) < 0.7).astype(np.float32),
-    }
-
-
-@torch.no_grad()
-def reference_outputs(policy: ContextPolicy, graph: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-    """What PyTorch computes for ``graph`` on ``inputs``, evaluated in float64 and returned as float32.
-
-    The float32 graph is compared with the exact function rather than with PyTorch's own float32
-    rounding: for wide layers the two float32 implementations each drift a few 1e-6 from the exact
-    result, in different directions, which would otherwise count twice against the tolerance.
-    """
-    tensors = [torch.from_numpy(np.ascontiguousarray(inputs[name])).double() for name in CONTEXT_IO[graph][0]]
-    exact = copy.deepcopy(policy).double()
-    module = PolicyGraph(exact) if graph == "policy" else AdaptGraph(exact)
-    return module.eval()(*tensors).numpy().astype(np.float32)
-
-
-def parity_max_abs_diff(
-    policy: ContextPolicy,
-    sessions: Mapping[str, onnxruntime.InferenceSession],
-    *,
-    batches: int,
-    rng: np.random.Generator,
-    max_sequence: int,
-) -> dict[str, float]:
-    """Largest difference between onnxruntime and PyTorch per graph over random batches, as
-    :func:`max_abs_diff` measures it."""
-    action_scale = policy.action_scale.numpy()
-    diffs: dict[str, float] = {}
-    for graph, session in sessions.items():
-        worst = 0.0
-        for _ in range(batches):
-            inputs = sample_inputs(policy, graph, rng, max_sequence=max_sequence)
-            actual = session.run(None, inputs)[0]
-            expected = reference_outputs(policy, graph, inputs)
-            worst = max(worst, max_abs_diff(graph, actual, expected, action_scale))
-            if not math.isfinite(worst):
-                break
-        diffs[graph] = worst
-    return diffs
-
-
-def _write_test_vectors(policy: ContextPolicy, path: Path, *, buffer_size: int) -> None:
-    """Store one seeded random batch per graph with the PyTorch outputs (keys in docs/bundle.md)."""
-    rng = np.random.default_rng(12345)
-    arrays: dict[str, np.ndarray] = {}
-    for graph, batch in (("policy", 16), ("adapt", 4)):
-        inputs = sample_inputs(policy, graph, rng, batch=batch, sequence=buffer_size)
-        for name, array in inputs.items():
-            arrays[f"{graph}/inputs/{name}"] = array
-        arrays[f"{graph}/outputs/{CONTEXT_IO[graph][1][0]}"] = reference_outputs(policy, graph, inputs)
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
 
 
 # ---------------------------------------------------------------------------- publishing

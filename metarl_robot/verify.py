@@ -16,6 +16,7 @@ import importlib.util
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -23,11 +24,10 @@ import numpy as np
 import onnx
 import onnxruntime
 
-from metarl_robot.runtime.bundle import GRAPH_IO, TEST_VECTORS_FILE, Bundle, BundleError, load_bundle, sha256_file
-
-PARITY_TOLERANCE = 1e-5
-"""Largest difference allowed between onnxruntime and PyTorch (or stored) outputs, as measured by
-:func:`max_abs_diff`; export and verify use the same bar."""
+from metarl_robot.families import registry
+from metarl_robot.parity import PARITY_TOLERANCE, max_abs_diff
+from metarl_robot.runtime import integrity
+from metarl_robot.runtime.bundle import TEST_VECTORS_FILE, Bundle, BundleError, load_bundle, sha256_file
 PARITY_BATCHES = 50
 """Fresh random batches per graph in the torch comparison."""
 
@@ -96,13 +96,17 @@ class VerifyReport:
             raise VerifyError(self.format())
 
 
-def verify_bundle(path: str | Path, checkpoint: str | Path | None = None) -> VerifyReport:
+def verify_bundle(
+    path: str | Path, checkpoint: str | Path | None = None, *, trusted_keys: Sequence[str | Path] | None = None
+) -> VerifyReport:
     """Run every check on the bundle at ``path`` and return the report (``report.ok``).
 
     ``checkpoint`` is the training checkpoint to compare against; without it the path recorded in the
     manifest's provenance is used when that file still exists. The torch comparison is skipped (not
-    failed) when torch is not installed or no checkpoint is found. A bundle that cannot be loaded
-    stops the run after the first check.
+    failed) when torch is not installed or no checkpoint is found. With ``trusted_keys`` (public-key
+    PEM paths) the bundle must be signed by one of them. A bundle that cannot be loaded
+    stops the run after the first check; a checkpoint that is not a readable checkpoint file (a
+    pickle, a torn file) raises :class:`~metarl_robot.checkpoint.CheckpointError`.
     """
     report = VerifyReport(Path(path))
     try:
@@ -113,12 +117,16 @@ def verify_bundle(path: str | Path, checkpoint: str | Path | None = None) -> Ver
     report.add(
         "manifest and checksums",
         "pass",
-        f"schema_version {bundle.schema_version}, {len(bundle.files)} files match their sha256",
+        f"schema_version {bundle.schema_version}, the manifest matches its digest {bundle.digest[:19]}..., "
+        f"{len(bundle.files)} files match their sha256",
     )
+    _check_signature(report, bundle, trusted_keys)
     for graph in bundle.graphs:
         _check_onnx(report, bundle, graph)
     for graph in bundle.graphs:
         _check_io(report, bundle, graph)
+    _check_contract(report, bundle)
+    _check_command_bounds(report, bundle)
     _check_test_vectors(report, bundle)
     _check_torch_parity(report, bundle, checkpoint)
     return report
@@ -180,24 +188,6 @@ def _cpu_session(bundle: Bundle, graph: str) -> onnxruntime.InferenceSession:
     )
 
 
-def max_abs_diff(
-    graph: str, actual: np.ndarray, expected: np.ndarray, action_scale: np.ndarray, *, output: str | None = None
-) -> float:
-    """Largest absolute difference between two outputs of ``graph`` (``inf`` if shapes differ).
-
-    Commands (``output`` "command"; by default the policy graph's output) are compared in normalised
-    action units, ``command / action_scale``, so every action dimension gets the same relative
-    precision whatever its physical unit (a float32 command of 60 N cannot be reproduced to 1e-5 N);
-    contexts, normalised actions and adapted parameters are compared as they are.
-    """
-    if actual.shape != expected.shape:
-        return math.inf
-    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    if (output == "command") if output is not None else graph == "policy":
-        diff = diff / np.asarray(action_scale, dtype=np.float64)
-    return float(np.max(diff)) if diff.size else 0.0
-
-
 def _check_test_vectors(report: VerifyReport, bundle: Bundle) -> None:
     name = "onnxruntime vs test vectors"
     if TEST_VECTORS_FILE not in bundle.files:
@@ -209,7 +199,7 @@ def _check_test_vectors(report: VerifyReport, bundle: Bundle) -> None:
     try:
         with np.load(bundle.file_path(TEST_VECTORS_FILE), allow_pickle=False) as vectors:
             arrays = {key: vectors[key] for key in vectors.files}
-        for graph, (inputs, outputs) in GRAPH_IO[bundle.family].items():
+        for graph, (inputs, outputs) in bundle.plugin.graph_io.items():
             feed = {n: arrays[f"{graph}/inputs/{n}"].astype(np.float32) for n in inputs}
             actual = _cpu_session(bundle, graph).run(None, feed)
             diff = max(
@@ -243,6 +233,10 @@ def _check_torch_parity(report: VerifyReport, bundle: Bundle, checkpoint: str | 
     if not checkpoint.is_file():
         report.add(name, "fail", f"checkpoint {str(checkpoint)!r} does not exist")
         return
+    from metarl_robot.checkpoint import load_checkpoint
+
+    # Raises CheckpointError, which stops verify, for a file that is no safe checkpoint (a pickle is never run).
+    policy, _ = load_checkpoint(checkpoint)
     expected_sha = bundle.provenance.get("checkpoint_sha256")
     actual_sha = sha256_file(checkpoint)
     if expected_sha and actual_sha != expected_sha:
@@ -254,12 +248,9 @@ def _check_torch_parity(report: VerifyReport, bundle: Bundle, checkpoint: str | 
         )
         return
     try:
-        from metarl_robot.checkpoint import load_checkpoint
         from metarl_robot.export import single_threaded_torch
-        from metarl_robot.gradient_policy import GradientPolicy
 
-        policy, _ = load_checkpoint(checkpoint)
-        family = "gradient" if isinstance(policy, GradientPolicy) else "context"
+        family = registry.for_policy_class(type(policy).__name__).name
         if family != bundle.family:
             report.add(
                 name, "fail", f"{checkpoint} holds a {type(policy).__name__}, but this is a {bundle.family} bundle"
@@ -267,8 +258,8 @@ def _check_torch_parity(report: VerifyReport, bundle: Bundle, checkpoint: str | 
             return
         sessions = {graph: _cpu_session(bundle, graph) for graph in bundle.graphs}
         with single_threaded_torch():
-            diffs, start_name, start_diff = (_gradient_parity if family == "gradient" else _context_parity)(
-                policy, bundle, sessions
+            diffs, start_name, start_diff = bundle.plugin.checkpoint_parity(
+                policy, bundle, sessions, _batch_rng(bundle), PARITY_BATCHES
             )
     except Exception as err:  # checkpoint loading and inference raise several types
         report.add(name, "fail", f"{type(err).__name__}: {err}")
@@ -291,34 +282,197 @@ def _batch_rng(bundle: Bundle) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def _context_parity(policy, bundle: Bundle, sessions) -> tuple[dict[str, float], str, float]:
-    """Graph parity on fresh batches, and the encoder's prior against ``adaptation.initial_context``."""
-    import torch
+# ------------------------------------------------------------------------------------ signature and meaning
+PROBE_BATCH = 256
+"""Observations per probe run of the policy graph."""
+PROBE_ROUNDS = 12
+"""Rounds of the search that pushes each command dimension towards each of its bounds."""
+PROBE_KEEP = 16
+"""Best probes kept per round of that search."""
+BOUND_RTOL = 1e-6
+"""Relative tolerance of a command against a stated bound (float32 holds about 7 digits)."""
 
-    from metarl_robot.export import parity_max_abs_diff
 
-    diffs = parity_max_abs_diff(
-        policy, sessions, batches=PARITY_BATCHES, rng=_batch_rng(bundle), max_sequence=bundle.buffer_size
+def _check_signature(report: VerifyReport, bundle: Bundle, trusted_keys: Sequence[str | Path] | None) -> None:
+    name = "signature"
+    if not trusted_keys:
+        try:
+            content = integrity.read_signatures(bundle.path)
+        except BundleError as err:
+            report.add(name, "fail", str(err))
+            return
+        if content is None:
+            report.add(name, "skip", "unsigned; pass --trusted-key PUBLIC.pem to require a signature")
+        else:
+            signers = ", ".join(e["key_id"] for e in content["signatures"])
+            report.add(name, "skip", f"signed by key {signers}, not checked: pass --trusted-key PUBLIC.pem to check it")
+        return
+    try:
+        signer = integrity.check_signature(bundle.path, bundle.digest, trusted_keys)
+    except BundleError as err:
+        report.add(name, "fail", str(err))
+        return
+    report.add(name, "pass", f"the digest {bundle.digest[:19]}... is signed by trusted key {signer}")
+
+
+def _graph_dim(model: onnx.ModelProto, kind: str, name: str) -> int | None:
+    """The last dimension of input or output ``name`` of ``model`` (``None`` when absent or dynamic)."""
+    for value in model.graph.input if kind == "input" else model.graph.output:
+        if value.name == name:
+            dims = _dims(value)
+            return dims[-1] if dims else None
+    return None
+
+
+def _check_contract(report: VerifyReport, bundle: Bundle) -> None:
+    """The manifest's contract is self-consistent and agrees with the policy graph's interface."""
+    name = "manifest contract"
+    problems = []
+    rate = bundle.control_rate_hz
+    if not (math.isfinite(rate) and rate > 0):
+        problems.append(f"control_rate_hz {rate!r} is not a finite positive rate")
+    action = bundle.action
+    act_names = list(action["names"])
+    low, high, scale = (np.asarray(action[key], dtype=np.float64) for key in ("low", "high", "scale"))
+    for i in np.flatnonzero(~(low < high)):
+        problems.append(f"{act_names[i]}: low {low[i]:g} is not below high {high[i]:g}")
+    for i in np.flatnonzero(~(scale > 0)):
+        problems.append(f"{act_names[i]}: scale {scale[i]:g} is not positive")
+    if action.get("clipping_and_scaling") == "baked":  # command = clip(action, -1, 1) * scale
+        for key, bound, expected in (("low", low, -scale), ("high", high, scale)):
+            for i in np.flatnonzero(~np.isclose(bound, expected, rtol=BOUND_RTOL, atol=0.0)):
+                problems.append(f"{act_names[i]}: {key} {bound[i]:g} is not {expected[i]:g} (+-scale of a baked clip)")
+    for label, values in (("action.names", act_names), ("action.joint_names", list(action["joint_names"]))):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated or not values or any(not v for v in values):
+            problems.append(f"{label} must be non-empty, distinct names; got {values}")
+    layout = bundle.observation["layout"]
+    sizes = [entry.get("size") if isinstance(entry, dict) else None for entry in layout]
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+        problems.append(f"observation.layout sizes must be positive integers, got {sizes}")
+    elif sum(sizes) != bundle.obs_dim:
+        problems.append(f"observation.layout sizes add up to {sum(sizes)}, but observation.dim is {bundle.obs_dim}")
+    try:
+        model = onnx.load(str(bundle.graph_path("policy")), load_external_data=False)
+    except Exception as err:  # a protobuf decode error has no common base type
+        problems.append(f"cannot read the policy graph: {err}")
+    else:
+        for kind, io_name, stated, label in (
+            ("input", "obs", bundle.obs_dim, "observation.dim"),
+            ("output", "command", bundle.act_dim, "action.dim"),
+        ):
+            found = _graph_dim(model, kind, io_name)
+            if found != stated:
+                problems.append(f"the policy graph's {kind} {io_name!r} has last dimension {found}, {label} is {stated}")
+    if problems:
+        report.add(name, "fail", "; ".join(problems))
+        return
+    report.add(
+        name,
+        "pass",
+        f"control rate {rate:g} Hz, bounds ordered and +-scale, observation {bundle.obs_dim} = layout = policy "
+        f"input, command {bundle.act_dim} = policy output",
     )
-    with torch.no_grad():
-        prior = policy.initial_context()[0].numpy()
-    return diffs, "initial_context", float(np.max(np.abs(prior - bundle.initial_context)))
 
 
-def _gradient_parity(policy, bundle: Bundle, sessions) -> tuple[dict[str, float], str, float]:
-    """Graph parity on fresh batches and chained adaptation steps, and ``params.npy`` against the
-    checkpoint's initial parameters."""
-    from metarl_robot import gradient_export
+def _probe_observations(bundle: Bundle) -> np.ndarray:
+    """Observations the policy was exported for: the test vectors' (spread around the normaliser's
+    statistics), the only ones a bundle carries."""
+    with np.load(bundle.file_path(TEST_VECTORS_FILE), allow_pickle=False) as vectors:
+        obs = np.asarray(vectors["policy/inputs/obs"], dtype=np.float64)
+    if obs.ndim != 2 or obs.shape[1] != bundle.obs_dim or len(obs) < 2:
+        raise ValueError(f"{TEST_VECTORS_FILE}: policy/inputs/obs has shape {obs.shape}, expected [>=2, {bundle.obs_dim}]")
+    return obs
 
-    diffs = gradient_export.parity_max_abs_diff(
-        policy,
-        sessions,
-        batches=PARITY_BATCHES,
-        rng=_batch_rng(bundle),
-        episodes=bundle.episodes_per_step,
-        max_episode_steps=bundle.max_episode_steps,
-    )
-    expected = gradient_export.initial_params(policy)
-    stored = bundle.initial_params
-    start_diff = float(np.max(np.abs(expected - stored))) if stored.shape == expected.shape else math.inf
-    return diffs, "initial params", start_diff
+
+def _probe_commands(bundle: Bundle, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(obs, command)`` of every distinct probe: random observations within two spreads of the test
+    vectors' (inside the normaliser's clip, so distinct observations stay distinct inside the graph),
+    then, per command dimension and direction, a search that keeps the probes pushing furthest and
+    perturbs them, until two distinct probes give the same extreme value (a clip) or the rounds run out."""
+    session = _cpu_session(bundle, "policy")
+    base = _probe_observations(bundle)
+    center, spread = base.mean(0), base.std(0)
+    spread[spread == 0] = 1.0
+    lo, hi = center - 2.0 * spread, center + 2.0 * spread
+
+    def run(obs: np.ndarray) -> np.ndarray:
+        obs = np.clip(obs, lo, hi).astype(np.float32)
+        command = session.run(["command"], bundle.plugin.probe_feed(bundle, obs, rng))[0]  # the family picks its other inputs
+        seen_obs.append(obs)
+        seen_command.append(command)
+        return command
+
+    seen_obs: list[np.ndarray] = []
+    seen_command: list[np.ndarray] = []
+    start = np.concatenate([base, center + spread * rng.uniform(-2.0, 2.0, (PROBE_BATCH, bundle.obs_dim))])
+    start_command = run(start)
+    start = seen_obs[-1]
+    for i in range(bundle.act_dim):
+        for sign in (1.0, -1.0):
+            order = np.argsort(-sign * start_command[:, i])[:PROBE_KEEP]
+            best_obs, best_command = start[order], start_command[order]
+            for round_ in range(PROBE_ROUNDS):
+                if np.count_nonzero(best_command[:, i] == best_command[0, i]) >= 2:
+                    break  # two probes at one extreme value: saturated
+                step = 0.5 * spread / (1.0 + round_ / 4.0)
+                candidates = np.repeat(best_obs, PROBE_BATCH // PROBE_KEEP, axis=0)
+                candidates = candidates + step * rng.normal(size=candidates.shape)
+                command = run(candidates)
+                obs = np.concatenate([best_obs, seen_obs[-1]])
+                command = np.concatenate([best_command, command])
+                order = np.argsort(-sign * command[:, i], kind="stable")[:PROBE_KEEP]
+                best_obs, best_command = obs[order], command[order]
+    obs, first = np.unique(np.concatenate(seen_obs), axis=0, return_index=True)
+    return obs, np.concatenate(seen_command)[first]
+
+
+def _check_command_bounds(report: VerifyReport, bundle: Bundle) -> None:
+    """The bounds and scale the manifest states are what the policy graph computes: no probe's command
+    leaves ``[low, high]``, and where the probes saturate a dimension (two distinct probes with the same
+    extreme value: the graph's clip) the saturated value is the stated bound and +-scale."""
+    name = "command bounds vs policy graph"
+    if TEST_VECTORS_FILE not in bundle.files:
+        report.add(name, "skip", f"{TEST_VECTORS_FILE} is not in the bundle, so there are no observations to probe with")
+        return
+    try:
+        obs, command = _probe_commands(bundle, _batch_rng(bundle))
+    except Exception as err:  # onnxruntime, numpy and a family's probe raise several types
+        report.add(name, "fail", f"cannot probe the policy graph: {type(err).__name__}: {err}")
+        return
+    action = bundle.action
+    act_names = list(action["names"])
+    low, high, scale = (np.asarray(action[key], dtype=np.float64) for key in ("low", "high", "scale"))
+    command = command.astype(np.float64)
+    tol = BOUND_RTOL * np.maximum(np.abs(low), np.abs(high))
+    baked = action.get("clipping_and_scaling") == "baked"
+    problems, unreached = [], []
+    if command.shape != (len(obs), bundle.act_dim) or not np.isfinite(command).all():
+        report.add(name, "fail", f"the policy graph returned commands of shape {command.shape} or non-finite ones")
+        return
+    for i, label in enumerate(act_names):
+        top, bottom = command[:, i].max(), command[:, i].min()
+        if top > high[i] + tol[i]:
+            problems.append(f"{label}: the graph commands {top:.7g} above the stated high {high[i]:.7g}")
+        if bottom < low[i] - tol[i]:
+            problems.append(f"{label}: the graph commands {bottom:.7g} below the stated low {low[i]:.7g}")
+        for side, value, bound, sign in (("high", top, high[i], 1.0), ("low", bottom, low[i], -1.0)):
+            if np.count_nonzero(command[:, i] == value) < 2:
+                unreached.append(f"{label} {side} (furthest {value:.4g} of {bound:.4g})")
+                continue
+            if abs(value - bound) > tol[i]:
+                problems.append(f"{label}: the graph saturates at {value:.7g}, but the manifest states {side} {bound:.7g}")
+            elif baked and abs(value - sign * scale[i]) > tol[i]:
+                problems.append(
+                    f"{label}: the graph saturates at {value:.7g}, but the manifest's scale {scale[i]:.7g} says "
+                    f"{sign * scale[i]:.7g}"
+                )
+    if problems:
+        report.add(name, "fail", "; ".join(problems))
+        return
+    detail = f"{len(obs)} distinct probes, every command within [low, high]"
+    reached = 2 * bundle.act_dim - len(unreached)
+    detail += f"; {reached} of {2 * bundle.act_dim} bounds reached by a saturated command and equal to the manifest's"
+    if unreached:
+        detail += f"; not reached, so checked only as limits: {', '.join(unreached)}"
+    report.add(name, "pass", detail)

@@ -6,7 +6,8 @@ from metarl_robot.algos.context_ppo.algo import gae, transition_window
 from metarl_robot.checkpoint import load_checkpoint
 from metarl_robot.config import load_config
 from metarl_robot.envs import TrajectoryBatch
-from metarl_robot.evaluation import TorchController, evaluate, write_report
+from metarl_robot.evaluation import evaluate, write_report
+from metarl_robot.families.context_torch import TorchController
 from metarl_robot.testing import PointGoalEnv, point_goal_distribution
 
 TINY = {
@@ -35,7 +36,7 @@ def test_tiny_budget_run_writes_checkpoint_config_and_tensorboard(tmp_path):
 
 def test_resume_continues_from_last_checkpoint(tmp_path):
     train(load_config(TrainConfig, TINY), tmp_path, progress=False)
-    first, _ = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    first, _ = load_checkpoint(tmp_path / "checkpoints" / "last.safetensors")
     path = train(load_config(TrainConfig, {**TINY, "iterations": 3}), tmp_path, resume=True, progress=False)
     resumed, data = load_checkpoint(path)
     assert data["iteration"] == 3

@@ -15,8 +15,10 @@ import pytest
 import torch
 
 import metarl_robot.export as export_module
+import metarl_robot.families.context_torch as context_torch
 from metarl_robot.checkpoint import CheckpointError, load_checkpoint
-from metarl_robot.export import ExportError, export_bundle, reference_outputs, sample_inputs
+from metarl_robot.export import ExportError, export_bundle
+from metarl_robot.families.context_torch import reference_outputs, sample_inputs
 from metarl_robot.runtime import load_bundle
 from metarl_robot.runtime.bundle import sha256_file
 from metarl_robot.verify import PARITY_TOLERANCE, max_abs_diff
@@ -35,7 +37,7 @@ def manifest(bundle_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def policy(bundle_dir: Path):
-    return load_checkpoint(bundle_dir.parent / "grasp.pt")[0]
+    return load_checkpoint(bundle_dir.parent / "grasp.safetensors")[0]
 
 
 def sessions(bundle_dir: Path) -> dict[str, onnxruntime.InferenceSession]:
@@ -120,7 +122,7 @@ def test_manifest_declares_graph_io(manifest: dict) -> None:
 
 def test_manifest_records_provenance(bundle_dir: Path, manifest: dict) -> None:
     provenance = manifest["provenance"]
-    checkpoint = bundle_dir.parent / "grasp.pt"
+    checkpoint = bundle_dir.parent / "grasp.safetensors"
     assert provenance["checkpoint_sha256"] == sha256_file(checkpoint)
     assert provenance["checkpoint_path"] == str(checkpoint.resolve())
     assert provenance["config"] == {"algo": "context_ppo", "hidden_sizes": [64, 64], "lr": 3e-4, "out": "runs/x"}
@@ -198,17 +200,17 @@ def test_existing_destination_is_refused_without_overwrite(bundle_dir: Path, tmp
     target = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
     before = (target / "manifest.json").read_bytes()
     with pytest.raises(ExportError, match="already exists; pass overwrite=True"):
-        export_bundle(bundle_dir.parent / "grasp.pt", target)
+        export_bundle(bundle_dir.parent / "grasp.safetensors", target)
     assert (target / "manifest.json").read_bytes() == before
 
 
 def test_overwrite_replaces_a_bundle_atomically(
     bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(export_module, "_export_graph", _copy_graphs_from(bundle_dir))
+    monkeypatch.setattr(context_torch, "export_graph", _copy_graphs_from(bundle_dir))
     target = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
     (target / "stale.txt").write_text("from the old bundle")
-    checkpoint = make_checkpoint(tmp_path / "other.pt", iteration=99)
+    checkpoint = make_checkpoint(tmp_path / "other.safetensors", iteration=99)
 
     assert export_bundle(checkpoint, target, overwrite=True) == target
 
@@ -223,7 +225,7 @@ def test_overwrite_refuses_a_directory_that_is_not_a_bundle(tmp_path: Path) -> N
     target.mkdir()
     (target / "notes.txt").write_text("precious")
     with pytest.raises(ExportError, match="not a bundle; refusing to overwrite"):
-        export_bundle(tmp_path / "any.pt", target, overwrite=True)
+        export_bundle(tmp_path / "any.safetensors", target, overwrite=True)
     assert (target / "notes.txt").read_text() == "precious"
 
 
@@ -243,17 +245,17 @@ def test_overwrite_refuses_a_directory_that_is_not_a_bundle(tmp_path: Path) -> N
     ],
 )
 def test_missing_checkpoint_key_is_named(tmp_path: Path, drop: tuple[str, ...], missing: str) -> None:
-    checkpoint = make_checkpoint(tmp_path / "partial.pt", drop=drop)
+    checkpoint = make_checkpoint(tmp_path / "partial.safetensors", drop=drop)
     with pytest.raises(ExportError, match=rf"missing key {missing}.*re-save the checkpoint"):
         export_bundle(checkpoint, tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists() and leftovers(tmp_path) == []
 
 
 def test_flat_action_keys_are_accepted(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(export_module, "_export_graph", _copy_graphs_from(bundle_dir))
+    monkeypatch.setattr(context_torch, "export_graph", _copy_graphs_from(bundle_dir))
     interface = {k: v for k, v in INTERFACE.items() if k != "action"}
     interface.update(action_mode="cartesian_velocity", action_names=list("abcd"), action_units=["m/s"] * 4)
-    checkpoint = make_checkpoint(tmp_path / "flat.pt", interface=interface)
+    checkpoint = make_checkpoint(tmp_path / "flat.safetensors", interface=interface)
 
     action = load_bundle(export_bundle(checkpoint, tmp_path / "bundle")).action
 
@@ -275,25 +277,25 @@ def test_flat_action_keys_are_accepted(bundle_dir: Path, tmp_path: Path, monkeyp
 def test_inconsistent_interface_is_refused(tmp_path: Path, change, message: str) -> None:
     interface = copy.deepcopy(INTERFACE)
     change(interface)
-    checkpoint = make_checkpoint(tmp_path / "bad.pt", interface=interface)
+    checkpoint = make_checkpoint(tmp_path / "bad.safetensors", interface=interface)
     with pytest.raises(ExportError, match=message):
         export_bundle(checkpoint, tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
 
 
 def test_unreadable_checkpoint_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="could not be read"):
-        export_bundle(tmp_path / "bad.pt", tmp_path / "bundle")
+        export_bundle(tmp_path / "bad.safetensors", tmp_path / "bundle")
 
 
 def test_failed_parity_aborts_with_the_numbers_and_leaves_nothing(
     bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(export_module, "_export_graph", _copy_graphs_from(bundle_dir))
-    monkeypatch.setattr(export_module, "parity_max_abs_diff", lambda *a, **k: {"policy": 0.25, "adapt": 1e-7})
+    monkeypatch.setattr(context_torch, "export_graph", _copy_graphs_from(bundle_dir))
+    monkeypatch.setattr(context_torch, "parity_max_abs_diff", lambda *a, **k: {"policy": 0.25, "adapt": 1e-7})
     with pytest.raises(ExportError, match=r"the policy graph \(max abs diff 0\.25\).*tolerance is 1e-05") as err:
-        export_bundle(bundle_dir.parent / "grasp.pt", tmp_path / "bundle")
+        export_bundle(bundle_dir.parent / "grasp.safetensors", tmp_path / "bundle")
     assert "adapt graph" not in str(err.value)
     assert not (tmp_path / "bundle").exists() and leftovers(tmp_path) == []
 
@@ -306,7 +308,7 @@ def test_failed_graph_export_leaves_no_partial_bundle(
             raise ExportError("torch.onnx.export (dynamo) failed for the adapt graph: boom")
         _copy_graphs_from(bundle_dir)(policy, graph, path, opset)
 
-    monkeypatch.setattr(export_module, "_export_graph", broken)
+    monkeypatch.setattr(context_torch, "export_graph", broken)
     with pytest.raises(ExportError, match="adapt graph: boom"):
-        export_bundle(bundle_dir.parent / "grasp.pt", tmp_path / "bundle")
+        export_bundle(bundle_dir.parent / "grasp.safetensors", tmp_path / "bundle")
     assert list(tmp_path.iterdir()) == []

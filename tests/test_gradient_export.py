@@ -17,7 +17,7 @@ import onnxruntime
 import pytest
 import torch
 
-import metarl_robot.gradient_export as gradient_export
+import metarl_robot.families.gradient_torch as gradient_export
 from metarl_robot.checkpoint import load_checkpoint
 from metarl_robot.export import ExportError, export_bundle
 from metarl_robot.runtime import load_bundle
@@ -115,7 +115,8 @@ def test_params_file_holds_the_initial_adapted_vector(bundle: Path, policy) -> N
     params = np.load(bundle / "params.npy", allow_pickle=False)
     assert params.dtype == np.float32
     np.testing.assert_array_equal(params, policy.initial_adapted().detach().numpy())
-    np.testing.assert_array_equal(load_bundle(bundle).initial_params, params)
+    loaded = load_bundle(bundle)
+    np.testing.assert_array_equal(loaded.plugin.initial_params(loaded), params)
 
 
 # ----------------------------------------------------------------------------------------- parity
@@ -219,7 +220,7 @@ def test_adapt_graph_has_fixed_shapes_and_no_scatter(maml_bundle: Path) -> None:
 def test_missing_adaptation_key_is_named(tmp_path: Path, drop: str, missing: str) -> None:
     adaptation = VARIANTS["cavia"].adaptation()
     del adaptation[drop]
-    checkpoint = make_gradient_checkpoint(tmp_path / "c.pt", "cavia", adaptation=adaptation)
+    checkpoint = make_gradient_checkpoint(tmp_path / "c.safetensors", "cavia", adaptation=adaptation)
     with pytest.raises(ExportError, match=rf"missing key {missing}.*re-save the checkpoint"):
         export_bundle(checkpoint, tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
@@ -239,7 +240,7 @@ def test_missing_adaptation_key_is_named(tmp_path: Path, drop: str, missing: str
 def test_bad_adaptation_settings_are_refused(tmp_path: Path, change, message: str) -> None:
     adaptation = VARIANTS["cavia"].adaptation()
     change(adaptation)
-    checkpoint = make_gradient_checkpoint(tmp_path / "c.pt", "cavia", adaptation=adaptation)
+    checkpoint = make_gradient_checkpoint(tmp_path / "c.safetensors", "cavia", adaptation=adaptation)
     with pytest.raises(ExportError, match=message):
         export_bundle(checkpoint, tmp_path / "bundle")
 
@@ -247,7 +248,7 @@ def test_bad_adaptation_settings_are_refused(tmp_path: Path, change, message: st
 def test_interface_is_checked_as_for_context_policies(tmp_path: Path) -> None:
     interface = json.loads(json.dumps(NAV_INTERFACE))
     interface["action"]["names"] = ["dx"]
-    checkpoint = make_gradient_checkpoint(tmp_path / "c.pt", "cavia", interface=interface)
+    checkpoint = make_gradient_checkpoint(tmp_path / "c.safetensors", "cavia", interface=interface)
     with pytest.raises(ExportError, match=r"'interface.action.names' has 1 entries"):
         export_bundle(checkpoint, tmp_path / "bundle")
 
@@ -304,7 +305,7 @@ def test_verify_catches_params_that_differ_from_the_checkpoint(maml_bundle: Path
 def test_verify_refuses_a_checkpoint_of_the_other_family(
     maml_bundle: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    context_checkpoint = exported_bundle(tmp_path_factory).parent / "grasp.pt"
+    context_checkpoint = exported_bundle(tmp_path_factory).parent / "grasp.safetensors"
     copy = Path(shutil.copytree(maml_bundle, tmp_path / "bundle"))
     manifest = manifest_of(copy)
     manifest["provenance"]["checkpoint_sha256"] = sha256_file(context_checkpoint)

@@ -11,7 +11,8 @@ from metarl_robot.algos.gradient import METHODS, GradientMetaRL, TrainConfig, tr
 from metarl_robot.algos.gradient.algo import conjugate_gradient
 from metarl_robot.checkpoint import load_checkpoint
 from metarl_robot.config import ConfigError, load_config
-from metarl_robot.evaluation import GradientTorchController, evaluate
+from metarl_robot.evaluation import evaluate
+from metarl_robot.families.gradient_torch import GradientTorchController
 from metarl_robot.gradient_policy import GradientPolicy, GradientPolicyConfig, adaptation_step
 from metarl_robot.runtime.advantages import AdvantageConfig, compute_advantages, discounted_returns, linear_feature_baseline
 from metarl_robot.testing import PointGoalEnv, point_goal_distribution
@@ -298,7 +299,7 @@ def test_cli_trains_a_gradient_config_and_evaluates_two_seeds_pooled(tmp_path, c
         run = tmp_path / f"seed{seed}"
         assert main(["train", "--config", str(REPO_ROOT / "configs" / "maml_navigation.yaml"), "--run-dir", str(run),
                      "--set", f"seed={seed}", *small]) == 0
-        paths.append(str(run / "checkpoints" / "last.pt"))
+        paths.append(str(run / "checkpoints" / "last.safetensors"))
     assert main(["eval", "--checkpoint", *paths, "--rounds", "2", "--out", str(tmp_path / "eval")]) == 0
     results = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert results["num_tasks"] == 6 and results["episodes_per_round"] == 2, "3 tasks x 2 seeds, the trained batch size"

@@ -1,8 +1,8 @@
 """The robot side of metarl_robot: load an exported bundle and run it with onnxruntime.
 
 Imports only numpy, onnxruntime and the standard library, so it installs on a robot without torch.
-:func:`load_controller` picks the controller for a bundle's family: :class:`AdaptiveController` for
-context-encoder bundles, :class:`GradientController` for gradient-based ones.
+:func:`load_controller` opens a bundle with the controller its family plug-in names
+(:mod:`metarl_robot.families`); every controller implements :class:`Controller`.
 """
 
 from __future__ import annotations
@@ -25,24 +25,22 @@ from metarl_robot.runtime.base import (
 from metarl_robot.runtime.bundle import Bundle, BundleError, GraphSpec, load_bundle
 from metarl_robot.runtime.controller import AdaptiveController
 from metarl_robot.runtime.gradient_controller import GradientController
+from metarl_robot.runtime.loop import Hold, HoldKind, LoopSettings, LoopStats, RobotLoop, SafetyLimits
 from metarl_robot.runtime.schedule import CADENCES, AdaptationSchedule
 
 
 def load_controller(
     bundle_dir: str | Path, providers: Sequence[str] | None = None, *, seed: int | None = None, **kwargs: Any
-) -> AdaptiveController | GradientController:
-    """Validate the bundle at ``bundle_dir`` and open it with the controller for its family.
+) -> Controller:
+    """Validate the bundle at ``bundle_dir`` and open it with the controller of its family plug-in.
 
-    ``seed`` seeds a :class:`GradientController`'s exploration noise; an :class:`AdaptiveController`
-    acts deterministically and ignores it, so callers can pass one for any bundle. ``providers`` and
-    ``kwargs`` go to the controller (``session_options`` for both; ``explore`` for
-    :class:`GradientController`). Raises :class:`BundleError` for a bad bundle and
+    ``seed`` seeds exploration noise where the family explores (others ignore it, so callers can pass
+    one for any bundle). ``providers`` and ``kwargs`` go to the controller (``session_options`` for
+    every family). Raises :class:`BundleError` for a bad bundle and
     :class:`ProviderError` for an unknown or unavailable provider.
     """
     bundle = load_bundle(bundle_dir)
-    if bundle.family == "gradient":
-        return GradientController(bundle, providers, seed=seed, **kwargs)
-    return AdaptiveController(bundle, providers, **kwargs)
+    return bundle.plugin.controller(bundle, providers, seed=seed, **kwargs)
 
 
 __all__ = [
@@ -58,8 +56,14 @@ __all__ = [
     "BundleError",
     "GradientController",
     "GraphSpec",
+    "Hold",
+    "HoldKind",
     "LatencyStats",
+    "LoopSettings",
+    "LoopStats",
     "ProviderError",
+    "RobotLoop",
+    "SafetyLimits",
     "compute_advantages",
     "default_session_options",
     "load_bundle",

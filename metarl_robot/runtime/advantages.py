@@ -12,6 +12,8 @@ normalised to zero mean, unit variance over the valid steps.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +28,11 @@ class AdvantageConfig:
     """Scale advantages to zero mean and unit variance over the batch's valid steps."""
     baseline_ridge: float = 1e-5
     """Initial ridge coefficient of the baseline regression (raised tenfold until it is well posed)."""
+
+    @classmethod
+    def from_mapping(cls, section: "Mapping[str, Any]") -> "AdvantageConfig":
+        """The config a manifest's ``adaptation.advantages`` section states (every field required)."""
+        return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls)})
 
     def __post_init__(self) -> None:
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:

@@ -50,9 +50,10 @@ class AdaptiveController(BundleController):
         """Open the graphs of an already validated context ``bundle``; :meth:`load` reads and validates
         one from a directory. Arguments as for :meth:`load`."""
         super().__init__(bundle, providers, session_options=session_options)
-        self.context_dim, self.buffer_size = bundle.context_dim, bundle.buffer_size
+        adaptation = bundle.adaptation
+        self.context_dim, self.buffer_size = int(adaptation["context_dim"]), int(adaptation["buffer_size"])
 
-        self._initial_context = bundle.initial_context.reshape(1, self.context_dim)
+        self._initial_context = np.asarray(adaptation["initial_context"], dtype=np.float32).reshape(1, self.context_dim)
         self._context = self._initial_context.copy()
         self._obs = np.zeros((1, self.obs_dim), dtype=np.float32)
         self._policy_feed = {"obs": self._obs, "context": self._context}

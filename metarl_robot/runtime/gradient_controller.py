@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from metarl_robot.runtime.advantages import compute_advantages
+from metarl_robot.runtime.advantages import AdvantageConfig, compute_advantages
 from metarl_robot.runtime.base import BundleController, check_done, load_vector, scalar
 from metarl_robot.runtime.bundle import Bundle
 
@@ -60,16 +60,17 @@ class GradientController(BundleController):
         """Open the graphs of an already validated gradient ``bundle``; :meth:`load` reads and validates
         one from a directory. ``seed`` seeds the exploration noise; ``explore`` as the attribute."""
         super().__init__(bundle, providers, session_options=session_options)
-        self.num_params = bundle.num_params
-        self._episodes_per_step = bundle.episodes_per_step
-        self.max_episode_steps = bundle.max_episode_steps
-        self.advantage_config = bundle.advantage_config
+        adaptation = bundle.adaptation
+        self.num_params = int(adaptation["num_params"])
+        self._episodes_per_step = int(adaptation["episodes_per_step"])
+        self.max_episode_steps = int(adaptation["max_episode_steps"])
+        self.advantage_config = AdvantageConfig.from_mapping(adaptation["advantages"])
         self.explore = bool(explore)
         """Sample actions from the policy's Gaussian (what adaptation needs) or, when False, send its mean."""
         self._rng = np.random.default_rng(seed)
         self._scale = np.asarray(bundle.action["scale"], dtype=np.float32)
 
-        self._initial_params = bundle.initial_params
+        self._initial_params = bundle.plugin.initial_params(bundle)
         self._params = self._initial_params.copy()
         self._obs = np.zeros((1, self.obs_dim), dtype=np.float32)
         self._noise = np.zeros((1, self.act_dim), dtype=np.float32)

@@ -121,7 +121,7 @@ def test_deploy_refuses_a_parameter_the_node_does_not_declare(tiny_bundle):
 
 
 def test_deploy_set_values_follow_the_parameter_types():
-    from metarl_robot.cli import parse_node_overrides
+    from ros_nodes.cli import parse_node_overrides
 
     reference = {
         POLICY_NODE_NAME: {"control_rate_hz": 0.0, "execution_providers": ["cuda", "cpu"], "trigger": "timer"},

@@ -11,15 +11,18 @@ import numpy as np
 import pytest
 
 from metarl_robot.runtime import Bundle, BundleError, load_bundle
+from metarl_robot.runtime.integrity import seal_manifest
 
 from .conftest import ACT_DIM, BUFFER_SIZE, CONTEXT_DIM, JOINT_NAMES, OBS_DIM
 
 
 def edit_manifest(bundle: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """Change the manifest and re-seal its digest, so the checks after the digest's are what is tested
+    (tests/runtime/test_bundle_integrity.py tests the digest itself)."""
     path = bundle / "manifest.json"
     manifest = json.loads(path.read_text())
     change(manifest)
-    path.write_text(json.dumps(manifest))
+    path.write_text(json.dumps(seal_manifest(manifest)))
 
 
 def test_load_bundle_reads_the_contract(bundle_dir: Path) -> None:
@@ -27,11 +30,12 @@ def test_load_bundle_reads_the_contract(bundle_dir: Path) -> None:
 
     assert isinstance(bundle, Bundle)
     assert bundle.path == bundle_dir.resolve()
-    assert (bundle.obs_dim, bundle.act_dim, bundle.context_dim) == (OBS_DIM, ACT_DIM, CONTEXT_DIM)
-    assert bundle.buffer_size == BUFFER_SIZE and bundle.adapt_steps == 1
+    assert (bundle.obs_dim, bundle.act_dim, bundle.adaptation["context_dim"]) == (OBS_DIM, ACT_DIM, CONTEXT_DIM)
+    assert bundle.adaptation["buffer_size"] == BUFFER_SIZE and bundle.adapt_steps == 1
+    assert bundle.family == "context" and bundle.plugin.name == "context"
     assert bundle.control_rate_hz == 10.0
     assert bundle.action["joint_names"] == JOINT_NAMES
-    assert bundle.initial_context.dtype == np.float32 and bundle.initial_context.shape == (CONTEXT_DIM,)
+    assert len(bundle.adaptation["initial_context"]) == CONTEXT_DIM
     assert bundle.graphs["policy"].inputs == {"obs": (None, OBS_DIM), "context": (None, CONTEXT_DIM)}
     assert bundle.graphs["adapt"].outputs == {"context": (None, CONTEXT_DIM)}
     assert bundle.graph_path("adapt") == bundle.path / "adapt.onnx"
@@ -68,10 +72,10 @@ def test_unparsable_manifest_is_refused(bundle_copy: Path) -> None:
         load_bundle(bundle_copy)
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None])
+@pytest.mark.parametrize("version", [3, 0, "2", None])
 def test_unsupported_schema_version_is_refused(bundle_copy: Path, version: Any) -> None:
     edit_manifest(bundle_copy, lambda m: m.update(schema_version=version))
-    with pytest.raises(BundleError, match=rf"schema_version {version!r} is not supported .*reads 1"):
+    with pytest.raises(BundleError, match=rf"schema_version {version!r} is not supported .*reads 2"):
         load_bundle(bundle_copy)
 
 

@@ -78,11 +78,11 @@ def test_load_exposes_the_bundle_contract(controller: GradientController, maml_b
     bundle = load_bundle(maml_bundle)
     assert controller.provider == "CPUExecutionProvider"
     assert (controller.obs_dim, controller.act_dim) == (v.obs_dim, v.act_dim)
-    assert controller.num_params == bundle.num_params == controller.params.shape[0]
+    assert controller.num_params == bundle.adaptation["num_params"] == controller.params.shape[0]
     assert (controller.episodes_per_step, controller.max_episode_steps) == (v.episodes_per_step, v.max_episode_steps)
     assert controller.advantage_config.gamma == 0.99 and controller.explore
     assert controller.episodes_ready == 0 and controller.episode_len == 0 and controller.num_adapt_steps == 0
-    np.testing.assert_array_equal(controller.params, bundle.initial_params)
+    np.testing.assert_array_equal(controller.params, bundle.plugin.initial_params(bundle))
     assert controller.params.dtype == np.float32
 
 
@@ -329,7 +329,9 @@ def test_runtime_adapts_a_gradient_bundle_with_torch_blocked(maml_bundle: Path, 
         episodes = drive_episodes(c, 9, [12, 1, 5, 11])
         adapted = c.adapt()
         loaded = sorted(m for m in sys.modules if m.startswith("metarl_robot"))
-        assert all(m == "metarl_robot" or m.startswith("metarl_robot.runtime") for m in loaded), loaded
+        allowed = ("metarl_robot.runtime", "metarl_robot.families", "metarl_robot.contract")
+        assert all(m == "metarl_robot" or m.startswith(allowed) for m in loaded), loaded
+        assert not any(m.endswith("_torch") for m in loaded), loaded
         arrays = {{"params": params, "adapted": adapted}}
         for i, e in enumerate(episodes):
             arrays.update({{f"{{i}}/{{k}}": v for k, v in e.items()}})

@@ -1,5 +1,6 @@
-"""Export of gradient-based meta-policies (:class:`~metarl_robot.gradient_policy.GradientPolicy`): the
-policy graph, the adaptation-step graph, their parity checks and test vectors.
+"""The gradient family's PyTorch half: export of gradient-based meta-policies
+(:class:`~metarl_robot.gradient_policy.GradientPolicy`), the policy graph, the adaptation-step graph,
+their parity checks and test vectors, and the runtime controller's semantics in PyTorch.
 
 ``policy.onnx`` computes ``(command, action)`` from a raw observation, the adapted parameters and
 standard-normal noise. ``adapt.onnx`` computes one inner policy-gradient step,
@@ -8,8 +9,8 @@ export directly, so the step is traced to plain aten operations with ``make_fx``
 becomes ordinary forward operations) and that trace is exported. The adapt graph has fixed shapes
 ``[episodes_per_step, max_episode_steps]``; the runtime pads shorter batches with ``mask = 0``.
 
-:func:`metarl_robot.export.export_bundle` calls into this module for gradient checkpoints; the bundle
-format is in docs/bundle.md.
+Imported only through the plug-in in :mod:`metarl_robot.families.gradient`, when torch is needed; the
+bundle format is in docs/bundle.md.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ import onnxruntime
 import torch
 from torch import nn
 
-from metarl_robot.export import ExportError, _float32_list, _jsonable, onnx_export, single_threaded_torch
+from metarl_robot.export import ExportError, cpu_session, float32_list, jsonable, onnx_export, single_threaded_torch
+from metarl_robot.families import registry
+from metarl_robot.families.base import BuiltGraphs, TorchControllerBase
 from metarl_robot.gradient_policy import GradientPolicy, adaptation_step
+from metarl_robot.parity import max_abs_diff
 from metarl_robot.runtime.advantages import AdvantageConfig, compute_advantages
-from metarl_robot.runtime.bundle import GRAPH_IO, PARAMS_FILE
-from metarl_robot.verify import max_abs_diff
 
 CHAINED_STEPS = 3
 """Adapt-graph steps chained (each onnxruntime output fed back as the next input) in the parity check:
@@ -39,7 +41,13 @@ its input parameters severalfold, so any float32 chain, PyTorch's own included, 
 float64 chain by about 1e-5 after four or five steps (``bench/chained_step_drift.py``, BENCHMARKS.md)."""
 CHAINS = 3
 """Independent chains of :data:`CHAINED_STEPS` steps in the parity check."""
-IO = GRAPH_IO["gradient"]
+FAMILY = registry.get("gradient")
+IO = FAMILY.graph_io
+GRAPH_FILES = FAMILY.graph_files
+PARAMS_FILE = FAMILY.params_file
+TEST_VECTORS_FILE = "test_vectors.npz"
+PARITY_BATCHES = 50
+"""Random batches per graph in the export-time parity check."""
 
 
 class GradientPolicyGraph(nn.Module):
@@ -132,6 +140,38 @@ def export_graph(
     onnx_export(module, args, path, graph, inputs, outputs, dynamic_shapes, opset)
 
 
+def build_graphs(policy: GradientPolicy, adaptation: Mapping[str, Any], staging: Path, opset: int | None) -> BuiltGraphs:
+    """Write the graphs, ``params.npy`` and test vectors into ``staging``; return parity, sizes and files."""
+    sizes = {"episodes": adaptation["episodes_per_step"], "max_episode_steps": adaptation["max_episode_steps"]}
+    for graph in GRAPH_FILES:
+        export_graph(policy, graph, staging / GRAPH_FILES[graph], opset, **sizes)
+    sessions = {graph: cpu_session(staging / GRAPH_FILES[graph]) for graph in GRAPH_FILES}
+    diffs = parity_max_abs_diff(policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0), **sizes)
+    write_test_vectors(policy, staging / TEST_VECTORS_FILE, **sizes)
+    with open(staging / PARAMS_FILE, "wb") as f:
+        np.save(f, initial_params(policy), allow_pickle=False)
+    dims = {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "num_params": policy.num_adapted, **sizes}
+    return BuiltGraphs(dims=dims, files=[*GRAPH_FILES.values(), PARAMS_FILE, TEST_VECTORS_FILE], parity=diffs)
+
+
+def checkpoint_parity(policy: GradientPolicy, bundle, sessions, rng: np.random.Generator, batches: int):
+    """Graph parity on fresh batches and chained adaptation steps, and ``params.npy`` against the
+    checkpoint's initial parameters."""
+    adaptation = bundle.adaptation
+    diffs = parity_max_abs_diff(
+        policy,
+        sessions,
+        batches=batches,
+        rng=rng,
+        episodes=int(adaptation["episodes_per_step"]),
+        max_episode_steps=int(adaptation["max_episode_steps"]),
+    )
+    expected = initial_params(policy)
+    stored = FAMILY.initial_params(bundle)
+    start_diff = float(np.max(np.abs(expected - stored))) if stored.shape == expected.shape else math.inf
+    return diffs, "initial params", start_diff
+
+
 # ---------------------------------------------------------------------------- checkpoint -> manifest
 def adaptation_section(
     policy: GradientPolicy,
@@ -179,15 +219,15 @@ def adaptation_section(
         "kind": "gradient_step",
         "adapted": "context" if policy.adapts_context else "policy_parameters",
         "num_params": policy.num_adapted,
-        "inner_lr": None if learned else _float32_list(policy.inner_lr[:1])[0],
+        "inner_lr": None if learned else float32_list(policy.inner_lr[:1])[0],
         "inner_lr_learned": learned,
         "steps": steps,
         "episodes_per_step": episodes,
         "max_episode_steps": max_episode_steps,
         "cadence": cadence,
-        "advantages": _jsonable(advantage_config),
+        "advantages": jsonable(advantage_config),
         "exploration": "gaussian",
-        "reward_source": _jsonable(reward_source),
+        "reward_source": jsonable(reward_source),
         "initial_params_file": PARAMS_FILE,
     }
 
@@ -352,3 +392,75 @@ def write_test_vectors(policy: GradientPolicy, path: Path, *, episodes: int, max
             arrays[f"{graph}/outputs/{name}"] = array
     with open(path, "wb") as f:
         np.savez(f, **arrays)
+
+
+class GradientTorchController(TorchControllerBase):
+    """The runtime's gradient-adaptation semantics over a PyTorch :class:`~metarl_robot.gradient_policy.GradientPolicy`.
+
+    ``act`` samples a Gaussian action (``explore``; the mean otherwise) and returns the command;
+    ``observe`` stores the episode; ``adapt`` computes advantages over the stored episodes with the
+    robot's numpy code and takes ``adaptation["steps"]`` inner policy-gradient steps, then forgets the
+    episodes (they were collected by the old parameters).
+    """
+
+    family = "gradient"
+    cadence = "episodes"
+    state_names = ("params",)
+
+    def __init__(self, policy, adaptation: Mapping[str, Any], *, explore: bool = True, seed: int = 0):
+        import torch
+
+        self._torch, self.policy, self.explore = torch, policy, explore
+        self.steps = int(adaptation.get("steps", 1))
+        self.max_episode_steps = int(adaptation["max_episode_steps"])
+        self.episodes_per_step = int(adaptation["episodes_per_step"])
+        self.obs_dim, self.act_dim = policy.obs_dim, policy.act_dim
+        self.advantages = AdvantageConfig(**adaptation.get("advantages", {}))
+        self._generator = torch.Generator().manual_seed(seed)
+        self.reset()
+
+    def reset(self) -> None:
+        self.params = self.policy.initial_adapted().detach().clone()
+        self._episodes: list[list[tuple[np.ndarray, np.ndarray, float]]] = []
+        self._current: list[tuple[np.ndarray, np.ndarray, float]] = []
+        self._last: tuple[np.ndarray, np.ndarray] | None = None
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        t = self._torch
+        with t.no_grad():
+            obs_t = t.as_tensor(np.asarray(obs, np.float32)[None])
+            noise = t.randn(1, self.policy.act_dim, generator=self._generator) if self.explore else t.zeros(1, self.policy.act_dim)
+            action = self.policy.sample(self.params, obs_t, noise)[0]
+            command = (t.clamp(action, -1.0, 1.0) * self.policy.action_scale).numpy()
+        self._last = (command, action.numpy())
+        return command
+
+    def observe(self, obs, action, reward, next_obs, done) -> None:
+        command = np.asarray(action, np.float32)
+        if self._last is not None and np.array_equal(command, self._last[0]):
+            normalised = self._last[1]
+        else:
+            normalised = command / self.policy.action_scale.numpy()
+        self._current.append((np.asarray(obs, np.float32), normalised, float(reward)))
+        if done or len(self._current) >= self.max_episode_steps:
+            self._episodes = (self._episodes + [self._current])[-self.episodes_per_step :]
+            self._current = []
+
+    def adapt(self):
+        t = self._torch
+        if not self._episodes:
+            return self.params
+        n, steps = len(self._episodes), self.max_episode_steps
+        obs = np.zeros((n, steps, self.policy.obs_dim), np.float32)
+        act = np.zeros((n, steps, self.policy.act_dim), np.float32)
+        rew = np.zeros((n, steps), np.float32)
+        mask = np.zeros((n, steps), np.float32)
+        for i, episode in enumerate(self._episodes):
+            for j, (o, a, r) in enumerate(episode):
+                obs[i, j], act[i, j], rew[i, j], mask[i, j] = o, a, r, 1.0
+        adv = compute_advantages(obs, rew, mask, self.advantages)
+        args = [t.as_tensor(x) for x in (obs, act, adv, mask)]
+        for _ in range(self.steps):
+            self.params = self.policy.inner_step(self.params, *args, create_graph=False).detach()
+        self._episodes, self._current = [], []
+        return self.params
