@@ -26,7 +26,7 @@ def bundle(tmp_path_factory):
     from tests.runtime.conftest import make_checkpoint
 
     root = tmp_path_factory.mktemp("cli")
-    return export_bundle(make_checkpoint(root / "c.pt"), root / "bundle")
+    return export_bundle(make_checkpoint(root / "c.safetensors"), root / "bundle")
 
 
 @pytest.mark.sim

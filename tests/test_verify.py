@@ -52,7 +52,7 @@ def status(report: VerifyReport) -> dict[str, str]:
 
 
 def test_fresh_export_passes_every_check(bundle_dir: Path) -> None:
-    report = verify_bundle(bundle_dir, checkpoint=bundle_dir.parent / "grasp.pt")
+    report = verify_bundle(bundle_dir, checkpoint=bundle_dir.parent / "grasp.safetensors")
 
     assert report.ok, report.format()
     assert [c.name for c in report.checks] == CHECKS
@@ -70,14 +70,14 @@ def test_checkpoint_is_found_through_provenance(bundle_dir: Path) -> None:
 
 def test_missing_recorded_checkpoint_skips_the_torch_check(bundle_copy: Path) -> None:
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
-    manifest["provenance"]["checkpoint_path"] = "/nowhere/grasp.pt"
+    manifest["provenance"]["checkpoint_path"] = "/nowhere/grasp.safetensors"
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
 
     report = verify_bundle(bundle_copy)
 
     assert report.ok
     skipped = report.checks[-1]
-    assert skipped.status == "skip" and "/nowhere/grasp.pt" in skipped.detail
+    assert skipped.status == "skip" and "/nowhere/grasp.safetensors" in skipped.detail
 
 
 def test_one_changed_byte_is_refused_with_a_sha256_message(bundle_copy: Path) -> None:
@@ -147,7 +147,7 @@ def test_test_vectors_that_disagree_are_caught(bundle_copy: Path) -> None:
 
 
 def test_a_different_checkpoint_is_refused(bundle_dir: Path, tmp_path: Path) -> None:
-    other = make_checkpoint(tmp_path / "other.pt", seed=5)
+    other = make_checkpoint(tmp_path / "other.safetensors", seed=5)
     report = verify_bundle(bundle_dir, checkpoint=other)
     check = report.checks[-1]
     assert check.status == "fail" and "was not exported from this checkpoint" in check.detail

@@ -18,7 +18,7 @@ log = logging.getLogger("metarl_robot.train")
 
 
 def run_training(algo: Any, config: Any, run_dir: Path, *, resume: bool, progress: bool, desc: str) -> Path:
-    """Write ``config.yaml``, TensorBoard logs (``tb/``) and ``checkpoints/last.pt`` while ``algo``
+    """Write ``config.yaml``, TensorBoard logs (``tb/``) and ``checkpoints/last.safetensors`` while ``algo``
     trains for ``config.iterations``; returns the final checkpoint's path and closes ``algo``."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm

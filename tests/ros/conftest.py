@@ -68,7 +68,7 @@ def tiny_bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
     policy = ContextPolicy(10, 4, [0.15, 0.15, 0.15, 60.0], PolicyConfig(hidden_sizes=(16, 16), context_dim=4))
     checkpoint = save_checkpoint(
-        root / "untrained.pt",
+        root / "untrained.safetensors",
         policy,
         method="context_ppo",
         interface=sim.INTERFACE,
@@ -92,7 +92,7 @@ def point_bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("point_bundle")
     policy = ContextPolicy(2, 2, [0.1, 0.1], PolicyConfig(hidden_sizes=(8,), context_dim=2))
     checkpoint = save_checkpoint(
-        root / "untrained.pt",
+        root / "untrained.safetensors",
         policy,
         method="context_ppo",
         interface=POINT_INTERFACE,

@@ -34,7 +34,7 @@ def shipped_bundle(tmp_path_factory):
     from metarl_robot.export import export_bundle
     from ros_nodes.graph import REPO_ROOT
 
-    return export_bundle(REPO_ROOT / "models" / "grasp_context_ppo" / "checkpoint.pt",
+    return export_bundle(REPO_ROOT / "models" / "grasp_context_ppo" / "checkpoint.safetensors",
                          tmp_path_factory.mktemp("shipped") / "bundle")
 
 

@@ -91,7 +91,7 @@ def exported_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         from metarl_robot.export import export_bundle
 
         root = tmp_path_factory.mktemp("shared_bundle")
-        checkpoint = make_checkpoint(root / "grasp.pt")
+        checkpoint = make_checkpoint(root / "grasp.safetensors")
         _BUNDLES["grasp"] = export_bundle(checkpoint, root / "bundle")
     return _BUNDLES["grasp"]
 
@@ -105,7 +105,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def checkpoint_path(bundle_dir: Path) -> Path:
     """The checkpoint ``bundle_dir`` was exported from."""
-    return bundle_dir.parent / "grasp.pt"
+    return bundle_dir.parent / "grasp.safetensors"
 
 
 @pytest.fixture

@@ -138,18 +138,18 @@ _BUNDLES: dict[str, Path] = {}
 
 def exported_gradient_bundle(tmp_path_factory: pytest.TempPathFactory, variant: str = "maml") -> Path:
     """The path of the ``variant`` bundle, exported once per test session (read-only: copy it before
-    modifying); its checkpoint is ``<bundle>/../<variant>.pt``."""
+    modifying); its checkpoint is ``<bundle>/../<variant>.safetensors``."""
     if variant not in _BUNDLES:
         from metarl_robot.export import export_bundle
 
         root = tmp_path_factory.mktemp(f"gradient_{variant}")
-        checkpoint = make_gradient_checkpoint(root / f"{variant}.pt", variant)
+        checkpoint = make_gradient_checkpoint(root / f"{variant}.safetensors", variant)
         _BUNDLES[variant] = export_bundle(checkpoint, root / "bundle")
     return _BUNDLES[variant]
 
 
 def checkpoint_of(bundle: Path, variant: str) -> Path:
-    return bundle.parent / f"{variant}.pt"
+    return bundle.parent / f"{variant}.safetensors"
 
 
 def drive_episodes(controller, seed: int, lengths: list[int], *, end_with_done: bool = True) -> list[dict[str, Any]]:

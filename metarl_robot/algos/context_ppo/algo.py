@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from metarl_robot.algos.context_ppo.config import TrainConfig
-from metarl_robot.checkpoint import load_checkpoint, save_checkpoint
+from metarl_robot.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
 from metarl_robot.algos.loop import run_training
 from metarl_robot.config import to_dict
 from metarl_robot.envs import TrajectoryBatch, collect, make_vector_env
@@ -132,7 +132,7 @@ class ContextPPO:
     # -- checkpoints
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
+        return self.run_dir / "checkpoints" / "last.safetensors"
 
     def save(self) -> Path:
         return save_checkpoint(
@@ -150,11 +150,11 @@ class ContextPPO:
         )
 
     def restore(self) -> bool:
-        if not self.checkpoint_path.exists():
+        if not checkpoint_exists(self.checkpoint_path):
             return False
         policy, data = load_checkpoint(self.checkpoint_path)
         if data.get("method") != METHOD or data["policy"]["obs_dim"] != self.obs_dim:
-            raise ValueError(
+            raise CheckpointError(
                 f"{self.checkpoint_path} was written by a different method or env; use a new --run-dir to start afresh"
             )
         self.policy.load_state_dict(policy.state_dict())
@@ -349,9 +349,9 @@ class ContextPPO:
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
-    """Meta-train, writing ``config.yaml``, TensorBoard logs (``tb/``) and ``checkpoints/last.pt``.
+    """Meta-train, writing ``config.yaml``, TensorBoard logs (``tb/``) and ``checkpoints/last.safetensors``.
 
-    With ``resume=True`` training continues from ``checkpoints/last.pt`` when it exists. Returns the
+    With ``resume=True`` training continues from ``checkpoints/last.safetensors`` when it exists. Returns the
     final checkpoint's path.
     """
     run_dir = Path(run_dir)

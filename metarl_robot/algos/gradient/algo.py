@@ -32,7 +32,7 @@ import torch
 
 from metarl_robot.algos.context_ppo.algo import build_task_distribution, resolve
 from metarl_robot.algos.gradient.config import TrainConfig
-from metarl_robot.checkpoint import load_checkpoint, save_checkpoint
+from metarl_robot.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
 from metarl_robot.algos.loop import run_training
 from metarl_robot.config import to_dict
 from metarl_robot.envs import TrajectoryBatch, collect, make_vector_env
@@ -100,7 +100,7 @@ class GradientMetaRL:
     # ------------------------------------------------------------------------------ checkpoints
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
+        return self.run_dir / "checkpoints" / "last.safetensors"
 
     def adaptation_spec(self) -> dict[str, Any]:
         """The checkpoint's ``adaptation`` section: how the robot adapts this policy."""
@@ -131,11 +131,11 @@ class GradientMetaRL:
         )
 
     def restore(self) -> bool:
-        if not self.checkpoint_path.exists():
+        if not checkpoint_exists(self.checkpoint_path):
             return False
         policy, data = load_checkpoint(self.checkpoint_path)
         if data.get("method") != self.config.method_name or data["policy"]["obs_dim"] != self.obs_dim:
-            raise ValueError(f"{self.checkpoint_path} was written by a different method or env; use a new --run-dir")
+            raise CheckpointError(f"{self.checkpoint_path} was written by a different method or env; use a new --run-dir")
         self.policy.load_state_dict(policy.state_dict())
         if self.optimizer is not None and data.get("optimizer"):
             self.optimizer.load_state_dict(data["optimizer"])
@@ -425,9 +425,9 @@ def conjugate_gradient(matvec, b: torch.Tensor, iters: int, tol: float = 1e-10) 
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
-    """Meta-train, writing ``config.yaml``, TensorBoard logs (``tb/``) and ``checkpoints/last.pt``.
+    """Meta-train, writing ``config.yaml``, TensorBoard logs (``tb/``) and ``checkpoints/last.safetensors``.
 
-    With ``resume=True`` training continues from ``checkpoints/last.pt`` when it exists. Returns the
+    With ``resume=True`` training continues from ``checkpoints/last.safetensors`` when it exists. Returns the
     final checkpoint's path.
     """
     run_dir = Path(run_dir)
