@@ -146,9 +146,26 @@ def cmd_migrate_checkpoint(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from metarl_robot.verify import verify_bundle
 
-    report = verify_bundle(args.bundle, checkpoint=args.checkpoint)
+    report = verify_bundle(args.bundle, checkpoint=args.checkpoint, trusted_keys=args.trusted_key)
     print(report.format())
     return 0 if report.ok else 1
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from metarl_robot.runtime.integrity import sign_bundle
+
+    path = sign_bundle(args.bundle, args.key)
+    print(f"signed: {path}")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from metarl_robot.runtime.integrity import generate_key_pair
+
+    private, public = generate_key_pair(args.dir, args.name)
+    print(f"private key: {private}  (sign with it: metarl-robot sign BUNDLE --key {private}; keep it secret)")
+    print(f"public key:  {public}  (give it to robots: trusted_keys / verify --trusted-key {public})")
+    return 0
 
 
 def _gif_tasks(args: argparse.Namespace, env, env_id: str, registry: dict, config: dict | None):
@@ -302,7 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check a bundle: schema, checksums, ONNX checker, parity")
     p.add_argument("bundle")
     p.add_argument("--checkpoint", help="also check parity against this checkpoint in PyTorch")
+    p.add_argument("--trusted-key", action="append", metavar="PUBLIC.pem",
+                   help="require a signature by this ed25519 public key (repeatable: any one of them)")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("sign", help="sign a bundle's digest with an ed25519 key (writes BUNDLE/signature.json)")
+    p.add_argument("bundle")
+    p.add_argument("--key", required=True, metavar="PRIVATE.pem", help="private key from `metarl-robot keygen`")
+    p.set_defaults(func=cmd_sign)
+
+    p = sub.add_parser("keygen", help="make an ed25519 key pair for signing bundles")
+    p.add_argument("dir", help="folder to write NAME.pem (private, mode 600) and NAME.pub.pem into")
+    p.add_argument("--name", default="bundle_signing", help="file name stem (default: %(default)s)")
+    p.set_defaults(func=cmd_keygen)
 
     for entry_point in _verb_entry_points():
         # A verb another package provides (the ROS 2 verbs live with the nodes, in ros_nodes.cli): its

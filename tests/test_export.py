@@ -21,6 +21,7 @@ from metarl_robot.export import ExportError, export_bundle
 from metarl_robot.families.context_torch import reference_outputs, sample_inputs
 from metarl_robot.runtime import load_bundle
 from metarl_robot.runtime.bundle import sha256_file
+from metarl_robot.runtime.integrity import manifest_digest
 from metarl_robot.verify import PARITY_TOLERANCE, max_abs_diff
 from tests.runtime.conftest import ACTION_SCALE, ADAPTATION, BUFFER_SIZE, INTERFACE, exported_bundle, make_checkpoint
 
@@ -75,7 +76,8 @@ def test_bundle_holds_manifest_graphs_and_test_vectors(bundle_dir: Path, manifes
 
 
 def test_manifest_carries_the_robot_contract(manifest: dict, policy) -> None:
-    assert manifest["schema_version"] == 1 and manifest["format"] == "metarl_robot.bundle"
+    assert manifest["schema_version"] == 2 and manifest["format"] == "metarl_robot.bundle"
+    assert manifest["digest"] == manifest_digest(manifest)  # over the canonical manifest, so over every file
     assert manifest["method"] == {"family": "context", "name": "context_ppo"}
     assert manifest["observation"] == {"dim": 10, "layout": INTERFACE["observation_layout"], "normalization": "baked"}
     assert manifest["action"] == {

@@ -14,16 +14,20 @@ import numpy as np
 import pytest
 
 from metarl_robot.runtime.bundle import sha256_file
+from metarl_robot.runtime.integrity import seal_manifest
 from metarl_robot.verify import VerifyError, VerifyReport, verify_bundle
 from tests.runtime.conftest import exported_bundle, make_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKS = [
     "manifest and checksums",
+    "signature",
     "onnx checker: policy.onnx",
     "onnx checker: adapt.onnx",
     "inputs/outputs: policy.onnx",
     "inputs/outputs: adapt.onnx",
+    "manifest contract",
+    "command bounds vs policy graph",
     "onnxruntime vs test vectors",
     "onnxruntime vs PyTorch checkpoint",
 ]
@@ -40,11 +44,12 @@ def bundle_copy(bundle_dir: Path, tmp_path: Path) -> Path:
 
 
 def rehash(bundle: Path) -> None:
-    """Update the manifest checksums, as someone hand-editing a bundle would."""
+    """Update the manifest checksums and its digest, as someone hand-editing a bundle who knows the
+    format would (without the digest, load_bundle refuses the edit; tests/runtime/test_bundle_integrity.py)."""
     path = bundle / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["files"] = {name: sha256_file(bundle / name) for name in manifest["files"]}
-    path.write_text(json.dumps(manifest))
+    path.write_text(json.dumps(seal_manifest(manifest)))
 
 
 def status(report: VerifyReport) -> dict[str, str]:
@@ -56,7 +61,8 @@ def test_fresh_export_passes_every_check(bundle_dir: Path) -> None:
 
     assert report.ok, report.format()
     assert [c.name for c in report.checks] == CHECKS
-    assert set(status(report).values()) == {"pass"}
+    assert set(status(report).values()) == {"pass", "skip"}
+    assert [name for name, result in status(report).items() if result == "skip"] == ["signature"]  # unsigned
     text = str(report)
     assert text == report.format() and text.endswith("OK: the bundle passed every check that ran")
     assert "[PASS] onnxruntime vs PyTorch checkpoint" in text
@@ -71,7 +77,7 @@ def test_checkpoint_is_found_through_provenance(bundle_dir: Path) -> None:
 def test_missing_recorded_checkpoint_skips_the_torch_check(bundle_copy: Path) -> None:
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     manifest["provenance"]["checkpoint_path"] = "/nowhere/grasp.safetensors"
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    (bundle_copy / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
 
     report = verify_bundle(bundle_copy)
 

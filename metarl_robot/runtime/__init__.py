@@ -30,16 +30,22 @@ from metarl_robot.runtime.schedule import CADENCES, AdaptationSchedule
 
 
 def load_controller(
-    bundle_dir: str | Path, providers: Sequence[str] | None = None, *, seed: int | None = None, **kwargs: Any
+    bundle_dir: str | Path,
+    providers: Sequence[str] | None = None,
+    *,
+    seed: int | None = None,
+    trusted_keys: Sequence[str | Path] | None = None,
+    **kwargs: Any,
 ) -> Controller:
     """Validate the bundle at ``bundle_dir`` and open it with the controller of its family plug-in.
 
     ``seed`` seeds exploration noise where the family explores (others ignore it, so callers can pass
     one for any bundle). ``providers`` and ``kwargs`` go to the controller (``session_options`` for
-    every family). Raises :class:`BundleError` for a bad bundle and
+    every family). ``trusted_keys``: ed25519 public-key PEM paths; when given, a bundle not signed by
+    one of them is refused (see :func:`load_bundle`). Raises :class:`BundleError` for a bad bundle and
     :class:`ProviderError` for an unknown or unavailable provider.
     """
-    bundle = load_bundle(bundle_dir)
+    bundle = load_bundle(bundle_dir, trusted_keys=trusted_keys)
     return bundle.plugin.controller(bundle, providers, seed=seed, **kwargs)
 
 
