@@ -1,0 +1,177 @@
+"""Signed bundles: keygen, sign, and trusted keys in load_bundle, load_controller and verify."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from metarl_robot.cli import main
+from metarl_robot.runtime import BundleError, load_bundle, load_controller
+from metarl_robot.runtime.bundle import sha256_file
+from metarl_robot.runtime.integrity import generate_key_pair, key_id, seal_manifest, sign_bundle
+from metarl_robot.verify import verify_bundle
+from tests.runtime.conftest import exported_bundle
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """Two key pairs: ``trusted`` and ``other``."""
+    root = tmp_path_factory.mktemp("keys")
+    return {name: generate_key_pair(root, name) for name in ("trusted", "other")}
+
+
+@pytest.fixture
+def bundle(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
+    """A private copy of the shared context bundle, unsigned."""
+    return Path(shutil.copytree(exported_bundle(tmp_path_factory), tmp_path / "bundle"))
+
+
+def public_id(public_pem: Path) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_public_key(public_pem.read_bytes())
+    return key_id(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+
+
+def reseal(bundle: Path, change) -> None:
+    """Edit the manifest and recompute its file hashes and digest: a well-informed tamperer."""
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    manifest["files"] = {name: sha256_file(bundle / name) for name in manifest["files"]}
+    path.write_text(json.dumps(seal_manifest(manifest), indent=2))
+
+
+def test_cli_keygen_sign_and_verify(bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["keygen", str(tmp_path / "keys"), "--name", "lab"]) == 0
+    private, public = tmp_path / "keys" / "lab.pem", tmp_path / "keys" / "lab.pub.pem"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600 and b"PUBLIC KEY" in public.read_bytes()
+
+    assert main(["sign", str(bundle), "--key", str(private)]) == 0
+    assert main(["verify", str(bundle), "--trusted-key", str(public)]) == 0
+    out = capsys.readouterr().out
+    assert "[PASS] signature" in out and f"signed by trusted key {public_id(public)}" in out
+
+    assert main(["keygen", str(tmp_path / "keys"), "--name", "lab"]) == 2  # never overwrites a key
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_a_signed_bundle_loads_with_its_key(bundle: Path, keys) -> None:
+    private, public = keys["trusted"]
+    signature = sign_bundle(bundle, private)
+    assert signature == bundle / "signature.json"
+    content = json.loads(signature.read_text())
+    assert content["digest"] == load_bundle(bundle).digest and len(content["signatures"]) == 1
+
+    assert load_bundle(bundle, trusted_keys=[public]).signed_by == public_id(public)
+    assert load_bundle(bundle, trusted_keys=[keys["other"][1], public]).signed_by == public_id(public)
+    controller = load_controller(bundle, ["cpu"], trusted_keys=[str(public)])
+    assert controller.obs_dim == 10
+    assert load_bundle(bundle).signed_by is None  # no trusted keys: the signature is not needed
+
+
+def test_unsigned_and_wrongly_signed_bundles_are_refused(bundle: Path, keys) -> None:
+    trusted = [keys["trusted"][1]]
+    with pytest.raises(BundleError, match=r"not signed \(no signature.json\) but trusted keys are required.*metarl-robot sign"):
+        load_bundle(bundle, trusted_keys=trusted)
+    sign_bundle(bundle, keys["other"][0])
+    with pytest.raises(BundleError, match=f"signed by {public_id(keys['other'][1])}, none of them a trusted key"):
+        load_controller(bundle, ["cpu"], trusted_keys=trusted)
+    report = verify_bundle(bundle, trusted_keys=trusted)
+    assert not report.ok and [c.name for c in report.failures] == ["signature"]
+
+
+def test_a_second_signer_is_added_and_a_resign_replaces_its_own(bundle: Path, keys) -> None:
+    sign_bundle(bundle, keys["trusted"][0])
+    sign_bundle(bundle, keys["other"][0])
+    sign_bundle(bundle, keys["other"][0])
+    content = json.loads((bundle / "signature.json").read_text())
+    assert sorted(e["key_id"] for e in content["signatures"]) == sorted(public_id(k[1]) for k in keys.values())
+    for _, public in keys.values():
+        load_bundle(bundle, trusted_keys=[public])
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["action"].update(joint_names=list(reversed(m["action"]["joint_names"]))),
+        lambda m: m.update(control_rate_hz=1000.0),
+        lambda m: m["adaptation"].update(buffer_size=1),
+        lambda m: m["action"].update(high=[2 * v for v in m["action"]["high"]]),
+    ],
+    ids=["joint_names", "control_rate_hz", "buffer_size", "high"],
+)
+def test_a_resealed_edit_of_a_signed_bundle_is_refused(bundle: Path, keys, edit) -> None:
+    private, public = keys["trusted"]
+    sign_bundle(bundle, private)
+    reseal(bundle, edit)
+    load_bundle(bundle)  # the digest matches again: only the signature can tell
+    with pytest.raises(BundleError, match="the bundle changed after it was signed"):
+        load_bundle(bundle, trusted_keys=[public])
+    with pytest.raises(BundleError, match="the bundle changed after it was signed"):
+        load_controller(bundle, ["cpu"], trusted_keys=[public])
+    assert "signature" in [c.name for c in verify_bundle(bundle, trusted_keys=[public]).failures]
+
+
+def test_a_forged_signature_is_refused(bundle: Path, keys) -> None:
+    private, public = keys["trusted"]
+    path = sign_bundle(bundle, private)
+    content = json.loads(path.read_text())
+    forged = bytearray(content["signatures"][0]["signature"].encode())
+    forged[5] = ord("A") if forged[5] != ord("A") else ord("B")
+    content["signatures"][0]["signature"] = forged.decode()
+    path.write_text(json.dumps(content))
+    with pytest.raises(BundleError, match=r"signature by trusted key .* does not verify"):
+        load_bundle(bundle, trusted_keys=[public])
+
+
+def test_a_symlinked_signature_is_refused(bundle: Path, keys, tmp_path: Path) -> None:
+    path = sign_bundle(bundle, keys["trusted"][0])
+    shutil.move(path, tmp_path / "signature.json")
+    path.symlink_to(tmp_path / "signature.json")
+    with pytest.raises(BundleError, match=r"signature\.json: is a symbolic link"):
+        load_bundle(bundle, trusted_keys=[keys["trusted"][1]])
+
+
+def test_verify_reports_an_unchecked_signature_as_skipped(bundle: Path, keys) -> None:
+    sign_bundle(bundle, keys["trusted"][0])
+    check = next(c for c in verify_bundle(bundle).checks if c.name == "signature")
+    assert check.status == "skip" and public_id(keys["trusted"][1]) in check.detail and "--trusted-key" in check.detail
+
+
+def test_bad_key_files_get_one_line(bundle: Path, keys, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    private, public = keys["trusted"]
+    assert main(["sign", str(bundle), "--key", str(public)]) == 2
+    assert main(["sign", str(bundle), "--key", str(tmp_path / "absent.pem")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2
+    assert "is not a PEM private key" in lines[0] and "keygen" in lines[0]
+    assert "does not exist" in lines[1]
+    with pytest.raises(BundleError, match="it holds a private key; trust the public key"):
+        load_bundle(bundle, trusted_keys=[private])
+    rsa = tmp_path / "rsa.pub.pem"
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
+
+    rsa.write_bytes(
+        rsa_keys.generate_private_key(65537, 2048).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    with pytest.raises(BundleError, match="bundles are signed with ed25519 keys"):
+        load_bundle(bundle, trusted_keys=[rsa])
+
+
+def test_re_export_drops_the_old_signature(tmp_path: Path, keys) -> None:
+    from metarl_robot.export import export_bundle
+    from tests.runtime.conftest import make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path / "grasp.safetensors")
+    bundle = export_bundle(checkpoint, tmp_path / "bundle")
+    sign_bundle(bundle, keys["trusted"][0])
+    export_bundle(checkpoint, bundle, overwrite=True)
+    assert not (bundle / "signature.json").exists()
