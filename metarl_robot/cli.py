@@ -152,9 +152,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
+    from metarl_robot.runtime import load_bundle
     from metarl_robot.runtime.integrity import sign_bundle
 
-    path = sign_bundle(args.bundle, args.key)
+    path = sign_bundle(load_bundle(args.bundle), args.key)
     print(f"signed: {path}")
     return 0
 

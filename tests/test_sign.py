@@ -62,7 +62,7 @@ def test_cli_keygen_sign_and_verify(bundle: Path, tmp_path: Path, capsys: pytest
 
 def test_a_signed_bundle_loads_with_its_key(bundle: Path, keys) -> None:
     private, public = keys["trusted"]
-    signature = sign_bundle(bundle, private)
+    signature = sign_bundle(load_bundle(bundle), private)
     assert signature == bundle / "signature.json"
     content = json.loads(signature.read_text())
     assert content["digest"] == load_bundle(bundle).digest and len(content["signatures"]) == 1
@@ -78,7 +78,7 @@ def test_unsigned_and_wrongly_signed_bundles_are_refused(bundle: Path, keys) -> 
     trusted = [keys["trusted"][1]]
     with pytest.raises(BundleError, match=r"not signed \(no signature.json\) but trusted keys are required.*metarl-robot sign"):
         load_bundle(bundle, trusted_keys=trusted)
-    sign_bundle(bundle, keys["other"][0])
+    sign_bundle(load_bundle(bundle), keys["other"][0])
     with pytest.raises(BundleError, match=f"signed by {public_id(keys['other'][1])}, none of them a trusted key"):
         load_controller(bundle, ["cpu"], trusted_keys=trusted)
     report = verify_bundle(bundle, trusted_keys=trusted)
@@ -86,9 +86,9 @@ def test_unsigned_and_wrongly_signed_bundles_are_refused(bundle: Path, keys) -> 
 
 
 def test_a_second_signer_is_added_and_a_resign_replaces_its_own(bundle: Path, keys) -> None:
-    sign_bundle(bundle, keys["trusted"][0])
-    sign_bundle(bundle, keys["other"][0])
-    sign_bundle(bundle, keys["other"][0])
+    sign_bundle(load_bundle(bundle), keys["trusted"][0])
+    sign_bundle(load_bundle(bundle), keys["other"][0])
+    sign_bundle(load_bundle(bundle), keys["other"][0])
     content = json.loads((bundle / "signature.json").read_text())
     assert sorted(e["key_id"] for e in content["signatures"]) == sorted(public_id(k[1]) for k in keys.values())
     for _, public in keys.values():
@@ -107,7 +107,7 @@ def test_a_second_signer_is_added_and_a_resign_replaces_its_own(bundle: Path, ke
 )
 def test_a_resealed_edit_of_a_signed_bundle_is_refused(bundle: Path, keys, edit) -> None:
     private, public = keys["trusted"]
-    sign_bundle(bundle, private)
+    sign_bundle(load_bundle(bundle), private)
     reseal(bundle, edit)
     load_bundle(bundle)  # the digest matches again: only the signature can tell
     with pytest.raises(BundleError, match="the bundle changed after it was signed"):
@@ -119,7 +119,7 @@ def test_a_resealed_edit_of_a_signed_bundle_is_refused(bundle: Path, keys, edit)
 
 def test_a_forged_signature_is_refused(bundle: Path, keys) -> None:
     private, public = keys["trusted"]
-    path = sign_bundle(bundle, private)
+    path = sign_bundle(load_bundle(bundle), private)
     content = json.loads(path.read_text())
     forged = bytearray(content["signatures"][0]["signature"].encode())
     forged[5] = ord("A") if forged[5] != ord("A") else ord("B")
@@ -130,7 +130,7 @@ def test_a_forged_signature_is_refused(bundle: Path, keys) -> None:
 
 
 def test_a_symlinked_signature_is_refused(bundle: Path, keys, tmp_path: Path) -> None:
-    path = sign_bundle(bundle, keys["trusted"][0])
+    path = sign_bundle(load_bundle(bundle), keys["trusted"][0])
     shutil.move(path, tmp_path / "signature.json")
     path.symlink_to(tmp_path / "signature.json")
     with pytest.raises(BundleError, match=r"signature\.json: is a symbolic link"):
@@ -138,7 +138,7 @@ def test_a_symlinked_signature_is_refused(bundle: Path, keys, tmp_path: Path) ->
 
 
 def test_verify_reports_an_unchecked_signature_as_skipped(bundle: Path, keys) -> None:
-    sign_bundle(bundle, keys["trusted"][0])
+    sign_bundle(load_bundle(bundle), keys["trusted"][0])
     check = next(c for c in verify_bundle(bundle).checks if c.name == "signature")
     assert check.status == "skip" and public_id(keys["trusted"][1]) in check.detail and "--trusted-key" in check.detail
 
@@ -172,6 +172,6 @@ def test_re_export_drops_the_old_signature(tmp_path: Path, keys) -> None:
 
     checkpoint = make_checkpoint(tmp_path / "grasp.safetensors")
     bundle = export_bundle(checkpoint, tmp_path / "bundle")
-    sign_bundle(bundle, keys["trusted"][0])
+    sign_bundle(load_bundle(bundle), keys["trusted"][0])
     export_bundle(checkpoint, bundle, overwrite=True)
     assert not (bundle / "signature.json").exists()

@@ -345,18 +345,16 @@ def read_signatures(root: Path) -> dict[str, Any] | None:
     return content
 
 
-def sign_bundle(bundle_dir: str | Path, private_key_path: str | Path) -> Path:
-    """Check the bundle (digest and every file), then add an ed25519 signature of its digest by the key
-    in ``private_key_path`` to its ``signature.json``; return that file's path.
+def sign_bundle(bundle: Any, private_key_path: str | Path) -> Path:
+    """Add an ed25519 signature of ``bundle.digest`` by the key in ``private_key_path`` to the bundle's
+    ``signature.json``; return that file's path.
 
-    Signatures by other keys over the same digest are kept; a signature file of an older digest is
-    replaced. The file is written atomically.
+    ``bundle`` is what :func:`~metarl_robot.runtime.load_bundle` returned, so the digest and every file
+    were checked just before: ``sign_bundle(load_bundle(path), key)``. Signatures by other keys over the
+    same digest are kept; a signature file of an older digest is replaced. Written atomically.
     """
-    from metarl_robot.runtime.bundle import load_bundle  # bundle.py imports this module
-
-    bundle = load_bundle(bundle_dir)
     key = load_private_key(private_key_path)
-    root = Path(bundle_dir)
+    root = Path(bundle.path)
     public_raw = _raw_public(key.public_key())
     entry = {
         "algorithm": "ed25519",
