@@ -1,8 +1,10 @@
 """Check an exported bundle before it goes to a robot: ``metarl-robot verify BUNDLE``.
 
-:func:`verify_bundle` runs every check it can and reports each one: the manifest schema and file
-checksums, the ONNX checker on both graphs, the graphs' input/output names and shapes against the
-manifest, onnxruntime against the PyTorch outputs stored in ``test_vectors.npz`` (no torch needed),
+:func:`verify_bundle` runs every check it can and reports each one: the manifest schema, digest and
+file checksums, the signature (against trusted keys, when given), the ONNX checker on both graphs, the
+graphs' input/output names and shapes against the manifest, the manifest's meaning against the policy
+graph (sizes, rate, and the command bounds and scale, by probing the graph into saturation),
+onnxruntime against the PyTorch outputs stored in ``test_vectors.npz`` (no torch needed),
 and, when torch is importable and the training checkpoint is at hand, onnxruntime against the
 checkpoint re-run in PyTorch on fresh random inputs (for gradient bundles also over chained
 adaptation steps, and the initial parameters in ``params.npy`` against the checkpoint's).
