@@ -72,8 +72,8 @@ def test_context_bundle_has_no_gradient_keys(bundle_dir: Path) -> None:
         (lambda m: m["adaptation"].update(steps=-1), "'adaptation.steps' must be a non-negative integer"),
         (lambda m: m["adaptation"].update(num_params=3), r"'graphs.policy.inputs.params' is \[356\], expected \[3\]"),
         (lambda m: m["adaptation"].update(max_episode_steps=9), r"'graphs.adapt.inputs.obs' is \[5, 8, 2\]"),
-        (lambda m: m["files"].pop("params.npy"), "'adaptation.initial_params_file' is 'params.npy', which 'files'"),
-        (lambda m: m["method"].update(family="evolution"), "'method.family' is 'evolution'; this runtime runs"),
+        (lambda m: m["files"].pop("params.npy"), "the adaptation section names 'params.npy', which 'files' does not list"),
+        (lambda m: m["method"].update(family="evolution"), "'method.family': unknown method family 'evolution'; registered families"),
         (lambda m: m["graphs"]["adapt"].update(outputs={"context": [356]}), r"expected \['adapted_params'\]"),
     ],
 )
