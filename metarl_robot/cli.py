@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -75,6 +76,11 @@ def _load_controller(args: argparse.Namespace, source: str, kind: str):
     return controller, data["config"], f"checkpoint {source}", adaptation
 
 
+def _task_controller(args: argparse.Namespace, source: str, kind: str, *, seed: int):
+    """A fresh controller of ``source`` for one evaluation task, seeded with the task's seed."""
+    return _load_controller(argparse.Namespace(**{**vars(args), "seed": seed}), source, kind)[0]
+
+
 def _load_controllers_and_env(args: argparse.Namespace):
     from metarl_robot.envs import make_meta_env
 
@@ -111,9 +117,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tasks = _eval_tasks(args, config, env)
     adaptation = loaded[0][3]
     per_round = args.episodes_per_round or int(adaptation.get("episodes_per_step", 1))
+    # Each task gets a controller of its own, made where the sampler runs it.
+    kind, sources = ("bundle", args.bundle) if args.bundle else ("checkpoint", args.checkpoint)
     runs = [
-        evaluate(controller, env, tasks, rounds=args.rounds, episodes_per_round=per_round, seed=args.seed, adapt=not args.no_adapt)
-        for controller, _, _, _ in loaded
+        evaluate(functools.partial(_task_controller, args, source, kind), env, tasks, rounds=args.rounds,
+                 episodes_per_round=per_round, seed=args.seed, adapt=not args.no_adapt, sampler=args.sampler,
+                 num_workers=args.num_workers)
+        for source in sources
     ]
     labels = [label for _, _, label, _ in loaded]
     results = runs[0] if len(runs) == 1 else combine(runs, labels)
@@ -297,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="episodes per round (default: the policy's own: 1 for context methods, the trajectories per "
                         "inner step for gradient methods)")
     p.add_argument("--no-adapt", action="store_true", help="never adapt (the non-adaptive baseline of the same policy)")
+    p.add_argument("--sampler", choices=["serial", "subprocess", "ray"], default="serial",
+                   help="where the tasks run: this process, worker processes or Ray actors; every choice gives "
+                        "the same results (default: %(default)s)")
+    p.add_argument("--num-workers", type=int, default=0,
+                   help="workers of the subprocess and ray samplers, 0 = one per CPU core (default: %(default)s)")
     p.add_argument("--env-id", help="override the env id from the checkpoint's config")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/eval", help="output folder (default: %(default)s)")

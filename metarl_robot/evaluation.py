@@ -15,15 +15,20 @@ checkpoint's PyTorch twin with the same semantics, from the checkpoint's family 
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
-from collections.abc import Mapping, Sequence
+import pickle
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from metarl_robot.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from metarl_robot.sampling import Sampler
 
 
 Controller = Any
@@ -46,7 +51,7 @@ def ci95(values: Sequence[float]) -> float:
 
 
 def evaluate(
-    controller: Controller,
+    controller: Controller | Callable[..., Controller],
     env,
     tasks: Sequence[TaskSpec],
     *,
@@ -54,43 +59,133 @@ def evaluate(
     episodes_per_round: int = 1,
     seed: int = 0,
     adapt: bool = True,
+    sampler: str | Sampler = "serial",
+    num_workers: int = 1,
 ) -> dict[str, Any]:
     """Meta-test ``controller`` on ``tasks`` in ``env`` (a MetaEnv with an ``interface``).
 
     Commands from the controller are in physical units; they are mapped back to the env's
     normalised action space with the interface's action scale. With ``adapt=False`` the controller
     never adapts (the non-adaptive baseline of the same policy).
+
+    Each task is one trial of :mod:`metarl_robot.sampling` (the rollout loop training uses too), run
+    by ``sampler``: ``"serial"`` in this process on ``env`` itself, ``"subprocess"`` or ``"ray"`` on
+    ``num_workers`` workers (0: one per CPU core) that rebuild the env from ``env.unwrapped.spec``
+    (make it with :func:`metarl_robot.envs.make_meta_env` or ``gymnasium.make``), or a sampler you
+    made (left open). Every task starts from a fresh controller: ``controller`` may be a factory,
+    called as ``controller(seed=task_seed)`` in the worker (e.g. ``functools.partial(load_controller,
+    bundle_dir, providers=["cpu"])``), or a controller, of which each task gets a copy as it was
+    passed. Then ``reset(seed=task_seed)`` where ``reset`` takes a seed (a stochastic controller then
+    draws independent noise per task), ``reset()`` otherwise, and ``set_task(task)`` for a controller
+    that has it (an oracle); no other controller is told the task. The env's reset seeds are drawn
+    from ``seed`` task by task, episode by episode, and the task seeds from ``seed`` too, so the same
+    arguments give the same results on every backend and with any number of workers.
+
+    A controller that cannot be pickled (the runtime's ONNX controllers) cannot be copied: the serial
+    sampler then runs it in place, reset before each task as on the robot; workers need a factory.
     """
     if rounds < 1 or episodes_per_round < 1:
         raise ValueError(f"rounds and episodes_per_round must be >= 1, got {rounds}, {episodes_per_round}")
+    from metarl_robot.sampling import EpisodeRequest, SamplingError, SerialSampler, make_requests, make_sampler
+
     scale = np.asarray(env.interface["action"]["scale"], dtype=np.float32)
+    trials = ControllerTrials(controller, scale, episodes_per_round, adapt)
+    episodes = rounds * episodes_per_round
+    # The env's reset seeds, drawn in the order this protocol has always drawn them.
     rng = np.random.default_rng(seed)
+    reset_seeds = [tuple(int(rng.integers(2**31)) for _ in range(episodes)) for _ in tasks]
+    requests = [
+        EpisodeRequest(r.index, r.task, r.seed, episodes, reset_seeds=reset_seeds[r.index])
+        for r in make_requests(tasks, seed=seed, episodes=episodes)
+    ]
+    if not isinstance(sampler, str):
+        records = sampler.sample(trials, requests)
+    else:
+        if sampler == "serial":
+            runner: Any = SerialSampler(env=env, copy_policy=_picklable(trials))
+        else:
+            spec = getattr(env.unwrapped, "spec", None)
+            if spec is None:
+                raise ValueError(
+                    f"sampler={sampler!r} rebuilds the env in its workers from env.unwrapped.spec, and this "
+                    f"{type(env.unwrapped).__name__} has none: make it with metarl_robot.envs.make_meta_env"
+                )
+            if not _picklable(trials):
+                raise SamplingError(
+                    f"the controller ({type(controller).__name__}) cannot be pickled, so it cannot be sent to "
+                    f"{sampler} workers; pass a factory instead, called as factory(seed=...) in each worker, "
+                    "e.g. functools.partial(metarl_robot.runtime.load_controller, bundle_dir, providers=['cpu'])"
+                )
+            runner = make_sampler(sampler, spec, num_workers=num_workers, requests_per_batch=len(requests))
+        try:
+            records = runner.sample(trials, requests)
+        finally:
+            runner.close()
     per_task = []
-    for task in tasks:
-        controller.reset()
-        env.set_task(task)
-        returns, successes = [], []
-        for k in range(rounds):
-            round_returns, round_success = [], []
-            for _ in range(episodes_per_round):
-                obs, _ = env.reset(seed=int(rng.integers(2**31)))
-                total, done, info = 0.0, False, {}
-                while not done:
-                    command = controller.act(obs)
-                    next_obs, reward, terminated, truncated, info = env.step(command / scale)
-                    done = bool(terminated or truncated)
-                    controller.observe(obs, command, float(reward), next_obs, done)
-                    total += float(reward)
-                    obs = next_obs
-                round_returns.append(total)
-                round_success.append(float(bool(info.get("success", False))))
-            returns.append(float(np.mean(round_returns)))
-            successes.append(float(np.mean(round_success)))
-            if adapt and k < rounds - 1:
-                controller.adapt()
-        per_task.append({"task": task.to_dict(), "returns": returns, "success": successes})
+    for request in requests:
+        mine = [e for e in records if e.request_index == request.index]
+        rounds_of = [mine[k * episodes_per_round : (k + 1) * episodes_per_round] for k in range(rounds)]
+        per_task.append(
+            {
+                "task": request.task.to_dict(),
+                "returns": [float(np.mean([e.total_reward for e in r])) for r in rounds_of],
+                "success": [float(np.mean([float(e.succeeded) for e in r])) for r in rounds_of],
+            }
+        )
     results = {"rounds": rounds, "episodes_per_round": episodes_per_round, "adapt": adapt, "seed": seed, "tasks": per_task}
     return summarize(results)
+
+
+class ControllerTrials:
+    """One task of the meta-test protocol as a sampler trial (an ``EpisodePolicy``).
+
+    ``reset`` makes the task's fresh controller, ``act`` maps its command to the env's normalised
+    action, ``observe`` hands it the transition with the command that was sent, and ``end_episode``
+    calls ``adapt()`` at the end of every round but the last (unless ``adapt`` is False).
+    """
+
+    def __init__(self, controller: Any, scale: np.ndarray, episodes_per_round: int, adapt: bool) -> None:
+        self.controller, self.scale = controller, np.asarray(scale, dtype=np.float32)
+        self.episodes_per_round, self.adapt = int(episodes_per_round), bool(adapt)
+
+    def reset(self, task: TaskSpec, rng: np.random.Generator, options: Mapping[str, Any]) -> None:
+        task_seed = int(rng.integers(2**31))
+        if callable(self.controller) and not hasattr(self.controller, "act"):
+            self._active = self.controller(seed=task_seed)
+        else:
+            self._active = self.controller
+        reset = self._active.reset
+        if "seed" in inspect.signature(reset).parameters:
+            reset(seed=task_seed)
+        else:
+            reset()
+        if callable(getattr(self._active, "set_task", None)):
+            self._active.set_task(task)
+        self._episodes_done, self._command = 0, None
+
+    def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        self._command = self._active.act(obs)
+        return self._command / self.scale, {}
+
+    def observe(self, obs, action, reward: float, next_obs, done: bool) -> None:
+        self._active.observe(obs, self._command, reward, next_obs, done)
+
+    def end_episode(self) -> None:
+        self._episodes_done += 1
+        if self.adapt and self._episodes_done % self.episodes_per_round == 0:
+            self._active.adapt()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # What travels to the workers: the controller as passed (or its factory), not a trial's state.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_active", "_episodes_done", "_command")}
+
+
+def _picklable(obj: Any) -> bool:
+    try:
+        pickle.dumps(obj)
+    except Exception:
+        return False
+    return True
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
@@ -164,25 +259,29 @@ class OracleController:
 
     ``demonstrate(obs[N, D], tasks) -> actions[N, A]`` returns normalised actions (the env's
     ``demonstrator`` reference); commands are those actions times the interface's action scale. The
-    upper reference line of the meta-test protocol.
+    upper reference line of the meta-test protocol. :func:`evaluate` tells it each task through
+    :meth:`set_task`; until then it acts for the task ``env`` had when it was made.
     """
 
     def __init__(self, env, demonstrate=None):
         if demonstrate is None:
-            from metarl_robot.algos.context_ppo.algo import resolve
+            from metarl_robot.algos.common.tasks import resolve
 
             reference = getattr(env, "demonstrator", None)
             if not reference:
                 raise ValueError(f"{type(env).__name__} has no demonstrator; pass demonstrate=")
             demonstrate = resolve(reference)
-        self.env, self.demonstrate = env, demonstrate
+        self.demonstrate, self.task = demonstrate, getattr(env, "task", None)
         self.scale = np.asarray(env.interface["action"]["scale"], dtype=np.float32)
+
+    def set_task(self, task: TaskSpec) -> None:
+        self.task = task
 
     def reset(self) -> None:
         pass
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        action = np.asarray(self.demonstrate(np.asarray(obs)[None], [self.env.task]))[0]
+        action = np.asarray(self.demonstrate(np.asarray(obs)[None], [self.task]))[0]
         return np.clip(action, -1.0, 1.0).astype(np.float32) * self.scale
 
     def observe(self, obs, action, reward, next_obs, done) -> None:

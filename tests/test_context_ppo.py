@@ -1,11 +1,14 @@
 import numpy as np
+import pytest
 import torch
 
 from metarl_robot.algos.context_ppo import TrainConfig, train
-from metarl_robot.algos.context_ppo.algo import gae, transition_window
+from metarl_robot.algos.context_ppo.algo import ContextPPO, actor_critic_advantages
+from metarl_robot.algos.context_ppo.rollout import trial_windows, transition_window
 from metarl_robot.checkpoint import load_checkpoint
 from metarl_robot.config import load_config
-from metarl_robot.envs import TrajectoryBatch
+from metarl_robot.runtime.advantages import gae
+from metarl_robot.sampling import Episode, EpisodeBatch
 from metarl_robot.evaluation import evaluate, write_report
 from metarl_robot.families.context_torch import TorchController
 from metarl_robot.testing import PointGoalEnv, point_goal_distribution
@@ -44,28 +47,54 @@ def test_resume_continues_from_last_checkpoint(tmp_path):
     assert not torch.equal(first.actor[0].weight, resumed.actor[0].weight)
 
 
-def _batch(rewards, valid, obs_dim=2):
-    t, n = rewards.shape
-    z = np.zeros((t, n, obs_dim), np.float32)
-    obs = np.arange(t * n * obs_dim, dtype=np.float32).reshape(t, n, obs_dim)
-    return TrajectoryBatch(obs, np.full((t, n, 1), 3.0, np.float32), rewards, z, valid * 0, valid * 0, valid, valid * 0, {}, [])
+def _episode(rewards, index, episode_in_trial, obs_dim=2):
+    t = len(rewards)
+    obs = np.arange(t * obs_dim, dtype=np.float32).reshape(t, obs_dim) + 100 * episode_in_trial
+    flags = np.zeros(t, bool)
+    return Episode(obs, np.full((t, 1), 3.0, np.float32), np.asarray(rewards, np.float32), obs + 1, flags, flags, flags,
+                   {"value": np.zeros(t, np.float32)}, index, episode_in_trial, TASK, 0)
 
 
-def test_transition_window_keeps_most_recent_valid_steps_and_clips_actions():
-    valid = np.array([[1, 1], [1, 1], [1, 0]], dtype=bool)
-    rewards = np.arange(6, dtype=np.float32).reshape(3, 2)
-    w = transition_window([_batch(rewards, valid), _batch(rewards + 10, valid)], size=4)
-    # env 0: 6 valid steps, last 4 kept; env 1: 4 valid steps, all kept.
-    np.testing.assert_array_equal(w["reward"][0, :, 0], [4, 10, 12, 14])
-    np.testing.assert_array_equal(w["reward"][1, :, 0], [1, 3, 11, 13])
-    assert w["mask"].sum() == 8 and w["action"].max() == 1.0
+TASK = point_goal_distribution().train_tasks[0]
+
+
+def test_transition_window_keeps_most_recent_steps_and_clips_actions():
+    w = transition_window(np.zeros((6, 2), np.float32), np.full((6, 1), 3.0, np.float32),
+                          np.arange(6, dtype=np.float32), np.zeros((6, 2), np.float32), size=4)
+    np.testing.assert_array_equal(w["reward"][:, 0], [2, 3, 4, 5])
+    assert w["mask"].sum() == 4 and w["action"].max() == 1.0
+    short = transition_window(*(x[:2] for x in (np.zeros((6, 2)), np.ones((6, 1)), np.arange(6.0), np.zeros((6, 2)))), size=4)
+    np.testing.assert_array_equal(short["mask"], [1, 1, 0, 0])
+
+
+def test_trial_windows_hold_what_came_before_each_episode_of_its_own_trial():
+    # Two trials (requests 0 and 1) of two episodes each, in sampler order.
+    episodes = [_episode([1, 2, 3], 0, 0), _episode([4, 5], 0, 1), _episode([7], 1, 0), _episode([8, 9], 1, 1)]
+    windows = trial_windows(episodes, size=2)
+    assert [w["mask"].sum() for w in windows] == [0, 2, 0, 1]
+    np.testing.assert_array_equal(windows[1]["reward"][:, 0], [2, 3])  # the last two of episode 0
+    np.testing.assert_array_equal(windows[3]["reward"][:, 0], [7, 0])  # request 1 only: nothing from request 0
+
+
+def test_training_advantages_are_the_robots_gae_on_the_same_episodes():
+    """Context PPO's advantages are runtime.advantages.gae (the robot's numpy code) with the critic's values."""
+    rng = np.random.default_rng(0)
+    episodes = [_episode(rng.normal(size=n), i, 0) for i, n in enumerate([5, 3, 4])]
+    for e in episodes:
+        e.extras["value"] = rng.normal(size=e.length).astype(np.float32)
+    batch = EpisodeBatch.from_episodes(episodes)
+    adv, ret = actor_critic_advantages(batch, gamma=0.9, lam=0.8)
+    for i, e in enumerate(episodes):
+        robot = gae(e.rewards[None], e.extras["value"][None], np.ones((1, e.length)), 0.9, 0.8)[0]
+        np.testing.assert_allclose(adv[: e.length, i], robot, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(ret[: e.length, i], robot + e.extras["value"], rtol=1e-6, atol=1e-6)
+        assert not adv[e.length :, i].any() and not ret[e.length :, i].any()
 
 
 def test_gae_matches_discounted_returns_when_lambda_is_one():
-    rewards = np.array([[1.0], [1.0], [1.0]], np.float32)
-    values = np.zeros_like(rewards)
-    adv, ret = gae(rewards, values, np.ones_like(rewards), gamma=0.5, lam=1.0)
-    np.testing.assert_allclose(ret[:, 0], [1.75, 1.5, 1.0])
+    rewards = np.array([[1.0, 1.0, 1.0]])
+    adv = gae(rewards, np.zeros_like(rewards), np.ones_like(rewards), gamma=0.5, lam=1.0)
+    np.testing.assert_allclose(adv[0], [1.75, 1.5, 1.0])
 
 
 def test_evaluate_reports_before_and_after_adaptation(tmp_path):
@@ -101,3 +130,38 @@ def test_warm_start_imitates_then_runs_dagger_over_task_sequences(tmp_path):
     labels = point_goal_demonstrator(np.zeros((len(tasks), 2), np.float32), tasks)
     loss = events.Scalars("warm_start/imitation_loss")[-1].value
     assert loss < 0.75 * float((labels**2).mean()), (loss, float((labels**2).mean()))
+
+
+def test_sampler_keys_and_their_older_spelling():
+    from metarl_robot.algos.common import PPOConfig
+    from metarl_robot.algos.gradient import TrainConfig as GradientConfig
+    from metarl_robot.config import ConfigError
+
+    assert load_config(TrainConfig, {}).sampler == "subprocess" and load_config(GradientConfig, {}).sampler == "serial"
+    for cls in (TrainConfig, GradientConfig):
+        assert load_config(cls, {"asynchronous": True}).sampler == "subprocess"
+        assert load_config(cls, {"asynchronous": False}).sampler == "serial"
+        config = load_config(cls, {"sampler": "ray", "num_workers": 2})
+        assert (config.sampler, config.num_workers) == ("ray", 2)
+        with pytest.raises(ConfigError, match="disagree"):
+            load_config(cls, {"sampler": "subprocess", "asynchronous": False})
+        with pytest.raises(ConfigError, match="sampler"):
+            load_config(cls, {"sampler": "threads"})
+        with pytest.raises(ConfigError, match="unknown config key 'num_worker'"):
+            load_config(cls, {"num_worker": 2})
+        with pytest.raises(ConfigError, match="num_workers"):
+            load_config(cls, {"num_workers": -1})
+        # One PPO config: both methods' ``ppo`` sections are the shared class (context PPO extends it).
+        assert isinstance(cls().ppo, PPOConfig)
+    with pytest.raises(ConfigError, match="unknown config key ppo.'minibatches'"):
+        load_config(GradientConfig, {"ppo": {"minibatches": 2}})
+
+
+def test_every_shipped_config_still_loads():
+    from pathlib import Path
+
+    from metarl_robot.cli import _train_module
+
+    for path in sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")):
+        module = _train_module(str(path), [])
+        load_config(module.TrainConfig, path)

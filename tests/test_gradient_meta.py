@@ -316,3 +316,59 @@ def test_observation_statistics_can_be_kept_as_the_warm_start_measured_them(tmp_
     per_round = 2 * 3 * 20  # tasks x episodes x steps of the tiny config
     assert int(kept.obs_norm.count.round()) == per_round
     assert int(moved.obs_norm.count.round()) == per_round * 3, "one update per iteration on top of the warm start"
+
+
+@pytest.mark.parametrize("context_dim,activation", [(0, "tanh"), (3, "tanh"), (0, "relu")])
+def test_the_numpy_actor_training_samples_with_has_the_policys_mean(context_dim, activation):
+    from metarl_robot.algos.gradient.rollout import GaussianActor
+
+    torch.manual_seed(0)
+    config = GradientPolicyConfig(hidden_sizes=(16, 8), context_dim=context_dim, activation=activation)
+    policy = GradientPolicy(5, 3, [0.1, 0.2, 0.3], config)
+    with torch.no_grad():
+        policy.obs_norm.update(torch.randn(300, 5) * torch.linspace(0.1, 30.0, 5) + 2.0)
+        policy.weights.add_(torch.randn_like(policy.weights) * 0.3)
+    phi = policy.initial_adapted().detach() + 0.2 * torch.randn(policy.num_adapted)
+    obs = torch.randn(64, 5) * 20.0
+    actor = GaussianActor(policy)
+    layers, log_std = actor.layers(phi.numpy())
+    mean, torch_log_std = policy.mean_log_std(phi, obs)
+    np.testing.assert_allclose(actor.mean(layers, phi.numpy(), obs.numpy()), mean.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(log_std, torch_log_std[0].detach().numpy())
+
+
+def test_training_advantages_equal_the_robots_on_the_same_episodes(tmp_path_factory, monkeypatch):
+    """What the runtime's GradientController feeds its adapt graph (episodes padded to
+    max_episode_steps) equals what meta-training computes for the same episodes (padded to the
+    longest): both are runtime.advantages.compute_advantages, whatever the padding."""
+    import metarl_robot.runtime.gradient_controller as robot_side
+    from metarl_robot.algos.gradient.algo import to_rollouts
+    from metarl_robot.runtime import load_controller
+    from metarl_robot.sampling import Episode
+    from tests.runtime.gradient_fixtures import VARIANTS, drive_episodes, exported_gradient_bundle
+
+    variant = VARIANTS["meta_sgd"]  # gae_lambda 0.95: the GAE recursion matters, not only the returns
+    controller = load_controller(exported_gradient_bundle(tmp_path_factory, "meta_sgd"), providers=["cpu"], seed=0)
+    captured = []
+
+    def capture(*args, **kwargs):
+        captured.append(compute_advantages(*args, **kwargs))
+        return captured[-1]
+
+    monkeypatch.setattr(robot_side, "compute_advantages", capture)
+    lengths = [3, 6, 5, 6, 1]  # the longest shorter than max_episode_steps (8): the paddings differ
+    fed = drive_episodes(controller, seed=3, lengths=lengths)
+    controller.adapt()
+    (robot,) = captured
+
+    task = point_goal_distribution().train_tasks[0]
+    episodes = []
+    for j, e in enumerate(fed):
+        flags = np.zeros(len(e["reward"]), bool)
+        episodes.append(Episode(e["obs"], e["command"], e["reward"], e["obs"], flags, flags, flags, {}, 0, j, task, 0))
+    config = load_config(TrainConfig, {"advantages": variant.adaptation()["advantages"]})
+    policy = GradientPolicy(variant.obs_dim, variant.act_dim, variant.action_scale, GradientPolicyConfig(hidden_sizes=(16, 16)))
+    training = to_rollouts(policy, episodes, policy.initial_adapted().detach()[None], config).advantages[0].numpy()
+    assert training.shape == (len(lengths), max(lengths)) and robot.shape == (len(lengths), variant.max_episode_steps)
+    np.testing.assert_array_equal(training, robot[:, : max(lengths)])
+    assert not robot[:, max(lengths) :].any()

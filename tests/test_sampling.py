@@ -21,6 +21,7 @@ import pytest
 from metarl_robot.sampling import (
     BasePolicy,
     Episode,
+    EpisodeBatch,
     EpisodeRequest,
     FunctionPolicy,
     RandomPolicy,
@@ -176,6 +177,34 @@ def test_run_trial_cuts_episodes_at_max_steps() -> None:
     env = PointGoalEnv(max_episode_steps=50)
     (episode,) = run_trial(env, FaultyGoalPolicy(), point_requests(1, episodes=1)[0], max_steps=4)
     assert episode.length == 4 and episode.truncated.tolist() == [False, False, False, True]
+
+
+def test_explicit_reset_seeds_replace_the_derived_ones() -> None:
+    request = point_requests(1, episodes=2)[0]
+    fixed = EpisodeRequest(request.index, request.task, request.seed, 2, reset_seeds=(7, 8))
+    episodes = run_trial(PointGoalEnv(max_episode_steps=3), FaultyGoalPolicy(), fixed)
+    assert [e.seed for e in episodes] == [7, 8]
+    with pytest.raises(ValueError, match="one per episode"):
+        EpisodeRequest(0, request.task, 0, 3, reset_seeds=(1, 2))
+
+
+def test_episode_batch_is_the_episodes_side_by_side_with_padding() -> None:
+    """The one episode record (Episode) and the learners' time-major layout hold the same data."""
+    env = PointGoalEnv(max_episode_steps=6)
+    episodes = [
+        *run_trial(env, FaultyGoalPolicy(), point_requests(1, episodes=1)[0], max_steps=4),
+        *run_trial(env, FaultyGoalPolicy(), point_requests(2, episodes=1)[1]),
+    ]
+    batch = EpisodeBatch.from_episodes(episodes)
+    assert batch.obs.shape == (6, 2, 2) and batch.num_episodes == 2 and batch.num_steps == 6
+    assert batch.valid.sum(0).tolist() == [4, 6] and batch.tasks == [e.task for e in episodes]
+    for i, e in enumerate(episodes):
+        for name in ("obs", "actions", "rewards", "next_obs", "terminated", "truncated", "success"):
+            np.testing.assert_array_equal(getattr(batch, name)[: e.length, i], getattr(e, name))
+            assert not getattr(batch, name)[e.length :, i].any()
+        np.testing.assert_array_equal(batch.extras["noise"][: e.length, i], e.extras["noise"])
+    np.testing.assert_allclose(batch.episode_returns(), [e.total_reward for e in episodes], rtol=1e-6)
+    assert batch.episode_success().tolist() == [e.succeeded for e in episodes]
 
 
 def test_serial_orders_by_index_and_stacks_arrays(serial_point) -> None:

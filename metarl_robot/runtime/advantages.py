@@ -5,8 +5,9 @@ code that meta-training used, so adaptation on the robot is the adaptation the p
 
 The baseline is the linear feature baseline of Duan et al. (2016), which MAML used: per batch, a
 ridge regression of the discounted return on ``[obs, obs^2, t, t^2, t^3, 1]`` (``t`` = step/100,
-observations clipped to +-10), refitted for every adaptation batch. Advantages use GAE and are
-normalised to zero mean, unit variance over the valid steps.
+observations clipped to +-10), refitted for every adaptation batch. Advantages use GAE (:func:`gae`,
+which meta-training's critics use too) and are normalised to zero mean, unit variance over the valid
+steps.
 """
 
 from __future__ import annotations
@@ -78,6 +79,25 @@ def linear_feature_baseline(obs: np.ndarray, returns: np.ndarray, mask: np.ndarr
     return (features @ coef) * valid
 
 
+def gae(rewards: np.ndarray, values: np.ndarray, mask: np.ndarray, gamma: float, lam: float) -> np.ndarray:
+    """Generalised advantage estimates ``[N, T]`` (float64, 0 on invalid steps) of episodes ``[N, T]``
+    whose valid steps (``mask`` 1) come first, given value estimates ``values [N, T]``.
+
+    An episode ends at its last valid step without bootstrapping. The one GAE of the project: the
+    robot's adaptation step (with the linear baseline's values) and meta-training's critics use it.
+    """
+    mask = np.asarray(mask, np.float64)
+    rewards, values = np.asarray(rewards, np.float64), np.asarray(values, np.float64)
+    next_values = np.concatenate([values[:, 1:] * mask[:, 1:], np.zeros((values.shape[0], 1))], axis=1)
+    deltas = (rewards + gamma * next_values - values) * mask
+    advantages = np.zeros_like(deltas)
+    running = np.zeros(deltas.shape[0])
+    for t in range(deltas.shape[1] - 1, -1, -1):
+        running = deltas[:, t] + gamma * lam * running * mask[:, t]
+        advantages[:, t] = running
+    return advantages * mask
+
+
 def compute_advantages(
     obs: np.ndarray, rewards: np.ndarray, mask: np.ndarray, config: AdvantageConfig = AdvantageConfig()
 ) -> np.ndarray:
@@ -86,14 +106,7 @@ def compute_advantages(
     rewards = np.asarray(rewards, np.float64)
     returns = discounted_returns(rewards, mask, config.gamma)
     values = linear_feature_baseline(obs, returns, mask, config.baseline_ridge)
-    next_values = np.concatenate([values[:, 1:] * mask[:, 1:], np.zeros((values.shape[0], 1))], axis=1)
-    deltas = (rewards + config.gamma * next_values - values) * mask
-    advantages = np.zeros_like(deltas)
-    running = np.zeros(deltas.shape[0])
-    for t in range(deltas.shape[1] - 1, -1, -1):
-        running = deltas[:, t] + config.gamma * config.gae_lambda * running * mask[:, t]
-        advantages[:, t] = running
-    advantages *= mask
+    advantages = gae(rewards, values, mask, config.gamma, config.gae_lambda)
     if config.normalize and mask.sum() > 1:
         valid = mask > 0
         mean, std = advantages[valid].mean(), advantages[valid].std()

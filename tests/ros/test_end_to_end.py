@@ -31,7 +31,7 @@ def test_train_export_verify_and_adapt_online_in_the_policy_node(tmp_path):
     cli(
         "train", "--config", "configs/grasp_context_ppo.yaml", "--run-dir", str(run), "--no-progress",
         "--set", "iterations=1", "--set", "tasks_per_iteration=2", "--set", "episodes_per_task=2",
-        "--set", "asynchronous=false", "--set", "warm_start.rounds=0", "--set", "ppo.epochs=1",
+        "--set", "sampler=serial", "--set", "warm_start.rounds=0", "--set", "ppo.epochs=1",
     )
     checkpoint = run / "checkpoints" / "last.safetensors"
     assert checkpoint.is_file() and (run / "config.yaml").is_file()

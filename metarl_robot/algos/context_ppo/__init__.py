@@ -1,6 +1,7 @@
 """Context-based meta-RL trained with PPO (see :mod:`.algo`)."""
 
+from metarl_robot.algos.common import PPOConfig, TasksConfig, WarmStartConfig
 from metarl_robot.algos.context_ppo.algo import train
-from metarl_robot.algos.context_ppo.config import AdaptationConfig, PPOConfig, TasksConfig, TrainConfig, WarmStartConfig
+from metarl_robot.algos.context_ppo.config import ActorCriticPPOConfig, AdaptationConfig, TrainConfig
 
-__all__ = ["AdaptationConfig", "PPOConfig", "TasksConfig", "TrainConfig", "train", "WarmStartConfig"]
+__all__ = ["ActorCriticPPOConfig", "AdaptationConfig", "PPOConfig", "TasksConfig", "TrainConfig", "train", "WarmStartConfig"]

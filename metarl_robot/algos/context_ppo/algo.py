@@ -9,102 +9,39 @@ gradients from the stored transition windows, so the encoder learns what the pol
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from metarl_robot.algos.common import DemonstratorLabels, build_task_distribution, open_sampler, resolve, run_dagger
 from metarl_robot.algos.context_ppo.config import TrainConfig
+from metarl_robot.algos.context_ppo.rollout import ContextTrials, encode_window, stack_windows, trial_windows
 from metarl_robot.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
 from metarl_robot.algos.loop import run_training
 from metarl_robot.config import to_dict
-from metarl_robot.envs import TrajectoryBatch, collect, make_vector_env
 from metarl_robot.policies import ContextPolicy
+from metarl_robot.runtime.advantages import gae
+from metarl_robot.sampling import Episode, EpisodeBatch, make_requests
 from metarl_robot.tasks import TaskDistribution
 
+__all__ = ["ContextPPO", "build_task_distribution", "resolve", "train"]
+
 METHOD = "context_ppo"
-
-
-def resolve(reference: str) -> Any:
-    """Import ``module:attribute``; the error says what to write instead."""
-    module, _, attr = reference.partition(":")
-    if not module or not attr:
-        raise ValueError(f"{reference!r}: write an import reference as 'module:attribute'")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import {reference!r}: {err}") from None
 
 
 def make_task_distribution(config: TrainConfig) -> TaskDistribution:
     return build_task_distribution(to_dict(config.tasks))
 
 
-def build_task_distribution(tasks: dict[str, Any]) -> TaskDistribution:
-    """The distribution a (plain-dict) ``tasks`` config section describes, validation split included
-    when asked for; distribution functions without ``num_validation`` still work when it is 0."""
-    make = resolve(tasks["distribution"])
-    kwargs = {"seed": tasks["seed"], "num_train": tasks["num_train"], "num_test": tasks["num_test"], **tasks.get("kwargs", {})}
-    if tasks.get("num_validation", 0):
-        kwargs["num_validation"] = tasks["num_validation"]
-    return make(**kwargs)
-
-
-# ---------------------------------------------------------------------------------- transitions
-def empty_window(n: int, size: int, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
-    """``n`` transition windows of ``size`` slots with mask 0: the encoder's input for the prior."""
-    return {
-        "obs": np.zeros((n, size, obs_dim), np.float32),
-        "action": np.zeros((n, size, act_dim), np.float32),
-        "reward": np.zeros((n, size, 1), np.float32),
-        "next_obs": np.zeros((n, size, obs_dim), np.float32),
-        "mask": np.zeros((n, size), np.float32),
-    }
-
-
-def transition_window(episodes: list[TrajectoryBatch], size: int) -> dict[str, np.ndarray]:
-    """The last ``size`` valid transitions per env across ``episodes``, as ``[N, size, *]`` arrays.
-
-    Actions are clipped to [-1, 1] (what the robot actually executes); unfilled slots have mask 0.
-    """
-    if not episodes:
-        raise ValueError("transition_window needs at least one episode")
-    obs = np.concatenate([e.obs for e in episodes])
-    act = np.clip(np.concatenate([e.actions for e in episodes]), -1.0, 1.0)
-    rew = np.concatenate([e.rewards for e in episodes])
-    nxt = np.concatenate([e.next_obs for e in episodes])
-    valid = np.concatenate([e.valid for e in episodes])
-    out = empty_window(episodes[0].num_envs, size, obs.shape[-1], act.shape[-1])
-    for i in range(episodes[0].num_envs):
-        idx = np.flatnonzero(valid[:, i])[-size:]
-        k = len(idx)
-        out["obs"][i, :k] = obs[idx, i]
-        out["action"][i, :k] = act[idx, i]
-        out["reward"][i, :k, 0] = rew[idx, i]
-        out["next_obs"][i, :k] = nxt[idx, i]
-        out["mask"][i, :k] = 1.0
-    return out
-
-
-def encode_window(policy: ContextPolicy, window: dict[str, np.ndarray | torch.Tensor]) -> torch.Tensor:
-    t = {k: torch.as_tensor(v) for k, v in window.items()}
-    return policy.encode(t["obs"], t["action"], t["reward"], t["next_obs"], t["mask"])
-
-
-def gae(rewards, values, valid, gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
-    """Advantages and returns for ``[T, N]`` episodes that end at their last valid step (no bootstrap)."""
-    T = rewards.shape[0]
-    adv = np.zeros_like(rewards)
-    last = np.zeros(rewards.shape[1], np.float32)
-    for t in reversed(range(T)):
-        next_value = values[t + 1] * valid[t + 1] if t + 1 < T else 0.0
-        delta = rewards[t] + gamma * next_value - values[t]
-        cont = valid[t + 1] if t + 1 < T else 0.0
-        last = delta + gamma * lam * cont * last
-        adv[t] = last * valid[t]
-    return adv, (adv + values) * valid
+def actor_critic_advantages(batch: EpisodeBatch, gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Advantages and returns ``[T, N]`` of a batch from its critic values (extra ``value``), with the
+    robot's GAE (:func:`metarl_robot.runtime.advantages.gae`); episodes end without bootstrapping."""
+    valid = batch.valid.T.astype(np.float32)
+    values = batch.extras["value"].T
+    adv = gae(batch.rewards.T, values, valid, gamma, lam).astype(np.float32)
+    return adv.T, ((adv + values) * valid).T
 
 
 # ------------------------------------------------------------------------------------- training
@@ -117,12 +54,10 @@ class ContextPPO:
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
         self.tasks = make_task_distribution(config)
-        self.envs = make_vector_env(
-            config.env_id, config.tasks_per_iteration, asynchronous=config.asynchronous, env_kwargs=config.env_kwargs
+        self.sampler, env = open_sampler(
+            config.env_id, config.env_kwargs, config.sampler, config.num_workers, requests_per_batch=config.tasks_per_iteration
         )
-        self.interface = dict(self.envs.get_attr("interface")[0])
-        self.obs_dim = int(np.prod(self.envs.single_observation_space.shape))
-        self.act_dim = int(np.prod(self.envs.single_action_space.shape))
+        self.interface, self.obs_dim, self.act_dim = env.interface, env.obs_dim, env.act_dim
         scale = self.interface["action"]["scale"]
         self.policy = ContextPolicy(self.obs_dim, self.act_dim, scale, config.policy)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.ppo.lr, eps=1e-5)
@@ -165,39 +100,33 @@ class ContextPPO:
         return True
 
     # -- one iteration: act -> step -> store -> returns -> update
-    def collect_iteration(self) -> tuple[list[TrajectoryBatch], list[dict[str, np.ndarray]]]:
+    def collect(self, trials, episodes: int) -> list[Episode]:
+        """One trial of ``episodes`` episodes on each of ``tasks_per_iteration`` new train tasks."""
+        tasks = self.tasks.sample(self.config.tasks_per_iteration, self.rng, "train")
+        requests = make_requests(tasks, seed=int(self.rng.integers(2**31)), episodes=episodes)
+        return self.sampler.sample(trials, requests)
+
+    def collect_iteration(self) -> tuple[EpisodeBatch, dict[str, np.ndarray]]:
+        """The iteration's episodes, episode-major (every task's first episode, then every second...),
+        and the windows ``[M, size, *]`` their contexts were inferred from."""
         cfg = self.config
-        tasks = self.tasks.sample(cfg.tasks_per_iteration, self.rng, "train")
-        n, size = cfg.tasks_per_iteration, cfg.adaptation.buffer_size
-        windows = [empty_window(n, size, self.obs_dim, self.act_dim)]
-        episodes: list[TrajectoryBatch] = []
-        for k in range(cfg.episodes_per_task):
-            with torch.no_grad():
-                context = encode_window(self.policy, windows[k])
+        episodes = self.collect(ContextTrials(self.policy, cfg.adaptation.buffer_size), cfg.episodes_per_task)
+        windows = trial_windows(episodes, cfg.adaptation.buffer_size)
+        order = sorted(range(len(episodes)), key=lambda i: (episodes[i].episode_in_trial, episodes[i].request_index))
+        return EpisodeBatch.from_episodes([episodes[i] for i in order]), stack_windows([windows[i] for i in order])
 
-            def act(obs: np.ndarray, context=context):
-                with torch.no_grad():
-                    dist, value = self.policy.distribution(torch.as_tensor(obs, dtype=torch.float32), context)
-                    action = dist.sample()
-                    return action.numpy(), {"log_prob": dist.log_prob(action).sum(-1).numpy(), "value": value.numpy()}
-
-            episodes.append(collect(self.envs, act, tasks, seed=int(self.rng.integers(2**31))))
-            windows.append(transition_window(episodes, size))
-        return episodes, windows[:-1]
-
-    def update(self, episodes: list[TrajectoryBatch], windows: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    def update(self, batch: EpisodeBatch, windows: dict[str, np.ndarray]) -> dict[str, float]:
         cfg = self.config.ppo
-        # Flatten (episode k, env i) pairs into M = E*N whole episodes of length T.
-        obs = torch.as_tensor(np.concatenate([e.obs.swapaxes(0, 1) for e in episodes]))  # [M, T, D]
-        act = torch.as_tensor(np.concatenate([e.actions.swapaxes(0, 1) for e in episodes]))
-        rew = torch.as_tensor(np.concatenate([e.rewards.swapaxes(0, 1) for e in episodes]))
-        next_obs = torch.as_tensor(np.concatenate([e.next_obs.swapaxes(0, 1) for e in episodes]))
-        valid = torch.as_tensor(np.concatenate([e.valid.swapaxes(0, 1) for e in episodes]).astype(np.float32))
-        old_logp = torch.as_tensor(np.concatenate([e.extras["log_prob"].swapaxes(0, 1) for e in episodes]))
-        adv_ret = [gae(e.rewards, e.extras["value"], e.valid.astype(np.float32), cfg.gamma, cfg.gae_lambda) for e in episodes]
-        adv = torch.as_tensor(np.concatenate([a.swapaxes(0, 1) for a, _ in adv_ret]))
-        ret = torch.as_tensor(np.concatenate([r.swapaxes(0, 1) for _, r in adv_ret]))
-        win = {k: torch.as_tensor(np.concatenate([w[k] for w in windows])) for k in windows[0]}
+        # M whole episodes of length T: [M, T, *].
+        obs = torch.as_tensor(batch.obs.swapaxes(0, 1))
+        act = torch.as_tensor(batch.actions.swapaxes(0, 1))
+        rew = torch.as_tensor(batch.rewards.swapaxes(0, 1))
+        next_obs = torch.as_tensor(batch.next_obs.swapaxes(0, 1))
+        valid = torch.as_tensor(batch.valid.swapaxes(0, 1).astype(np.float32))
+        old_logp = torch.as_tensor(batch.extras["log_prob"].swapaxes(0, 1))
+        adv_np, ret_np = actor_critic_advantages(batch, cfg.gamma, cfg.gae_lambda)
+        adv, ret = torch.as_tensor(adv_np.swapaxes(0, 1)), torch.as_tensor(ret_np.swapaxes(0, 1))
+        win = {k: torch.as_tensor(v) for k, v in windows.items()}
         m, t = obs.shape[:2]
         mean, std = adv[valid > 0].mean(), adv[valid > 0].std() + 1e-8
         adv = (adv - mean) / std * valid
@@ -243,71 +172,46 @@ class ContextPPO:
         self.policy.obs_norm.update(obs[valid > 0])
         return {k: float(np.mean(v)) for k, v in stats.items()}
 
-    def episode_metrics(self, episodes: list[TrajectoryBatch]) -> dict[str, float]:
+    @staticmethod
+    def episode_metrics(batch: EpisodeBatch, episodes_per_task: int) -> dict[str, float]:
+        """Return and success of each episode of a trial (episode-major batch), before and after adaptation."""
+        returns, success = batch.episode_returns(), batch.episode_success()
+        per_episode = len(success) // episodes_per_task
         out = {}
-        for k, e in enumerate(episodes):
-            out[f"return/episode_{k}"] = float(e.episode_returns().mean())
-            out[f"success/episode_{k}"] = float(e.episode_success().mean())
+        for k in range(episodes_per_task):
+            out[f"return/episode_{k}"] = float(returns[k * per_episode : (k + 1) * per_episode].mean())
+            out[f"success/episode_{k}"] = float(success[k * per_episode : (k + 1) * per_episode].mean())
         out["success/before_adaptation"] = out["success/episode_0"]
-        if len(episodes) > 1:
-            out["success/after_adaptation"] = float(np.mean([e.episode_success().mean() for e in episodes[1:]]))
+        if episodes_per_task > 1:
+            out["success/after_adaptation"] = float(success[per_episode:].mean())
         return out
 
     def warm_start(self) -> dict[str, float]:
         """Imitate ``warm_start.demonstrator``, which knows each task, before meta-training.
 
         Round 0 clones the demonstrator with the prior context (the motion and the best task-agnostic
-        action). Each of the ``dagger_iterations`` rounds after it is DAgger over task sequences: the
-        learner runs ``episodes_per_task`` consecutive episodes per task, inferring its context from
-        its own earlier transitions exactly as on the robot, and the demonstrator labels every state
-        it reaches. Actor and encoder are trained together on those labels, so the encoder learns to
-        extract from experience what the demonstrator was told.
+        action), one episode per task. Each DAgger round after it runs ``episodes_per_task``
+        consecutive episodes per task with the learner inferring its context from its own earlier
+        transitions exactly as on the robot (:class:`ContextTrials`, mean actions), and the
+        demonstrator labels every state it reaches. Actor and encoder are trained together on those
+        labels, so the encoder learns to extract from experience what the demonstrator was told.
         """
-        ws, cfg = self.config.warm_start, self.config
-        demonstrate = resolve(ws.demonstrator)
-        n, size = cfg.tasks_per_iteration, cfg.adaptation.buffer_size
-        data: list[tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
-        metrics: dict[str, float] = {}
-        for dagger in range(ws.dagger_iterations + 1):
-            success_by_episode: list[list[float]] = []
-            for _ in range(ws.rounds):
-                tasks = self.tasks.sample(n, self.rng, "train")
-                episodes: list[TrajectoryBatch] = []
-                window = empty_window(n, size, self.obs_dim, self.act_dim)
-                for k in range(1 if dagger == 0 else cfg.episodes_per_task):
-                    with torch.no_grad():
-                        context = encode_window(self.policy, window)
-                    labels: list[np.ndarray] = []
+        ws, size = self.config.warm_start, self.config.adaptation.buffer_size
 
-                    def act(obs: np.ndarray, tasks=tasks, labels=labels, context=context):
-                        expert = demonstrate(obs, tasks)
-                        labels.append(np.clip(expert, -1.0, 1.0))
-                        if dagger == 0:
-                            return expert, {}
-                        with torch.no_grad():
-                            return self.policy(torch.as_tensor(obs, dtype=torch.float32), context).mean.numpy(), {}
+        def collect(learner_acts: bool) -> list[Episode]:
+            learner = ContextTrials(self.policy, size, explore=False) if learner_acts else None
+            return self.collect(DemonstratorLabels(ws.demonstrator, learner), self.config.episodes_per_task if learner_acts else 1)
 
-                    batch = collect(self.envs, act, tasks, seed=int(self.rng.integers(2**31)))
-                    data.append((batch.obs.swapaxes(0, 1), np.stack(labels).swapaxes(0, 1), batch.valid.swapaxes(0, 1), window))
-                    episodes.append(batch)
-                    window = transition_window(episodes, size)
-                    if len(success_by_episode) <= k:
-                        success_by_episode.append([])
-                    success_by_episode[k].append(float(batch.episode_success().mean()))
-            name = "demonstrator" if dagger == 0 else f"learner_{dagger}"
-            for k, values in enumerate(success_by_episode):
-                metrics[f"warm_start/{name}_success_episode_{k}"] = float(np.mean(values))
-            metrics["warm_start/imitation_loss"] = self._imitate(data, first=dagger == 0)
-        metrics["warm_start/transitions"] = float(sum(v.sum() for _, _, v, _ in data))
-        return metrics
+        return run_dagger(ws, collect, self._imitate)
 
-    def _imitate(self, data, first: bool) -> float:
+    def _imitate(self, episodes: Sequence[Episode], first: bool) -> float:
         """Masked MSE between the actor's mean and the labels, contexts encoded with gradients."""
         ws = self.config.warm_start
-        obs = torch.as_tensor(np.concatenate([d[0] for d in data]))  # [M, T, D]
-        labels = torch.as_tensor(np.concatenate([d[1] for d in data]))
-        valid = torch.as_tensor(np.concatenate([d[2] for d in data]).astype(np.float32))
-        win = {k: torch.as_tensor(np.concatenate([d[3][k] for d in data])) for k in data[0][3]}
+        batch = EpisodeBatch.from_episodes(episodes)
+        obs = torch.as_tensor(batch.obs.swapaxes(0, 1))  # [M, T, D]
+        labels = torch.as_tensor(batch.extras["label"].swapaxes(0, 1))
+        valid = torch.as_tensor(batch.valid.swapaxes(0, 1).astype(np.float32))
+        win = {k: torch.as_tensor(v) for k, v in stack_windows(trial_windows(episodes, self.config.adaptation.buffer_size)).items()}
         if first:
             self.policy.obs_norm.update(obs[valid > 0])
         params = list(self.policy.actor.parameters()) + list(self.policy.encoder.parameters()) + list(
@@ -331,10 +235,10 @@ class ContextPPO:
         return float(np.mean(losses[-20:]))
 
     def train_iteration(self) -> dict[str, float]:
-        episodes, windows = self.collect_iteration()
-        losses = self.update(episodes, windows)
+        batch, windows = self.collect_iteration()
+        losses = self.update(batch, windows)
         self.iteration += 1
-        return {**self.episode_metrics(episodes), **losses}
+        return {**self.episode_metrics(batch, self.config.episodes_per_task), **losses}
 
     @staticmethod
     def progress(metrics: dict[str, float]) -> dict[str, str]:
@@ -345,7 +249,7 @@ class ContextPPO:
         }
 
     def close(self) -> None:
-        self.envs.close()
+        self.sampler.close()
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:

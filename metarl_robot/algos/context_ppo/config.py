@@ -3,48 +3,41 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
+from metarl_robot.algos.common.collection import check_num_workers, resolve_sampler
+from metarl_robot.algos.common.ppo import PPOConfig
+from metarl_robot.algos.common.tasks import TasksConfig
+from metarl_robot.algos.common.warm_start import WarmStartConfig
 from metarl_robot.policies import PolicyConfig
+
+__all__ = ["ActorCriticPPOConfig", "AdaptationConfig", "TasksConfig", "TrainConfig", "WarmStartConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
-class PPOConfig:
-    lr: float = 3e-4
-    """Adam learning rate for actor, critic and encoder."""
+class ActorCriticPPOConfig(PPOConfig):
+    """The shared :class:`~metarl_robot.algos.common.ppo.PPOConfig` plus what an actor-critic with a
+    context encoder adds: minibatches, GAE, the value, entropy and reward-prediction terms, early stop."""
+
     epochs: int = 8
     """Passes over each iteration's data."""
     minibatches: int = 4
     """Minibatches per epoch (split by whole episodes, so contexts are recomputed with gradients)."""
-    clip_ratio: float = 0.2
     gamma: float = 0.99
     gae_lambda: float = 0.95
     entropy_coef: float = 0.0
     value_coef: float = 0.5
-    max_grad_norm: float = 0.5
     reward_prediction_coef: float = 1.0
     """Weight of the auxiliary loss in which the context must predict the task's rewards (0 = off)."""
     target_kl: float = 0.05
     """Stop the epoch loop early once the approximate KL to the data-collecting policy exceeds this."""
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.epochs < 1 or self.minibatches < 1:
-            raise ValueError("lr must be > 0, epochs and minibatches >= 1")
+        super().__post_init__()
+        if self.minibatches < 1:
+            raise ValueError("minibatches must be >= 1")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ValueError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
-
-
-@dataclasses.dataclass(frozen=True)
-class TasksConfig:
-    distribution: str = "sim:default_grasp_distribution"
-    """``module:function`` returning a TaskDistribution; called as ``function(seed=, num_train=, num_test=)``."""
-    seed: int = 0
-    num_train: int = 64
-    num_test: int = 16
-    num_validation: int = 0
-    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Extra keyword arguments of the distribution function, e.g. ``{factors: {com_offset_fraction: 0.0}}``
-    to switch a factor of ``sim:grasp_distribution`` off or change its range."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,19 +57,6 @@ class AdaptationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class WarmStartConfig:
-    demonstrator: str = ""
-    """``module:function(obs[N, D], tasks) -> actions[N, A]`` (normalised); empty = no warm start."""
-    rounds: int = 0
-    """Demonstration rounds, each one episode on each of ``tasks_per_iteration`` train tasks."""
-    epochs: int = 100
-    """Behaviour-cloning passes over the demonstrations (actor mean, prior context)."""
-    lr: float = 1e-3
-    dagger_iterations: int = 0
-    """DAgger rounds after the first cloning: the learner acts, the demonstrator labels its states."""
-
-
-@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     env_id: str = "sim:metarl/PandaGrasp-v0"
     """Gymnasium id, optionally ``module:id`` to import the module that registers it."""
@@ -86,15 +66,20 @@ class TrainConfig:
     iterations: int = 200
     """Meta-training iterations (each samples new tasks, collects, updates); 0 = warm start only."""
     tasks_per_iteration: int = 8
-    """Tasks per iteration; also the number of envs stepped together."""
+    """Tasks per iteration (one sampler request, i.e. one trial of ``episodes_per_task`` episodes, each)."""
     episodes_per_task: int = 3
     """Consecutive episodes on each task: the first with the prior context, later ones adapted."""
-    asynchronous: bool = True
-    """Step envs in subprocess workers (Gymnasium AsyncVectorEnv)."""
+    sampler: Literal["serial", "subprocess", "ray"] | None = None
+    """Where episodes are collected (docs/sampling.md): in this process, in worker processes, or on Ray
+    actors; the same seeds give the same episodes with each. Default: subprocess."""
+    num_workers: int = 0
+    """Workers of the subprocess and ray samplers; 0 = one per CPU core, at most ``tasks_per_iteration``."""
+    asynchronous: bool | None = None
+    """The older spelling of ``sampler``: true = subprocess, false = serial (kept so earlier configs load)."""
     torch_threads: int = 1
     checkpoint_every: int = 10
     policy: PolicyConfig = PolicyConfig()
-    ppo: PPOConfig = PPOConfig()
+    ppo: ActorCriticPPOConfig = ActorCriticPPOConfig()
     adaptation: AdaptationConfig = AdaptationConfig()
     warm_start: WarmStartConfig = WarmStartConfig()
     """Optional behaviour cloning from a demonstrator before meta-training (only on a fresh run)."""
@@ -102,3 +87,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.tasks_per_iteration < 1 or self.episodes_per_task < 1:
             raise ValueError("iterations must be >= 0 (0: warm start only), tasks_per_iteration and episodes_per_task >= 1")
+        check_num_workers(self.num_workers)
+        object.__setattr__(self, "sampler", resolve_sampler(self.sampler, self.asynchronous, default="subprocess"))
+        object.__setattr__(self, "asynchronous", None)

@@ -1,10 +1,10 @@
 """Gradient-based meta-RL: MAML (TRPO/PPO), ProMP, Reptile, CAVIA, Meta-SGD, multi-task PPO (see :mod:`.algo`)."""
 
+from metarl_robot.algos.common import PPOConfig
 from metarl_robot.algos.gradient.algo import GradientMetaRL, train
 from metarl_robot.algos.gradient.config import (
     METHODS,
     InnerConfig,
-    PPOConfig,
     ProMPConfig,
     ReptileConfig,
     TrainConfig,

@@ -4,7 +4,8 @@ One meta-iteration reads top to bottom:
 
 1. draw ``meta_batch_size`` train tasks;
 2. for each inner step k = 0..K-1: run ``episodes_per_step`` episodes per task with the adapted
-   parameters ``phi_k`` (all tasks stepped together), compute advantages with the robot's own numpy
+   parameters ``phi_k`` (one sampler request per task, :mod:`.rollout`, on the sampler the config
+   names), compute advantages with the robot's own numpy
    code (:mod:`metarl_robot.runtime.advantages`) and take the policy-gradient step
    ``phi_{k+1} = phi_k - inner_lr * grad L(phi_k)``;
 3. run the post-adaptation episodes with ``phi_K``;
@@ -30,14 +31,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl_robot.algos.context_ppo.algo import build_task_distribution, resolve
+from metarl_robot.algos.common import DemonstratorLabels, build_task_distribution, open_sampler, run_dagger
 from metarl_robot.algos.gradient.config import TrainConfig
+from metarl_robot.algos.gradient.rollout import GradientTrials
 from metarl_robot.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
 from metarl_robot.algos.loop import run_training
 from metarl_robot.config import to_dict
-from metarl_robot.envs import TrajectoryBatch, collect, make_vector_env
 from metarl_robot.gradient_policy import GradientPolicy, flat_grad, gaussian_kl, gaussian_log_prob, masked_mean
 from metarl_robot.runtime.advantages import compute_advantages
+from metarl_robot.sampling import Episode, EpisodeBatch, EpisodePolicy, make_requests
 
 
 
@@ -57,8 +59,12 @@ class Rollouts:
     """Success per episode ``[M, N]``."""
 
 
-def to_rollouts(batch: TrajectoryBatch, num_tasks: int, config: TrainConfig) -> Rollouts:
-    """Regroup a lock-step batch ``[T, M*N, *]`` (task-major env order) into :class:`Rollouts`."""
+def to_rollouts(policy: GradientPolicy, episodes: list[Episode], phis: torch.Tensor, config: TrainConfig) -> Rollouts:
+    """Regroup one inner step's episodes (task-major, ``N`` per task, task ``m`` collected with
+    ``phis[m]``) into :class:`Rollouts`: advantages with the robot's numpy code, log-probabilities of
+    the recorded actions recomputed here in PyTorch."""
+    num_tasks = len(phis)
+    batch = EpisodeBatch.from_episodes(episodes)
 
     def regroup(x: np.ndarray) -> np.ndarray:
         x = np.swapaxes(x, 0, 1)  # [M*N, T, *]
@@ -70,7 +76,10 @@ def to_rollouts(batch: TrajectoryBatch, num_tasks: int, config: TrainConfig) -> 
     returns = (rewards * mask).sum(-1)
     success = regroup(batch.success).any(-1)
     t = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)  # noqa: E731
-    return Rollouts(t(obs), t(actions), t(rewards), t(mask), t(regroup(batch.extras["log_prob"])), t(advantages), returns, success)
+    obs_t, actions_t = t(obs), t(actions)
+    with torch.no_grad():
+        log_probs = torch.stack([policy.log_prob(phis[m].detach(), obs_t[m], actions_t[m]) for m in range(num_tasks)])
+    return Rollouts(obs_t, actions_t, t(rewards), t(mask), log_probs * t(mask), t(advantages), returns, success)
 
 
 class GradientMetaRL:
@@ -82,12 +91,13 @@ class GradientMetaRL:
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
         self.tasks = build_task_distribution(to_dict(config.tasks))
-        self.num_envs = config.meta_batch_size * config.inner.episodes_per_step
-        self.envs = make_vector_env(config.env_id, self.num_envs, asynchronous=config.asynchronous, env_kwargs=config.env_kwargs)
-        self.interface = dict(self.envs.get_attr("interface")[0])
-        self.max_episode_steps = int(self.envs.get_attr("max_episode_steps")[0])
-        self.obs_dim = int(np.prod(self.envs.single_observation_space.shape))
-        self.act_dim = int(np.prod(self.envs.single_action_space.shape))
+        self.sampler, env = open_sampler(
+            config.env_id, config.env_kwargs, config.sampler, config.num_workers, requests_per_batch=config.meta_batch_size
+        )
+        self.interface, self.obs_dim, self.act_dim = env.interface, env.obs_dim, env.act_dim
+        if env.max_episode_steps is None:
+            raise ValueError(f"{config.env_id} has no max_episode_steps; gradient methods need episodes of bounded length")
+        self.max_episode_steps = env.max_episode_steps
         self.policy = GradientPolicy(self.obs_dim, self.act_dim, self.interface["action"]["scale"], config.policy)
         self.optimizer: torch.optim.Optimizer | None = None
         if config.method in ("promp", "multitask_ppo") or (config.method in ("maml", "cavia", "meta_sgd") and config.outer == "ppo"):
@@ -146,25 +156,18 @@ class GradientMetaRL:
         return True
 
     # ------------------------------------------------------------------------------ sampling
+    def collect(self, trials: EpisodePolicy, tasks, episodes: int, params: torch.Tensor | None = None) -> list[Episode]:
+        """One trial of ``episodes`` episodes per task (task ``m`` with ``params[m]`` when given), task-major."""
+        requests = make_requests(tasks, seed=int(self.rng.integers(2**31)), episodes=episodes)
+        if params is not None:
+            rows = params.detach().numpy()
+            requests = [dataclasses.replace(r, options={"params": rows[r.index]}) for r in requests]
+        return self.sampler.sample(trials, requests)
+
     def rollout(self, tasks, phis: torch.Tensor) -> Rollouts:
         """``episodes_per_step`` stochastic episodes per task, task ``m`` acting with ``phis[m]``."""
-        m, n = len(tasks), self.config.inner.episodes_per_step
-        phis = phis.detach()
-
-        def act(obs: np.ndarray):
-            with torch.no_grad():
-                obs_t = torch.as_tensor(obs, dtype=torch.float32).reshape(m, n, -1)
-                actions = torch.empty(m, n, self.act_dim)
-                logp = torch.empty(m, n)
-                for i in range(m):
-                    mean, log_std = self.policy.mean_log_std(phis[i], obs_t[i])
-                    actions[i] = mean + torch.exp(log_std) * torch.randn_like(mean)
-                    logp[i] = self.policy.log_prob(phis[i], obs_t[i], actions[i])
-            return actions.reshape(m * n, -1).numpy(), {"log_prob": logp.reshape(-1).numpy()}
-
-        env_tasks = [task for task in tasks for _ in range(n)]
-        batch = collect(self.envs, act, env_tasks, seed=int(self.rng.integers(2**31)), max_steps=self.max_episode_steps)
-        return to_rollouts(batch, m, self.config)
+        episodes = self.collect(GradientTrials(self.policy), tasks, self.config.inner.episodes_per_step, phis)
+        return to_rollouts(self.policy, episodes, phis.detach(), self.config)
 
     def adapt(self, phi0: torch.Tensor, inner: list[Rollouts], task: int, *, create_graph: bool) -> list[torch.Tensor]:
         """``[phi_0, ..., phi_K]`` of one task from its stored inner batches (differentiable in ``phi0``)."""
@@ -324,50 +327,31 @@ class GradientMetaRL:
         only has to learn what to change per task.
         """
         ws = self.config.warm_start
-        demonstrate = resolve(ws.demonstrator)
-        n = self.config.inner.episodes_per_step
-        obs_rows: list[np.ndarray] = []
-        label_rows: list[np.ndarray] = []
-        metrics: dict[str, float] = {}
         optimizer = torch.optim.Adam([self.policy.weights], lr=ws.lr)
-        for dagger in range(ws.dagger_iterations + 1):
-            success = []
-            for _ in range(ws.rounds):
-                tasks = self.tasks.sample(self.config.meta_batch_size, self.rng, "train")
-                env_tasks = [task for task in tasks for _ in range(n)]
-                labels: list[np.ndarray] = []
 
-                def act(obs: np.ndarray, env_tasks=env_tasks, labels=labels, learner=dagger > 0):
-                    expert = np.clip(demonstrate(obs, env_tasks), -1.0, 1.0)
-                    labels.append(expert)
-                    if not learner:
-                        return expert, {}
-                    with torch.no_grad():
-                        mean, _ = self.policy.mean_log_std(self.policy.initial_adapted(), torch.as_tensor(obs, dtype=torch.float32))
-                    return mean.numpy(), {}
+        def collect(learner_acts: bool) -> list[Episode]:
+            # The learner is frozen at this round's weights and observation statistics.
+            learner = GradientTrials(self.policy, explore=False) if learner_acts else None
+            tasks = self.tasks.sample(self.config.meta_batch_size, self.rng, "train")
+            return self.collect(DemonstratorLabels(ws.demonstrator, learner), tasks, self.config.inner.episodes_per_step)
 
-                batch = collect(self.envs, act, env_tasks, seed=int(self.rng.integers(2**31)), max_steps=self.max_episode_steps)
-                obs_rows.append(batch.obs[batch.valid])
-                label_rows.append(np.stack(labels)[batch.valid])
-                success.append(float(batch.episode_success().mean()))
-            name = "demonstrator" if dagger == 0 else f"learner_{dagger}"
-            metrics[f"warm_start/{name}_success"] = float(np.mean(success))
-            obs = torch.as_tensor(np.concatenate(obs_rows))
-            labels_t = torch.as_tensor(np.concatenate(label_rows))
-            if dagger == 0:
+        def imitate(episodes: list[Episode], first: bool) -> float:
+            obs = torch.as_tensor(np.concatenate([e.obs for e in episodes]), dtype=torch.float32)
+            labels = torch.as_tensor(np.concatenate([e.extras["label"] for e in episodes]))
+            if first:
                 self.policy.obs_norm.update(obs)
             losses = []
             for _ in range(ws.epochs):
                 for idx in torch.randperm(len(obs)).split(256):
                     mean, _ = self.policy.mean_log_std(self.policy.initial_adapted(), obs[idx])
-                    loss = ((mean - labels_t[idx]) ** 2).mean()
+                    loss = ((mean - labels[idx]) ** 2).mean()
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
                     losses.append(loss.item())
-            metrics["warm_start/imitation_loss"] = float(np.mean(losses[-20:]))
-        metrics["warm_start/transitions"] = float(sum(len(rows) for rows in obs_rows))
-        return metrics
+            return float(np.mean(losses[-20:]))
+
+        return run_dagger(ws, collect, imitate)
 
     # ------------------------------------------------------------------------------ metrics
     @staticmethod
@@ -395,7 +379,7 @@ class GradientMetaRL:
         return {"pre": f"{metrics['return/before_adaptation']:.1f}", "post": f"{metrics['return/after_adaptation']:.1f}"}
 
     def close(self) -> None:
-        self.envs.close()
+        self.sampler.close()
 
 
 def _assign(params: list[torch.nn.Parameter], flat: torch.Tensor) -> None:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from metarl_robot.algos.context_ppo.config import TasksConfig, WarmStartConfig
+from metarl_robot.algos.common.collection import check_num_workers, resolve_sampler
+from metarl_robot.algos.common.ppo import PPOConfig
+from metarl_robot.algos.common.tasks import TasksConfig
+from metarl_robot.algos.common.warm_start import WarmStartConfig
 from metarl_robot.gradient_policy import GradientPolicyConfig
 from metarl_robot.runtime.advantages import AdvantageConfig
 
@@ -50,33 +53,20 @@ class TRPOConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class PPOConfig:
-    lr: float = 3e-4
-    """Adam learning rate of the meta-parameters."""
-    epochs: int = 5
-    """Passes over each meta-batch; the inner adaptation is recomputed (differentiably) in each."""
-    clip_ratio: float = 0.2
-    max_grad_norm: float = 0.5
+class ProMPConfig(PPOConfig):
+    """The shared PPO config with ProMP's defaults, plus its adaptive KL penalty on the pre-adaptation policy."""
 
-    def __post_init__(self) -> None:
-        if not self.lr > 0 or self.epochs < 1 or not self.clip_ratio > 0:
-            raise ValueError("lr > 0, epochs >= 1 and clip_ratio > 0 are required")
-
-
-@dataclasses.dataclass(frozen=True)
-class ProMPConfig:
     lr: float = 1e-3
     """Adam learning rate (ProMP's default)."""
-    epochs: int = 5
     clip_ratio: float = 0.3
     target_inner_kl: float = 0.01
     """Target KL between the old and new pre-adaptation policies; the penalty coefficient adapts to it."""
     init_kl_coef: float = 0.01
-    max_grad_norm: float = 0.5
 
     def __post_init__(self) -> None:
-        if not self.lr > 0 or self.epochs < 1 or not self.clip_ratio > 0 or not self.target_inner_kl > 0:
-            raise ValueError("lr > 0, epochs >= 1, clip_ratio > 0 and target_inner_kl > 0 are required")
+        super().__post_init__()
+        if not self.target_inner_kl > 0:
+            raise ValueError("target_inner_kl > 0 is required")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +96,14 @@ class TrainConfig:
     """Meta-iterations (outer updates)."""
     meta_batch_size: int = 20
     """Tasks per meta-iteration."""
-    asynchronous: bool = False
-    """Step envs in subprocess workers (Gymnasium AsyncVectorEnv); worth it for physics envs only."""
+    sampler: Literal["serial", "subprocess", "ray"] | None = None
+    """Where episodes are collected (docs/sampling.md): in this process, in worker processes, or on Ray
+    actors; the same seeds give the same episodes with each. Default: serial (worker processes pay
+    off for physics envs, not for 2D navigation)."""
+    num_workers: int = 0
+    """Workers of the subprocess and ray samplers; 0 = one per CPU core, at most ``meta_batch_size``."""
+    asynchronous: bool | None = None
+    """The older spelling of ``sampler``: true = subprocess, false = serial (kept so earlier configs load)."""
     torch_threads: int = 1
     checkpoint_every: int = 10
     policy: GradientPolicyConfig = GradientPolicyConfig()
@@ -129,6 +125,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.meta_batch_size < 1:
             raise ValueError(f"iterations must be >= 0 and meta_batch_size >= 1, got {self.iterations}, {self.meta_batch_size}")
+        check_num_workers(self.num_workers)
+        object.__setattr__(self, "sampler", resolve_sampler(self.sampler, self.asynchronous, default="serial"))
+        object.__setattr__(self, "asynchronous", None)
         if self.method == "cavia" and self.policy.context_dim < 1:
             raise ValueError("method 'cavia' adapts a context vector: set policy.context_dim > 0 (e.g. 4)")
         if self.method != "cavia" and self.policy.context_dim > 0:
