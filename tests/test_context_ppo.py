@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from metarl_robot.algos.context_ppo import TrainConfig, train
-from metarl_robot.algos.context_ppo.algo import ContextPPO, actor_critic_advantages
+from metarl_robot.algos.context_ppo.algo import actor_critic_advantages
 from metarl_robot.algos.context_ppo.rollout import trial_windows, transition_window
 from metarl_robot.checkpoint import load_checkpoint
 from metarl_robot.config import load_config

@@ -52,6 +52,8 @@ from metarl_robot.sampling.subprocess import SubprocessSampler
 from metarl_robot.sampling.worker import EnvId
 
 __all__ = [
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_MAX_STEPS",
     "SAMPLERS",
     "BasePolicy",
     "Episode",

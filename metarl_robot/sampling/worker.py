@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 from metarl_robot.sampling.rollout import (
-    DEFAULT_MAX_STEPS,
     Episode,
     EpisodeRequest,
     SamplingError,

@@ -15,8 +15,6 @@ import numpy as np
 
 from metarl_robot.sampling import SAMPLERS, Sampler, make_sampler
 
-SAMPLER_DOC = "serial, subprocess or ray"
-
 
 def resolve_sampler(sampler: str | None, asynchronous: bool | None, default: str) -> str:
     """The sampler a config asks for: ``sampler`` if given, else the older ``asynchronous`` switch
