@@ -96,8 +96,10 @@ class SimRobotNode(Node):
         self.add_post_set_parameters_callback(self._apply_parameters)
 
         self._joint_pub = self.create_publisher(JointState, "joint_states", 10)
-        self._ee_pub = self.create_publisher(PoseStamped, "ee_pose", 10)
-        self._object_pub = self.create_publisher(PoseStamped, "object_pose", 10)
+        # One topic per pose the scene publishes (ee_pose, object_pose): what its observation is built from.
+        self._pose_pubs = {
+            source: self.create_publisher(PoseStamped, source, 10) for source in self._scene.robot_inputs().poses
+        }
         self._reward_pub = self.create_publisher(Float64, "reward", 100)
         self._episode_end_pub = self.create_publisher(Bool, "episode_end", 10)
         self._result_pub = self.create_publisher(String, "~/episode_result", 100)
@@ -280,16 +282,17 @@ class SimRobotNode(Node):
     # ----------------------------------------------------------------------------- publishing
     def _publish_state(self, now_ns: int) -> None:
         stamp = _stamp(now_ns)
-        names, position, velocity, effort = self._scene.joint_state()
+        inputs = self._scene.robot_inputs()
+        sample = inputs.joint_state
         joint_state = JointState()
         joint_state.header.stamp = stamp
-        joint_state.name = list(names)
-        joint_state.position = [float(v) for v in position]
-        joint_state.velocity = [float(v) for v in velocity]
-        joint_state.effort = [float(v) for v in effort]
+        joint_state.name = list(sample.names)
+        joint_state.position = [float(v) for v in sample.position]
+        joint_state.velocity = [float(v) for v in sample.velocity]
+        joint_state.effort = [float(v) for v in sample.effort]
         self._joint_pub.publish(joint_state)
-        self._ee_pub.publish(self._pose(stamp, *self._scene.ee_pose()))
-        self._object_pub.publish(self._pose(stamp, *self._scene.object_pose()))
+        for source, pose in inputs.poses.items():
+            self._pose_pubs[source].publish(self._pose(stamp, pose.position, pose.orientation_xyzw))
 
     def _pose(self, stamp: Time, position: np.ndarray, orientation_xyzw: np.ndarray) -> PoseStamped:
         msg = PoseStamped()

@@ -26,6 +26,7 @@ import pybullet
 import pybullet_data
 from pybullet_utils import bullet_client
 
+from metarl_robot.contract import JointStateSample, ObservationLayout, RobotInputs
 from metarl_robot.envs import TaskEnv
 from metarl_robot.tasks import TaskDistribution, TaskError, TaskSpec, Uniform
 
@@ -93,6 +94,9 @@ _OBSERVATION_LAYOUT = [
     {"name": "root_velocity", "source": "joint_states", "field": "velocity", "joints": list(ROOT_JOINTS), "size": 3},
     {"name": "joint_velocity", "source": "joint_states", "field": "velocity", "joints": list(LEG_JOINTS), "size": 6},
 ]
+
+_LAYOUT = ObservationLayout.parse(_OBSERVATION_LAYOUT)
+_JOINT_NAMES = ROOT_JOINTS + LEG_JOINTS
 
 CHEETAH_INTERFACE = {
     "robot": "half_cheetah",
@@ -424,9 +428,13 @@ class _HalfCheetahEnv(TaskEnv):
         }
         return self._observe(), reward, False, self._elapsed_steps >= self.max_episode_steps, info
 
-    def _observe(self) -> np.ndarray:
+    def robot_inputs(self) -> RobotInputs:
+        """What the robot would publish: a joint state of the root and leg joints (no efforts)."""
         q, qd = self._world.joint_state()
-        return np.concatenate([q[1:], qd]).astype(np.float32)
+        return RobotInputs(JointStateSample(_JOINT_NAMES, q, qd, np.zeros(0)))
+
+    def _observe(self) -> np.ndarray:
+        return _LAYOUT.assemble_inputs(self.robot_inputs())  # the robot contract's assembly
 
     def render(self):
         """A 240x160 side view following the torso, rendered headless by TinyRenderer."""

@@ -14,6 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 from metarl_robot.rendering import canvas, draw_line, draw_progress, fill_disc, fill_rect
+from metarl_robot.contract import JointStateSample, ObservationLayout, RobotInputs
 from metarl_robot.envs import TaskEnv
 from metarl_robot.tasks import TaskDistribution, TaskError, TaskSpec, Uniform
 
@@ -55,6 +56,9 @@ NAVIGATION_INTERFACE = {
     },
 }
 """The robot contract: observation = position (m), action = displacement per step (m), normalised by ``scale``."""
+_LAYOUT = ObservationLayout.parse(NAVIGATION_INTERFACE["observation_layout"])
+_JOINTS = ("x", "y")
+_NO_VALUES = np.zeros(0)
 
 
 def navigation_distribution(
@@ -171,10 +175,13 @@ class Navigation2DEnv(TaskEnv):
         info = {"distance_m": distance, "success": distance < SUCCESS_RADIUS_M}
         return self._observation(), -distance, terminated, truncated, info
 
+    def robot_inputs(self) -> RobotInputs:
+        """What a point robot would publish: a joint state of joints ``x`` and ``y`` at its position (m)."""
+        return RobotInputs(JointStateSample(_JOINTS, self._position.copy(), _NO_VALUES, _NO_VALUES))
+
     def _observation(self) -> np.ndarray:
-        if self.observe_goal:
-            return np.concatenate([self._position, self._goal]).astype(np.float32)
-        return self._position.astype(np.float32)
+        obs = _LAYOUT.assemble_inputs(self.robot_inputs())  # the robot contract's assembly
+        return np.concatenate([obs, self._goal.astype(np.float32)]) if self.observe_goal else obs
 
     def _distance(self) -> float:
         return float(np.linalg.norm(self._position - self._goal))

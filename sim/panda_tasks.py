@@ -26,6 +26,7 @@ import gymnasium as gym
 import numpy as np
 import pybullet
 
+from metarl_robot.contract import PoseSample, RobotInputs, TwistSample
 from metarl_robot.tasks import Choice, Factor, TaskDistribution, TaskError, TaskSpec, Uniform, factor_from_config
 from sim.grasp_task import MAX_EE_SPEED_M_S, PARAM_HELP
 from sim.robots import robot_spec
@@ -384,6 +385,7 @@ class _GoalScene(ArmScene):
         super()._sense()
         link = self._bullet.getLinkState(self._robot, self._ee_link, computeLinkVelocity=1, computeForwardKinematics=1)
         self._ee_velocity = np.array(link[6])
+        self._ee_angular_velocity = np.array(link[7])
 
     def _build(self, task: TaskSpec) -> None:
         b = self._bullet
@@ -471,6 +473,13 @@ class _GoalScene(ArmScene):
         """Linear velocity of the grasp frame (m/s, world frame) after the last control period."""
         return self._ee_velocity.copy()
 
+    def robot_inputs(self) -> RobotInputs:
+        """The joint state, ``ee_pose`` and the grasp frame's twist ``ee_twist`` (linear m/s, angular
+        rad/s, world frame); see :meth:`ArmScene.robot_inputs`."""
+        inputs = super().robot_inputs()
+        inputs.twists["ee_twist"] = TwistSample(self.ee_velocity(), self._ee_angular_velocity.copy())
+        return inputs
+
     @property
     def body_ids(self) -> dict[str, int]:
         """PyBullet body ids of ``robot`` and ``table``."""
@@ -496,10 +505,6 @@ class ReachScene(_GoalScene):
     def _compute_status(self) -> dict:
         distance = float(np.linalg.norm(self._ee_position - self._goal))
         return {"reward": -distance, "success": distance < REACH_SUCCESS_M, "goal_distance_m": distance}
-
-    def observation(self) -> np.ndarray:
-        """``[ee_position (3), ee_velocity (3)]`` as float32, laid out as in :func:`reach_interface`."""
-        return np.concatenate([self._ee_position, self._ee_velocity]).astype(np.float32)
 
     @property
     def interface(self) -> dict:
@@ -581,6 +586,12 @@ class PushScene(_GoalScene):
         """Position in m and quaternion (x, y, z, w) of the cube's centre, world frame."""
         return self._box_position.copy(), self._box_orientation.copy()
 
+    def robot_inputs(self) -> RobotInputs:
+        """As :meth:`_GoalScene.robot_inputs`, plus the cube's pose ``object_pose``."""
+        inputs = super().robot_inputs()
+        inputs.poses["object_pose"] = PoseSample(*self.object_pose())
+        return inputs
+
     def object_yaw(self) -> float:
         """The cube's rotation about the world vertical (rad)."""
         x, y, z, w = self._box_orientation
@@ -595,12 +606,6 @@ class PushScene(_GoalScene):
             "goal_distance_m": goal_distance,
             "gripper_object_distance_m": gripper_distance,
         }
-
-    def observation(self) -> np.ndarray:
-        """``[ee_position (3), object_position (3), sin yaw, cos yaw]`` as float32 (see :func:`push_interface`)."""
-        yaw = self.object_yaw()
-        yaw_sin_cos = [math.sin(yaw), math.cos(yaw)]
-        return np.concatenate([self._ee_position, self._box_position, yaw_sin_cos]).astype(np.float32)
 
     @property
     def interface(self) -> dict:

@@ -4,14 +4,17 @@
 see :mod:`sim.robots`) whose grasp frame follows Cartesian velocity commands with the gripper pointing
 down. :class:`GraspScene` adds one task-defined object and everything a grasp needs: a grip force
 command, crushing, slipping and tilting. Neither knows Gymnasium: the Gymnasium envs and the ROS 2
-sim-robot node both drive them with commands and read joint states and poses back.
-:func:`robot_interface` is the robot contract (joints, rate, observation layout, action scaling) that
-exported policy bundles carry, so the same observation can be assembled from ROS topics on a robot.
+sim-robot node both drive them with commands and read back what a robot publishes
+(:meth:`ArmScene.robot_inputs`: the joint state and poses). The observation is assembled from those by
+the robot contract (:mod:`metarl_robot.contract`), the same function that assembles it on a robot.
+:func:`robot_interface` is the contract (joints, rate, observation layout, action scaling) that
+exported policy bundles carry.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from time import perf_counter
@@ -20,6 +23,7 @@ import pybullet
 import pybullet_data
 from pybullet_utils import bullet_client
 
+from metarl_robot.contract import JointStateSample, ObservationLayout, PoseSample, RobotInputs
 from metarl_robot.tasks import TaskError, TaskSpec
 from sim.grasp_task import (
     DEFAULT_DYNAMICS,
@@ -125,20 +129,10 @@ def assemble_observation(
     object_pose: tuple[np.ndarray, np.ndarray],
     layout: Sequence[Mapping] = INTERFACE["observation_layout"],
 ) -> np.ndarray:
-    """The float32 observation described by ``layout``, from a joint state and two (position, quaternion) poses."""
-    names, position, velocity, effort = joint_state
-    joint_fields = {"position": position, "velocity": velocity, "effort": effort}
-    index = {name: i for i, name in enumerate(names)}
-    poses = {"ee_pose": ee_pose, "object_pose": object_pose}
-    parts = []
-    for item in layout:
-        if item["source"] == "joint_states":
-            values = joint_fields[item["field"]]
-            parts.append([values[index[joint]] for joint in item["joints"]])
-        else:
-            position_part, orientation_part = poses[item["source"]]
-            parts.append(position_part if item["field"] == "position" else orientation_part)
-    return np.concatenate([np.asarray(part, dtype=np.float64) for part in parts]).astype(np.float32)
+    """The float32 observation described by ``layout``, from a joint state and two (position, quaternion)
+    poses, assembled by the robot contract (:meth:`metarl_robot.contract.ObservationLayout.assemble`)."""
+    poses = {"ee_pose": PoseSample.create(*ee_pose), "object_pose": PoseSample.create(*object_pose)}
+    return ObservationLayout.parse(layout).assemble(JointStateSample.create(*joint_state), poses)
 
 
 def _clamp(x: np.ndarray, low, high) -> np.ndarray:
@@ -439,6 +433,23 @@ class ArmScene:
         """Grasp-frame (between the fingertips) position in m and quaternion (x, y, z, w), world frame."""
         return self._ee_position.copy(), self._ee_orientation.copy()
 
+    def robot_inputs(self) -> RobotInputs:
+        """What this robot publishes after the last control period (``ros_nodes.sim_robot_node`` publishes
+        it): the joint state (:meth:`joint_state`) and the poses by topic name, ``ee_pose`` here."""
+        names, position, velocity, effort = self.joint_state()
+        joint_state = JointStateSample(tuple(names), position, velocity, effort)
+        return RobotInputs(joint_state, {"ee_pose": PoseSample(*self.ee_pose())})
+
+    @functools.cached_property
+    def observation_layout(self) -> ObservationLayout:
+        """The interface's ``observation_layout``, validated by the robot contract."""
+        return ObservationLayout.parse(self.interface["observation_layout"])
+
+    def observation(self) -> np.ndarray:
+        """The float32 observation laid out by the interface's ``observation_layout``, assembled by the
+        robot contract from :meth:`robot_inputs`, exactly as the control loop assembles it on a robot."""
+        return self.observation_layout.assemble_inputs(self.robot_inputs())
+
     @property
     def bullet(self) -> bullet_client.BulletClient:
         """The scene's own PyBullet client."""
@@ -486,7 +497,6 @@ class GraspScene(ArmScene):
         validate_grasp_task(task)
         self._object = -1
         super().__init__(robot=robot, gui=gui, time_step=time_step)
-        self._finger_rows = np.arange(self._num_arm, self._num_arm + 2)
         self._task = task
         self._built_task: TaskSpec | None = None
         self._object_colours: dict[int, tuple[float, ...]] = {}
@@ -822,15 +832,11 @@ class GraspScene(ArmScene):
         """
         return self._object_position.copy(), self._object_orientation.copy()
 
-    def observation(self) -> np.ndarray:
-        """The float32 observation laid out by the robot interface's ``observation_layout``.
-
-        Equal to :func:`assemble_observation` of the sensing getters, gathered without the copies.
-        """
-        fingers = self._finger_rows
-        return np.concatenate(
-            [self._ee_position, self._object_position, self._joint_position[fingers], self._joint_effort[fingers]]
-        ).astype(np.float32)
+    def robot_inputs(self) -> RobotInputs:
+        """The joint state and the ``ee_pose`` and ``object_pose`` poses (see :meth:`ArmScene.robot_inputs`)."""
+        inputs = super().robot_inputs()
+        inputs.poses["object_pose"] = PoseSample(*self.object_pose())
+        return inputs
 
     @property
     def interface(self) -> dict:

@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from metarl_robot.contract import RobotInputs
 from metarl_robot.envs import TaskEnv
 from metarl_robot.tasks import TaskSpec
 
 
 class SceneEnv(TaskEnv):
     """A :class:`TaskEnv` over a scene with ``set_task``/``task``, ``reset(rng)``, ``apply_command``,
-    ``step_control``, ``status``, ``observation``, ``render_rgb`` and ``close``.
+    ``step_control``, ``status``, ``observation``, ``robot_inputs``, ``render_rgb`` and ``close``.
 
     Subclasses call :meth:`_init_scene_env` from ``__init__`` and may override :meth:`_info`.
     """
@@ -70,6 +71,11 @@ class SceneEnv(TaskEnv):
         status = self._scene.status()
         truncated = self._elapsed_steps >= self.max_episode_steps
         return self._observe(), float(status["reward"]), False, truncated, self._info(status)
+
+    def robot_inputs(self) -> RobotInputs:
+        """What the robot publishes now (joint state, poses, twists); the observation, before the
+        task's observation noise, is the robot contract's assembly of it."""
+        return self._scene.robot_inputs()
 
     def _observe(self) -> np.ndarray:
         obs = self._scene.observation()
