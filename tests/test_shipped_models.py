@@ -17,18 +17,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NAVIGATION = REPO_ROOT / "models" / "maml_navigation"
 
 
-def _bundle_names_this_checkpoint() -> bool:
-    manifest = json.loads((NAVIGATION / "bundle" / "manifest.json").read_text())
-    checkpoint = (NAVIGATION / "checkpoint.safetensors").read_bytes()
-    return manifest.get("provenance", {}).get("checkpoint_sha256") == hashlib.sha256(checkpoint).hexdigest()
-
-
-@pytest.mark.xfail(
-    not _bundle_names_this_checkpoint(),
-    reason="the bundle's provenance still records the version-1 checkpoint.pt it was exported from; re-export "
-    "models/maml_navigation/bundle from checkpoint.safetensors (see models/README.md)",
-    strict=True,
-)
 def test_shipped_gradient_bundle_verifies_against_its_checkpoint():
     from metarl_robot.verify import verify_bundle
 
@@ -37,6 +25,8 @@ def test_shipped_gradient_bundle_verifies_against_its_checkpoint():
     assert report.ok, report.format()
     manifest = json.loads((model / "bundle" / "manifest.json").read_text())
     assert manifest["method"]["family"] == "gradient" and manifest["adaptation"]["reward_source"]["type"] == "topic"
+    checkpoint = (model / "checkpoint.safetensors").read_bytes()
+    assert manifest["provenance"]["checkpoint_sha256"] == hashlib.sha256(checkpoint).hexdigest()
 
 
 def test_shipped_navigation_bundle_adapts_towards_the_goal_with_torch_blocked(tmp_path):
