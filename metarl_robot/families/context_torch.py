@@ -241,20 +241,18 @@ class TorchController(TorchControllerBase):
     state_names = ("context",)
 
     def __init__(self, policy, buffer_size: int):
-        import torch
-
-        self._torch, self.policy, self.buffer_size = torch, policy, buffer_size
+        self.policy, self.buffer_size = policy, buffer_size
         self.obs_dim, self.act_dim = policy.obs_dim, policy.act_dim
         self.reset()
 
     def reset(self) -> None:
         self._buffer: list[tuple[np.ndarray, ...]] = []
-        with self._torch.no_grad():
+        with torch.no_grad():
             self.context = self.policy.initial_context(1)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        with self._torch.no_grad():
-            obs_t = self._torch.as_tensor(np.asarray(obs, np.float32)[None])
+        with torch.no_grad():
+            obs_t = torch.as_tensor(np.asarray(obs, np.float32)[None])
             return self.policy.command(obs_t, self.context)[0].numpy()
 
     def observe(self, obs, action, reward, next_obs, done) -> None:
@@ -262,7 +260,7 @@ class TorchController(TorchControllerBase):
         self._buffer = (self._buffer + [item])[-self.buffer_size :]
 
     def adapt(self):
-        t = self._torch
+        t = torch
         if not self._buffer:
             return self.context
         obs, cmd, rew, nxt = (np.stack(x) for x in zip(*self._buffer))

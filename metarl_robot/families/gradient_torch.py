@@ -408,9 +408,7 @@ class GradientTorchController(TorchControllerBase):
     state_names = ("params",)
 
     def __init__(self, policy, adaptation: Mapping[str, Any], *, explore: bool = True, seed: int = 0):
-        import torch
-
-        self._torch, self.policy, self.explore = torch, policy, explore
+        self.policy, self.explore = policy, explore
         self.steps = int(adaptation.get("steps", 1))
         self.max_episode_steps = int(adaptation["max_episode_steps"])
         self.episodes_per_step = int(adaptation["episodes_per_step"])
@@ -419,14 +417,17 @@ class GradientTorchController(TorchControllerBase):
         self._generator = torch.Generator().manual_seed(seed)
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, seed: int | None = None) -> None:
+        """Start a new task; ``seed`` re-seeds the exploration noise (``None`` keeps the stream going)."""
+        if seed is not None:
+            self._generator.manual_seed(seed)
         self.params = self.policy.initial_adapted().detach().clone()
         self._episodes: list[list[tuple[np.ndarray, np.ndarray, float]]] = []
         self._current: list[tuple[np.ndarray, np.ndarray, float]] = []
         self._last: tuple[np.ndarray, np.ndarray] | None = None
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        t = self._torch
+        t = torch
         with t.no_grad():
             obs_t = t.as_tensor(np.asarray(obs, np.float32)[None])
             noise = t.randn(1, self.policy.act_dim, generator=self._generator) if self.explore else t.zeros(1, self.policy.act_dim)
@@ -447,7 +448,7 @@ class GradientTorchController(TorchControllerBase):
             self._current = []
 
     def adapt(self):
-        t = self._torch
+        t = torch
         if not self._episodes:
             return self.params
         n, steps = len(self._episodes), self.max_episode_steps
