@@ -2,7 +2,8 @@
 
 The policy node's parameters come from ``PARAMETER_DEFAULTS``; the simulated robot's and every topic
 and service name are read from the node modules' source (constructing the simulated robot would start
-PyBullet), so the test needs no DDS graph and runs in about a second.
+PyBullet), the diagnostic keys from the node, the control loop and every controller's ``status``, so
+the test needs no DDS graph and runs in about a second.
 """
 
 import ast
@@ -16,8 +17,8 @@ pytest.importorskip("rclpy")
 
 import ros_nodes  # noqa: F401,E402  (loopback discovery before rclpy loads)
 from ros_nodes import POLICY_NODE_NAME, SIM_ROBOT_NODE_NAME  # noqa: E402
-from ros_nodes.policy_logic import WAITING_HOLDS, HoldKind  # noqa: E402
-from ros_nodes.policy_node import PARAMETER_DEFAULTS, READ_ONLY  # noqa: E402
+from metarl_robot.runtime.loop import WAITING_HOLDS, HoldKind  # noqa: E402
+from ros_nodes.policy_parameters import OPTIONAL_PARAMETERS, PARAMETER_DEFAULTS, READ_ONLY  # noqa: E402
 
 pytestmark = [pytest.mark.ros]
 
@@ -27,7 +28,14 @@ SOURCES = {
     POLICY_NODE_NAME: REPO_ROOT / "ros_nodes" / "policy_node.py",
     SIM_ROBOT_NODE_NAME: REPO_ROOT / "ros_nodes" / "sim_robot_node.py",
 }
-OPTIONAL_POLICY_PARAMETERS = {"robot_joint_names": list}
+STATUS_SOURCES = [
+    REPO_ROOT / "metarl_robot" / "runtime" / "loop.py",
+    *sorted((REPO_ROOT / "metarl_robot" / "runtime").glob("*controller*.py")),
+    *sorted((REPO_ROOT / "metarl_robot" / "families").glob("*.py")),
+]
+"""Where the rest of the policy node's diagnostic key/values come from: ``RobotLoop.status`` and the
+``status`` of every family's controller."""
+OPTIONAL_POLICY_PARAMETERS = {"robot_joint_names": list, "trusted_keys": list}
 """Policy-node parameters declared by type, without a default (documented with none)."""
 ALWAYS_DOCUMENTED = ("joint_states", "/diagnostics")
 LIFECYCLE_SERVICES = (
@@ -177,18 +185,26 @@ def _created_names(node_name: str) -> set[str]:
 
 
 def _diagnostic_keys() -> set[str]:
-    """Keys of the policy node's diagnostic status: dict literals and ``values["key"] = ...`` in
-    ``_publish_diagnostics`` and ``LoadedPolicy.buffer_status``."""
+    """Keys of the policy node's diagnostic status: dict literals and ``values["key"] = ...`` in the
+    node's ``_publish_diagnostics`` and in every ``status`` method of the control loop and the controllers."""
     keys = set()
-    for function in ast.walk(_tree(POLICY_NODE_NAME)):
-        if not (isinstance(function, ast.FunctionDef) and function.name in ("_publish_diagnostics", "buffer_status")):
-            continue
-        for node in ast.walk(function):
-            if isinstance(node, ast.Dict):
-                keys.update(k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str))
-            if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store):
-                if isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
-                    keys.add(node.slice.value)
+    trees = [(_tree(POLICY_NODE_NAME), "_publish_diagnostics")]
+    trees += [(ast.parse(path.read_text()), "status") for path in STATUS_SOURCES]
+    for tree, name in trees:
+        for function in ast.walk(tree):
+            if isinstance(function, ast.FunctionDef) and function.name == name:
+                keys |= _keys_in(function)
+    return keys
+
+
+def _keys_in(function: ast.FunctionDef) -> set[str]:
+    keys = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Dict):
+            keys.update(k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str))
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store):
+            if isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
+                keys.add(node.slice.value)
     return keys
 
 
@@ -201,7 +217,7 @@ def test_policy_node_parameters_match_the_code():
         assert name in declared_by_call, f"policy_node.py no longer declares {name!r}; update the test and the doc"
     declared = {name: (default, type(default), name in READ_ONLY) for name, default in PARAMETER_DEFAULTS.items()}
     declared.update({name: (None, kind, name in READ_ONLY) for name, kind in OPTIONAL_POLICY_PARAMETERS.items()})
-    assert set(declared) == set(PARAMETER_DEFAULTS) | {"robot_joint_names"}
+    assert set(declared) == set(PARAMETER_DEFAULTS) | set(OPTIONAL_PARAMETERS)
     _check_parameters(POLICY_NODE_NAME, declared)
 
 
@@ -237,7 +253,8 @@ def test_hold_kinds_are_documented_with_their_level():
 
 def test_diagnostic_keys_are_documented():
     keys = _diagnostic_keys()
-    assert {"lifecycle_state", "hold_reason", "last_error", "buffer_len"} <= keys, f"parser found only {sorted(keys)}"
+    expected = {"lifecycle_state", "trigger", "hold_reason", "last_error", "control_ticks", "buffer_len", "episode_len"}
+    assert expected <= keys, f"parser found only {sorted(keys)}"
     section = _node_section(POLICY_NODE_NAME)
     missing = sorted(key for key in keys if f"`{key}`" not in section)
     assert not missing, f"{DOC.name}: diagnostic keys not documented: {missing}"

@@ -23,6 +23,8 @@ LAUNCH_FILES = (POLICY_LAUNCH, SIM_LAUNCH)
 PARAMS_FILE = LAUNCH_DIR / "params.yaml"
 PACKAGE_DIR = REPO_ROOT / "ros_nodes"
 NODE_MODULES = {POLICY_NODE_NAME: PACKAGE_DIR / "policy_node.py", SIM_ROBOT_NODE_NAME: PACKAGE_DIR / "sim_robot_node.py"}
+POLICY_PARAMETERS = PACKAGE_DIR / "policy_parameters.py"
+"""Where the policy node's parameter table (``PARAMETER_DEFAULTS``) lives."""
 
 
 def _constants(tree: ast.AST) -> dict:
@@ -82,7 +84,8 @@ def _launch_configurations(tree: ast.AST) -> set[str]:
 def _declared_parameters(path: Path) -> set[str]:
     """Names passed literally to ``declare_parameter`` plus the keys of a ``PARAMETER_DEFAULTS`` dict."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    sources = [path, POLICY_PARAMETERS] if path == NODE_MODULES[POLICY_NODE_NAME] else [path]
+    for node in (n for source in sources for n in ast.walk(ast.parse(source.read_text()))):
         if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "declare_parameter"
                 and node.args and isinstance(node.args[0], ast.Constant)):
             names.add(node.args[0].value)
@@ -93,10 +96,10 @@ def _declared_parameters(path: Path) -> set[str]:
 
 
 def _policy_parameter_defaults() -> dict:
-    for node in ast.parse(NODE_MODULES[POLICY_NODE_NAME].read_text()).body:
+    for node in ast.parse(POLICY_PARAMETERS.read_text()).body:
         if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "PARAMETER_DEFAULTS":
             return ast.literal_eval(node.value)
-    raise AssertionError("policy_node.py has no PARAMETER_DEFAULTS")
+    raise AssertionError("policy_parameters.py has no PARAMETER_DEFAULTS")
 
 
 def _setup_cfg() -> configparser.ConfigParser:

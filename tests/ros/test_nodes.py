@@ -99,6 +99,30 @@ def test_configure_fails_with_a_reason_when_the_bundle_does_not_load(ros_context
         node.destroy_node()
 
 
+def test_trusted_keys_refuse_unsigned_bundles_at_configure(ros_context, tiny_bundle, tmp_path):
+    import shutil
+
+    from metarl_robot.runtime import load_bundle
+    from metarl_robot.runtime.integrity import generate_key_pair, sign_bundle
+    from ros_nodes.policy_node import PolicyNode
+
+    private, public = generate_key_pair(tmp_path / "keys")
+    signed = Path(shutil.copytree(tiny_bundle, tmp_path / "signed"))
+    sign_bundle(load_bundle(signed), private)
+    for bundle, outcome in ((tiny_bundle, TransitionCallbackReturn.FAILURE), (signed, TransitionCallbackReturn.SUCCESS)):
+        node = PolicyNode("metarl_policy_node_trust", namespace="/trust_test", context=ros_context,
+                          parameter_overrides=[Parameter("bundle_path", value=str(bundle)),
+                                               Parameter("joint_state_timeout_s", value=0.0),
+                                               Parameter("trusted_keys", value=[str(public)])])
+        try:
+            assert not node.set_parameters([Parameter("trusted_keys", value=[])])[0].successful  # read-only
+            assert node.trigger_configure() == outcome
+            if outcome == TransitionCallbackReturn.FAILURE:
+                assert "not signed" in node._configure_error
+        finally:
+            node.destroy_node()
+
+
 def test_missing_joint_is_an_error_diagnostic_and_a_hold(ros_context, tiny_bundle):
     from ros_nodes.policy_node import PolicyNode
 

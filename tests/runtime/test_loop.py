@@ -642,3 +642,14 @@ def test_the_loop_runs_with_torch_and_ros_blocked(bundle_dir):
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code, str(bundle_dir)], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_trusted_keys_refuse_an_unsigned_bundle_and_load_a_signed_one(bundle_copy, tmp_path):
+    from metarl_robot.runtime import BundleError, load_bundle
+    from metarl_robot.runtime.integrity import generate_key_pair, sign_bundle
+
+    private, public = generate_key_pair(tmp_path / "keys")
+    with pytest.raises(BundleError, match="not signed"):
+        RobotLoop.load(bundle_copy, ["cpu"], trusted_keys=[str(public)])
+    sign_bundle(load_bundle(bundle_copy), private)
+    assert RobotLoop.load(bundle_copy, ["cpu"], trusted_keys=[str(public)]).contract.action.dim == 4
