@@ -356,7 +356,7 @@ def test_toy_family_exports_verifies_and_evaluates(toy_bundle: Path, tmp_path: P
     assert np.abs(runtime.get_state()["offset"]).max() > 0
 
 
-def test_toy_bundle_loads_and_runs_with_torch_blocked(toy_bundle: Path) -> None:
+def test_toy_bundle_loads_and_runs_through_the_control_loop_with_torch_blocked(toy_bundle: Path) -> None:
     script = textwrap.dedent(
         f"""
         import sys
@@ -372,7 +372,35 @@ def test_toy_bundle_loads_and_runs_with_torch_blocked(toy_bundle: Path) -> None:
         command = controller.act(obs)
         controller.observe(obs, command, 1.0, obs, True)
         print(controller.adapt().tolist(), controller.status())
+
+        # The one control loop runs it, as the ROS node would, with no family-specific code.
+        from metarl_robot.contract import JointStateSample, PoseSample, RobotInputs
+        from metarl_robot.runtime import RobotLoop
+
+        loop = RobotLoop.load({str(toy_bundle)!r}, ["cpu"])
+        loop.start()
+        joints = loop.contract.observed_joints
+        commands = []
+        for step in range(6):
+            now = 10.0 + 0.1 * step
+            robot = RobotInputs(
+                JointStateSample.create(joints, [0.01] * len(joints), [], [-1.0] * len(joints), now),
+                {{s: PoseSample.create([0.5, 0.0, 0.1], [0, 0, 0, 1], now) for s in ("ee_pose", "object_pose")}},
+            )
+            command = loop.tick(now, robot)
+            assert command is not None and command.hold is None, command
+            commands.append(command.values.copy())
+            loop.add_reward(1.0)
+            if step == 2:
+                loop.end_episode(True, now, robot)
+        level, message, values = loop.status()
+        assert values["adaptation_family"] == "toy_offset", values
+        assert loop.adaptation_steps == 1, loop.adaptation_steps
+        assert int(values["transitions"]) >= 3, values
+        # Same observation every tick: only the adapted offset can change the command.
+        assert np.array_equal(commands[0], commands[2]) and not np.array_equal(commands[2], commands[4])
         assert not any(m.startswith("torch") for m in sys.modules if sys.modules[m] is not None)
+        print("loop", level, message)
         """
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
