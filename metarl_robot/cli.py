@@ -21,10 +21,11 @@ def _fail(message: str) -> int:
 
 
 def _train_module(config_path: str | None, overrides: list[str]):
-    """The algorithm package a config trains with: gradient-based when it names a ``method``."""
+    """The algorithm package a config's ``method`` trains with, found through the family plug-ins."""
     import yaml
 
     from metarl_robot.config import ConfigError
+    from metarl_robot.families import FamilyError, registry
 
     method = None
     for item in overrides:
@@ -37,15 +38,10 @@ def _train_module(config_path: str | None, overrides: list[str]):
             raise ConfigError(f"config file {str(path)!r} does not exist")
         data = yaml.safe_load(path.read_text()) or {}
         method = data.get("method") if isinstance(data, dict) else None
-    if method is None:
-        from metarl_robot.algos import context_ppo
-
-        return context_ppo
-    from metarl_robot.algos import gradient
-
-    if method not in gradient.METHODS:
-        raise ConfigError(f"method: {method!r} is not one of {list(gradient.METHODS)} (omit it for context_ppo)")
-    return gradient
+    try:
+        return registry.algorithm(method)
+    except FamilyError as err:
+        raise ConfigError(str(err)) from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -94,7 +90,7 @@ def _load_controllers_and_env(args: argparse.Namespace):
 
 
 def _eval_tasks(args: argparse.Namespace, config: dict, env):
-    from metarl_robot.algos.context_ppo.algo import build_task_distribution
+    from metarl_robot.algos.common.tasks import build_task_distribution
     from metarl_robot.tasks import TaskError, load_task_file
 
     if args.task_file:
@@ -181,7 +177,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def _gif_tasks(args: argparse.Namespace, env, env_id: str, registry: dict, config: dict | None):
     """The task to record: index ``--index`` of a task file, or of a split of the env's task distribution."""
-    from metarl_robot.algos.context_ppo.algo import resolve
+    from metarl_robot.algos.common.tasks import resolve
     from metarl_robot.tasks import TaskError, load_task_file
 
     if args.task_file:
@@ -212,7 +208,7 @@ def _gif_policy(args: argparse.Namespace, env, task, checkpoint):
     ``(policy, data)`` when ``--policy`` is a checkpoint)."""
     import numpy as np
 
-    from metarl_robot.algos.context_ppo.algo import resolve
+    from metarl_robot.algos.common.tasks import resolve
 
     if args.policy == "random":
         env.action_space.seed(args.seed)

@@ -419,3 +419,14 @@ def test_edited_toy_manifest_is_refused(toy_bundle: Path) -> None:
     path.write_text(json.dumps(manifest))
     with pytest.raises(BundleError):
         load_bundle(toy_bundle)
+
+
+def test_training_methods_are_found_through_the_family_plug_ins() -> None:
+    from metarl_robot.algos import context_ppo, gradient
+    from metarl_robot.families import FamilyError, registry
+
+    assert registry.algorithm(None) is context_ppo
+    for method in gradient.METHODS:
+        assert registry.algorithm(method) is gradient
+    with pytest.raises(FamilyError, match=r"method: 'evolution' is not one of \[.*'context_ppo'.*'maml'"):
+        registry.algorithm("evolution")

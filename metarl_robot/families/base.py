@@ -57,6 +57,9 @@ class Family:
     """Class name of the family's PyTorch policy, as a checkpoint records it."""
     parity_labels: ClassVar[Mapping[str, str]] = {}
     """How an export error names a parity check that is not a single graph."""
+    algorithms: ClassVar[tuple[str, ...]] = ()
+    """Packages under ``metarl_robot.algos`` (or elsewhere) that train this family's policies; each
+    exposes ``METHODS`` (the config ``method`` names it trains), ``TrainConfig`` and ``train``."""
 
     # ------------------------------------------------------------------ runtime half (numpy only)
     def check_adaptation(self, check: ManifestChecker, adaptation: Mapping[str, Any]) -> dict[str, int]:

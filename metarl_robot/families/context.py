@@ -20,6 +20,7 @@ class ContextFamily(Family):
     name = "context"
     adaptation_kind = "context_encoder"
     policy_class = "ContextPolicy"
+    algorithms = ("metarl_robot.algos.context_ppo",)
     graph_io = {
         "policy": (("obs", "context"), ("command",)),
         "adapt": (("obs", "command", "reward", "next_obs", "mask"), ("context",)),

@@ -30,6 +30,7 @@ class GradientFamily(Family):
     name = "gradient"
     adaptation_kind = "gradient_step"
     policy_class = "GradientPolicy"
+    algorithms = ("metarl_robot.algos.gradient",)
     graph_io = {
         "policy": (("obs", "params", "noise"), ("command", "action")),
         "adapt": (("params", "obs", "action", "advantage", "mask"), ("adapted_params",)),

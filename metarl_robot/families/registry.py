@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from metarl_robot.families.base import Family
@@ -69,6 +69,24 @@ def names() -> tuple[str, ...]:
     """Every family name known: the built-ins and those registered, sorted."""
     with _lock:
         return tuple(sorted({*BUILTIN, *_registered}))
+
+
+DEFAULT_METHOD = "context_ppo"
+"""The training method of a config that names none."""
+
+
+def algorithm(method: str | None) -> Any:
+    """The training package (``TrainConfig``, ``train``) of the config ``method`` (``None``: the default),
+    looked up in the ``algorithms`` of every registered family; :class:`FamilyError` lists the known ones."""
+    method = DEFAULT_METHOD if method is None else method
+    known: list[str] = []
+    for name in names():
+        for path in get(name).algorithms:
+            module = importlib.import_module(path)
+            if method in module.METHODS:
+                return module
+            known.extend(module.METHODS)
+    raise FamilyError(f"method: {method!r} is not one of {sorted(known)} (omit it for {DEFAULT_METHOD})")
 
 
 def for_policy_class(class_name: str) -> Family:
