@@ -51,7 +51,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     command = [sys.executable, "-m", "ros_nodes.demo", "--bundle", str(bundle), "--out", str(out),
                "--episodes-per-object", str(args.episodes_per_object),
-               "--object-a", str(args.object_a), "--object-b", str(args.object_b)]
+               "--objects", str(args.objects)]
+    if args.object_seed is not None:
+        command += ["--object-seed", str(args.object_seed)]
     print(f"[demo] starting the ROS 2 graph: {' '.join(command)}")
     return subprocess.call(command, env=env, cwd=REPO_ROOT)
 
@@ -209,15 +211,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def add_demo(sub: Any) -> None:
     """Add the ``demo`` verb to the ``metarl-robot`` subparsers."""
-    p = sub.add_parser("demo", help="export, start the sim robot and the adapting policy node, swap the object")
+    p = sub.add_parser("demo", help="export, start the sim robot and the adapting policy node, run it on random objects")
     p.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
     p.add_argument("--train", nargs="?", const=str(SHIPPED_CONFIG), default=None, metavar="CONFIG",
                    help="train a fresh policy first (default config: the shipped model's recipe, ~6 min on 2 cores)")
     p.add_argument("--episodes-per-object", type=int, default=6)
-    p.add_argument("--object-a", type=int, default=0, help="test-split index of the first object (default: %(default)s)")
-    p.add_argument("--object-b", type=int, default=11,
-                   help="test-split index of the object swapped in (default %(default)s: a held-out sphere that the "
-                        "shipped policy fails first and grasps after adapting, in `metarl-robot eval`)")
+    p.add_argument("--objects", type=int, default=5,
+                   help="held-out objects drawn at random from the test split (default: %(default)s)")
+    p.add_argument("--object-seed", type=int, default=None,
+                   help="seed of the draw (default: a fresh one, printed so the run can be repeated)")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=cmd_demo)
 

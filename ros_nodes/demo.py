@@ -1,11 +1,13 @@
-"""The driver behind ``make demo``: online adaptation over ROS 2, then an object swap.
+"""The driver behind ``make demo``: online adaptation over ROS 2 on objects drawn at random.
 
-``python -m ros_nodes.demo --bundle BUNDLE --out OUTDIR [--episodes-per-object 6]`` starts the node
-graph (policy node + simulated Panda, lockstep so it runs faster than real time), runs N episodes on
-object A, swaps the simulated object to B (the ``task_index`` parameter of the sim node) and resets
-the policy's adaptation, runs N more episodes, then prints per object the success of the first
-episode (before any adaptation) against the mean of the later ones (after adaptation). It writes
-``OUTDIR/demo_episodes.csv``, ``OUTDIR/demo.png`` and the node logs ``OUTDIR/*.log``.
+``python -m ros_nodes.demo --bundle BUNDLE --out OUTDIR [--objects 5] [--object-seed S]`` draws
+``--objects`` distinct objects at random from the sim robot's test split (the seed is printed; pass it
+back to see the same objects), starts the node graph (policy node + simulated Panda, lockstep so it
+runs faster than real time), and for each object swaps it in (the ``task_index`` parameter of the sim
+node), resets the policy's adaptation and runs N episodes. It prints per object and on average the
+success of the first episode (before any adaptation) and of the later ones (after adaptation), beside
+the same numbers for the best single fixed grip force (chosen on the train split, run in-process on
+the same objects). It writes ``OUTDIR/demo_episodes.csv``, ``OUTDIR/demo.png`` and the node logs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import secrets
 import signal
 import sys
 import time
@@ -91,20 +94,74 @@ class DemoRun:
         return int(policy_status(self.diagnostics)[2].get("adaptations_since_reset", "0"))
 
 
-def summarize(rows: Sequence[dict[str, Any]], adaptations: dict[str, int]) -> str:
-    """A table: per object, success before adaptation (first episode) and after (mean of the rest)."""
-    lines = [f"{'object':<8}{'task':<12}{'first episode':>15}{'later episodes':>18}{'adaptations':>13}"]
+def draw_objects(count: int, seed: int, num_test_tasks: int) -> list[int]:
+    """``count`` distinct test-split indices drawn at random with ``seed`` (no hand-picking)."""
+    import numpy as np
+
+    if not 1 <= count <= num_test_tasks:
+        raise ValueError(f"--objects must be between 1 and {num_test_tasks} (the test split's size), got {count}")
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(num_test_tasks, size=count, replace=False))
+
+
+def fixed_force_baseline(task_indices: Sequence[int], episodes: int, seed: int) -> tuple[float, dict[int, list[bool]]]:
+    """The best single grip force of a sweep on the train split of the sim robot's distribution, and its
+    successes on each test object over ``episodes`` scripted episodes (placement seeds ``seed + k``)."""
+    from sim import default_grasp_distribution
+    from sim.grasp import GraspEnv, run_scripted_episode
+    from sim.grasp_bench import FIXED_FORCES_N, success_rate
+
+    distribution = default_grasp_distribution()
+    env = GraspEnv()
+    try:
+        train = list(distribution.train_tasks)[:16]
+        force = max(FIXED_FORCES_N, key=lambda f: success_rate(env, train, f))
+        outcomes = {}
+        for index in task_indices:
+            env.set_task(distribution.test_tasks[index])
+            outcomes[index] = [bool(run_scripted_episode(env, force, seed=seed + k)["success"]) for k in range(episodes)]
+    finally:
+        env.close()
+    return force, outcomes
+
+
+def _rate(values: Sequence[bool | int]) -> str:
+    return f"{sum(values) / len(values):.2f}" if values else "n/a"
+
+
+def summarize(
+    rows: Sequence[dict[str, Any]],
+    adaptations: dict[str, int],
+    baseline: dict[int, list[bool]] | None = None,
+    force_n: float | None = None,
+) -> str:
+    """A table: per object and on average, success of the first episode (before adaptation) and of the
+    later ones (after), for the policy and, beside it, for the best fixed grip force."""
+    head = f"{'object':<8}{'task':<12}{'policy first':>14}{'policy later':>14}{'adaptations':>13}"
+    if baseline is not None:
+        head += f"{'fixed first':>13}{'fixed later':>13}"
+    lines = [head]
+    firsts, laters, fixed_firsts, fixed_laters = [], [], [], []
     for label in dict.fromkeys(row["object"] for row in rows):
         mine = [row for row in rows if row["object"] == label]
-        first = "success" if mine[0]["success"] else "fail"
-        later = mine[1:]
-        later_text = (
-            f"{sum(r['success'] for r in later) / len(later):.2f} ({sum(r['success'] for r in later)}/{len(later)})"
-            if later else "n/a"
+        later = [r["success"] for r in mine[1:]]
+        firsts.append(mine[0]["success"])
+        laters.extend(later)
+        line = (
+            f"{label:<8}{mine[0]['task_id']:<12}{_rate([mine[0]['success']]):>14}{_rate(later):>14}"
+            f"{adaptations.get(label, 0):>13}"
         )
-        lines.append(
-            f"{label:<8}{mine[0]['task_id']:<12}{first:>15}{later_text:>18}{adaptations.get(label, 0):>13}"
-        )
+        if baseline is not None:
+            fixed = baseline[mine[0]["task_index"]]
+            fixed_firsts.append(fixed[0])
+            fixed_laters.extend(fixed[1:])
+            line += f"{_rate(fixed[:1]):>13}{_rate(fixed[1:]):>13}"
+        lines.append(line)
+    mean = f"{'mean':<8}{'':<12}{_rate(firsts):>14}{_rate(laters):>14}{'':>13}"
+    if baseline is not None:
+        mean += f"{_rate(fixed_firsts):>13}{_rate(fixed_laters):>13}"
+    lines.append(mean)
+    if force_n is not None:
+        lines.append(f"(fixed: the scripted grasp at {force_n:g} N, the best force of a sweep on 16 train-split objects)")
     return "\n".join(lines)
 
 
@@ -153,8 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory (CSV, plot, node logs)")
     parser.add_argument("--episodes-per-object", type=int, default=6)
     parser.add_argument("--params", default=str(DEFAULT_PARAMS_FILE), help="ROS 2 parameter file")
-    parser.add_argument("--object-a", type=int, default=0, help="task_index of the first object (test split)")
-    parser.add_argument("--object-b", type=int, default=1, help="task_index of the second object")
+    parser.add_argument("--objects", type=int, default=5, help="objects drawn at random from the test split")
+    parser.add_argument("--object-seed", type=int, default=None,
+                        help="seed of the draw (default: a fresh one, printed so the run can be repeated)")
     parser.add_argument("--control-rate-hz", type=float, default=40.0,
                         help="policy rate; the sim runs lockstep, so above 10 Hz is faster than real time")
     parser.add_argument("--episode-timeout-s", type=float, default=60.0)
@@ -166,11 +224,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)
+    from sim import default_grasp_distribution
+
+    seed = secrets.randbelow(2**31) if args.object_seed is None else args.object_seed
+    try:
+        objects = draw_objects(args.objects, seed, len(default_grasp_distribution().test_tasks))
+    except ValueError as err:
+        parser.error(str(err))
+    labels = [chr(ord("A") + i) if i < 26 else f"O{i}" for i in range(len(objects))]
+    print(f"[demo] object seed {seed}: test-split objects {objects} (repeat with --object-seed {seed})")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     overrides = {
         POLICY_NODE_NAME: {"control_rate_hz": float(args.control_rate_hz)},
-        SIM_ROBOT_NODE_NAME: {"step_mode": "lockstep", "task_index": args.object_a},
+        SIM_ROBOT_NODE_NAME: {"step_mode": "lockstep", "task_index": objects[0]},
     }
     start = time.monotonic()
     graph = NodeGraph(args.params, bundle_path=args.bundle, overrides=overrides, log_dir=out)
@@ -178,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with graph:
             print(f"[demo] graph up on ROS_DOMAIN_ID={graph.domain_id} in {time.monotonic() - start:.1f} s")
             run = DemoRun(graph, args.episode_timeout_s)
-            for label, task_index in (("A", args.object_a), ("B", args.object_b)):
+            for label, task_index in zip(labels, objects):
                 run.switch_object(label, task_index)
                 run.run_episodes(label, task_index, args.episodes_per_object)
     except GraphError as err:
@@ -188,11 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("[demo] interrupted", file=sys.stderr)
         return 130
 
+    print("[demo] the fixed-force baseline on the same objects (in-process, scripted grasp) ...")
+    force, baseline = fixed_force_baseline(objects, args.episodes_per_object, seed=0)
     csv_path, png_path = out / "demo_episodes.csv", out / "demo.png"
     write_csv(run.rows, csv_path)
     plot(run.rows, png_path)
     print()
-    print(summarize(run.rows, run.adaptations))
+    print(summarize(run.rows, run.adaptations, baseline, force))
     print()
     print(f"[demo] finished in {time.monotonic() - start:.1f} s")
     print(f"[demo] episodes: {csv_path}")
