@@ -1,13 +1,17 @@
 """The full grasp loop over DDS with the shipped meta-policy: the simulated object is swapped mid-run,
 without telling the policy node, and the node adapts its context on the new object's episodes.
 
-The same run with adaptation switched off at the swap is the baseline: grasping the new object with
-the context adapted to the old one. bench/ros_object_swap.py runs both over five placement seeds
-(figures in BENCHMARKS.md); this test runs seed 2, where adapting grasps B in 4 of its episodes 3-8
-and frozen in none, run after run.
+Both objects are drawn at random from the test split (the seed is printed; METARL_SWAP_SEED repeats a
+run). The same run with adaptation switched off at the swap is the baseline. The test holds the
+mechanics: the node adapts once per episode end on the new object, never while frozen, reports no
+error, and its adapted behaviour differs from the frozen one. It asserts no success margin: on
+objects drawn at random the shipped policy has none over its frozen self (BENCHMARKS.md measures
+that over the whole split with confidence intervals, which one run of a few episodes cannot).
 """
 
 import json
+import os
+import secrets
 
 import pytest
 
@@ -24,9 +28,23 @@ from .test_nodes import policy_diagnostics  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.filterwarnings("ignore::DeprecationWarning:lark.*")]
 
-OBJECT_A, OBJECT_B = 0, 11
-EPISODES_A, EPISODES_B = 3, 8
-SEED = 2
+EPISODES_A, EPISODES_B = 3, 6
+SWAP_SEED = int(os.environ.get("METARL_SWAP_SEED", secrets.randbelow(2**31)))
+SEED = SWAP_SEED % 1000
+"""Placement seed of the sim robot."""
+
+
+def _draw_objects() -> tuple[int, int]:
+    import numpy as np
+
+    from sim import default_grasp_distribution
+
+    count = len(default_grasp_distribution().test_tasks)
+    first, second = np.random.default_rng(SWAP_SEED).choice(count, size=2, replace=False)
+    return int(first), int(second)
+
+
+OBJECT_A, OBJECT_B = _draw_objects()
 
 
 @pytest.fixture(scope="module")
@@ -67,21 +85,21 @@ def run_swap(bundle, log_dir, adapt_on_b: bool) -> tuple[list[dict], int, dict]:
         return episodes, after_b - before_b, policy_diagnostics(diagnostics)[2]
 
 
-def test_object_swap_mid_run_the_node_adapts_and_grasps_again(shipped_bundle, tmp_path):
+def test_object_swap_mid_run_the_node_adapts_on_the_new_object(shipped_bundle, tmp_path):
+    print(f"object swap: seed {SWAP_SEED} (METARL_SWAP_SEED={SWAP_SEED} repeats it): test objects "
+          f"{OBJECT_A} -> {OBJECT_B}, placement seed {SEED}")
     episodes, adapted, values = run_swap(shipped_bundle, tmp_path / "adapting", adapt_on_b=True)
     on_a = [e for e in episodes if e["task_index"] == OBJECT_A][:EPISODES_A]
     on_b = [e for e in episodes if e["task_index"] == OBJECT_B][:EPISODES_B]
-    assert sum(e["success"] for e in on_a) >= 2, on_a
+    assert len(on_a) == EPISODES_A and len(on_b) == EPISODES_B
     assert values["last_error"] == "", values["last_error"]
     # One adaptation per episode end on B (the last one may land after the diagnostics message).
     assert adapted >= EPISODES_B - 1, adapted
-    # From the 3rd episode on, the context buffer holds only B's transitions.
-    recovered = sum(e["success"] for e in on_b[2:])
 
     frozen_episodes, frozen_adapted, _ = run_swap(shipped_bundle, tmp_path / "frozen", adapt_on_b=False)
     frozen_b = [e for e in frozen_episodes if e["task_index"] == OBJECT_B][:EPISODES_B]
-    frozen = sum(e["success"] for e in frozen_b[2:])
     assert frozen_adapted == 0, frozen_adapted
-    assert recovered >= 3 and recovered >= frozen + 2, (
-        f"B after adapting: {[e['success'] for e in on_b]}; frozen at A's context: {[e['success'] for e in frozen_b]}"
-    )
+    # From the 3rd episode on, the adapting node's context comes from B's transitions only, the frozen
+    # one's from A's: the two must act differently on B.
+    assert [e["return"] for e in on_b[2:]] != [e["return"] for e in frozen_b[2:]], (on_b, frozen_b)
+    print(f"success on B, adapting: {[e['success'] for e in on_b]}; frozen: {[e['success'] for e in frozen_b]}")
