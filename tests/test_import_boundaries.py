@@ -104,7 +104,7 @@ def test_runtime_does_not_pull_in_torch_even_when_installed() -> None:
 
 
 PACKAGE_DIR = REPO_ROOT / "metarl_robot"
-FAMILY_RUNTIME_HALVES = ["__init__.py", "registry.py", "base.py", "context.py", "gradient.py"]
+FAMILY_RUNTIME_HALVES = ["__init__.py", "registry.py", "base.py", "context.py", "gradient.py", "recurrent.py"]
 """The family modules the torch-free runtime loads (a family's ``*_torch`` module is its PyTorch half)."""
 
 

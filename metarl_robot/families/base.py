@@ -52,7 +52,9 @@ class Family:
     graph_io: ClassVar[GraphIO]
     """Per graph, its input and output names in order; the runtime feeds graphs by these names."""
     graph_files: ClassVar[Mapping[str, str]] = {"policy": "policy.onnx", "adapt": "adapt.onnx"}
-    """Per graph, the file it is written to."""
+    """Per graph, the file it is written to. Same graphs as ``graph_io``: every family has ``policy``
+    (whose output ``command`` is the command); ``adapt`` is optional, for a family whose adaptation
+    happens inside the policy step (a recurrent memory) leaves it out of both."""
     policy_class: ClassVar[str]
     """Class name of the family's PyTorch policy, as a checkpoint records it."""
     parity_labels: ClassVar[Mapping[str, str]] = {}

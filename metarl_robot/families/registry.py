@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 BUILTIN: dict[str, str] = {
     "context": "metarl_robot.families.context",
     "gradient": "metarl_robot.families.gradient",
+    "recurrent": "metarl_robot.families.recurrent",
 }
 """Built-in families: ``method.family`` name -> module whose ``FAMILY`` is the plug-in."""
 

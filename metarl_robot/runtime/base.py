@@ -191,7 +191,9 @@ ControllerT = TypeVar("ControllerT", bound="BundleController")
 
 
 class BundleController:
-    """Opens the ``policy`` and ``adapt`` graphs of a validated bundle of the subclass's ``family``.
+    """Opens the ``policy`` and ``adapt`` graphs of a validated bundle of the subclass's ``family``
+    (``adapt`` only where the family has one: its ``graph_io`` names it; ``_adapt_session`` is ``None``
+    otherwise).
 
     Attributes: ``bundle`` and ``manifest``, ``obs_dim``, ``act_dim``, ``adapt_steps``, ``provider``
     (the execution provider that actually runs the policy graph), ``session_providers`` (per graph),
@@ -223,12 +225,12 @@ class BundleController:
         options = session_options if session_options is not None else default_session_options()
         session_providers = [requested] if requested == "CPUExecutionProvider" else [requested, "CPUExecutionProvider"]
         self._policy_session = self._open_session("policy", options, session_providers)
-        self._adapt_session = self._open_session("adapt", options, session_providers)
-        self.session_providers: dict[str, str] = {
-            "policy": self._policy_session.get_providers()[0],
-            "adapt": self._adapt_session.get_providers()[0],
-        }
+        # A family whose memory is its adaptation (recurrent) has no adapt graph.
+        self._adapt_session = self._open_session("adapt", options, session_providers) if "adapt" in bundle.graphs else None
+        self.session_providers: dict[str, str] = {"policy": self._policy_session.get_providers()[0]}
         """The provider that actually runs each graph."""
+        if self._adapt_session is not None:
+            self.session_providers["adapt"] = self._adapt_session.get_providers()[0]
         self.provider: str = self.session_providers["policy"]
         for graph, actual in self.session_providers.items():
             if actual != requested:
@@ -316,17 +318,19 @@ class BundleController:
         for name, value in staged.items():
             getattr(self, f"_{name}")[...] = value
 
-    def _warmup_feeds(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Inputs for the policy and adapt graphs that leave the controller's state alone."""
+    def _warmup_feeds(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """Inputs for the policy and adapt graphs that leave the controller's state alone (``None`` for
+        the adapt graph of a bundle that has none)."""
         raise NotImplementedError
 
     def warmup(self, iterations: int = 20) -> None:
-        """Run both graphs ``iterations`` times so first-call costs (allocation, kernel selection,
+        """Run the graphs ``iterations`` times so first-call costs (allocation, kernel selection,
         TensorRT engine build) happen now; state and latency stats are left untouched."""
         policy_feed, adapt_feed = self._warmup_feeds()
         for _ in range(iterations):
             self._policy_session.run(None, policy_feed)
-            self._adapt_session.run(None, adapt_feed)
+            if self._adapt_session is not None and adapt_feed is not None:
+                self._adapt_session.run(None, adapt_feed)
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)

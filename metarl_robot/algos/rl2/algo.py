@@ -1,0 +1,236 @@
+"""RL² (Duan et al., 2016) trained with PPO.
+
+Each iteration draws ``trials_per_iteration`` train tasks and runs one trial on each: ``episodes_per_trial``
+consecutive episodes with the recurrent state carried across them (zero at the trial's start), the
+previous command, reward and done flag fed back at every step exactly as the robot's controller does
+(:class:`~metarl_robot.algos.rl2.rollout.RL2Trials`, through :mod:`metarl_robot.sampling`). A trial is
+one long RL problem: advantages are the robot's GAE (:func:`metarl_robot.runtime.advantages.gae`) over
+the whole trial, so the return of a later attempt credits what an earlier attempt explored.
+
+The update recomputes the core over whole trials from the zero state and backpropagates through them
+(``ppo.bptt_steps`` = 0), or through chunks of ``bptt_steps`` steps started from the state the trial had
+reached (truncated BPTT). With ``asymmetric_critic`` the value head also reads the task's numeric
+parameters; they never reach the actor or an exported graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metarl_robot.algos.common import build_task_distribution, open_sampler
+from metarl_robot.algos.loop import run_training
+from metarl_robot.algos.rl2.config import TrainConfig
+from metarl_robot.algos.rl2.rollout import RL2Trials, TrialBatch, privileged_keys, privileged_vector, trial_batch
+from metarl_robot.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
+from metarl_robot.config import to_dict
+from metarl_robot.recurrent_policy import RecurrentPolicy
+from metarl_robot.runtime.advantages import gae
+from metarl_robot.sampling import make_requests
+
+METHOD = "rl2"
+
+
+class RL2:
+    """The training loop; :func:`train` is the entry point (the shared loop in :mod:`metarl_robot.algos.loop`)."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path) -> None:
+        self.config, self.run_dir = config, Path(run_dir)
+        torch.set_num_threads(config.torch_threads)
+        self.rng = np.random.default_rng(config.seed)
+        torch.manual_seed(config.seed)
+        self.tasks = build_task_distribution(to_dict(config.tasks))
+        self.sampler, env = open_sampler(
+            config.env_id, config.env_kwargs, config.sampler, config.num_workers, requests_per_batch=config.trials_per_iteration
+        )
+        self.interface, self.obs_dim, self.act_dim = env.interface, env.obs_dim, env.act_dim
+        self.privileged_keys = privileged_keys(self.tasks.train_tasks[0]) if config.asymmetric_critic else ()
+        policy_config = dataclasses.replace(config.policy, privileged_dim=len(self.privileged_keys))
+        self.policy = RecurrentPolicy(self.obs_dim, self.act_dim, self.interface["action"]["scale"], policy_config)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.ppo.lr, eps=1e-5)
+        self.iteration = 0
+        self.metrics: dict[str, float] = {}
+
+    # -- checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.safetensors"
+
+    def adaptation(self) -> dict:
+        return {**to_dict(self.config.adaptation), "episodes_per_trial": self.config.episodes_per_trial}
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.checkpoint_path,
+            self.policy,
+            method=METHOD,
+            interface=self.interface,
+            adaptation=self.adaptation(),
+            config=to_dict(self.config),
+            seed=self.config.seed,
+            iteration=self.iteration,
+            metrics=self.metrics,
+            privileged_keys=list(self.privileged_keys),
+            optimizer=self.optimizer.state_dict(),
+            rng={"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
+        )
+
+    def restore(self) -> bool:
+        if not checkpoint_exists(self.checkpoint_path):
+            return False
+        policy, data = load_checkpoint(self.checkpoint_path)
+        if data.get("method") != METHOD or data["policy"]["obs_dim"] != self.obs_dim:
+            raise CheckpointError(
+                f"{self.checkpoint_path} was written by a different method or env; use a new --run-dir to start afresh"
+            )
+        self.policy.load_state_dict(policy.state_dict())
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.rng.bit_generator.state = data["rng"]["numpy"]
+        torch.set_rng_state(data["rng"]["torch"])
+        self.iteration, self.metrics = int(data["iteration"]), dict(data.get("metrics", {}))
+        return True
+
+    def warm_start(self) -> dict[str, float]:
+        raise NotImplementedError("rl2 has no warm start")  # TrainConfig refuses warm_start.rounds > 0
+
+    # -- one iteration: collect trials -> advantages over whole trials -> PPO with BPTT
+    def collect(self) -> TrialBatch:
+        cfg = self.config
+        tasks = self.tasks.sample(cfg.trials_per_iteration, self.rng, "train")
+        requests = make_requests(tasks, seed=int(self.rng.integers(2**31)), episodes=cfg.episodes_per_trial)
+        episodes = self.sampler.sample(RL2Trials(self.policy), requests)
+        return trial_batch(episodes, cfg.episodes_per_trial)
+
+    def _tensors(self, batch: TrialBatch) -> dict[str, torch.Tensor]:
+        p = self.policy
+        t = {name: torch.as_tensor(getattr(batch, name)) for name in ("obs", "raw_actions", "rewards", "valid", "prev_rewards", "prev_dones")}
+        # The core reads the previous command normalised as the robot's graph does it.
+        t["prev_actions"] = p.normalised_action(torch.as_tensor(batch.prev_actions) * p.action_scale)
+        if self.privileged_keys:
+            privileged = np.stack([privileged_vector(task, self.privileged_keys) for task in batch.tasks])
+            t["privileged"] = torch.as_tensor(privileged)
+        return t
+
+    def _chunks(self, t: dict[str, torch.Tensor]) -> tuple[list[slice], torch.Tensor]:
+        """The BPTT chunks of the trials and the state at each chunk's start ``[K, N, S]`` (no gradient)."""
+        length = t["obs"].shape[1]
+        size = self.config.ppo.bptt_steps or length
+        spans = [slice(s, min(s + size, length)) for s in range(0, length, size)]
+        starts, state = [], self.policy.initial_state(t["obs"].shape[0])
+        with torch.no_grad():
+            for span in spans:
+                starts.append(state)
+                _, state = self.policy.unroll(t["obs"][:, span], t["prev_actions"][:, span], t["prev_rewards"][:, span], t["prev_dones"][:, span], state)
+        return spans, torch.stack(starts)
+
+    def _evaluate(self, t, rows: torch.Tensor, span: slice, start: torch.Tensor):
+        """Log-probabilities, entropies and values ``[B, T]`` of trials ``rows`` over ``span`` from ``start``."""
+        p = self.policy
+        features, _ = p.unroll(t["obs"][rows, span], t["prev_actions"][rows, span], t["prev_rewards"][rows, span], t["prev_dones"][rows, span], start)
+        dist = p.distribution(features)
+        logp = dist.log_prob(t["raw_actions"][rows, span]).sum(-1)
+        privileged = t["privileged"][rows].unsqueeze(1).expand(-1, features.shape[1], -1) if self.privileged_keys else None
+        return logp, dist.entropy().sum(-1), p.value(features, privileged)
+
+    def update(self, batch: TrialBatch) -> dict[str, float]:
+        cfg = self.config.ppo
+        t = self._tensors(batch)
+        n = batch.num_trials
+        spans, starts = self._chunks(t)
+        everyone = torch.arange(n)
+        with torch.no_grad():
+            old = [self._evaluate(t, everyone, span, starts[k]) for k, span in enumerate(spans)]
+            old_logp = torch.cat([o[0] for o in old], dim=1)
+            values = torch.cat([o[2] for o in old], dim=1)
+        valid = t["valid"]
+        adv_np = gae(batch.rewards, values.numpy(), batch.valid, cfg.gamma, cfg.gae_lambda)
+        ret = torch.as_tensor(adv_np, dtype=torch.float32) + values
+        adv = torch.as_tensor(adv_np, dtype=torch.float32)
+        mask = valid > 0
+        adv = (adv - adv[mask].mean()) / (adv[mask].std() + 1e-8) * valid
+
+        units = [(k, i) for k in range(len(spans)) for i in range(n)]  # (chunk, trial)
+        stats: dict[str, list[float]] = {"loss/policy": [], "loss/value": [], "loss/entropy": [], "loss/approx_kl": []}
+        for _ in range(cfg.epochs):
+            kl_epoch = []
+            order = torch.randperm(len(units))
+            for part in order.chunk(cfg.minibatches):
+                policy_loss = value_loss = entropy = approx_kl = torch.zeros(())
+                denom = torch.zeros(())
+                chosen = [units[j] for j in part.tolist()]
+                for k in sorted({k for k, _ in chosen}):
+                    rows = torch.as_tensor([i for kk, i in chosen if kk == k])
+                    span = spans[k]
+                    logp, ent, value = self._evaluate(t, rows, span, starts[k][rows])
+                    m = valid[rows, span]
+                    log_ratio = logp - old_logp[rows, span]
+                    ratio = log_ratio.exp()
+                    a = adv[rows, span]
+                    surrogate = torch.min(ratio * a, ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio) * a)
+                    policy_loss = policy_loss - (surrogate * m).sum()
+                    value_loss = value_loss + (((value - ret[rows, span]) ** 2) * m).sum()
+                    entropy = entropy + (ent * m).sum()
+                    with torch.no_grad():
+                        approx_kl = approx_kl + (((ratio - 1) - log_ratio) * m).sum()
+                    denom = denom + m.sum()
+                denom = denom.clamp(min=1.0)
+                policy_loss, value_loss, entropy, approx_kl = (x / denom for x in (policy_loss, value_loss, entropy, approx_kl))
+                loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
+                self.optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                kl_epoch.append(float(approx_kl))
+                for key, v in zip(stats, (policy_loss, value_loss, entropy, approx_kl)):
+                    stats[key].append(float(v.detach()))
+            if np.mean(kl_epoch) > cfg.target_kl:
+                break
+            # The chunks' start states move with the weights; recompute them for the next epoch.
+            if len(spans) > 1:
+                spans, starts = self._chunks(t)
+        if self.config.update_obs_normalizer:
+            self.policy.obs_norm.update(t["obs"][mask])
+        if self.privileged_keys:
+            self.policy.privileged_norm.update(t["privileged"])
+        return {k: float(np.mean(v)) for k, v in stats.items()}
+
+    @staticmethod
+    def trial_metrics(batch: TrialBatch) -> dict[str, float]:
+        """Return and success of each episode (attempt) of a trial, and of the whole trial."""
+        out = {}
+        for k in range(batch.success.shape[1]):
+            out[f"return/episode_{k}"] = float(batch.episode_returns[:, k].mean())
+            out[f"success/episode_{k}"] = float(batch.success[:, k].mean())
+        out["return/trial"] = float(batch.episode_returns.sum(1).mean())
+        out["success/before_adaptation"] = out["success/episode_0"]
+        if batch.success.shape[1] > 1:
+            out["success/after_adaptation"] = float(batch.success[:, 1:].mean())
+        return out
+
+    def train_iteration(self) -> dict[str, float]:
+        batch = self.collect()
+        losses = self.update(batch)
+        self.iteration += 1
+        return {**self.trial_metrics(batch), **losses}
+
+    @staticmethod
+    def progress(metrics: dict[str, float]) -> dict[str, str]:
+        return {"trial_ret": f"{metrics['return/trial']:.2f}", "succ_pre": f"{metrics['success/before_adaptation']:.2f}",
+                "succ_post": f"{metrics.get('success/after_adaptation', float('nan')):.2f}"}
+
+    def close(self) -> None:
+        self.sampler.close()
+
+
+def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train RL², writing ``config.yaml``, TensorBoard logs (``tb/``) and ``checkpoints/last.safetensors``.
+
+    With ``resume=True`` training continues from ``checkpoints/last.safetensors`` when it exists. Returns
+    the final checkpoint's path.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_training(RL2(config, run_dir), config, run_dir, resume=resume, progress=progress, desc="rl2")
