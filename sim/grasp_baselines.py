@@ -179,6 +179,8 @@ class GripForceController:
         self._read(obs)
         velocity, force = self._command()
         self._last_forces = (self._last_forces[1], force)
+        if force > 0:
+            self._last_squeeze_n = force
         return np.array([*velocity, force], dtype=np.float32)
 
     def observe(self, obs: Any, action: Any, reward: Any, next_obs: Any, done: Any) -> None:
@@ -189,7 +191,9 @@ class GripForceController:
         force = float(np.asarray(action, dtype=np.float64).reshape(-1)[-1])
         if float(reward) < CRUSH_REWARD and not outcome.crushed:
             outcome.crushed = True
-            outcome.crush_force_n = min(f for f in self._last_forces if f > 0) if max(self._last_forces) > 0 else force
+            squeezing = [f for f in self._last_forces if f > 0]
+            # Crushed while opening (a regrasp): the force that did it is the last squeeze commanded.
+            outcome.crush_force_n = min(squeezing) if squeezing else self._last_squeeze_n
         outcome.final_force_n = force
         nxt = self._check(next_obs)
         lift = float(nxt[self._slices["object_position"]][2]) - self._rest_z
@@ -239,6 +243,7 @@ class GripForceController:
         self._rest_samples: list[np.ndarray] = []
         self._rest_z = float(obs[self._slices["object_position"]][2])
         self._last_forces = (0.0, 0.0)
+        self._last_squeeze_n = math.inf
         self._start_attempt_force()
 
     def _read(self, obs: np.ndarray) -> None:

@@ -195,3 +195,16 @@ def test_controller_protocol_surface(env) -> None:
     assert controller.schedule().at_episode_end()
     assert controller.status()["adaptation_family"] == "classical_grip"
     assert copy.deepcopy(controller).get_state() == controller.get_state()
+
+
+def test_a_crush_reported_while_the_gripper_opens_keeps_the_bracket_positive(env) -> None:
+    controller = RampBisectionController(env.interface, start_n=1.0)
+    env.set_task(EASY)
+    obs, _ = env.reset(seed=0)
+    command = controller.act(obs)
+    assert command[3] < 0  # approaching with the gripper open
+    controller.observe(obs, command, -2.0, obs, True)
+    assert controller.attempts[-1].crushed
+    controller.adapt()
+    state = controller.get_state()
+    assert all(np.isfinite(v) and v > 0 for v in state.values()), state
