@@ -21,8 +21,9 @@ learn from its outcome (with adaptation off they never change their force betwee
 * :class:`ForceRampController` (within an attempt): the scripted approach and close with a gentle
   force, then a lift during which the force is multiplied by ``ratio`` (smaller than the narrowest
   force window of the suite, 1.4x) whenever the object slips, i.e. whenever the end effector has risen
-  more than the object since the last raise. If the pads lose the object it opens and grasps again
-  with the raised force.
+  more than the object since the last raise by more than a noise-scaled threshold. It stops lifting
+  once the object is 10 cm up. If the pads lose the object it opens and grasps again with the force
+  reached.
 * :class:`ForceBisectionController` (across attempts): a fixed force per attempt, bisected in log
   force on the attempt's outcome: up after a slip (the object was grasped but not lifted), down after
   a crush, kept after a lift.
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
