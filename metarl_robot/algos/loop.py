@@ -49,3 +49,28 @@ def run_training(algo: Any, config: Any, run_dir: Path, *, resume: bool, progres
         return algo.checkpoint_path
     finally:
         algo.close()
+
+
+def restore_checkpoint(algo: Any, method: str) -> dict[str, Any] | None:
+    """Resume ``algo`` from ``algo.checkpoint_path``: the policy's weights, the optimizer's state (where
+    ``algo.optimizer`` is not None and the checkpoint has one), the numpy and torch RNG states, the
+    iteration and the metrics. Returns the checkpoint's fields (for a method's own extras), or ``None``
+    when there is no checkpoint. A checkpoint of another method or env raises ``CheckpointError``."""
+    import torch
+
+    from metarl_robot.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint
+
+    if not checkpoint_exists(algo.checkpoint_path):
+        return None
+    policy, data = load_checkpoint(algo.checkpoint_path)
+    if data.get("method") != method or data["policy"]["obs_dim"] != algo.obs_dim:
+        raise CheckpointError(
+            f"{algo.checkpoint_path} was written by a different method or env; use a new --run-dir to start afresh"
+        )
+    algo.policy.load_state_dict(policy.state_dict())
+    if getattr(algo, "optimizer", None) is not None and data.get("optimizer"):
+        algo.optimizer.load_state_dict(data["optimizer"])
+    algo.rng.bit_generator.state = data["rng"]["numpy"]
+    torch.set_rng_state(data["rng"]["torch"])
+    algo.iteration, algo.metrics = int(data["iteration"]), dict(data.get("metrics", {}))
+    return data

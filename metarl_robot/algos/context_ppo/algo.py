@@ -18,8 +18,8 @@ import torch
 from metarl_robot.algos.common import DemonstratorLabels, build_task_distribution, open_sampler, resolve, run_dagger
 from metarl_robot.algos.context_ppo.config import TrainConfig
 from metarl_robot.algos.context_ppo.rollout import ContextTrials, encode_window, stack_windows, trial_windows
-from metarl_robot.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
-from metarl_robot.algos.loop import run_training
+from metarl_robot.checkpoint import save_checkpoint
+from metarl_robot.algos.loop import restore_checkpoint, run_training
 from metarl_robot.config import to_dict
 from metarl_robot.policies import ContextPolicy
 from metarl_robot.runtime.advantages import gae
@@ -85,19 +85,7 @@ class ContextPPO:
         )
 
     def restore(self) -> bool:
-        if not checkpoint_exists(self.checkpoint_path):
-            return False
-        policy, data = load_checkpoint(self.checkpoint_path)
-        if data.get("method") != METHOD or data["policy"]["obs_dim"] != self.obs_dim:
-            raise CheckpointError(
-                f"{self.checkpoint_path} was written by a different method or env; use a new --run-dir to start afresh"
-            )
-        self.policy.load_state_dict(policy.state_dict())
-        self.optimizer.load_state_dict(data["optimizer"])
-        self.rng.bit_generator.state = data["rng"]["numpy"]
-        torch.set_rng_state(data["rng"]["torch"])
-        self.iteration, self.metrics = int(data["iteration"]), dict(data.get("metrics", {}))
-        return True
+        return restore_checkpoint(self, METHOD) is not None
 
     # -- one iteration: act -> step -> store -> returns -> update
     def collect(self, trials, episodes: int) -> list[Episode]:

@@ -34,8 +34,8 @@ import torch
 from metarl_robot.algos.common import DemonstratorLabels, build_task_distribution, open_sampler, run_dagger
 from metarl_robot.algos.gradient.config import TrainConfig
 from metarl_robot.algos.gradient.rollout import GradientTrials
-from metarl_robot.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
-from metarl_robot.algos.loop import run_training
+from metarl_robot.checkpoint import save_checkpoint
+from metarl_robot.algos.loop import restore_checkpoint, run_training
 from metarl_robot.config import to_dict
 from metarl_robot.gradient_policy import GradientPolicy, flat_grad, gaussian_kl, gaussian_log_prob, masked_mean
 from metarl_robot.runtime.advantages import compute_advantages
@@ -141,18 +141,10 @@ class GradientMetaRL:
         )
 
     def restore(self) -> bool:
-        if not checkpoint_exists(self.checkpoint_path):
+        data = restore_checkpoint(self, self.config.method_name)
+        if data is None:
             return False
-        policy, data = load_checkpoint(self.checkpoint_path)
-        if data.get("method") != self.config.method_name or data["policy"]["obs_dim"] != self.obs_dim:
-            raise CheckpointError(f"{self.checkpoint_path} was written by a different method or env; use a new --run-dir")
-        self.policy.load_state_dict(policy.state_dict())
-        if self.optimizer is not None and data.get("optimizer"):
-            self.optimizer.load_state_dict(data["optimizer"])
         self.kl_coef = float(data.get("kl_coef", self.kl_coef))
-        self.rng.bit_generator.state = data["rng"]["numpy"]
-        torch.set_rng_state(data["rng"]["torch"])
-        self.iteration, self.metrics = int(data["iteration"]), dict(data.get("metrics", {}))
         return True
 
     # ------------------------------------------------------------------------------ sampling
