@@ -175,14 +175,18 @@ def rl2_rows(bundles: list[tuple[str | None, Path]], tasks_of: dict[str, list], 
         if setting and obs_dim != _obs_dim(setting):
             lines.append(f"RL² bundle {path}: skipped, observation size {obs_dim} but {setting} has {_obs_dim(setting)}")
             continue
+        trained_env = str(json.loads((path / "manifest.json").read_text())["provenance"].get("config", {}).get("env_id", ""))
         for name in wanted:
             spec = SETTINGS[name]
             if spec["kind"] == "bandit":
-                env = make_meta_env(
-                    "metarl/BernoulliBandit-v0", {"num_arms": NUM_ARMS, "num_pulls": spec["num_pulls"]}, unwrapped=True
-                )
+                env_id, env_kwargs = "sim:metarl/BernoulliBandit-v0", {"num_arms": NUM_ARMS, "num_pulls": spec["num_pulls"]}
             else:
-                env = make_meta_env("metarl/TabularMDP-v0", {"episodes_per_trial": spec["episodes"]}, unwrapped=True)
+                env_id, env_kwargs = "sim:metarl/TabularMDP-v0", {"episodes_per_trial": spec["episodes"]}
+            if trained_env.endswith("DiscreteScores-v0"):
+                # The bundle was trained through the adapter that pulls the arm of the highest score.
+                env = make_meta_env(trained_env, {"env_id": env_id, "env_kwargs": env_kwargs}, unwrapped=True)
+            else:
+                env = make_meta_env(env_id, env_kwargs, unwrapped=True)
             tasks = tasks_of[name][: args.rl2_trials]
             start = time.time()
             try:
