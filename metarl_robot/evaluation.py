@@ -66,7 +66,9 @@ def evaluate(
 
     Commands from the controller are in physical units; they are mapped back to the env's
     normalised action space with the interface's action scale. With ``adapt=False`` the controller
-    never adapts (the non-adaptive baseline of the same policy).
+    never adapts (the non-adaptive baseline of the same policy): ``adapt()`` is never called and, as on
+    the robot with adaptation switched off, ``set_learning(False)`` is, so a recurrent memory stays at
+    its prior and a gradient policy sends its mean action instead of exploring.
 
     Each task is one trial of :mod:`metarl_robot.sampling` (the rollout loop training uses too), run
     by ``sampler``: ``"serial"`` in this process on ``env`` itself, ``"subprocess"`` or ``"ray"`` on
@@ -161,6 +163,10 @@ class ControllerTrials:
             reset()
         if callable(getattr(self._active, "set_task", None)):
             self._active.set_task(task)
+        if not self.adapt and callable(getattr(self._active, "set_learning", None)):
+            # Frozen as on the robot with adaptation switched off: a family that adapts inside act()
+            # (a recurrent memory) stops adapting there too, and one that explores to adapt stops exploring.
+            self._active.set_learning(False)
         self._episodes_done, self._command = 0, None
 
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
