@@ -113,13 +113,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tasks = _eval_tasks(args, config, env)
     adaptation = loaded[0][3]
     per_round = args.episodes_per_round or int(adaptation.get("episodes_per_step", 1))
-    # Each task gets a controller of its own, made where the sampler runs it.
+    # In this process the loaded controller serves every task (evaluate resets it with the task's seed);
+    # workers each make their own from the source, seeded the same way, so every backend agrees.
     kind, sources = ("bundle", args.bundle) if args.bundle else ("checkpoint", args.checkpoint)
     runs = [
-        evaluate(functools.partial(_task_controller, args, source, kind), env, tasks, rounds=args.rounds,
-                 episodes_per_round=per_round, seed=args.seed, adapt=not args.no_adapt, sampler=args.sampler,
-                 num_workers=args.num_workers)
-        for source in sources
+        evaluate(controller if args.sampler == "serial" else functools.partial(_task_controller, args, source, kind),
+                 env, tasks, rounds=args.rounds, episodes_per_round=per_round, seed=args.seed,
+                 adapt=not args.no_adapt, sampler=args.sampler, num_workers=args.num_workers)
+        for source, (controller, _, _, _) in zip(sources, loaded)
     ]
     labels = [label for _, _, label, _ in loaded]
     results = runs[0] if len(runs) == 1 else combine(runs, labels)
