@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from metarl_robot.policies import RunningNormalizer
+from metarl_robot.policies import RunningNormalizer, action_scale_tensor
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -74,10 +74,7 @@ class GradientPolicy(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, action_scale, config: GradientPolicyConfig = GradientPolicyConfig()):
         super().__init__()
         self.obs_dim, self.act_dim, self.config = int(obs_dim), int(act_dim), config
-        scale = torch.as_tensor(action_scale, dtype=torch.float32).reshape(self.act_dim)
-        if not torch.all(scale > 0):
-            raise ValueError(f"action_scale must be positive for every action dimension, got {scale.tolist()}")
-        self.register_buffer("action_scale", scale)
+        self.register_buffer("action_scale", action_scale_tensor(action_scale, self.act_dim))
         self.obs_norm = RunningNormalizer(self.obs_dim)
         sizes = [self.obs_dim + config.context_dim, *config.hidden_sizes, self.act_dim]
         self.layer_shapes: list[tuple[tuple[int, int], tuple[int]]] = [

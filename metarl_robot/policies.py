@@ -28,6 +28,15 @@ class PolicyConfig:
     """Hidden activation: tanh or relu."""
 
 
+def action_scale_tensor(action_scale, act_dim: int) -> torch.Tensor:
+    """``action_scale`` as a float32 ``[act_dim]`` tensor; every entry must be positive (the graphs
+    divide by it and clip to +-it)."""
+    scale = torch.as_tensor(action_scale, dtype=torch.float32).reshape(int(act_dim))
+    if not torch.all(scale > 0):
+        raise ValueError(f"action_scale must be positive for every action dimension, got {scale.tolist()}")
+    return scale
+
+
 class RunningNormalizer(nn.Module):
     """Running mean/variance of observations, updated in training and frozen into exported graphs."""
 
@@ -89,10 +98,7 @@ class ContextPolicy(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, action_scale, config: PolicyConfig = PolicyConfig()):
         super().__init__()
         self.obs_dim, self.act_dim, self.config = obs_dim, act_dim, config
-        scale = torch.as_tensor(action_scale, dtype=torch.float32).reshape(act_dim)
-        if not torch.all(scale > 0):
-            raise ValueError(f"action_scale must be positive for every action dimension, got {scale.tolist()}")
-        self.register_buffer("action_scale", scale)
+        self.register_buffer("action_scale", action_scale_tensor(action_scale, act_dim))
         self.obs_norm = RunningNormalizer(obs_dim)
         h, c = list(config.hidden_sizes), config.context_dim
         transition_dim = 2 * obs_dim + act_dim + 1

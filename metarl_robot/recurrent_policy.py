@@ -23,7 +23,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from metarl_robot.policies import RunningNormalizer, mlp
+from metarl_robot.policies import RunningNormalizer, action_scale_tensor, mlp
 
 CELLS = ("gru", "lstm")
 REWARD_CLIP = 10.0
@@ -73,10 +73,7 @@ class RecurrentPolicy(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, action_scale, config: RecurrentPolicyConfig = RecurrentPolicyConfig()):
         super().__init__()
         self.obs_dim, self.act_dim, self.config = int(obs_dim), int(act_dim), config
-        scale = torch.as_tensor(action_scale, dtype=torch.float32).reshape(self.act_dim)
-        if not torch.all(scale > 0):
-            raise ValueError(f"action_scale must be positive for every action dimension, got {scale.tolist()}")
-        self.register_buffer("action_scale", scale)
+        self.register_buffer("action_scale", action_scale_tensor(action_scale, self.act_dim))
         self.obs_norm = RunningNormalizer(self.obs_dim)
         in_dim = self.obs_dim + self.act_dim + 2
         if config.embed_sizes:
