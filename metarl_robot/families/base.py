@@ -131,6 +131,14 @@ class Family:
         raise NotImplementedError
 
 
+def saturating_noise(rng: np.random.Generator, rows: int, act_dim: int) -> np.ndarray:
+    """Float32 exploration noise ``[rows, act_dim]`` of magnitude 1e3 or more with random signs: far past
+    the action clip, so a policy graph that samples ``mean + std * noise`` commands its bounds exactly
+    (for :meth:`Family.probe_feed`)."""
+    noise = rng.normal(0.0, 1.0, size=(rows, act_dim))
+    return (np.where(noise >= 0, 1e3, -1e3) * (1.0 + np.abs(noise))).astype(np.float32)
+
+
 class TorchControllerBase:
     """The parts of :class:`metarl_robot.runtime.Controller` every PyTorch twin of a runtime controller
     shares; a family's twin adds ``reset``/``act``/``observe``/``adapt`` (and ``state_names``)."""

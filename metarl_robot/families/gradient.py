@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from metarl_robot.families.base import BuiltGraphs, Family, Require, Shape
+from metarl_robot.families.base import BuiltGraphs, Family, Require, Shape, saturating_noise
 from metarl_robot.runtime.advantages import AdvantageConfig
 
 ADAPTED = ("policy_parameters", "context")
@@ -123,9 +123,8 @@ class GradientFamily(Family):
 
     def probe_feed(self, bundle, obs: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """The initial parameters with exploration noise large enough to saturate every action."""
-        noise = rng.normal(0.0, 1.0, size=(len(obs), int(bundle.action["dim"])))
-        noise = np.where(noise >= 0, 1e3, -1e3) * (1.0 + np.abs(noise))
-        return {"obs": obs.astype(np.float32), "params": self.initial_params(bundle), "noise": noise.astype(np.float32)}
+        noise = saturating_noise(rng, len(obs), int(bundle.action["dim"]))
+        return {"obs": obs.astype(np.float32), "params": self.initial_params(bundle), "noise": noise}
 
     # ------------------------------------------------------------------ PyTorch half
     def build_policy(self, spec: Mapping[str, Any]) -> Any:

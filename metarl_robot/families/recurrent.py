@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from metarl_robot.families.base import BuiltGraphs, Family, Require, Shape
+from metarl_robot.families.base import BuiltGraphs, Family, Require, Shape, saturating_noise
 
 CELLS = ("gru", "lstm")
 INITIAL_STATES = ("zeros",)
@@ -109,14 +109,13 @@ class RecurrentFamily(Family):
         """Random previous steps and states, with exploration noise large enough to saturate every action."""
         n, act = len(obs), int(bundle.action["dim"])
         scale = np.asarray(bundle.action["scale"], dtype=np.float64)
-        noise = rng.normal(0.0, 1.0, size=(n, act))
-        noise = np.where(noise >= 0, 1e3, -1e3) * (1.0 + np.abs(noise))
+        noise = saturating_noise(rng, n, act)
         return {
             "obs": obs.astype(np.float32),
             "prev_command": (rng.uniform(-1.5, 1.5, size=(n, act)) * scale).astype(np.float32),
             "prev_reward": rng.normal(0.0, 3.0, size=(n, 1)).astype(np.float32),
             "prev_done": (rng.random((n, 1)) < 0.2).astype(np.float32),
-            "noise": noise.astype(np.float32),
+            "noise": noise,
             "state_in": rng.uniform(-1.0, 1.0, size=(n, int(bundle.adaptation["state_size"]))).astype(np.float32),
         }
 
