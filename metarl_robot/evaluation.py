@@ -260,6 +260,38 @@ def format_summary(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+class ForgetBetweenAttempts:
+    """The ablation "memory within an attempt only": the controller ``factory(seed=...)`` makes, reset at
+    the end of every episode (attempt), so nothing one attempt taught reaches the next. For a recurrent
+    policy this zeroes the memory and the previous-step inputs between attempts; within an attempt it
+    acts as trained. ``adapt()`` does nothing (there is nothing carried to adapt)."""
+
+    def __init__(self, factory: Callable[..., Controller]) -> None:
+        self.factory = factory
+        self._inner: Any = None
+
+    def reset(self, seed: int | None = None) -> None:
+        self._inner = self.factory(seed=0 if seed is None else seed)
+        self._inner.reset()
+
+    def set_learning(self, enabled: bool) -> None:
+        self._inner.set_learning(enabled)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self._inner.act(obs)
+
+    def observe(self, obs, action, reward, next_obs, done) -> None:
+        self._inner.observe(obs, action, reward, next_obs, done)
+        if done:
+            self._inner.reset()
+
+    def adapt(self) -> None:
+        return None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"factory": self.factory, "_inner": None}
+
+
 class OracleController:
     """A controller that is told the task: acts with the env's task-aware demonstrator and never adapts.
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from metarl_robot.policies import RunningNormalizer, action_scale_tensor, mlp
+from metarl_robot.skills import make_skill
 
 CELLS = ("gru", "lstm")
 REWARD_CLIP = 10.0
@@ -50,6 +51,14 @@ class RecurrentPolicyConfig:
     """The previous reward is multiplied by this (then clipped to +-10) before the core reads it."""
     privileged_dim: int = 0
     """Privileged task parameters the critic reads in training (0: a symmetric critic). Never exported."""
+    skill: str = ""
+    """A motion skill the actor sits on (:mod:`metarl_robot.skills`, e.g. ``grasp_force``); empty: the
+    actor's action is the command."""
+    skill_layout: tuple = ()
+    """The observation layout the skill reads entries from, as ``[name, start, size]`` triples (filled
+    from the env's robot contract by the training algorithm)."""
+    skill_options: dict = dataclasses.field(default_factory=dict)
+    """Keyword arguments of the skill (e.g. ``min_force_n``)."""
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -60,6 +69,7 @@ class RecurrentPolicyConfig:
             raise ValueError(f"reward_scale must be positive, got {self.reward_scale}")
         if self.activation not in ("tanh", "relu"):
             raise ValueError(f"activation {self.activation!r} is not supported; use 'tanh' or 'relu'")
+        object.__setattr__(self, "skill_layout", tuple(tuple(x) for x in self.skill_layout))
 
 
 class RecurrentPolicy(nn.Module):
@@ -74,8 +84,15 @@ class RecurrentPolicy(nn.Module):
         super().__init__()
         self.obs_dim, self.act_dim, self.config = int(obs_dim), int(act_dim), config
         self.register_buffer("action_scale", action_scale_tensor(action_scale, self.act_dim))
+        if config.skill and not config.skill_layout:
+            raise ValueError(f"skill {config.skill!r} needs skill_layout, the observation layout it reads")
+        self.skill = make_skill(config.skill, config.skill_layout, self.action_scale, config.skill_options) if config.skill else None
+        learned = torch.zeros(self.act_dim)
+        learned[list(self.skill.learned) if self.skill is not None else slice(None)] = 1.0
+        # Which action dimensions are the policy's decisions (1) and which the skill ignores (0).
+        self.register_buffer("learned_mask", learned)
         self.obs_norm = RunningNormalizer(self.obs_dim)
-        in_dim = self.obs_dim + self.act_dim + 2
+        in_dim = self.obs_dim + self.act_dim + 2 + (self.skill.feature_dim if self.skill is not None else 0)
         if config.embed_sizes:
             act = {"tanh": nn.Tanh, "relu": nn.ReLU}[config.activation]
             self.embed: nn.Module = nn.Sequential(mlp([in_dim, *config.embed_sizes], config.activation), act())
@@ -87,6 +104,10 @@ class RecurrentPolicy(nn.Module):
         self.core = core(core_in, config.hidden_size, batch_first=True)
         self.actor = mlp([config.hidden_size, *config.head_sizes, self.act_dim], config.activation, out_gain=0.01)
         self.log_std = nn.Parameter(torch.full((self.act_dim,), float(config.init_log_std)))
+        if self.skill is not None:
+            with torch.no_grad():
+                for dim, value in self.skill.initial_mean.items():
+                    self.actor[-1].bias[dim] = value
         self.critic = mlp([config.hidden_size + config.privileged_dim, *config.critic_sizes, 1], config.activation)
         # Training-only statistics of the privileged parameters (an empty buffer without them).
         self.privileged_norm = RunningNormalizer(max(config.privileged_dim, 1))
@@ -131,7 +152,10 @@ class RecurrentPolicy(nn.Module):
         """The core's input from raw observations, normalised previous actions (``[-1, 1]``), previous
         rewards and done flags (``[..., 1]`` each)."""
         reward = torch.clamp(prev_reward * self.config.reward_scale, -REWARD_CLIP, REWARD_CLIP)
-        return self.embed(torch.cat([self.obs_norm(obs), prev_action, reward, prev_done], dim=-1))
+        parts = [self.obs_norm(obs), prev_action, reward, prev_done]
+        if self.skill is not None and self.skill.feature_dim:
+            parts.append(self.skill.features(obs))
+        return self.embed(torch.cat(parts, dim=-1))
 
     def unroll(self, obs, prev_action, prev_reward, prev_done, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the core over sequences ``[B, T, *]`` from ``state [B, S]``: ``(features [B, T, H], final state)``."""
@@ -139,8 +163,25 @@ class RecurrentPolicy(nn.Module):
         return features, self._pack(final)
 
     def normalised_action(self, command: torch.Tensor) -> torch.Tensor:
-        """A physical command as the normalised action the core reads: ``clip(command / scale, -1, 1)``."""
+        """A physical command as the normalised action the core reads: ``clip(command / scale, -1, 1)``,
+        or the skill's features of it (e.g. a log-scale grip force)."""
+        if self.skill is not None:
+            return self.skill.prev_features(command)
         return torch.clamp(command / self.action_scale.to(command.dtype), -1.0, 1.0)
+
+    def to_command(self, obs: torch.Tensor, action: torch.Tensor, prev_command: torch.Tensor) -> torch.Tensor:
+        """The physical command for a clipped action ``[-1, 1]``: ``action * scale``, or what the skill
+        makes of it on this observation after ``prev_command``."""
+        if self.skill is not None:
+            return self.skill(obs, action, prev_command)
+        return action * self.action_scale.to(action.dtype)
+
+    def log_prob(self, dist: torch.distributions.Normal, raw_action: torch.Tensor) -> torch.Tensor:
+        """Log-probability of the learned dimensions of ``raw_action`` (the ones the skill reads)."""
+        return (dist.log_prob(raw_action) * self.learned_mask.to(raw_action.dtype)).sum(-1)
+
+    def entropy(self, dist: torch.distributions.Normal) -> torch.Tensor:
+        return (dist.entropy() * self.learned_mask.to(dist.mean.dtype)).sum(-1)
 
     # ------------------------------------------------------------------------------ heads
     def distribution(self, features: torch.Tensor) -> torch.distributions.Normal:
@@ -170,4 +211,4 @@ class RecurrentPolicy(nn.Module):
         features, next_state = self.step(obs, prev_command, prev_reward, prev_done, state)
         mean = self.actor(features)
         action = mean + self.log_std.to(mean.dtype).exp() * noise
-        return torch.clamp(action, -1.0, 1.0) * self.action_scale.to(mean.dtype), next_state
+        return self.to_command(obs, torch.clamp(action, -1.0, 1.0), prev_command), next_state

@@ -103,17 +103,21 @@ def draw_objects(count: int, seed: int, num_test_tasks: int) -> list[int]:
     return sorted(int(i) for i in np.random.default_rng(seed).choice(num_test_tasks, size=count, replace=False))
 
 
-def fixed_force_baseline(task_indices: Sequence[int], episodes: int, seed: int) -> tuple[float, dict[int, list[bool]]]:
+SWEEP_TASKS = 32
+"""Train-split objects of the fixed-force sweep."""
+
+
+def fixed_force_baseline(task_indices: Sequence[int], episodes: int, seed: int, distribution: str = "suite") -> tuple[float, dict[int, list[bool]]]:
     """The best single grip force of a sweep on the train split of the sim robot's distribution, and its
     successes on each test object over ``episodes`` scripted episodes (placement seeds ``seed + k``)."""
-    from sim import default_grasp_distribution
+    from sim import default_grasp_distribution, grasp_distribution
     from sim.grasp import GraspEnv, run_scripted_episode
     from sim.grasp_bench import FIXED_FORCES_N, success_rate
 
-    distribution = default_grasp_distribution()
+    distribution = grasp_distribution(seed=0) if distribution == "suite" else default_grasp_distribution()
     env = GraspEnv()
     try:
-        train = list(distribution.train_tasks)[:16]
+        train = list(distribution.train_tasks)[:SWEEP_TASKS]
         force = max(FIXED_FORCES_N, key=lambda f: success_rate(env, train, f))
         outcomes = {}
         for index in task_indices:
@@ -161,7 +165,7 @@ def summarize(
         mean += f"{_rate(fixed_firsts):>13}{_rate(fixed_laters):>13}"
     lines.append(mean)
     if force_n is not None:
-        lines.append(f"(fixed: the scripted grasp at {force_n:g} N, the best force of a sweep on 16 train-split objects)")
+        lines.append(f"(fixed: the scripted grasp at {force_n:g} N, the best force of a sweep on {SWEEP_TASKS} train-split objects)")
     return "\n".join(lines)
 
 
@@ -211,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--episodes-per-object", type=int, default=6)
     parser.add_argument("--params", default=str(DEFAULT_PARAMS_FILE), help="ROS 2 parameter file")
     parser.add_argument("--objects", type=int, default=5, help="objects drawn at random from the test split")
+    parser.add_argument("--distribution", choices=("suite", "demo"), default="suite",
+                        help="whose test split: the grasp suite's 64 objects (default) or the demo's 16 spheres")
     parser.add_argument("--object-seed", type=int, default=None,
                         help="seed of the draw (default: a fresh one, printed so the run can be repeated)")
     parser.add_argument("--control-rate-hz", type=float, default=40.0,
@@ -224,20 +230,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)
-    from sim import default_grasp_distribution
+    from ros_nodes.sim_robot_node import test_split
 
     seed = secrets.randbelow(2**31) if args.object_seed is None else args.object_seed
     try:
-        objects = draw_objects(args.objects, seed, len(default_grasp_distribution().test_tasks))
+        objects = draw_objects(args.objects, seed, len(test_split(args.distribution)))
     except ValueError as err:
         parser.error(str(err))
     labels = [chr(ord("A") + i) if i < 26 else f"O{i}" for i in range(len(objects))]
-    print(f"[demo] object seed {seed}: test-split objects {objects} (repeat with --object-seed {seed})")
+    print(f"[demo] object seed {seed}: {args.distribution} test-split objects {objects} (repeat with --object-seed {seed})")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     overrides = {
         POLICY_NODE_NAME: {"control_rate_hz": float(args.control_rate_hz)},
-        SIM_ROBOT_NODE_NAME: {"step_mode": "lockstep", "task_index": objects[0]},
+        SIM_ROBOT_NODE_NAME: {"step_mode": "lockstep", "task_index": objects[0], "distribution": args.distribution},
     }
     start = time.monotonic()
     graph = NodeGraph(args.params, bundle_path=args.bundle, overrides=overrides, log_dir=out)
@@ -256,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
     print("[demo] the fixed-force baseline on the same objects (in-process, scripted grasp) ...")
-    force, baseline = fixed_force_baseline(objects, args.episodes_per_object, seed=0)
+    force, baseline = fixed_force_baseline(objects, args.episodes_per_object, seed=0, distribution=args.distribution)
     csv_path, png_path = out / "demo_episodes.csv", out / "demo.png"
     write_csv(run.rows, csv_path)
     plot(run.rows, png_path)

@@ -39,6 +39,18 @@ from metarl_robot.tasks import TaskError, TaskSpec, load_task_file
 from ros_nodes import SIM_ROBOT_NODE_NAME
 from ros_nodes._runner import run_node
 from sim import GRASP_VALIDATORS, ROBOTS, GraspScene, default_grasp_distribution
+from sim.grasp_task import EPISODE_STEPS, grasp_distribution
+
+DISTRIBUTIONS = ("demo", "suite")
+
+
+def test_split(distribution: str) -> list[TaskSpec]:
+    """The test split the sim robot serves without a task file: the suite's 64 objects or the demo's 16."""
+    if distribution == "suite":
+        return list(grasp_distribution(seed=0).test_tasks)
+    if distribution == "demo":
+        return list(default_grasp_distribution().test_tasks)
+    raise TaskError(f"parameter distribution={distribution!r} is not known; use one of {list(DISTRIBUTIONS)}")
 
 STEP_MODES = ("realtime", "lockstep")
 
@@ -81,7 +93,7 @@ class SimRobotNode(Node):
     def __init__(self, node_name: str = SIM_ROBOT_NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self._declare_parameters()
-        self._tasks = self._load_task_list(self.get_parameter("task_file").value)
+        self._tasks = self._load_task_list(self.get_parameter("task_file").value, self.get_parameter("distribution").value)
         task = self._select_task(
             self.get_parameter("task_index").value, self.get_parameter("task_yaml").value
         )
@@ -127,12 +139,15 @@ class SimRobotNode(Node):
             return ParameterDescriptor(description=text, read_only=read_only)
 
         self.declare_parameter("task_file", "", describe(
-            "YAML task file; empty: the test split of the default grasp distribution", read_only=True))
+            "YAML task file; empty: the test split of the distribution named by 'distribution'", read_only=True))
+        self.declare_parameter("distribution", "demo", describe(
+            "without a task_file, whose test split: 'suite' (the grasp suite, 64 objects) or 'demo' (16 spheres)",
+            read_only=True))
         self.declare_parameter("task_index", 0, describe(
             "index into the task list; a change swaps the object at the next episode reset"))
         self.declare_parameter("task_yaml", "", describe(
             "inline YAML of one task, overriding task_index when not empty"))
-        self.declare_parameter("episode_steps", 30, describe("control steps per episode, >= 1"))
+        self.declare_parameter("episode_steps", EPISODE_STEPS, describe("control steps per episode, >= 1 (the grasp suite's attempt: 60)"))
         self.declare_parameter("step_mode", "realtime", describe(
             "realtime: step at the control rate with the latest command; lockstep: one step per cmd_twist"))
         self.declare_parameter("seed", 0, describe("seed of the object placement noise", read_only=True))
@@ -142,10 +157,10 @@ class SimRobotNode(Node):
             "a cmd_twist older than this is replaced by zero velocity (the grip force is kept)"))
         self.declare_parameter("frame_id", "world", describe("frame of the published poses", read_only=True))
 
-    def _load_task_list(self, task_file: str) -> list[TaskSpec]:
+    def _load_task_list(self, task_file: str, distribution: str) -> list[TaskSpec]:
         if task_file:
             return load_task_file(Path(task_file).expanduser(), GRASP_VALIDATORS)
-        return list(default_grasp_distribution().test_tasks)
+        return test_split(distribution)
 
     def _select_task(self, task_index: int, task_yaml: str) -> TaskSpec:
         if task_yaml.strip():

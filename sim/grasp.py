@@ -16,6 +16,7 @@ import numpy as np
 
 from metarl_robot.tasks import TaskSpec
 from sim.grasp_task import (
+    EPISODE_STEPS,
     MAX_EE_SPEED_M_S,
     MAX_GRIP_FORCE_N,
     default_grasp_distribution,
@@ -42,7 +43,8 @@ OBSERVATION_HIGH = np.array([2.0] * 6 + [0.045] * 2 + [MAX_GRIP_FORCE_N] * 2, dt
 
 
 class GraspEnv(SceneEnv):
-    """Grasp a hidden-property object and lift it 8 cm, level, within ``max_episode_steps`` control steps at 10 Hz.
+    """Grasp a hidden-property object and lift it 8 cm, level, within ``max_episode_steps`` control steps at 10 Hz
+    (default :data:`sim.grasp_task.EPISODE_STEPS`, 60).
 
     Episodes never terminate early (``terminated`` is always False) so vectorised episodes stay in
     lock-step; they are truncated after ``max_episode_steps``. ``info["success"]`` at the last step is
@@ -55,7 +57,7 @@ class GraspEnv(SceneEnv):
         self,
         task: TaskSpec | None = None,
         *,
-        max_episode_steps: int = 30,
+        max_episode_steps: int = EPISODE_STEPS,
         render_mode: str | None = None,
         obs_noise_std: float = 0.0,
         robot: str = DEFAULT_ROBOT,

@@ -42,6 +42,11 @@ MAX_OBJECT_LENGTH_M = 0.16
 """Longest box or capsule (along x)."""
 MAX_CYLINDER_HEIGHT_M = 0.09
 """Tallest cylinder: the open gripper starts 14 cm above the table."""
+EPISODE_STEPS = 60
+"""Control steps of one grasp attempt at 10 Hz (6 s). Doubled from 30 so that feedback within an attempt
+fits: the pads first press around step 14, and a grip-force loop then needs room for about fourteen
+raises below the narrowest force window (1.35x each) to span the suite's ~110x range of holding
+forces while lifting (docs/grasp_env.md, "Episode length")."""
 MAX_TILT_RAD = math.radians(20.0)
 """A lifted object must stay this close to level to count as a success."""
 NUM_RANDOM_URDFS = 1000

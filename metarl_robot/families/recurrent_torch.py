@@ -84,6 +84,10 @@ def adaptation_section(
     }
     if "episodes_per_trial" in adaptation:
         section["episodes_per_trial"] = int(adaptation["episodes_per_trial"])
+    if policy.skill is not None:
+        # The command is computed by a motion skill inside the graph (metarl_robot.skills), from the
+        # observation and the dimensions the policy learned; the others are not the policy's decisions.
+        section["skill"] = {"name": policy.skill.name, "learned_dims": [int(d) for d in policy.skill.learned]}
     return section
 
 

@@ -24,12 +24,19 @@ import torch
 from metarl_robot.algos.common import build_task_distribution, open_sampler
 from metarl_robot.algos.loop import restore_checkpoint, run_training
 from metarl_robot.algos.rl2.config import TrainConfig
+from metarl_robot.algos.rl2.teacher import TeacherTrials, clone, imitation_loss, teacher_tensors
 from metarl_robot.algos.rl2.rollout import RL2Trials, TrialBatch, privileged_keys, privileged_vector, trial_batch
 from metarl_robot.checkpoint import save_checkpoint
 from metarl_robot.config import to_dict
 from metarl_robot.recurrent_policy import RecurrentPolicy
 from metarl_robot.runtime.advantages import gae
 from metarl_robot.sampling import make_requests
+from metarl_robot.skills import layout_slices
+
+
+def skill_layout(layout) -> tuple:
+    """The env's observation layout as the ``[name, start, size]`` triples a policy config stores."""
+    return tuple((name, start, size) for name, (start, size) in layout_slices(layout).items())
 
 METHOD = "rl2"
 
@@ -49,10 +56,17 @@ class RL2:
         self.interface, self.obs_dim, self.act_dim = env.interface, env.obs_dim, env.act_dim
         self.privileged_keys = privileged_keys(self.tasks.train_tasks[0]) if config.asymmetric_critic else ()
         policy_config = dataclasses.replace(config.policy, privileged_dim=len(self.privileged_keys))
+        if policy_config.skill and not policy_config.skill_layout:
+            layout = skill_layout(self.interface["observation_layout"])
+            policy_config = dataclasses.replace(policy_config, skill_layout=layout)
         self.policy = RecurrentPolicy(self.obs_dim, self.act_dim, self.interface["action"]["scale"], policy_config)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.ppo.lr, eps=1e-5)
         self.iteration = 0
         self.metrics: dict[str, float] = {}
+        self._teacher = None  # the warm start's teacher trials, for the imitation term of PPO
+        self._teacher_batch = None
+        self._imitation_start = 0
+        self.critic_warmup_until = 0
 
     # -- checkpoints
     @property
@@ -82,7 +96,31 @@ class RL2:
         return restore_checkpoint(self, METHOD) is not None
 
     def warm_start(self) -> dict[str, float]:
-        raise NotImplementedError("rl2 has no warm start")  # TrainConfig refuses warm_start.rounds > 0
+        """Clone ``warm_start.rounds`` batches of trials of a teacher that is never told the task."""
+        cfg = self.config
+        batches = []
+        for _ in range(cfg.warm_start.rounds):
+            tasks = self.tasks.sample(cfg.trials_per_iteration, self.rng, "train")
+            requests = make_requests(tasks, seed=int(self.rng.integers(2**31)), episodes=cfg.episodes_per_trial)
+            trials = TeacherTrials(cfg.warm_start.teacher, cfg.warm_start.teacher_kwargs, self.interface)
+            batches.extend(self.sampler.sample(trials, requests))
+        for k, episode in enumerate(batches):  # one batch of trials: request indices must be unique
+            episode.request_index = k // cfg.episodes_per_trial
+        batch = trial_batch(batches, cfg.episodes_per_trial)
+        metrics = {**clone(self, batch), **{f"warm_start/{k}": v for k, v in self.trial_metrics(batch).items()}}
+        self._teacher, self._teacher_batch = teacher_tensors(self, batch), batch
+        self._imitation_start = self.iteration
+        self.critic_warmup_until = self.iteration + cfg.ppo.critic_warmup_iterations
+        return metrics
+
+    def _imitation_weight(self) -> float:
+        ppo = self.config.ppo
+        if self._teacher is None or ppo.imitation_coef <= 0:
+            return 0.0
+        if not ppo.imitation_decay_iterations:
+            return ppo.imitation_coef
+        done = (self.iteration - self.critic_warmup_until) / ppo.imitation_decay_iterations
+        return ppo.imitation_coef * max(0.0, 1.0 - done)
 
     # -- one iteration: collect trials -> advantages over whole trials -> PPO with BPTT
     def collect(self) -> TrialBatch:
@@ -119,9 +157,10 @@ class RL2:
         p = self.policy
         features, _ = p.unroll(t["obs"][rows, span], t["prev_actions"][rows, span], t["prev_rewards"][rows, span], t["prev_dones"][rows, span], start)
         dist = p.distribution(features)
-        logp = dist.log_prob(t["raw_actions"][rows, span]).sum(-1)
+        logp = p.log_prob(dist, t["raw_actions"][rows, span])
         privileged = t["privileged"][rows].unsqueeze(1).expand(-1, features.shape[1], -1) if self.privileged_keys else None
-        return logp, dist.entropy().sum(-1), p.value(features, privileged)
+        critic_in = features if self.config.ppo.value_through_core else features.detach()
+        return logp, p.entropy(dist), p.value(critic_in, privileged)
 
     def update(self, batch: TrialBatch) -> dict[str, float]:
         cfg = self.config.ppo
@@ -134,7 +173,7 @@ class RL2:
             old_logp = torch.cat([o[0] for o in old], dim=1)
             values = torch.cat([o[2] for o in old], dim=1)
         valid = t["valid"]
-        adv_np = gae(batch.rewards, values.numpy(), batch.valid, cfg.gamma, cfg.gae_lambda)
+        adv_np = gae(batch.rewards * cfg.reward_scale, values.numpy(), batch.valid, cfg.gamma, cfg.gae_lambda)
         ret = torch.as_tensor(adv_np, dtype=torch.float32) + values
         adv = torch.as_tensor(adv_np, dtype=torch.float32)
         mask = valid > 0
@@ -142,6 +181,8 @@ class RL2:
 
         units = [(k, i) for k in range(len(spans)) for i in range(n)]  # (chunk, trial)
         stats: dict[str, list[float]] = {"loss/policy": [], "loss/value": [], "loss/entropy": [], "loss/approx_kl": []}
+        if self.iteration < self.critic_warmup_until:
+            cfg = dataclasses.replace(cfg, target_kl=float("inf"))
         for _ in range(cfg.epochs):
             kl_epoch = []
             order = torch.randperm(len(units))
@@ -166,7 +207,11 @@ class RL2:
                     denom = denom + m.sum()
                 denom = denom.clamp(min=1.0)
                 policy_loss, value_loss, entropy, approx_kl = (x / denom for x in (policy_loss, value_loss, entropy, approx_kl))
-                loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
+                actor_on = self.iteration >= self.critic_warmup_until
+                loss = (policy_loss - cfg.entropy_coef * entropy if actor_on else 0.0) + cfg.value_coef * value_loss
+                imitation = self._imitation_weight() if actor_on else 0.0
+                if imitation > 0:
+                    loss = loss + imitation * imitation_loss(self, self._teacher, len(part))
                 self.optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
@@ -201,6 +246,7 @@ class RL2:
     def train_iteration(self) -> dict[str, float]:
         batch = self.collect()
         losses = self.update(batch)
+        losses["loss/imitation_weight"] = self._imitation_weight() if self.iteration >= self.critic_warmup_until else 0.0
         self.iteration += 1
         return {**self.trial_metrics(batch), **losses}
 

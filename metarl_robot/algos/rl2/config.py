@@ -9,10 +9,10 @@ from typing import Any, Literal
 from metarl_robot.algos.common.collection import check_num_workers, resolve_sampler
 from metarl_robot.algos.common.ppo import PPOConfig
 from metarl_robot.algos.common.tasks import TasksConfig
-from metarl_robot.algos.common.warm_start import WarmStartConfig
+from metarl_robot.algos.rl2.teacher import TeacherWarmStartConfig
 from metarl_robot.recurrent_policy import RecurrentPolicyConfig
 
-__all__ = ["AdaptationConfig", "RL2PPOConfig", "TasksConfig", "TrainConfig", "WarmStartConfig"]
+__all__ = ["AdaptationConfig", "RL2PPOConfig", "TasksConfig", "TeacherWarmStartConfig", "TrainConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,9 +34,23 @@ class RL2PPOConfig(PPOConfig):
     bptt_steps: int = 0
     """Truncated BPTT: gradients flow back this many steps, from the state the trial had reached
     (recomputed before the update); 0 = back through the whole trial."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this for the critic and the advantages (returns of order one keep the
+    value loss from swamping the policy gradient under the shared gradient clip)."""
+    value_through_core: bool = True
+    """False: the value loss trains only the value head, not the recurrent core the actor reads."""
+    critic_warmup_iterations: int = 0
+    """The first iterations (after a warm start) update only the critic, so the first policy updates
+    start from advantages of a fitted critic."""
+    imitation_coef: float = 0.0
+    """Weight of the teacher-imitation loss (on the warm start's trials) kept in every PPO update."""
+    imitation_decay_iterations: int = 0
+    """The imitation weight falls linearly to zero over this many iterations (0: it stays)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.reward_scale > 0 or self.critic_warmup_iterations < 0 or self.imitation_coef < 0 or self.imitation_decay_iterations < 0:
+            raise ValueError("reward_scale must be > 0; critic_warmup_iterations, imitation_coef and imitation_decay_iterations >= 0")
         if self.minibatches < 1 or self.bptt_steps < 0:
             raise ValueError("minibatches must be >= 1 and bptt_steps >= 0")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
@@ -88,14 +102,12 @@ class TrainConfig:
     policy: RecurrentPolicyConfig = RecurrentPolicyConfig()
     ppo: RL2PPOConfig = RL2PPOConfig()
     adaptation: AdaptationConfig = AdaptationConfig()
-    warm_start: WarmStartConfig = WarmStartConfig()
-    """Not supported for RL² (``rounds`` must stay 0); present because the shared training loop reads it."""
+    warm_start: TeacherWarmStartConfig = TeacherWarmStartConfig()
+    """Clone a teacher controller that is never told the task before PPO (:mod:`.teacher`)."""
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.trials_per_iteration < 1 or self.episodes_per_trial < 1:
             raise ValueError("iterations must be >= 0, trials_per_iteration and episodes_per_trial >= 1")
-        if self.warm_start.rounds:
-            raise ValueError("warm_start is not supported by rl2; leave warm_start.rounds at 0")
         if self.policy.privileged_dim:
             raise ValueError("policy.privileged_dim is set from the tasks; use asymmetric_critic: true instead")
         check_num_workers(self.num_workers)

@@ -52,8 +52,9 @@ class RL2Trials(BasePolicy):
                 raw = dist.mean + dist.stddev * noise
             else:
                 raw = dist.mean
-            action = torch.clamp(raw, -1.0, 1.0)
-            self._command = action * p.action_scale
+            self._command = p.to_command(obs_t, torch.clamp(raw, -1.0, 1.0), self._prev_command)
+            # What the env executes: the command in its normalised units (the skill's command, if any).
+            action = self._command / p.action_scale
         return action[0].numpy(), {"raw_action": raw[0].numpy()}
 
     def observe(self, obs: Any, action: Any, reward: float, next_obs: Any, done: bool) -> None:

@@ -1,0 +1,157 @@
+"""Warm start of RL² from a teacher that knows no more than the learner.
+
+A policy trained to imitate a demonstrator that is told the task (an object's mass and fragility)
+learns to act as if it knew them, and so never learns to find out. The teacher here is a controller
+of the runtime :class:`~metarl_robot.runtime.Controller` protocol that is **never told the task**: it
+reads the same observations and rewards the learner reads, carries its own memory across the attempts
+of a trial and adapts between them (e.g. the classical grip-force feedback controllers of
+``sim.grasp_baselines``). Its trials are cloned into the recurrent policy (teacher forcing over whole
+trials, the previous command, reward and done flag fed back as the robot does), the critic is fitted
+to the trials' discounted returns, and PPO then improves on the teacher from its own experience.
+
+Policies on a skill (:mod:`metarl_robot.skills`) learn the skill's action that reproduces the teacher's
+command (:meth:`~metarl_robot.skills.GraspForceSkill.imitation_labels`); plain policies learn the
+teacher's command divided by the action scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from metarl_robot.algos.common.tasks import resolve
+from metarl_robot.runtime.advantages import gae
+from metarl_robot.sampling import BasePolicy
+from metarl_robot.tasks import TaskSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherWarmStartConfig:
+    teacher: str = ""
+    """``module:Class`` of a Controller-protocol teacher, built as ``Class(interface, **teacher_kwargs)``;
+    it is never told the task. Empty: no warm start."""
+    teacher_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    rounds: int = 0
+    """Batches of teacher trials (``trials_per_iteration`` each) to clone before PPO; 0 = no warm start."""
+    epochs: int = 200
+    """Passes over the teacher's trials."""
+    lr: float = 2e-3
+    minibatches: int = 4
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0 or self.epochs < 0 or self.minibatches < 1 or not self.lr > 0:
+            raise ValueError("warm_start: rounds and epochs must be >= 0, minibatches >= 1 and lr > 0")
+        if self.rounds and not self.teacher:
+            raise ValueError("warm_start.rounds > 0 needs warm_start.teacher ('module:Class' of a controller)")
+
+
+class TeacherTrials(BasePolicy):
+    """A trial run by the teacher controller (see the module docstring). The env action is the teacher's
+    command divided by the action scale; ``adapt()`` is called after every episode but the last, as in
+    the meta-test protocol. The extra ``raw_action`` is that same normalised command (the labels are
+    derived from the whole trial afterwards)."""
+
+    def __init__(self, teacher: str, teacher_kwargs: Mapping[str, Any], interface: Mapping[str, Any]) -> None:
+        self.teacher, self.teacher_kwargs, self.interface = teacher, dict(teacher_kwargs), interface
+        self.scale = np.asarray(interface["action"]["scale"], dtype=np.float32)
+        self._controller: Any = None
+
+    def reset(self, task: TaskSpec, rng: np.random.Generator, options: Mapping[str, Any]) -> None:
+        super().reset(task, rng, options)
+        self._controller = resolve(self.teacher)(self.interface, **self.teacher_kwargs)
+        reset = self._controller.reset
+        reset(seed=int(rng.integers(2**31))) if "seed" in inspect.signature(reset).parameters else reset()
+        self._command = None
+
+    def act(self, obs: Any) -> tuple[np.ndarray, Mapping[str, np.ndarray]]:
+        self._command = np.asarray(self._controller.act(obs), dtype=np.float32)
+        action = self._command / self.scale
+        return action, {"raw_action": action.copy()}
+
+    def observe(self, obs: Any, action: Any, reward: float, next_obs: Any, done: bool) -> None:
+        self._controller.observe(obs, self._command, reward, next_obs, done)
+
+    def end_episode(self) -> None:
+        self._controller.adapt()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_controller": None, "_command": None}
+
+
+def imitation_targets(policy, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labels [N, L, A], weights [N, L, A])`` for the teacher trials in ``batch`` (a TrialBatch whose
+    ``actions`` are the teacher's normalised commands)."""
+    commands = torch.as_tensor(batch.actions) * policy.action_scale
+    labels = torch.zeros_like(commands)
+    weights = torch.zeros_like(commands)
+    for i in range(batch.num_trials):
+        for j in np.unique(batch.episode[i][batch.episode[i] >= 0]):
+            steps = torch.as_tensor(np.flatnonzero(batch.episode[i] == j))
+            if policy.skill is not None:
+                lab, w = policy.skill.imitation_labels(torch.as_tensor(batch.obs[i, steps]), commands[i, steps])
+            else:
+                lab = torch.clamp(commands[i, steps] / policy.action_scale, -1, 1)
+                w = torch.ones_like(lab)
+            labels[i, steps], weights[i, steps] = lab, w
+    return labels, weights
+
+
+def teacher_tensors(algo, batch) -> dict[str, torch.Tensor]:
+    """The teacher trials as the update reads them, with their imitation targets."""
+    t = algo._tensors(batch)
+    labels, weights = imitation_targets(algo.policy, batch)
+    t["labels"], t["weights"] = labels, weights * t["valid"].unsqueeze(-1)
+    return t
+
+
+def imitation_loss(algo, t: Mapping[str, torch.Tensor], rows: int) -> torch.Tensor:
+    """Weighted squared error of the actor's mean against the teacher's actions on ``rows`` random
+    teacher trials (teacher forcing from the zero state)."""
+    policy = algo.policy
+    pick = torch.randperm(t["obs"].shape[0])[: max(1, rows)]
+    features, _ = policy.unroll(t["obs"][pick], t["prev_actions"][pick], t["prev_rewards"][pick], t["prev_dones"][pick],
+                                policy.initial_state(len(pick)))
+    w = t["weights"][pick]
+    return (((policy.actor(features) - t["labels"][pick]) ** 2) * w).sum() / w.sum().clamp(min=1.0)
+
+
+def clone(algo, batch) -> dict[str, float]:
+    """Fit the actor's mean to the teacher's actions and the critic to the trials' discounted returns
+    (teacher forcing over whole trials); returns the final losses."""
+    cfg = algo.config.warm_start
+    policy = algo.policy
+    policy.obs_norm.update(torch.as_tensor(batch.obs)[torch.as_tensor(batch.valid) > 0])
+    t = algo._tensors(batch)
+    if algo.privileged_keys:
+        policy.privileged_norm.update(t["privileged"])
+    labels, weights = imitation_targets(policy, batch)
+    weights = weights * t["valid"].unsqueeze(-1)
+    ppo = algo.config.ppo
+    rewards = batch.rewards * ppo.reward_scale
+    returns = torch.as_tensor(gae(rewards, np.zeros_like(rewards), batch.valid, ppo.gamma, 1.0), dtype=torch.float32)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    n = batch.num_trials
+    out = {}
+    for _ in range(cfg.epochs):
+        for rows in torch.randperm(n).chunk(cfg.minibatches):
+            features, _ = policy.unroll(t["obs"][rows], t["prev_actions"][rows], t["prev_rewards"][rows], t["prev_dones"][rows],
+                                        policy.initial_state(len(rows)))
+            mean = policy.actor(features)
+            w = weights[rows]
+            bc = (((mean - labels[rows]) ** 2) * w).sum() / w.sum().clamp(min=1.0)
+            privileged = t["privileged"][rows].unsqueeze(1).expand(-1, features.shape[1], -1) if algo.privileged_keys else None
+            value = policy.value(features if ppo.value_through_core else features.detach(), privileged)
+            m = t["valid"][rows]
+            value_loss = (((value - returns[rows]) ** 2) * m).sum() / m.sum().clamp(min=1.0)
+            loss = bc + ppo.value_coef * value_loss
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), ppo.max_grad_norm)
+            optimizer.step()
+            out = {"warm_start/imitation_loss": float(bc.detach()), "warm_start/value_loss": float(value_loss.detach())}
+    return out
