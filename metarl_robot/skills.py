@@ -174,10 +174,14 @@ class GraspForceSkill(Skill):
         return torch.cat([velocity, grip], dim=-1)
 
 
-    def imitation_labels(self, obs: torch.Tensor, commands: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def imitation_labels(self, obs: torch.Tensor, commands: torch.Tensor, prev_commands: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """Actions that make this skill send what a teacher sent, and where they are defined.
 
-        ``obs [T, D]`` and the teacher's physical ``commands [T, 4]`` of one episode, in order. Returns
+        ``obs [T, D]`` and the teacher's physical ``commands [T, 4]`` of one stretch of steps, in order;
+        ``prev_commands [T, 4]`` what was actually sent the step before each (default: the teacher's own
+        commands shifted by one, zero first; when the learner acts and the teacher only labels, the
+        learner's). Returns
         ``(labels [T, 4], weights [T, 4])``: the grip dimension is the starting force (log scale) where
         the previous command opened the gripper (during the approach: the force of the teacher's next
         squeeze in the episode) and the force ratio to the previous command otherwise (clipped to one
@@ -189,7 +193,10 @@ class GraspForceSkill(Skill):
         commands = commands.to(torch.float64)
         force = commands[:, 3]
         steps = len(force)
-        prev = torch.cat([torch.zeros(1, dtype=force.dtype), force[:-1]])
+        if prev_commands is None:
+            prev = torch.cat([torch.zeros(1, dtype=force.dtype), force[:-1]])
+        else:
+            prev = prev_commands.to(torch.float64)[:, 3]
         # The force of the next squeeze, for the steps whose grip decision is a starting force.
         upcoming = torch.full_like(force, float("nan"))
         nxt = float("nan")

@@ -51,7 +51,9 @@ def test_config_file_loads_and_train_finds_the_method() -> None:
     "override, message",
     [
         ("policy.cell=rnn", "cell 'rnn' is not supported"),
-        ("warm_start={rounds: 2, demonstrator: \"sim.bandits:bandit_oracle\"}", "warm_start is not supported"),
+        # RL² warm-starts only from a teacher that is never told the task, not from a task-aware demonstrator.
+        ("warm_start={rounds: 2, demonstrator: \"sim.bandits:bandit_oracle\"}", "unknown config key warm_start.'demonstrator'"),
+        ("warm_start.rounds=2", "needs warm_start.teacher"),
         ("policy.privileged_dim=3", "asymmetric_critic"),
         ("ppo.bptt_steps=-1", "bptt_steps >= 0"),
         ("adaptation.cadence=episode", "not one of"),

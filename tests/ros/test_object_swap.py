@@ -60,7 +60,9 @@ def run_swap(bundle, log_dir, adapt_on_b: bool) -> tuple[list[dict], int, dict]:
     """Episodes on A, then B mid-run; returns the episodes, adaptation steps taken on B, last diagnostics."""
     overrides = {
         POLICY_NODE_NAME: {"control_rate_hz": 60.0},
-        SIM_ROBOT_NODE_NAME: {"step_mode": "lockstep", "task_index": OBJECT_A, "seed": SEED},
+        # The context policy was trained on the demo distribution's spheres with 30-step attempts.
+        SIM_ROBOT_NODE_NAME: {"step_mode": "lockstep", "task_index": OBJECT_A, "seed": SEED, "distribution": "demo",
+                              "episode_steps": 30},
     }
     with NodeGraph(DEFAULT_PARAMS_FILE, bundle_path=bundle, overrides=overrides, log_dir=log_dir) as graph:
         results = graph.collect(String, f"/{SIM_ROBOT_NODE_NAME}/episode_result")

@@ -24,7 +24,7 @@ import torch
 from metarl_robot.algos.common import build_task_distribution, open_sampler
 from metarl_robot.algos.loop import restore_checkpoint, run_training
 from metarl_robot.algos.rl2.config import TrainConfig
-from metarl_robot.algos.rl2.teacher import TeacherTrials, clone, imitation_loss, teacher_tensors
+from metarl_robot.algos.rl2.teacher import DaggerTrials, TeacherTrials, clone, imitation_loss, teacher_tensors
 from metarl_robot.algos.rl2.rollout import RL2Trials, TrialBatch, privileged_keys, privileged_vector, trial_batch
 from metarl_robot.checkpoint import save_checkpoint
 from metarl_robot.config import to_dict
@@ -96,22 +96,35 @@ class RL2:
         return restore_checkpoint(self, METHOD) is not None
 
     def warm_start(self) -> dict[str, float]:
-        """Clone ``warm_start.rounds`` batches of trials of a teacher that is never told the task."""
+        """Clone ``warm_start.rounds`` batches of trials of a teacher that is never told the task, then
+        ``warm_start.dagger_iterations`` DAgger rounds in which the learner acts and the teacher labels."""
         cfg = self.config
-        batches = []
-        for _ in range(cfg.warm_start.rounds):
-            tasks = self.tasks.sample(cfg.trials_per_iteration, self.rng, "train")
-            requests = make_requests(tasks, seed=int(self.rng.integers(2**31)), episodes=cfg.episodes_per_trial)
-            trials = TeacherTrials(cfg.warm_start.teacher, cfg.warm_start.teacher_kwargs, self.interface)
-            batches.extend(self.sampler.sample(trials, requests))
-        for k, episode in enumerate(batches):  # one batch of trials: request indices must be unique
-            episode.request_index = k // cfg.episodes_per_trial
-        batch = trial_batch(batches, cfg.episodes_per_trial)
+        ws = cfg.warm_start
+        episodes = self._collect_rounds(ws.rounds, lambda: TeacherTrials(ws.teacher, ws.teacher_kwargs, self.interface))
+        batch = trial_batch(episodes, cfg.episodes_per_trial)
         metrics = {**clone(self, batch), **{f"warm_start/{k}": v for k, v in self.trial_metrics(batch).items()}}
+        for k in range(ws.dagger_iterations):
+            learner = RL2Trials(self.policy)
+            more = self._collect_rounds(ws.dagger_rounds, lambda: DaggerTrials(ws.teacher, ws.teacher_kwargs, self.interface, learner))
+            own = trial_batch(more, cfg.episodes_per_trial)
+            metrics.update({f"warm_start/dagger_{k}/{key}": v for key, v in self.trial_metrics(own).items()})
+            episodes = episodes + more
+            batch = trial_batch(_renumbered(episodes, cfg.episodes_per_trial), cfg.episodes_per_trial)
+            metrics.update(clone(self, batch, epochs=ws.dagger_epochs, update_normalizers=False))
         self._teacher, self._teacher_batch = teacher_tensors(self, batch), batch
         self._imitation_start = self.iteration
         self.critic_warmup_until = self.iteration + cfg.ppo.critic_warmup_iterations
         return metrics
+
+    def _collect_rounds(self, rounds: int, make_trials) -> list:
+        """``rounds`` batches of ``trials_per_iteration`` train tasks, one trial each, numbered as one batch."""
+        cfg = self.config
+        episodes = []
+        for _ in range(rounds):
+            tasks = self.tasks.sample(cfg.trials_per_iteration, self.rng, "train")
+            requests = make_requests(tasks, seed=int(self.rng.integers(2**31)), episodes=cfg.episodes_per_trial)
+            episodes.extend(self.sampler.sample(make_trials(), requests))
+        return _renumbered(episodes, cfg.episodes_per_trial)
 
     def _imitation_weight(self) -> float:
         ppo = self.config.ppo
@@ -257,6 +270,13 @@ class RL2:
 
     def close(self) -> None:
         self.sampler.close()
+
+
+def _renumbered(episodes: list, episodes_per_trial: int) -> list:
+    """Episodes of several sampler batches (each in request order) renumbered as one batch of trials."""
+    for k, episode in enumerate(episodes):
+        episode.request_index = k // episodes_per_trial
+    return episodes
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:

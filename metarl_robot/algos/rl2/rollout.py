@@ -104,6 +104,8 @@ class TrialBatch:
     episode_returns: np.ndarray
     """Return ``[N, E]`` of each episode of each trial."""
     tasks: list[TaskSpec]
+    extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """Per-step extras the trial policy returned besides ``raw_action`` (e.g. a teacher's command), ``[N, L, *]``."""
 
     @property
     def num_trials(self) -> int:
@@ -132,6 +134,8 @@ def trial_batch(episodes: Sequence[Episode], episodes_per_trial: int) -> TrialBa
         "prev_dones": np.zeros((n, length, 1), np.float32),
         "episode": np.full((n, length), -1, np.int64),
     }
+    extra_keys = [k for k in first.extras if k != "raw_action"]
+    extras = {k: np.zeros((n, length, *np.asarray(first.extras[k]).shape[1:]), np.float32) for k in extra_keys}
     success = np.zeros((n, episodes_per_trial), np.float32)
     returns = np.zeros((n, episodes_per_trial), np.float32)
     for i, group in enumerate(groups):
@@ -142,6 +146,8 @@ def trial_batch(episodes: Sequence[Episode], episodes_per_trial: int) -> TrialBa
             out["obs"][i, t : t + k] = np.asarray(episode.obs, np.float32).reshape(k, obs_dim)
             out["actions"][i, t : t + k] = actions
             out["raw_actions"][i, t : t + k] = episode.extras["raw_action"].reshape(k, act_dim)
+            for key in extra_keys:
+                extras[key][i, t : t + k] = episode.extras[key]
             out["rewards"][i, t : t + k] = episode.rewards
             out["valid"][i, t : t + k] = 1.0
             out["episode"][i, t : t + k] = j
@@ -154,4 +160,4 @@ def trial_batch(episodes: Sequence[Episode], episodes_per_trial: int) -> TrialBa
             success[i, j] = float(episode.succeeded)
             returns[i, j] = episode.total_reward
             t += k
-    return TrialBatch(**out, success=success, episode_returns=returns, tasks=[g[0].task for g in groups])
+    return TrialBatch(**out, success=success, episode_returns=returns, tasks=[g[0].task for g in groups], extras=extras)

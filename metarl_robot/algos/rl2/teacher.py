@@ -40,11 +40,19 @@ class TeacherWarmStartConfig:
     """Batches of teacher trials (``trials_per_iteration`` each) to clone before PPO; 0 = no warm start."""
     epochs: int = 200
     """Passes over the teacher's trials."""
+    dagger_iterations: int = 0
+    """DAgger rounds after the first cloning: the learner acts, the teacher (following along, never
+    told the task) labels every step, and the learner is refitted on everything gathered so far."""
+    dagger_rounds: int = 4
+    """Batches of learner trials per DAgger round."""
+    dagger_epochs: int = 50
+    """Passes over the gathered trials after each DAgger round."""
     lr: float = 2e-3
     minibatches: int = 4
 
     def __post_init__(self) -> None:
-        if self.rounds < 0 or self.epochs < 0 or self.minibatches < 1 or not self.lr > 0:
+        if self.rounds < 0 or self.epochs < 0 or self.minibatches < 1 or not self.lr > 0 or min(
+                self.dagger_iterations, self.dagger_rounds, self.dagger_epochs) < 0:
             raise ValueError("warm_start: rounds and epochs must be >= 0, minibatches >= 1 and lr > 0")
         if self.rounds and not self.teacher:
             raise ValueError("warm_start.rounds > 0 needs warm_start.teacher ('module:Class' of a controller)")
@@ -71,7 +79,7 @@ class TeacherTrials(BasePolicy):
     def act(self, obs: Any) -> tuple[np.ndarray, Mapping[str, np.ndarray]]:
         self._command = np.asarray(self._controller.act(obs), dtype=np.float32)
         action = self._command / self.scale
-        return action, {"raw_action": action.copy()}
+        return action, {"raw_action": action.copy(), "teacher_command": self._command.copy()}
 
     def observe(self, obs: Any, action: Any, reward: float, next_obs: Any, done: bool) -> None:
         self._controller.observe(obs, self._command, reward, next_obs, done)
@@ -83,21 +91,48 @@ class TeacherTrials(BasePolicy):
         return {**super().__getstate__(), "_controller": None, "_command": None}
 
 
+class DaggerTrials(TeacherTrials):
+    """The learner (an :class:`~metarl_robot.algos.rl2.rollout.RL2Trials`) acts; the teacher follows
+    along on the same observations, is handed the command that was really sent, adapts between
+    attempts as it would, and its own command at every step is the label (extra ``teacher_command``)."""
+
+    def __init__(self, teacher: str, teacher_kwargs: Mapping[str, Any], interface: Mapping[str, Any], learner) -> None:
+        super().__init__(teacher, teacher_kwargs, interface)
+        self.learner = learner
+
+    def reset(self, task: TaskSpec, rng: np.random.Generator, options: Mapping[str, Any]) -> None:
+        super().reset(task, rng, options)
+        self.learner.reset(task, rng, options)
+
+    def act(self, obs: Any) -> tuple[np.ndarray, Mapping[str, np.ndarray]]:
+        teacher = np.asarray(self._controller.act(obs), dtype=np.float32)
+        action, extras = self.learner.act(obs)
+        self._command = np.asarray(action, dtype=np.float32) * self.scale
+        return action, {**extras, "teacher_command": teacher}
+
+    def observe(self, obs: Any, action: Any, reward: float, next_obs: Any, done: bool) -> None:
+        self._controller.observe(obs, self._command, reward, next_obs, done)
+        self.learner.observe(obs, action, reward, next_obs, done)
+
+    def end_episode(self) -> None:
+        self._controller.adapt()
+        self.learner.end_episode()
+
 def imitation_targets(policy, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(labels [N, L, A], weights [N, L, A])`` for the teacher trials in ``batch`` (a TrialBatch whose
-    ``actions`` are the teacher's normalised commands)."""
-    commands = torch.as_tensor(batch.actions) * policy.action_scale
+    """``(labels [N, L, A], weights [N, L, A])`` for trials in ``batch`` whose extra ``teacher_command``
+    holds the teacher's physical command at every step (what was really sent is ``batch.actions``)."""
+    commands = torch.as_tensor(batch.extras["teacher_command"])
+    sent_before = torch.as_tensor(batch.prev_actions) * policy.action_scale
     labels = torch.zeros_like(commands)
     weights = torch.zeros_like(commands)
     for i in range(batch.num_trials):
-        for j in np.unique(batch.episode[i][batch.episode[i] >= 0]):
-            steps = torch.as_tensor(np.flatnonzero(batch.episode[i] == j))
-            if policy.skill is not None:
-                lab, w = policy.skill.imitation_labels(torch.as_tensor(batch.obs[i, steps]), commands[i, steps])
-            else:
-                lab = torch.clamp(commands[i, steps] / policy.action_scale, -1, 1)
-                w = torch.ones_like(lab)
-            labels[i, steps], weights[i, steps] = lab, w
+        steps = torch.as_tensor(np.flatnonzero(batch.valid[i] > 0))
+        if policy.skill is not None:
+            lab, w = policy.skill.imitation_labels(torch.as_tensor(batch.obs[i, steps]), commands[i, steps], sent_before[i, steps])
+        else:
+            lab = torch.clamp(commands[i, steps] / policy.action_scale, -1, 1)
+            w = torch.ones_like(lab)
+        labels[i, steps], weights[i, steps] = lab, w
     return labels, weights
 
 
@@ -120,14 +155,15 @@ def imitation_loss(algo, t: Mapping[str, torch.Tensor], rows: int) -> torch.Tens
     return (((policy.actor(features) - t["labels"][pick]) ** 2) * w).sum() / w.sum().clamp(min=1.0)
 
 
-def clone(algo, batch) -> dict[str, float]:
+def clone(algo, batch, epochs: int | None = None, update_normalizers: bool = True) -> dict[str, float]:
     """Fit the actor's mean to the teacher's actions and the critic to the trials' discounted returns
     (teacher forcing over whole trials); returns the final losses."""
     cfg = algo.config.warm_start
     policy = algo.policy
-    policy.obs_norm.update(torch.as_tensor(batch.obs)[torch.as_tensor(batch.valid) > 0])
+    if update_normalizers:
+        policy.obs_norm.update(torch.as_tensor(batch.obs)[torch.as_tensor(batch.valid) > 0])
     t = algo._tensors(batch)
-    if algo.privileged_keys:
+    if algo.privileged_keys and update_normalizers:
         policy.privileged_norm.update(t["privileged"])
     labels, weights = imitation_targets(policy, batch)
     weights = weights * t["valid"].unsqueeze(-1)
@@ -137,7 +173,7 @@ def clone(algo, batch) -> dict[str, float]:
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     n = batch.num_trials
     out = {}
-    for _ in range(cfg.epochs):
+    for _ in range(cfg.epochs if epochs is None else epochs):
         for rows in torch.randperm(n).chunk(cfg.minibatches):
             features, _ = policy.unroll(t["obs"][rows], t["prev_actions"][rows], t["prev_rewards"][rows], t["prev_dones"][rows],
                                         policy.initial_state(len(rows)))
