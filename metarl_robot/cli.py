@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_CHECKPOINT = REPO_ROOT / "models" / "grasp_context_ppo" / "checkpoint.safetensors"
-SHIPPED_CONFIG = REPO_ROOT / "configs" / "grasp_meta_imitation.yaml"
+SHIPPED_CHECKPOINT = REPO_ROOT / "models" / "grasp_rl2" / "checkpoint.safetensors"
+SHIPPED_CONFIG = REPO_ROOT / "configs" / "grasp_rl2.yaml"
 """The recipe of the shipped model: the default for `train` and for `demo --train`."""
 
 

@@ -29,10 +29,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.train:
         print(f"[demo] training a fresh meta-policy with {args.train} (the recipe of the shipped one)")
-        from metarl_robot.algos.context_ppo import TrainConfig, train
+        from metarl_robot.cli import _train_module
         from metarl_robot.config import load_config
 
-        checkpoint = train(load_config(TrainConfig, args.train), out / "train", progress=True)
+        module = _train_module(args.train, [])
+        checkpoint = module.train(load_config(module.TrainConfig, args.train), out / "train", progress=True)
     else:
         checkpoint = Path(args.checkpoint)
         print(f"[demo] using the shipped checkpoint {checkpoint} (see models/README.md for the command that made it)")

@@ -107,7 +107,8 @@ SWEEP_TASKS = 32
 """Train-split objects of the fixed-force sweep."""
 
 
-def fixed_force_baseline(task_indices: Sequence[int], episodes: int, seed: int, distribution: str = "suite") -> tuple[float, dict[int, list[bool]]]:
+def fixed_force_baseline(task_indices: Sequence[int], episodes: int, seed: int, distribution: str = "suite",
+                         force_n: float | None = None) -> tuple[float, dict[int, list[bool]]]:
     """The best single grip force of a sweep on the train split of the sim robot's distribution, and its
     successes on each test object over ``episodes`` scripted episodes (placement seeds ``seed + k``)."""
     from sim import default_grasp_distribution, grasp_distribution
@@ -118,7 +119,7 @@ def fixed_force_baseline(task_indices: Sequence[int], episodes: int, seed: int, 
     env = GraspEnv()
     try:
         train = list(distribution.train_tasks)[:SWEEP_TASKS]
-        force = max(FIXED_FORCES_N, key=lambda f: success_rate(env, train, f))
+        force = force_n if force_n is not None else max(FIXED_FORCES_N, key=lambda f: success_rate(env, train, f))
         outcomes = {}
         for index in task_indices:
             env.set_task(distribution.test_tasks[index])
@@ -165,7 +166,8 @@ def summarize(
         mean += f"{_rate(fixed_firsts):>13}{_rate(fixed_laters):>13}"
     lines.append(mean)
     if force_n is not None:
-        lines.append(f"(fixed: the scripted grasp at {force_n:g} N, the best force of a sweep on {SWEEP_TASKS} train-split objects)")
+        lines.append(f"(fixed: the scripted grasp at {force_n:g} N; by default the best force of a sweep on {SWEEP_TASKS} "
+                     "train-split objects)")
     return "\n".join(lines)
 
 
@@ -222,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--control-rate-hz", type=float, default=40.0,
                         help="policy rate; the sim runs lockstep, so above 10 Hz is faster than real time")
     parser.add_argument("--episode-timeout-s", type=float, default=60.0)
+    parser.add_argument("--fixed-force", type=float, default=None,
+                        help="the fixed-force baseline's force in N (default: the best of a sweep on the train split)")
     args = parser.parse_args(argv)
     if args.episodes_per_object < 1:
         parser.error("--episodes-per-object must be >= 1")
@@ -262,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
     print("[demo] the fixed-force baseline on the same objects (in-process, scripted grasp) ...")
-    force, baseline = fixed_force_baseline(objects, args.episodes_per_object, seed=0, distribution=args.distribution)
+    force, baseline = fixed_force_baseline(objects, args.episodes_per_object, seed=0, distribution=args.distribution,
+                                           force_n=args.fixed_force)
     csv_path, png_path = out / "demo_episodes.csv", out / "demo.png"
     write_csv(run.rows, csv_path)
     plot(run.rows, png_path)

@@ -370,6 +370,9 @@ def test_shipped_checkpoints_are_safetensors_and_load() -> None:
         assert data["version"] == VERSION and data["migrated_from"]["version"] == 1
         raw = (directory / "checkpoint.safetensors").read_bytes()
         assert raw[8:9] == b"{" and int.from_bytes(raw[:8], "little") < len(raw), "a safetensors header first"
+    # Written as version 2 by training itself (no migration).
+    policy, data = load_checkpoint(REPO_ROOT / "models" / "grasp_rl2" / "checkpoint.safetensors")
+    assert data["version"] == VERSION and "migrated_from" not in data and data["method"] == "rl2"
 
 
 def test_save_refuses_objects_it_cannot_store_as_json(tmp_path: Path) -> None:
