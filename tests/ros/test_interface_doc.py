@@ -7,6 +7,7 @@ the test needs no DDS graph and runs in about a second.
 """
 
 import ast
+import importlib
 import re
 from pathlib import Path
 
@@ -150,8 +151,11 @@ def _declared_by_call(node_name: str) -> dict[str, tuple[object, bool]]:
             continue
         try:
             default = ast.literal_eval(node.args[1]) if len(node.args) > 1 else None
-        except ValueError:  # declared by type (Parameter.Type.STRING_ARRAY): no default
+        except ValueError:  # declared by type (Parameter.Type.STRING_ARRAY), or by a module constant
             default = None
+            if isinstance(node.args[1], ast.Name):  # a constant of the node's module (e.g. EPISODE_STEPS)
+                module = importlib.import_module(f"ros_nodes.{node_name.removeprefix('metarl_')}")
+                default = getattr(module, node.args[1].id)
         read_only = any(
             kw.arg == "read_only" and isinstance(kw.value, ast.Constant) and kw.value.value is True
             for arg in node.args[2:] if isinstance(arg, ast.Call) for kw in arg.keywords
