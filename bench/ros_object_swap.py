@@ -1,6 +1,6 @@
 """Online adaptation over ROS 2 when the object changes mid-run, against the same run with adaptation frozen.
 
-    python bench/ros_object_swap.py [--bundle DIR] [--object-a 0] [--object-b 11] [--seeds 0 1 2]
+    python bench/ros_object_swap.py [--bundle DIR] [--draw-seed S | --object-a A --object-b B] [--seeds 0 1 2]
                                     [--episodes-a 3] [--episodes-b 10] [--out runs/bench_swap.json]
 
 Per seed (the sim node's object placement seed) and condition, the policy node and the simulated Panda
@@ -9,7 +9,10 @@ swaps to object B at its next episode reset, without telling the policy node. In
 ``adapting`` the node keeps adapting its context on B's episodes; in ``frozen`` adaptation is switched
 off at the swap, so B is grasped with the context adapted to A (the baseline). Reported: success on A,
 success on B over all its episodes and over those after the first two (the context buffer then holds
-only B's transitions), and wall time. Without ``--bundle`` the shipped grasp checkpoint is exported.
+only B's transitions), and wall time. Without ``--bundle`` the context grasp checkpoint
+(``models/grasp_context_ppo``, trained on the demo distribution's spheres with 30-step attempts, which
+``--distribution`` and ``--episode-steps`` default to) is exported. Objects A and B are drawn at random
+from the test split unless both are given; the draw's seed is printed (``--draw-seed`` repeats it).
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ CONDITIONS = ("adapting", "frozen")
 def run(bundle: Path, seed: int, condition: str, args: argparse.Namespace, log_dir: Path) -> dict:
     overrides = {
         POLICY_NODE_NAME: {"control_rate_hz": args.control_rate_hz},
-        SIM_ROBOT_NODE_NAME: {"step_mode": "lockstep", "task_index": args.object_a, "seed": seed},
+        SIM_ROBOT_NODE_NAME: {"step_mode": "lockstep", "task_index": args.object_a, "seed": seed,
+                              "distribution": args.distribution, "episode_steps": args.episode_steps},
     }
     start = time.monotonic()
     with NodeGraph(DEFAULT_PARAMS_FILE, bundle_path=bundle, overrides=overrides, log_dir=log_dir) as graph:
@@ -79,8 +83,11 @@ def run(bundle: Path, seed: int, condition: str, args: argparse.Namespace, log_d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path)
-    parser.add_argument("--object-a", type=int, default=0)
-    parser.add_argument("--object-b", type=int, default=11)
+    parser.add_argument("--object-a", type=int, default=None)
+    parser.add_argument("--object-b", type=int, default=None)
+    parser.add_argument("--draw-seed", type=int, default=None, help="seed of the random draw of A and B (default: fresh, printed)")
+    parser.add_argument("--distribution", choices=("demo", "suite"), default="demo")
+    parser.add_argument("--episode-steps", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--episodes-a", type=int, default=3)
     parser.add_argument("--episodes-b", type=int, default=10)
@@ -88,6 +95,15 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=300.0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if (args.object_a is None) != (args.object_b is None):
+        parser.error("give both --object-a and --object-b, or neither (a random draw)")
+    if args.object_a is None:
+        from ros_nodes.sim_robot_node import test_split
+
+        seed = random.SystemRandom().randrange(2**31) if args.draw_seed is None else args.draw_seed
+        args.object_a, args.object_b = (int(i) for i in np.random.default_rng(seed).choice(
+            len(test_split(args.distribution)), size=2, replace=False))
+        print(f"objects drawn with --draw-seed {seed}: A = {args.object_a}, B = {args.object_b}", flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="ros_object_swap_"))
     bundle = args.bundle
