@@ -88,10 +88,12 @@ def test_imitation_moves_the_actor_towards_the_teacher(tmp_path: Path) -> None:
         metrics = algo.warm_start()
         t = algo._teacher
         torch.manual_seed(0)
-        trained = float(imitation_loss(algo, t, 100))
+        with torch.no_grad():
+            trained = float(imitation_loss(algo, t, 100))
         fresh.policy.obs_norm.load_state_dict(algo.policy.obs_norm.state_dict())
         torch.manual_seed(0)
-        untrained = float(imitation_loss(fresh, teacher_tensors(fresh, _batch_of(algo)), 100))
+        with torch.no_grad():
+            untrained = float(imitation_loss(fresh, teacher_tensors(fresh, _batch_of(algo)), 100))
         fresh.close()
         assert trained < 0.5 * untrained, (trained, untrained, metrics)
     finally:
