@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from grasp_baselines import run_row, sweep  # noqa: E402
+from grasp_baselines import choose_on_train, run_row  # noqa: E402
 
 from metarl_robot.envs import make_meta_env  # noqa: E402
 from metarl_robot.evaluation import ForgetBetweenAttempts, OracleController, torch_controller  # noqa: E402
@@ -63,6 +63,13 @@ def _t95(n: int) -> float:
     """Two-sided 95% Student-t quantile for n - 1 degrees of freedom (n >= 2)."""
     table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
     return table.get(n - 1, 1.96)
+
+
+def checkpoint_factory(path: str):
+    from metarl_robot.checkpoint import load_checkpoint
+
+    policy, data = load_checkpoint(path)
+    return functools.partial(torch_controller, policy, data["adaptation"])
 
 
 def bundle_factory(path: str):
@@ -113,9 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with make_sampler("subprocess", env.unwrapped.spec, num_workers=args.workers) as sampler:
         force = args.fixed_force
         if force is None:
-            force, rates, wall = sweep(lambda f: FixedForceController(interface, force_n=f), args.forces, env, train, sampler, args.seeds)
-            choices["fixed_sweep_train"], timings["fixed force sweep (train)"] = rates, wall
-            print(f"fixed-force sweep on train ({wall:.0f} s): " + ", ".join(f"{f:g} N {r:.3f}" for f, r in rates.items()), flush=True)
+            force = choose_on_train("fixed-force", "fixed_sweep_train", lambda f: FixedForceController(interface, force_n=f),
+                                    args.forces, env, train, sampler, args.seeds, choices, timings)
         choices["fixed_force_n"] = force
         controllers: dict[str, tuple[str, object, bool]] = {
             "fixed": (f"best fixed force ({force:g} N)", FixedForceController(interface, force_n=force), True),
@@ -124,27 +130,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_classical:
             start_n = args.ramp_start
             if start_n is None:
-                start_n, rates, wall = sweep(lambda f: ForceRampController(interface, start_n=f), args.ramp_starts, env, train, sampler, args.seeds)
-                choices["ramp_start_sweep_train"], timings["ramp start sweep (train)"] = rates, wall
-                print(f"ramp start sweep on train ({wall:.0f} s): " + ", ".join(f"{f:g} N {r:.3f}" for f, r in rates.items()), flush=True)
+                start_n = choose_on_train("ramp start", "ramp_start_sweep_train", lambda f: ForceRampController(interface, start_n=f),
+                                          args.ramp_starts, env, train, sampler, args.seeds, choices, timings)
             choices["ramp_start_n"] = start_n
             controllers.update({
                 "ramp": (f"ramp (from {start_n:g} N, x1.35)", ForceRampController(interface, start_n=start_n), True),
                 "bisection": (f"bisection (first {force:g} N)", ForceBisectionController(interface, first_n=force), True),
                 "combined": (f"ramp + bisection (from {start_n:g} N)", RampBisectionController(interface, start_n=start_n), True),
             })
-        for i, path in enumerate(args.checkpoints):
-            from metarl_robot.checkpoint import load_checkpoint
-
-            policy, data = load_checkpoint(path)
-            label = f"checkpoint {i} ({Path(path).parent.parent.name})"
-            rows_i = learned_rows(label, functools.partial(torch_controller, policy, data["adaptation"]))
-            controllers.update(rows_i)
-            for key, kind in zip(rows_i, ("adapting", "forget", "frozen")):
-                learned[kind].append(key)
-        for i, path in enumerate(args.bundles):
-            label = f"bundle {i} ({Path(path).name})"
-            rows_i = learned_rows(label, bundle_factory(path))
+        sources = [(f"checkpoint {i} ({Path(p).parent.parent.name})", checkpoint_factory(p)) for i, p in enumerate(args.checkpoints)]
+        sources += [(f"bundle {i} ({Path(p).name})", bundle_factory(p)) for i, p in enumerate(args.bundles)]
+        for label, factory in sources:
+            rows_i = learned_rows(label, factory)
             controllers.update(rows_i)
             for key, kind in zip(rows_i, ("adapting", "forget", "frozen")):
                 learned[kind].append(key)
