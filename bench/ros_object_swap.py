@@ -37,6 +37,7 @@ from std_msgs.msg import String  # noqa: E402
 
 from ros_nodes import POLICY_NODE_NAME, SIM_ROBOT_NODE_NAME  # noqa: E402
 from ros_nodes.graph import DEFAULT_PARAMS_FILE, NodeGraph  # noqa: E402
+from ros_nodes.sim_robot_node import DISTRIBUTIONS, test_split  # noqa: E402
 
 CONDITIONS = ("adapting", "frozen")
 
@@ -86,7 +87,7 @@ def main() -> None:
     parser.add_argument("--object-a", type=int, default=None)
     parser.add_argument("--object-b", type=int, default=None)
     parser.add_argument("--draw-seed", type=int, default=None, help="seed of the random draw of A and B (default: fresh, printed)")
-    parser.add_argument("--distribution", choices=("demo", "suite"), default="demo")
+    parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="demo")
     parser.add_argument("--episode-steps", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--episodes-a", type=int, default=3)
@@ -98,8 +99,6 @@ def main() -> None:
     if (args.object_a is None) != (args.object_b is None):
         parser.error("give both --object-a and --object-b, or neither (a random draw)")
     if args.object_a is None:
-        from ros_nodes.sim_robot_node import test_split
-
         seed = random.SystemRandom().randrange(2**31) if args.draw_seed is None else args.draw_seed
         args.object_a, args.object_b = (int(i) for i in np.random.default_rng(seed).choice(
             len(test_split(args.distribution)), size=2, replace=False))

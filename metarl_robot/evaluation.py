@@ -138,6 +138,16 @@ def evaluate(
     return summarize(results)
 
 
+def reset_controller(controller: Any, seed: int) -> None:
+    """``controller.reset(seed=seed)`` where ``reset`` takes a seed (a stochastic controller then draws
+    fresh noise), ``controller.reset()`` otherwise."""
+    reset = controller.reset
+    if "seed" in inspect.signature(reset).parameters:
+        reset(seed=seed)
+    else:
+        reset()
+
+
 class ControllerTrials:
     """One task of the meta-test protocol as a sampler trial (an ``EpisodePolicy``).
 
@@ -156,11 +166,7 @@ class ControllerTrials:
             self._active = self.controller(seed=task_seed)
         else:
             self._active = self.controller
-        reset = self._active.reset
-        if "seed" in inspect.signature(reset).parameters:
-            reset(seed=task_seed)
-        else:
-            reset()
+        reset_controller(self._active, task_seed)
         if callable(getattr(self._active, "set_task", None)):
             self._active.set_task(task)
         if not self.adapt and callable(getattr(self._active, "set_learning", None)):

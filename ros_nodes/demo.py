@@ -30,6 +30,7 @@ from std_msgs.msg import String
 
 from ros_nodes import POLICY_NODE_NAME, SIM_ROBOT_NODE_NAME
 from ros_nodes.graph import DEFAULT_PARAMS_FILE, GraphError, NodeGraph, policy_status
+from ros_nodes.sim_robot_node import DISTRIBUTIONS, test_split
 
 EPISODE_RESULT_TOPIC = f"/{SIM_ROBOT_NODE_NAME}/episode_result"
 CSV_FIELDS = ("object", "task_index", "task_id", "episode", "episode_on_object", "success", "crushed",
@@ -217,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--episodes-per-object", type=int, default=6)
     parser.add_argument("--params", default=str(DEFAULT_PARAMS_FILE), help="ROS 2 parameter file")
     parser.add_argument("--objects", type=int, default=5, help="objects drawn at random from the test split")
-    parser.add_argument("--distribution", choices=("suite", "demo"), default="suite",
+    parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="suite",
                         help="whose test split: the grasp suite's 64 objects (default) or the demo's 16 spheres")
     parser.add_argument("--object-seed", type=int, default=None,
                         help="seed of the draw (default: a fresh one, printed so the run can be repeated)")
@@ -234,8 +235,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)
-    from ros_nodes.sim_robot_node import test_split
-
     seed = secrets.randbelow(2**31) if args.object_seed is None else args.object_seed
     try:
         objects = draw_objects(args.objects, seed, len(test_split(args.distribution)))

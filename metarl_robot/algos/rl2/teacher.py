@@ -17,7 +17,6 @@ teacher's command divided by the action scale.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from metarl_robot.algos.common.tasks import resolve
+from metarl_robot.evaluation import reset_controller
 from metarl_robot.runtime.advantages import gae
 from metarl_robot.sampling import BasePolicy
 from metarl_robot.tasks import TaskSpec
@@ -72,8 +72,7 @@ class TeacherTrials(BasePolicy):
     def reset(self, task: TaskSpec, rng: np.random.Generator, options: Mapping[str, Any]) -> None:
         super().reset(task, rng, options)
         self._controller = resolve(self.teacher)(self.interface, **self.teacher_kwargs)
-        reset = self._controller.reset
-        reset(seed=int(rng.integers(2**31))) if "seed" in inspect.signature(reset).parameters else reset()
+        reset_controller(self._controller, int(rng.integers(2**31)))
         self._command = None
 
     def act(self, obs: Any) -> tuple[np.ndarray, Mapping[str, np.ndarray]]:
