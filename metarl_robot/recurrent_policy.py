@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from metarl_robot.policies import RunningNormalizer, action_scale_tensor, mlp
-from metarl_robot.skills import make_skill
+from metarl_robot.skills import SKILLS, make_skill
 
 CELLS = ("gru", "lstm")
 REWARD_CLIP = 10.0
@@ -69,6 +69,8 @@ class RecurrentPolicyConfig:
             raise ValueError(f"reward_scale must be positive, got {self.reward_scale}")
         if self.activation not in ("tanh", "relu"):
             raise ValueError(f"activation {self.activation!r} is not supported; use 'tanh' or 'relu'")
+        if self.skill and self.skill not in SKILLS:
+            raise ValueError(f"skill {self.skill!r} is not known; use one of {sorted(SKILLS)} (or leave it empty)")
         object.__setattr__(self, "skill_layout", tuple(tuple(x) for x in self.skill_layout))
 
 

@@ -51,6 +51,7 @@ def test_config_file_loads_and_train_finds_the_method() -> None:
     "override, message",
     [
         ("policy.cell=rnn", "cell 'rnn' is not supported"),
+        ("policy.skill=nope", "skill 'nope' is not known"),
         # RL² warm-starts only from a teacher that is never told the task, not from a task-aware demonstrator.
         ("warm_start={rounds: 2, demonstrator: \"sim.bandits:bandit_oracle\"}", "unknown config key warm_start.'demonstrator'"),
         ("warm_start.rounds=2", "needs warm_start.teacher"),
