@@ -95,12 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="attempts per task (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--num-test", type=int, default=64)
+    parser.add_argument("--split", choices=("test", "validation"), default="test",
+                        help="evaluate on the test split (reported figures) or the validation split (development: choosing "
+                             "recipes without looking at the test objects)")
     parser.add_argument("--sweep-tasks", type=int, default=64, help="train-split tasks of the sweeps")
     parser.add_argument("--forces", type=float, nargs="+", default=[0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.5, 7.0, 10.0])
     parser.add_argument("--ramp-starts", type=float, nargs="+", default=[0.3, 0.5, 0.75, 1.0, 1.5])
     parser.add_argument("--fixed-force", type=float, help="skip the fixed-force sweep and use this force")
     parser.add_argument("--ramp-start", type=float, help="skip the ramp-start sweep and use this force")
     parser.add_argument("--no-classical", action="store_true", help="only the fixed force, the oracle and the learned rows")
+    parser.add_argument("--adapting-only", action="store_true", help="learned policies: only the adapting row (development)")
     parser.add_argument("--max-episode-steps", type=int, default=EPISODE_STEPS)
     parser.add_argument("--out", default="runs/grasp_adaptation.json")
     args = parser.parse_args(argv)
@@ -108,9 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     env = make_meta_env(args.env_id, {"max_episode_steps": args.max_episode_steps}, unwrapped=True)
     dist = grasp_distribution(seed=0, num_test=args.num_test)
-    train, test = dist.train_tasks[: args.sweep_tasks], dist.test_tasks
+    train = dist.train_tasks[: args.sweep_tasks]
+    test = dist.test_tasks if args.split == "test" else dist.validation_tasks
     interface = env.interface
-    print(f"{args.env_id}: grasp suite test split, {len(test)} tasks x seeds {args.seeds} x {args.rounds} attempts, "
+    print(f"{args.env_id}: grasp suite {args.split} split, {len(test)} tasks x seeds {args.seeds} x {args.rounds} attempts, "
           f"{args.max_episode_steps} steps per attempt; sweeps on {len(train)} train tasks; {args.workers} workers", flush=True)
 
     rows: dict[str, dict] = {}
@@ -142,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sources += [(f"bundle {i} ({Path(p).name})", bundle_factory(p)) for i, p in enumerate(args.bundles)]
         for label, factory in sources:
             rows_i = learned_rows(label, factory)
+            if args.adapting_only:
+                rows_i = {k: v for k, v in rows_i.items() if "|" not in k}
             controllers.update(rows_i)
             for key, kind in zip(rows_i, ("adapting", "forget", "frozen")):
                 learned[kind].append(key)

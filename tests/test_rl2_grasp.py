@@ -138,3 +138,19 @@ def test_bundle_verifies_against_the_checkpoint_and_runs_the_skill_without_torch
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_a_warm_start_only_run_resumes_into_ppo_without_cloning_again(tmp_path: Path, monkeypatch) -> None:
+    """``iterations: 0`` keeps the clone; resuming it with more iterations fine-tunes that clone with PPO
+    and must not collect and clone the teacher's trials a second time (which would overwrite it)."""
+    run = tmp_path / "run"
+    config = load_config(rl2.TrainConfig, CONFIG, [*TINY, "iterations=0"])
+    first = rl2.train(config, run, progress=False)
+    cloned = {k: v.clone() for k, v in load_checkpoint(first)[0].state_dict().items()}
+    calls = []
+    monkeypatch.setattr(rl2.algo.RL2, "warm_start", lambda self: calls.append(1) or {})
+    resumed = load_config(rl2.TrainConfig, CONFIG, [*TINY, "iterations=1", "ppo.critic_warmup_iterations=0"])
+    checkpoint = rl2.train(resumed, run, resume=True, progress=False)
+    policy, data = load_checkpoint(checkpoint)
+    assert calls == [] and data["iteration"] == 1
+    assert any(not torch.equal(cloned[k], v) for k, v in policy.state_dict().items() if k.startswith("actor."))

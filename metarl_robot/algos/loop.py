@@ -24,11 +24,14 @@ def run_training(algo: Any, config: Any, run_dir: Path, *, resume: bool, progres
     from tqdm import tqdm
 
     try:
-        if resume and algo.restore():
+        resumed = bool(resume and algo.restore())
+        if resumed:
             log.info("resumed from %s at iteration %d", algo.checkpoint_path, algo.iteration)
         save_config(config, run_dir / "config.yaml")
         writer = SummaryWriter(str(run_dir / "tb"))
-        if algo.iteration == 0 and config.warm_start.rounds > 0:
+        # A resumed run never repeats the warm start: its checkpoint already holds it (a warm-start-only
+        # run, iterations: 0, can be resumed with more iterations to fine-tune it).
+        if algo.iteration == 0 and config.warm_start.rounds > 0 and not resumed:
             for key, value in algo.warm_start().items():
                 writer.add_scalar(key, value, 0)
                 log.info("%s = %.4g", key, value)
