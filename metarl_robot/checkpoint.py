@@ -47,8 +47,24 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or written; the message says which file and why, in one line."""
 
 
+_PINNED_CODE_VERSION: str | None = None
+
+
+def pin_code_version() -> str:
+    """Record :func:`code_version` now, so that every checkpoint this process writes afterwards names
+    the commit its training started from, not a later one committed while it ran."""
+    global _PINNED_CODE_VERSION
+    _PINNED_CODE_VERSION = _read_code_version()
+    return _PINNED_CODE_VERSION
+
+
 def code_version() -> str:
-    """The package version plus the git commit of the source tree when there is one."""
+    """The package version plus the git commit of the source tree when there is one (the one pinned
+    at the start of training, where :func:`pin_code_version` was called)."""
+    return _PINNED_CODE_VERSION if _PINNED_CODE_VERSION is not None else _read_code_version()
+
+
+def _read_code_version() -> str:
     from metarl_robot import __version__
 
     root = Path(__file__).resolve().parent.parent

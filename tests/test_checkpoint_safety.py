@@ -391,3 +391,16 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path: Path) -> None:
     resumed = load_checkpoint(train(load_config(TrainConfig, TINY_CONTEXT), tmp_path / "b", resume=True, progress=False))[0]
     for key, value in straight.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_checkpoints_name_the_commit_training_started_from(monkeypatch) -> None:
+    """A commit made while a run trains must not be recorded as the code the checkpoint came from."""
+    import metarl_robot.checkpoint as ckpt
+
+    monkeypatch.setattr(ckpt, "_PINNED_CODE_VERSION", None)
+    monkeypatch.setattr(ckpt, "_read_code_version", lambda: "0.1.0+gstart")
+    assert ckpt.pin_code_version() == "0.1.0+gstart"
+    monkeypatch.setattr(ckpt, "_read_code_version", lambda: "0.1.0+glater")
+    assert ckpt.code_version() == "0.1.0+gstart"
+    monkeypatch.setattr(ckpt, "_PINNED_CODE_VERSION", None)
+    assert ckpt.code_version() == "0.1.0+glater"

@@ -23,6 +23,10 @@ def run_training(algo: Any, config: Any, run_dir: Path, *, resume: bool, progres
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
+    from metarl_robot.checkpoint import pin_code_version
+
+    pin_code_version()  # checkpoints name the commit training started from
+
     try:
         resumed = bool(resume and algo.restore())
         if resumed:
