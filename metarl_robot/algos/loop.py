@@ -36,9 +36,11 @@ def run_training(algo: Any, config: Any, run_dir: Path, *, resume: bool, progres
         # A resumed run never repeats the warm start: its checkpoint already holds it (a warm-start-only
         # run, iterations: 0, can be resumed with more iterations to fine-tune it).
         if algo.iteration == 0 and config.warm_start.rounds > 0 and not resumed:
-            for key, value in algo.warm_start().items():
+            warm = algo.warm_start()
+            for key, value in warm.items():
                 writer.add_scalar(key, value, 0)
                 log.info("%s = %.4g", key, value)
+            algo.metrics = dict(warm)  # what a warm-start-only run's checkpoint reports
         bar = tqdm(total=config.iterations, initial=algo.iteration, disable=not progress, desc=desc, unit="it")
         start = time.perf_counter()
         while algo.iteration < config.iterations:
