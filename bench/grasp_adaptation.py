@@ -78,12 +78,14 @@ def bundle_factory(path: str):
     return functools.partial(load_controller, path, providers=["cpu"])
 
 
-def learned_rows(label: str, factory) -> dict[str, tuple[str, object, bool]]:
-    return {
-        f"{label}": (f"{label}, adapting", factory, True),
-        f"{label}|forget": (f"{label}, memory within an attempt only", ForgetBetweenAttempts(factory), True),
-        f"{label}|frozen": (f"{label}, frozen", factory, False),
-    }
+def learned_rows(label: str, factory, adapting_only: bool = False) -> dict[str, tuple[str, object, bool]]:
+    """The rows of one learned policy: adapting, then (unless ``adapting_only``) memory within an
+    attempt only and frozen, in the order of the ``learned`` kinds."""
+    rows = {f"{label}": (f"{label}, adapting", factory, True)}
+    if not adapting_only:
+        rows[f"{label}|forget"] = (f"{label}, memory within an attempt only", ForgetBetweenAttempts(factory), True)
+        rows[f"{label}|frozen"] = (f"{label}, frozen", factory, False)
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,9 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sources = [(f"checkpoint {i} ({Path(p).parent.parent.name})", checkpoint_factory(p)) for i, p in enumerate(args.checkpoints)]
         sources += [(f"bundle {i} ({Path(p).name})", bundle_factory(p)) for i, p in enumerate(args.bundles)]
         for label, factory in sources:
-            rows_i = learned_rows(label, factory)
-            if args.adapting_only:
-                rows_i = {k: v for k, v in rows_i.items() if "|" not in k}
+            rows_i = learned_rows(label, factory, args.adapting_only)
             controllers.update(rows_i)
             for key, kind in zip(rows_i, ("adapting", "forget", "frozen")):
                 learned[kind].append(key)

@@ -20,7 +20,7 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _train_module(config_path: str | None, overrides: list[str]):
+def train_module(config_path: str | None, overrides: list[str]):
     """The algorithm package a config's ``method`` trains with, found through the family plug-ins."""
     import yaml
 
@@ -47,7 +47,7 @@ def _train_module(config_path: str | None, overrides: list[str]):
 def cmd_train(args: argparse.Namespace) -> int:
     from metarl_robot.config import load_config
 
-    module = _train_module(args.config, args.set)
+    module = train_module(args.config, args.set)
     config = load_config(module.TrainConfig, args.config, args.set)
     path = module.train(config, args.run_dir, resume=args.resume, progress=not args.no_progress)
     run = Path(args.run_dir)

@@ -29,10 +29,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.train:
         print(f"[demo] training a fresh meta-policy with {args.train} (the recipe of the shipped one)")
-        from metarl_robot.cli import _train_module
+        from metarl_robot.cli import train_module
         from metarl_robot.config import load_config
 
-        module = _train_module(args.train, [])
+        module = train_module(args.train, [])
         checkpoint = module.train(load_config(module.TrainConfig, args.train), out / "train", progress=True)
     else:
         checkpoint = Path(args.checkpoint)

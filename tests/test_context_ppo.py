@@ -160,8 +160,8 @@ def test_sampler_keys_and_their_older_spelling():
 def test_every_shipped_config_still_loads():
     from pathlib import Path
 
-    from metarl_robot.cli import _train_module
+    from metarl_robot.cli import train_module
 
     for path in sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")):
-        module = _train_module(str(path), [])
+        module = train_module(str(path), [])
         load_config(module.TrainConfig, path)
