@@ -6,6 +6,13 @@ episode — and updates a GRU or LSTM state. Nothing else adapts: carried across
 of a trial, the state is what the policy has learned about the task; zeroed, it has forgotten it
 (Duan et al., 2016, "RL²: Fast Reinforcement Learning via Slow Reinforcement Learning").
 
+The ``window`` cell is RMA's (Kumar et al., 2021, "RMA: Rapid Motor Adaptation for Legged Robots") on the
+same interface: the state is the last ``window_steps`` core inputs (observation, previous command, reward
+and done flag), an adaptation module maps that history to a task latent ``z`` at every step, and the
+base policy reads the current input and ``z``. In training, the latent can instead come from an encoder
+of the privileged task parameters (RMA's phase 1); the exported graph always estimates it from the
+history (phase 2's adaptation module), so on the robot the window is the state the runtime carries.
+
 The observation normaliser, the action clip and the action scale are inside the module, so the exported
 step graph takes raw sensor values and the physical command last sent and returns the next physical
 command and the next state. The recurrent state is one packed vector ``[h]`` (GRU) or ``[h, c]``
@@ -26,7 +33,7 @@ from torch import nn
 from metarl_robot.policies import RunningNormalizer, action_scale_tensor, mlp
 from metarl_robot.skills import SKILLS, make_skill
 
-CELLS = ("gru", "lstm")
+CELLS = ("gru", "lstm", "window")
 REWARD_CLIP = 10.0
 """The previous reward enters the core as ``clip(prev_reward * reward_scale, -10, 10)``."""
 
@@ -34,7 +41,8 @@ REWARD_CLIP = 10.0
 @dataclasses.dataclass(frozen=True)
 class RecurrentPolicyConfig:
     cell: str = "gru"
-    """Recurrent core: ``gru`` or ``lstm`` (one layer)."""
+    """Recurrent core: ``gru`` or ``lstm`` (one layer), or ``window`` (RMA: a history window and an
+    adaptation module, see the module docstring)."""
     hidden_size: int = 64
     """Size of the hidden state ``h`` (and of the LSTM's cell state ``c``)."""
     embed_sizes: tuple[int, ...] = (64,)
@@ -59,6 +67,14 @@ class RecurrentPolicyConfig:
     from the env's robot contract by the training algorithm)."""
     skill_options: dict = dataclasses.field(default_factory=dict)
     """Keyword arguments of the skill (e.g. ``min_force_n``)."""
+    window_steps: int = 0
+    """``window`` cell: how many past control steps the adaptation module reads (required, >= 2)."""
+    latent_dim: int = 8
+    """``window`` cell: size of the task latent ``z`` (tanh-bounded)."""
+    adaptation_sizes: tuple[int, ...] = (128, 64)
+    """``window`` cell: hidden widths of the adaptation module (history window -> ``z``)."""
+    encoder_sizes: tuple[int, ...] = (64,)
+    """``window`` cell: hidden widths of the privileged encoder (task parameters -> ``z``; training only)."""
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -72,6 +88,54 @@ class RecurrentPolicyConfig:
         if self.skill and self.skill not in SKILLS:
             raise ValueError(f"skill {self.skill!r} is not known; use one of {sorted(SKILLS)} (or leave it empty)")
         object.__setattr__(self, "skill_layout", tuple(tuple(x) for x in self.skill_layout))
+        for key in ("adaptation_sizes", "encoder_sizes"):
+            object.__setattr__(self, key, tuple(int(w) for w in getattr(self, key)))
+        if self.cell == "window":
+            if self.window_steps < 2 or self.latent_dim < 1 or any(w < 1 for w in (*self.adaptation_sizes, *self.encoder_sizes)):
+                raise ValueError("the window cell needs window_steps >= 2, latent_dim >= 1 and positive layer widths")
+
+
+class HistoryWindowCore(nn.Module):
+    """RMA's core with the calling convention of ``nn.GRU(batch_first=True)``: ``(x [B, T, I], state [B, N*I])
+    -> (features [B, T, H], state [B, N*I])``, the state being the last ``N`` inputs (oldest first).
+
+    At every step the newest input is appended to the window, the adaptation module estimates the task
+    latent ``z`` from the whole window, and the base layer reads ``[x, z]``. :meth:`forward` takes an
+    optional ``latent`` ``[B, k]`` that replaces the estimate (RMA's phase 1: ``z`` from the privileged
+    encoder); :meth:`estimate` returns the estimates alone (phase 2 regresses them on the encoder's).
+    """
+
+    def __init__(self, input_size: int, window_steps: int, latent_dim: int, hidden_size: int,
+                 adaptation_sizes: tuple[int, ...], activation: str) -> None:
+        super().__init__()
+        self.input_size, self.window_steps, self.latent_dim = int(input_size), int(window_steps), int(latent_dim)
+        act = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
+        self.adaptation = nn.Sequential(mlp([self.window_steps * self.input_size, *adaptation_sizes, self.latent_dim], activation), nn.Tanh())
+        self.base = nn.Sequential(mlp([self.input_size + self.latent_dim, hidden_size], activation), act())
+
+    def windows(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(windows [B, T, N*I], final state [B, N*I])``: the window after each step's input is appended."""
+        b, t, i = x.shape
+        n = self.window_steps
+        seq = torch.cat([state.reshape(b, n, i), x], dim=1)
+        if t == 1:  # one control step (the exported graph): a slice, no unfold
+            windows = seq[:, 1:].reshape(b, 1, n * i)
+        else:
+            windows = seq.unfold(1, n, 1)[:, 1:].transpose(-1, -2).reshape(b, t, n * i)
+        return windows, seq[:, -n:].reshape(b, n * i)
+
+    def estimate(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """The adaptation module's latents ``[B, T, k]`` over the sequence ``x`` from ``state``."""
+        windows, _ = self.windows(x, state)
+        return self.adaptation(windows)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor, latent: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        windows, final = self.windows(x, state)
+        if latent is None:
+            z = self.adaptation(windows)
+        else:
+            z = latent.unsqueeze(1).expand(-1, x.shape[1], -1) if latent.dim() == 2 else latent
+        return self.base(torch.cat([x, z], dim=-1)), final
 
 
 class RecurrentPolicy(nn.Module):
@@ -102,8 +166,15 @@ class RecurrentPolicy(nn.Module):
         else:
             self.embed = nn.Identity()
             core_in = in_dim
-        core = nn.GRU if config.cell == "gru" else nn.LSTM
-        self.core = core(core_in, config.hidden_size, batch_first=True)
+        self.core_input_size = core_in
+        if config.cell == "window":
+            self.core: nn.Module = HistoryWindowCore(core_in, config.window_steps, config.latent_dim, config.hidden_size,
+                                                     config.adaptation_sizes, config.activation)
+            # RMA phase 1: the task latent from the privileged parameters (training only, never exported).
+            self.encoder = nn.Sequential(mlp([max(config.privileged_dim, 1), *config.encoder_sizes, config.latent_dim], config.activation), nn.Tanh())
+        else:
+            core = nn.GRU if config.cell == "gru" else nn.LSTM
+            self.core = core(core_in, config.hidden_size, batch_first=True)
         self.actor = mlp([config.hidden_size, *config.head_sizes, self.act_dim], config.activation, out_gain=0.01)
         self.log_std = nn.Parameter(torch.full((self.act_dim,), float(config.init_log_std)))
         if self.skill is not None:
@@ -121,12 +192,16 @@ class RecurrentPolicy(nn.Module):
 
     @property
     def state_size(self) -> int:
-        """Length of the packed state: ``h`` (GRU) or ``h`` then ``c`` (LSTM)."""
+        """Length of the packed state: ``h`` (GRU), ``h`` then ``c`` (LSTM), or the history window."""
+        if self.config.cell == "window":
+            return self.config.window_steps * self.core_input_size
         return self.config.hidden_size * (2 if self.config.cell == "lstm" else 1)
 
     @property
     def state_layout(self) -> list[dict[str, int | str]]:
-        """Where ``h`` (and ``c``) sit in the packed state."""
+        """Where ``h`` (and ``c``), or the history window, sit in the packed state."""
+        if self.config.cell == "window":
+            return [{"name": "history", "offset": 0, "size": self.state_size}]
         h = self.config.hidden_size
         layout: list[dict[str, int | str]] = [{"name": "h", "offset": 0, "size": h}]
         if self.config.cell == "lstm":
@@ -139,11 +214,15 @@ class RecurrentPolicy(nn.Module):
 
     def _unpack(self, state: torch.Tensor):
         h = self.config.hidden_size
+        if self.config.cell == "window":
+            return state
         if self.config.cell == "gru":
             return state.unsqueeze(0)
         return (state[:, :h].unsqueeze(0).contiguous(), state[:, h:].unsqueeze(0).contiguous())
 
     def _pack(self, core_state) -> torch.Tensor:
+        if self.config.cell == "window":
+            return core_state
         if self.config.cell == "gru":
             return core_state[0]
         h, c = core_state
@@ -159,10 +238,27 @@ class RecurrentPolicy(nn.Module):
             parts.append(self.skill.features(obs))
         return self.embed(torch.cat(parts, dim=-1))
 
-    def unroll(self, obs, prev_action, prev_reward, prev_done, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the core over sequences ``[B, T, *]`` from ``state [B, S]``: ``(features [B, T, H], final state)``."""
-        features, final = self.core(self.core_inputs(obs, prev_action, prev_reward, prev_done), self._unpack(state))
+    def privileged_latent(self, privileged: torch.Tensor) -> torch.Tensor:
+        """RMA phase 1: the task latent ``[B, k]`` from raw privileged parameters ``[B, P]`` (window cell only)."""
+        if self.config.cell != "window":
+            raise ValueError(f"a {self.config.cell} core has no privileged encoder")
+        return self.encoder(self.privileged_norm(privileged))
+
+    def _core(self, x: torch.Tensor, state: torch.Tensor, privileged: torch.Tensor | None):
+        if privileged is None:
+            return self.core(x, self._unpack(state))
+        return self.core(x, self._unpack(state), self.privileged_latent(privileged))
+
+    def unroll(self, obs, prev_action, prev_reward, prev_done, state: torch.Tensor,
+               privileged: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the core over sequences ``[B, T, *]`` from ``state [B, S]``: ``(features [B, T, H], final state)``.
+        ``privileged [B, P]`` (window cell, training only) replaces the estimated latent with the encoder's."""
+        features, final = self._core(self.core_inputs(obs, prev_action, prev_reward, prev_done), state, privileged)
         return features, self._pack(final)
+
+    def estimated_latent(self, obs, prev_action, prev_reward, prev_done, state: torch.Tensor) -> torch.Tensor:
+        """Window cell: the adaptation module's latents ``[B, T, k]`` over the sequences (phase 2's prediction)."""
+        return self.core.estimate(self.core_inputs(obs, prev_action, prev_reward, prev_done), self._unpack(state))
 
     def normalised_action(self, command: torch.Tensor) -> torch.Tensor:
         """A physical command as the normalised action the core reads: ``clip(command / scale, -1, 1)``,
@@ -199,10 +295,10 @@ class RecurrentPolicy(nn.Module):
         return self.critic(features).squeeze(-1)
 
     # ------------------------------------------------------------------------------ one step (the exported graph)
-    def step(self, obs, prev_command, prev_reward, prev_done, state) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, obs, prev_command, prev_reward, prev_done, state, privileged: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One control step on ``[B, *]`` inputs (``prev_command`` in physical units): ``(features [B, H], next state)``."""
         x = self.core_inputs(obs, self.normalised_action(prev_command), prev_reward, prev_done)
-        features, final = self.core(x.unsqueeze(1), self._unpack(state))
+        features, final = self._core(x.unsqueeze(1), state, privileged)
         return features[:, 0], self._pack(final)
 
     def command(self, obs, prev_command, prev_reward, prev_done, noise, state) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,8 @@ A recurrent bundle holds one graph, ``policy.onnx``, one control step::
 
     (obs, prev_command, prev_reward, prev_done, noise, state_in) -> (command, state_out)
 
-``state`` is the packed recurrent state, ``[h]`` for a GRU and ``[h, c]`` for an LSTM (the manifest's
+``state`` is the packed recurrent state, ``[h]`` for a GRU, ``[h, c]`` for an LSTM and the history
+window of the last ``window_steps`` core inputs for RMA's ``window`` cell (the manifest's
 ``adaptation.state_layout`` says where each part sits). The robot keeps it: it feeds ``state_out``
 back as the next step's ``state_in``, zeroes it at a new trial (new object, new task) and carries it
 across the attempts of a trial. There is no adapt graph: every control step already updates the
@@ -26,7 +27,7 @@ import numpy as np
 
 from metarl_robot.families.base import BuiltGraphs, Family, Require, Shape, saturating_noise
 
-CELLS = ("gru", "lstm")
+CELLS = ("gru", "lstm", "window")
 INITIAL_STATES = ("zeros",)
 
 
@@ -34,7 +35,7 @@ class RecurrentFamily(Family):
     name = "recurrent"
     adaptation_kind = "recurrent_memory"
     policy_class = "RecurrentPolicy"
-    algorithms = ("metarl_robot.algos.rl2",)
+    algorithms = ("metarl_robot.algos.rl2", "metarl_robot.algos.rma")
     graph_io = {
         "policy": (
             ("obs", "prev_command", "prev_reward", "prev_done", "noise", "state_in"),
@@ -57,7 +58,15 @@ class RecurrentFamily(Family):
             raise BundleError(f"{where}: 'adaptation.cell' is {cell!r}, expected one of {list(CELLS)}")
         hidden = check.positive_int(adaptation, "hidden_size", "adaptation")
         state_size = check.positive_int(adaptation, "state_size", "adaptation")
-        expected = hidden * (2 if cell == "lstm" else 1)
+        if cell == "window":
+            steps = check.positive_int(adaptation, "window_steps", "adaptation")
+            if state_size % steps:
+                raise BundleError(
+                    f"{where}: 'adaptation.state_size' is {state_size}, not a whole number of {steps} window steps"
+                )
+            expected = state_size
+        else:
+            expected = hidden * (2 if cell == "lstm" else 1)
         if state_size != expected:
             raise BundleError(
                 f"{where}: 'adaptation.state_size' is {state_size}, but a {cell} with hidden_size {hidden} carries "
@@ -65,6 +74,8 @@ class RecurrentFamily(Family):
             )
         layout = check.key(adaptation, "state_layout", list, "adaptation")
         wanted = [{"name": "h", "offset": 0, "size": hidden}]
+        if cell == "window":
+            wanted = [{"name": "history", "offset": 0, "size": state_size}]
         if cell == "lstm":
             wanted.append({"name": "c", "offset": hidden, "size": hidden})
         if layout != wanted:
@@ -128,7 +139,7 @@ class RecurrentFamily(Family):
         from metarl_robot.recurrent_policy import RecurrentPolicy, RecurrentPolicyConfig
 
         config = dict(spec["config"])
-        for key in ("embed_sizes", "head_sizes", "critic_sizes"):
+        for key in ("embed_sizes", "head_sizes", "critic_sizes", "adaptation_sizes", "encoder_sizes"):
             if key in config:
                 config[key] = tuple(config[key])
         return RecurrentPolicy(spec["obs_dim"], spec["act_dim"], spec["action_scale"], RecurrentPolicyConfig(**config))

@@ -82,6 +82,9 @@ def adaptation_section(
         "cadence": cadence,
         "reward_source": jsonable(reward_source),
     }
+    if policy.config.cell == "window":
+        section["window_steps"] = int(policy.config.window_steps)
+        section["latent_dim"] = int(policy.config.latent_dim)
     if "episodes_per_trial" in adaptation:
         section["episodes_per_trial"] = int(adaptation["episodes_per_trial"])
     if policy.skill is not None:
@@ -160,8 +163,11 @@ def sample_step(policy: RecurrentPolicy, rng: np.random.Generator, batch: int) -
 
 
 def sample_state(policy: RecurrentPolicy, rng: np.random.Generator, batch: int) -> np.ndarray:
-    """A non-zero state: ``h`` in (-1, 1) as a GRU/LSTM output is; an LSTM's ``c`` wider (it is unbounded)."""
+    """A non-zero state: ``h`` in (-1, 1) as a GRU/LSTM output is; an LSTM's ``c`` wider (it is unbounded);
+    a history window of normalised inputs, a few units wide."""
     h = policy.hidden_size
+    if policy.config.cell == "window":
+        return rng.normal(0.0, 1.5, size=(batch, policy.state_size)).astype(np.float32)
     state = rng.uniform(-0.95, 0.95, size=(batch, policy.state_size))
     if policy.config.cell == "lstm":
         state[:, h:] = rng.normal(0.0, 1.5, size=(batch, h))
@@ -290,7 +296,8 @@ class RecurrentTorchController(TorchControllerBase):
         self.obs_dim, self.act_dim = policy.obs_dim, policy.act_dim
         self._sample_actions = bool(adaptation.get("sample_actions", True))
         self.explore = bool(explore) and self._sample_actions
-        self.state_names = ("h",) if policy.config.cell == "gru" else ("h", "c")
+        self.state_layout = policy.state_layout
+        self.state_names = tuple(str(part["name"]) for part in self.state_layout)
         self._learning = True
         self._rng = np.random.default_rng(seed)
         self.reset()
@@ -333,13 +340,10 @@ class RecurrentTorchController(TorchControllerBase):
         return {"adaptation_family": self.family, "cell": self.policy.config.cell}
 
     def get_state(self) -> dict[str, np.ndarray]:
-        h = self.policy.hidden_size
-        parts = {"h": self.state[:, :h], "c": self.state[:, h:]}
-        return {name: parts[name].copy() for name in self.state_names}
+        return {str(p["name"]): self.state[:, int(p["offset"]) : int(p["offset"]) + int(p["size"])].copy() for p in self.state_layout}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         if set(state) != set(self.state_names):
             raise ValueError(f"state must have exactly the keys {sorted(self.state_names)}, got {sorted(state)}")
-        h = self.policy.hidden_size
-        parts = [np.asarray(state[name], np.float32).reshape(1, h) for name in self.state_names]
+        parts = [np.asarray(state[str(p["name"])], np.float32).reshape(1, int(p["size"])) for p in self.state_layout]
         self.state = np.concatenate(parts, axis=1)

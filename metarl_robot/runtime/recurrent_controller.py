@@ -77,12 +77,14 @@ class RecurrentController(BundleController):
         self._prev_done = np.zeros((1, 1), dtype=np.float32)
         self._noise = np.zeros((1, self.act_dim), dtype=np.float32)
         self._state = np.zeros((1, self.state_size), dtype=np.float32)
-        # h and c are views into the packed state, so get_state/set_state name them and the graph sees one array.
-        h = self.hidden_size
-        self._h = self._state[:, :h]
-        self._STATE = ("h",) if self.cell == "gru" else ("h", "c")
-        if self.cell == "lstm":
-            self._c = self._state[:, h:]
+        # Each part of the manifest's state_layout (h and c, or the history window) is a view into the
+        # packed state, so get_state/set_state name them and the graph sees one array.
+        names = []
+        for part in adaptation["state_layout"]:
+            name, offset, size = str(part["name"]), int(part["offset"]), int(part["size"])
+            setattr(self, f"_{name}", self._state[:, offset : offset + size])
+            names.append(name)
+        self._STATE = tuple(names)
         self._feed = {
             "obs": self._obs,
             "prev_command": self._prev_command,

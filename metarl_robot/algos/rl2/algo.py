@@ -54,7 +54,7 @@ class RL2:
             config.env_id, config.env_kwargs, config.sampler, config.num_workers, requests_per_batch=config.trials_per_iteration
         )
         self.interface, self.obs_dim, self.act_dim = env.interface, env.obs_dim, env.act_dim
-        self.privileged_keys = privileged_keys(self.tasks.train_tasks[0]) if config.asymmetric_critic else ()
+        self.privileged_keys = self._choose_privileged_keys()
         policy_config = dataclasses.replace(config.policy, privileged_dim=len(self.privileged_keys))
         if policy_config.skill and not policy_config.skill_layout:
             layout = skill_layout(self.interface["observation_layout"])
@@ -68,6 +68,21 @@ class RL2:
         self._imitation_start = 0
         self.critic_warmup_until = 0
 
+    method = METHOD
+
+    def _choose_privileged_keys(self) -> tuple[str, ...]:
+        """The task parameters the critic reads (all numeric ones with an asymmetric critic, else none)."""
+        return privileged_keys(self.tasks.train_tasks[0]) if self.config.asymmetric_critic else ()
+
+    def privileged_matrix(self, tasks) -> np.ndarray:
+        """``[N, P]`` privileged parameters of ``tasks``, as the policy's privileged inputs read them."""
+        return np.stack([privileged_vector(task, self.privileged_keys) for task in tasks])
+
+    def _unroll(self, t: dict[str, torch.Tensor], rows, span: slice, state: torch.Tensor):
+        """The core over trials ``rows``, steps ``span``, from ``state``: ``(features, final state)``."""
+        return self.policy.unroll(t["obs"][rows, span], t["prev_actions"][rows, span], t["prev_rewards"][rows, span],
+                                  t["prev_dones"][rows, span], state)
+
     # -- checkpoints
     @property
     def checkpoint_path(self) -> Path:
@@ -80,7 +95,7 @@ class RL2:
         return save_checkpoint(
             self.checkpoint_path,
             self.policy,
-            method=METHOD,
+            method=self.method,
             interface=self.interface,
             adaptation=self.adaptation(),
             config=to_dict(self.config),
@@ -93,7 +108,7 @@ class RL2:
         )
 
     def restore(self) -> bool:
-        return restore_checkpoint(self, METHOD) is not None
+        return restore_checkpoint(self, self.method) is not None
 
     def warm_start(self) -> dict[str, float]:
         """Clone ``warm_start.rounds`` batches of trials of a teacher that is never told the task, then
@@ -149,8 +164,7 @@ class RL2:
         # The core reads the previous command normalised as the robot's graph does it.
         t["prev_actions"] = p.normalised_action(torch.as_tensor(batch.prev_actions) * p.action_scale)
         if self.privileged_keys:
-            privileged = np.stack([privileged_vector(task, self.privileged_keys) for task in batch.tasks])
-            t["privileged"] = torch.as_tensor(privileged)
+            t["privileged"] = torch.as_tensor(self.privileged_matrix(batch.tasks))
         return t
 
     def _chunks(self, t: dict[str, torch.Tensor]) -> tuple[list[slice], torch.Tensor]:
@@ -160,15 +174,16 @@ class RL2:
         spans = [slice(s, min(s + size, length)) for s in range(0, length, size)]
         starts, state = [], self.policy.initial_state(t["obs"].shape[0])
         with torch.no_grad():
+            everyone = torch.arange(t["obs"].shape[0])
             for span in spans:
                 starts.append(state)
-                _, state = self.policy.unroll(t["obs"][:, span], t["prev_actions"][:, span], t["prev_rewards"][:, span], t["prev_dones"][:, span], state)
+                _, state = self._unroll(t, everyone, span, state)
         return spans, torch.stack(starts)
 
     def _evaluate(self, t, rows: torch.Tensor, span: slice, start: torch.Tensor):
         """Log-probabilities, entropies and values ``[B, T]`` of trials ``rows`` over ``span`` from ``start``."""
         p = self.policy
-        features, _ = p.unroll(t["obs"][rows, span], t["prev_actions"][rows, span], t["prev_rewards"][rows, span], t["prev_dones"][rows, span], start)
+        features, _ = self._unroll(t, rows, span, start)
         dist = p.distribution(features)
         logp = p.log_prob(dist, t["raw_actions"][rows, span])
         privileged = t["privileged"][rows].unsqueeze(1).expand(-1, features.shape[1], -1) if self.privileged_keys else None

@@ -148,8 +148,7 @@ def imitation_loss(algo, t: Mapping[str, torch.Tensor], rows: int) -> torch.Tens
     teacher trials (teacher forcing from the zero state)."""
     policy = algo.policy
     pick = torch.randperm(t["obs"].shape[0])[: max(1, rows)]
-    features, _ = policy.unroll(t["obs"][pick], t["prev_actions"][pick], t["prev_rewards"][pick], t["prev_dones"][pick],
-                                policy.initial_state(len(pick)))
+    features, _ = algo._unroll(t, pick, slice(None), policy.initial_state(len(pick)))
     w = t["weights"][pick]
     return (((policy.actor(features) - t["labels"][pick]) ** 2) * w).sum() / w.sum().clamp(min=1.0)
 
@@ -174,8 +173,7 @@ def clone(algo, batch, epochs: int | None = None, update_normalizers: bool = Tru
     out = {}
     for _ in range(cfg.epochs if epochs is None else epochs):
         for rows in torch.randperm(n).chunk(cfg.minibatches):
-            features, _ = policy.unroll(t["obs"][rows], t["prev_actions"][rows], t["prev_rewards"][rows], t["prev_dones"][rows],
-                                        policy.initial_state(len(rows)))
+            features, _ = algo._unroll(t, rows, slice(None), policy.initial_state(len(rows)))
             mean = policy.actor(features)
             w = weights[rows]
             bc = (((mean - labels[rows]) ** 2) * w).sum() / w.sum().clamp(min=1.0)
