@@ -21,7 +21,7 @@ import pytest
 
 from metarl_robot.parity import PARITY_TOLERANCE
 from tests.runtime.conftest import ACTION_SCALE
-from tests.runtime.test_recurrent_controller import HIDDEN, export_recurrent, recurrent_bundle  # noqa: F401 (fixture)
+from tests.runtime.test_recurrent_controller import HIDDEN, export_recurrent, recurrent_bundle, state_names, state_size  # noqa: F401 (fixture)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,17 +30,18 @@ def test_manifest_declares_the_memory_and_one_graph(recurrent_bundle) -> None:
     cell, _, bundle = recurrent_bundle
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["method"] == {"family": "recurrent", "name": "rl2"}
-    state_size = HIDDEN * (2 if cell == "lstm" else 1)
+    size = state_size(cell)
     adaptation = manifest["adaptation"]
     assert adaptation["kind"] == "recurrent_memory" and adaptation["cell"] == cell
-    assert adaptation["hidden_size"] == HIDDEN and adaptation["state_size"] == state_size
-    assert [p["name"] for p in adaptation["state_layout"]] == (["h"] if cell == "gru" else ["h", "c"])
+    assert adaptation["hidden_size"] == HIDDEN and adaptation["state_size"] == size
+    assert [p["name"] for p in adaptation["state_layout"]] == state_names(cell)
+    assert sum(p["size"] for p in adaptation["state_layout"]) == size
     assert adaptation["reset_between_trials"] is True and adaptation["carry_across_episodes"] is True
     assert adaptation["cadence"] == "step" and adaptation["steps"] == 0 and adaptation["initial_state"] == "zeros"
     assert list(manifest["graphs"]) == ["policy"]  # the memory is the adaptation: no adapt graph
     policy = manifest["graphs"]["policy"]
     assert list(policy["inputs"]) == ["obs", "prev_command", "prev_reward", "prev_done", "noise", "state_in"]
-    assert policy["outputs"] == {"command": [None, 4], "state_out": [None, state_size]}
+    assert policy["outputs"] == {"command": [None, 4], "state_out": [None, size]}
     assert sorted(manifest["files"]) == ["policy.onnx", "test_vectors.npz"]
     parity = manifest["provenance"]["parity_max_abs_diff"]
     assert set(parity) == {"policy", "policy_sequence"}
@@ -124,7 +125,8 @@ def test_a_gru_node_with_the_wrong_linear_before_reset_fails_the_parity_check(tm
 def test_lstm_is_exported_as_one_lstm_node(recurrent_bundle) -> None:
     cell, _, bundle = recurrent_bundle
     _, nodes = _recurrent_nodes(bundle / "policy.onnx")
-    assert [n.op_type for n in nodes] == [cell.upper()]
+    # The window cell (RMA) has no recurrent node: its memory is a shifted history window.
+    assert [n.op_type for n in nodes] == ([] if cell == "window" else [cell.upper()])
 
 
 def test_an_inconsistent_memory_section_is_refused(recurrent_bundle, tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ import pytest
 from tests.runtime.conftest import ACTION_SCALE, ACT_DIM, INTERFACE, OBS_DIM
 
 HIDDEN = 16
+WINDOW_STEPS = 5
+"""The window cell's history length in these tests (RMA); its state is WINDOW_STEPS x the core's input (32)."""
 ADAPTATION: dict[str, Any] = {
     "cadence": "step",
     "reward_source": {"type": "topic", "topic": "reward"},
@@ -31,7 +33,8 @@ def make_policy(cell: str, seed: int = 0):
     from metarl_robot.recurrent_policy import RecurrentPolicy, RecurrentPolicyConfig
 
     torch.manual_seed(seed)
-    policy = RecurrentPolicy(OBS_DIM, ACT_DIM, ACTION_SCALE, RecurrentPolicyConfig(cell=cell, hidden_size=HIDDEN, embed_sizes=(32,)))
+    window = {"window_steps": WINDOW_STEPS, "privileged_dim": 3} if cell == "window" else {}
+    policy = RecurrentPolicy(OBS_DIM, ACT_DIM, ACTION_SCALE, RecurrentPolicyConfig(cell=cell, hidden_size=HIDDEN, embed_sizes=(32,), **window))
     with torch.no_grad():
         policy.obs_norm.update(torch.randn(500, OBS_DIM) * torch.linspace(0.05, 20.0, OBS_DIM) + 3.0)
         policy.actor[-1].weight.mul_(150.0)
@@ -62,7 +65,16 @@ def export_recurrent(root: Path, cell: str) -> tuple[Path, Path]:
     return checkpoint, export_bundle(checkpoint, root / f"{cell}_bundle")
 
 
-@pytest.fixture(scope="module", params=["gru", "lstm"])
+def state_names(cell: str) -> list[str]:
+    """The parts of the packed state, in the manifest's order."""
+    return {"gru": ["h"], "lstm": ["h", "c"], "window": ["history"]}[cell]
+
+
+def state_size(cell: str) -> int:
+    return {"gru": HIDDEN, "lstm": 2 * HIDDEN, "window": WINDOW_STEPS * 32}[cell]
+
+
+@pytest.fixture(scope="module", params=["gru", "lstm", "window"])
 def recurrent_bundle(request, tmp_path_factory) -> tuple[str, Path, Path]:
     cell = request.param
     checkpoint, bundle = export_recurrent(tmp_path_factory.mktemp(f"rl2_{cell}"), cell)
@@ -81,8 +93,7 @@ def test_state_is_explicit_updated_every_act_and_zeroed_by_reset(recurrent_bundl
     ctl = load_controller(bundle, ["cpu"], seed=0)
     assert isinstance(ctl, RecurrentController) and ctl.cell == cell
     assert ctl.session_providers == {"policy": "CPUExecutionProvider"}  # no adapt graph
-    names = ["h"] if cell == "gru" else ["c", "h"]
-    assert sorted(ctl.get_state()) == names
+    assert sorted(ctl.get_state()) == sorted(state_names(cell))
     assert all(not v.any() for v in ctl.get_state().values())
     ctl.warmup()
     assert all(not v.any() for v in ctl.get_state().values()), "warmup must leave the state alone"
@@ -117,7 +128,7 @@ def test_get_and_set_state_round_trip_and_validate(recurrent_bundle) -> None:
     ctl.set_state(saved)
     np.testing.assert_array_equal(ctl.act(obs), first)  # same state, same inputs, mean command: same output
     with pytest.raises(ValueError, match="exactly the keys"):
-        ctl.set_state({"x": saved["h"]})
+        ctl.set_state({"x": saved[state_names(cell)[0]]})
     bad = {k: np.full_like(v, np.nan) for k, v in saved.items()}
     current = ctl.get_state()
     with pytest.raises(ValueError, match="non-finite"):

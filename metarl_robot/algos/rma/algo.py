@@ -198,6 +198,8 @@ class RMA(RL2):
         n = t["obs"].shape[0]
         with torch.no_grad():
             before = float(self.latent_error(t, torch.arange(n)))
+            targets = self.policy.privileged_latent(t["privileged"])
+            spread = float(((targets - targets.mean(0)) ** 2).mean())
         for _ in range(am.epochs):
             for rows in torch.randperm(n).chunk(am.minibatches):
                 loss = self.latent_error(t, rows)
@@ -208,6 +210,8 @@ class RMA(RL2):
         with torch.no_grad():
             after = float(self.latent_error(t, torch.arange(n)))
         return {"adaptation_module/latent_mse_before_fit": before, "adaptation_module/latent_mse": after,
+                # the error of the best constant guess (the latents' variance over the trials' tasks)
+                "adaptation_module/latent_variance": spread,
                 "adaptation_module/trials": float(n)}
 
 
