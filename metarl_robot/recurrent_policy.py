@@ -33,7 +33,8 @@ from torch import nn
 from metarl_robot.policies import RunningNormalizer, action_scale_tensor, mlp
 from metarl_robot.skills import SKILLS, make_skill
 
-CELLS = ("gru", "lstm", "window")
+CELLS = ("gru", "lstm", "window", "prototype")
+COMPARISONS = ("euclidean", "cosine")
 REWARD_CLIP = 10.0
 """The previous reward enters the core as ``clip(prev_reward * reward_scale, -10, 10)``."""
 
@@ -74,7 +75,16 @@ class RecurrentPolicyConfig:
     adaptation_sizes: tuple[int, ...] = (128, 64)
     """``window`` cell: hidden widths of the adaptation module (history window -> ``z``)."""
     encoder_sizes: tuple[int, ...] = (64,)
-    """``window`` cell: hidden widths of the privileged encoder (task parameters -> ``z``; training only)."""
+    """``window`` and ``prototype`` cells: hidden widths of the privileged encoder (task parameters -> ``z``;
+    training only)."""
+    embedding_dim: int = 16
+    """``prototype`` cell: size of a step's embedding (and of each prototype)."""
+    embedding_sizes: tuple[int, ...] = (64,)
+    """``prototype`` cell: hidden widths of the step embedding."""
+    num_prototypes: int = 0
+    """``prototype`` cell: one prototype per training task (set from the tasks by the training algorithm)."""
+    comparison: str = "euclidean"
+    """``prototype`` cell: ``euclidean`` (prototypical networks) or ``cosine`` (matching networks)."""
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -88,11 +98,75 @@ class RecurrentPolicyConfig:
         if self.skill and self.skill not in SKILLS:
             raise ValueError(f"skill {self.skill!r} is not known; use one of {sorted(SKILLS)} (or leave it empty)")
         object.__setattr__(self, "skill_layout", tuple(tuple(x) for x in self.skill_layout))
-        for key in ("adaptation_sizes", "encoder_sizes"):
+        for key in ("adaptation_sizes", "encoder_sizes", "embedding_sizes"):
             object.__setattr__(self, key, tuple(int(w) for w in getattr(self, key)))
+        if self.comparison not in COMPARISONS:
+            raise ValueError(f"comparison {self.comparison!r} is not supported; use one of {list(COMPARISONS)}")
+        if self.cell == "prototype":
+            if self.num_prototypes < 0 or self.embedding_dim < 1 or self.latent_dim < 1 or any(w < 1 for w in (*self.embedding_sizes, *self.encoder_sizes)):
+                raise ValueError("the prototype cell needs embedding_dim, latent_dim and layer widths >= 1 (num_prototypes is set from the tasks)")
         if self.cell == "window":
             if self.window_steps < 2 or self.latent_dim < 1 or any(w < 1 for w in (*self.adaptation_sizes, *self.encoder_sizes)):
                 raise ValueError("the window cell needs window_steps >= 2, latent_dim >= 1 and positive layer widths")
+
+
+class PrototypeCore(nn.Module):
+    """Metric-based task inference with the calling convention of ``nn.GRU(batch_first=True)``:
+    ``(x [B, T, I], state [B, E + 1]) -> (features [B, T, H], state)``. The state is ``[m, log(1 + W)]``: the
+    relevance-weighted mean ``m`` of the step embeddings ``e_t`` in (-1, 1) and the summed relevance ``W``
+    (``a_t`` > 0) over the trial so far; the support embedding ``s = m W / (W + 1)`` is compared with the prototypes (negative squared distance or cosine,
+    over a learned temperature) and ``z`` is the softmax mix of ``prototype_latents`` (the privileged
+    encoder's latents of the training tasks, set before the module is trained).
+    """
+
+    def __init__(self, input_size: int, embedding_dim: int, embedding_sizes: tuple[int, ...], num_prototypes: int,
+                 latent_dim: int, hidden_size: int, activation: str, comparison: str) -> None:
+        super().__init__()
+        self.embedding_dim, self.comparison = int(embedding_dim), comparison
+        act = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
+        self.embedding = mlp([input_size, *embedding_sizes, self.embedding_dim + 1], activation)
+        self.prototypes = nn.Parameter(torch.randn(num_prototypes, self.embedding_dim) * 0.3)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.register_buffer("prototype_latents", torch.zeros(num_prototypes, latent_dim))
+        self.base = nn.Sequential(mlp([input_size + latent_dim, hidden_size], activation), act())
+
+    def statistics(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(running state [B, T, E + 1] after each step, final state [B, E + 1])``.
+
+        The state is kept bounded, so float32 rounding does not grow with the trial: the relevance-weighted
+        *mean* embedding ``m`` and ``log(1 + W)`` of the summed relevance ``W``."""
+        out = self.embedding(x)
+        relevance = nn.functional.softplus(out[..., -1:])
+        embedded = torch.tanh(out[..., :-1])
+        mean0, weight0 = state[:, None, :-1], torch.expm1(state[:, None, -1:])
+        if x.shape[1] == 1:
+            added, weight = relevance * embedded, weight0 + relevance
+        else:
+            added, weight = torch.cumsum(relevance * embedded, dim=1), weight0 + torch.cumsum(relevance, dim=1)
+        running = torch.cat([(mean0 * weight0 + added) / weight, torch.log1p(weight)], dim=-1)
+        return running, running[:, -1]
+
+    def task_logits(self, running: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, T, K]`` of the support set against each prototype (training task)."""
+        weight = torch.expm1(running[..., -1:])
+        support = running[..., :-1] * weight / (weight + 1.0)  # shrunk towards 0 while there is little evidence
+        if self.comparison == "cosine":
+            score = nn.functional.normalize(support, dim=-1, eps=1e-6) @ nn.functional.normalize(self.prototypes, dim=-1, eps=1e-6).T
+        else:
+            score = -((support.unsqueeze(-2) - self.prototypes) ** 2).sum(-1)
+        return score * torch.exp(-self.log_temperature)
+
+    def estimate(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        running, _ = self.statistics(x, state)
+        return torch.softmax(self.task_logits(running), dim=-1) @ self.prototype_latents
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor, latent: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        running, final = self.statistics(x, state)
+        if latent is None:
+            z = torch.softmax(self.task_logits(running), dim=-1) @ self.prototype_latents
+        else:
+            z = latent.unsqueeze(1).expand(-1, x.shape[1], -1) if latent.dim() == 2 else latent
+        return self.base(torch.cat([x, z], dim=-1)), final
 
 
 class HistoryWindowCore(nn.Module):
@@ -167,9 +241,15 @@ class RecurrentPolicy(nn.Module):
             self.embed = nn.Identity()
             core_in = in_dim
         self.core_input_size = core_in
-        if config.cell == "window":
-            self.core: nn.Module = HistoryWindowCore(core_in, config.window_steps, config.latent_dim, config.hidden_size,
-                                                     config.adaptation_sizes, config.activation)
+        if config.cell in ("window", "prototype"):
+            if config.cell == "window":
+                self.core: nn.Module = HistoryWindowCore(core_in, config.window_steps, config.latent_dim, config.hidden_size,
+                                                         config.adaptation_sizes, config.activation)
+            else:
+                if config.num_prototypes < 1:
+                    raise ValueError("the prototype cell needs num_prototypes >= 1 (one per training task; the training algorithm sets it)")
+                self.core = PrototypeCore(core_in, config.embedding_dim, config.embedding_sizes, config.num_prototypes,
+                                          config.latent_dim, config.hidden_size, config.activation, config.comparison)
             # RMA phase 1: the task latent from the privileged parameters (training only, never exported).
             self.encoder = nn.Sequential(mlp([max(config.privileged_dim, 1), *config.encoder_sizes, config.latent_dim], config.activation), nn.Tanh())
         else:
@@ -195,6 +275,8 @@ class RecurrentPolicy(nn.Module):
         """Length of the packed state: ``h`` (GRU), ``h`` then ``c`` (LSTM), or the history window."""
         if self.config.cell == "window":
             return self.config.window_steps * self.core_input_size
+        if self.config.cell == "prototype":
+            return self.config.embedding_dim + 1
         return self.config.hidden_size * (2 if self.config.cell == "lstm" else 1)
 
     @property
@@ -202,6 +284,9 @@ class RecurrentPolicy(nn.Module):
         """Where ``h`` (and ``c``), or the history window, sit in the packed state."""
         if self.config.cell == "window":
             return [{"name": "history", "offset": 0, "size": self.state_size}]
+        if self.config.cell == "prototype":
+            e = self.config.embedding_dim
+            return [{"name": "support_mean", "offset": 0, "size": e}, {"name": "support_log_weight", "offset": e, "size": 1}]
         h = self.config.hidden_size
         layout: list[dict[str, int | str]] = [{"name": "h", "offset": 0, "size": h}]
         if self.config.cell == "lstm":
@@ -214,14 +299,14 @@ class RecurrentPolicy(nn.Module):
 
     def _unpack(self, state: torch.Tensor):
         h = self.config.hidden_size
-        if self.config.cell == "window":
+        if self.config.cell in ("window", "prototype"):
             return state
         if self.config.cell == "gru":
             return state.unsqueeze(0)
         return (state[:, :h].unsqueeze(0).contiguous(), state[:, h:].unsqueeze(0).contiguous())
 
     def _pack(self, core_state) -> torch.Tensor:
-        if self.config.cell == "window":
+        if self.config.cell in ("window", "prototype"):
             return core_state
         if self.config.cell == "gru":
             return core_state[0]
@@ -239,8 +324,8 @@ class RecurrentPolicy(nn.Module):
         return self.embed(torch.cat(parts, dim=-1))
 
     def privileged_latent(self, privileged: torch.Tensor) -> torch.Tensor:
-        """RMA phase 1: the task latent ``[B, k]`` from raw privileged parameters ``[B, P]`` (window cell only)."""
-        if self.config.cell != "window":
+        """Phase 1: the task latent ``[B, k]`` from raw privileged parameters ``[B, P]`` (window and prototype cells)."""
+        if self.config.cell not in ("window", "prototype"):
             raise ValueError(f"a {self.config.cell} core has no privileged encoder")
         return self.encoder(self.privileged_norm(privileged))
 
@@ -255,6 +340,20 @@ class RecurrentPolicy(nn.Module):
         ``privileged [B, P]`` (window cell, training only) replaces the estimated latent with the encoder's."""
         features, final = self._core(self.core_inputs(obs, prev_action, prev_reward, prev_done), state, privileged)
         return features, self._pack(final)
+
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """What infers the task latent on the robot (trained in the second phase): the window cell's
+        adaptation module, or the prototype cell's embedding, prototypes and temperature."""
+        if self.config.cell == "window":
+            return list(self.core.adaptation.parameters())
+        if self.config.cell == "prototype":
+            return [*self.core.embedding.parameters(), self.core.prototypes, self.core.log_temperature]
+        raise ValueError(f"a {self.config.cell} core has no separate latent inference")
+
+    def task_logits(self, obs, prev_action, prev_reward, prev_done, state: torch.Tensor) -> torch.Tensor:
+        """Prototype cell: logits ``[B, T, K]`` of the support set so far against each training task."""
+        running, _ = self.core.statistics(self.core_inputs(obs, prev_action, prev_reward, prev_done), self._unpack(state))
+        return self.core.task_logits(running)
 
     def estimated_latent(self, obs, prev_action, prev_reward, prev_done, state: torch.Tensor) -> torch.Tensor:
         """Window cell: the adaptation module's latents ``[B, T, k]`` over the sequences (phase 2's prediction)."""

@@ -125,8 +125,9 @@ def test_a_gru_node_with_the_wrong_linear_before_reset_fails_the_parity_check(tm
 def test_lstm_is_exported_as_one_lstm_node(recurrent_bundle) -> None:
     cell, _, bundle = recurrent_bundle
     _, nodes = _recurrent_nodes(bundle / "policy.onnx")
-    # The window cell (RMA) has no recurrent node: its memory is a shifted history window.
-    assert [n.op_type for n in nodes] == ([] if cell == "window" else [cell.upper()])
+    # The window (RMA) and prototype cells have no recurrent node: their memory is a shifted history
+    # window, or a running sum.
+    assert [n.op_type for n in nodes] == ([] if cell in ("window", "prototype") else [cell.upper()])
 
 
 def test_an_inconsistent_memory_section_is_refused(recurrent_bundle, tmp_path: Path) -> None:

@@ -94,7 +94,9 @@ def test_the_privileged_latent_replaces_the_estimate_only_where_given() -> None:
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("policy.cell=gru", "RMA trains the window cell"),
+        ("policy.cell=gru", "method rma trains the window cell"),
+        ("method=prototypical", "method prototypical trains the prototype cell"),
+        ("policy.comparison=manhattan", "comparison 'manhattan' is not supported"),
         ("policy.window_steps=1", "window_steps >= 2"),
         ("log_privileged=[mass]", "not in privileged"),
         ("warm_start.rounds=2", "needs warm_start.demonstrator"),
@@ -168,3 +170,36 @@ def test_phase_two_learns_the_latent_from_the_history() -> None:
             algo.close()
     assert last["adaptation_module/privileged_round"] == 0.0  # the last rounds acted on the module's own estimates
     assert last["adaptation_module/latent_mse"] < 0.5 * last["adaptation_module/latent_variance"], last
+
+
+@pytest.mark.parametrize("comparison", ["euclidean", "cosine"])
+def test_prototypical_inference_trains_its_metric_and_exports(comparison: str, tmp_path: Path) -> None:
+    """The prototype cell: one prototype per training task whose latent is the encoder's latent of that task;
+    phase 2 moves only the embedding, the prototypes and the temperature (and sets the prototype latents),
+    the support set's task logits learn to pick out the task they came from, and the bundle verifies."""
+    from metarl_robot.export import export_bundle
+    from metarl_robot.verify import verify_bundle
+
+    cfg = dict(TINY, method="prototypical", ppo_iterations=0,
+               policy={"cell": "prototype", "hidden_size": 24, "embed_sizes": [], "latent_dim": 3, "embedding_dim": 6,
+                       "comparison": comparison},
+               adaptation_module={**TINY["adaptation_module"], "iterations": 0})
+    path = rma.train(load_config(rma.TrainConfig, cfg), tmp_path / "run", progress=False)
+    phase1, _ = load_checkpoint(path)
+    assert phase1.config.num_prototypes == 16 and not phase1.core.prototype_latents.any()
+    path = rma.train(load_config(rma.TrainConfig, dict(cfg, adaptation_module={**TINY["adaptation_module"], "lr": 3e-3})),
+                     tmp_path / "run", resume=True, progress=False)
+    policy, data = load_checkpoint(path)
+    assert data["method"] == "prototypical" and data["iteration"] == 3
+    moved = {name for name, p in policy.state_dict().items() if not torch.equal(p, phase1.state_dict()[name])}
+    inference = ("core.embedding.", "core.prototypes", "core.log_temperature", "core.prototype_latents")
+    assert moved and all(name.startswith(inference) for name in moved), moved
+    tasks = point_goal_distribution(num_train=16).train_tasks
+    goals = torch.tensor([[t["goal_x"], t["goal_y"]] for t in tasks], dtype=torch.float32)
+    torch.testing.assert_close(policy.core.prototype_latents, policy.privileged_latent(goals).detach())
+    metrics = data["metrics"]
+    # Chance is log(16) = 2.77 nats; the support sets must say more than that about their task.
+    assert metrics["adaptation_module/task_loss"] < 2.6, metrics
+    bundle = export_bundle(path, tmp_path / "bundle")
+    report = verify_bundle(bundle, checkpoint=path)
+    assert report.ok, report.format()

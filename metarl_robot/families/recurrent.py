@@ -6,7 +6,8 @@ A recurrent bundle holds one graph, ``policy.onnx``, one control step::
     (obs, prev_command, prev_reward, prev_done, noise, state_in) -> (command, state_out)
 
 ``state`` is the packed recurrent state, ``[h]`` for a GRU, ``[h, c]`` for an LSTM and the history
-window of the last ``window_steps`` core inputs for RMA's ``window`` cell (the manifest's
+window of the last ``window_steps`` core inputs for RMA's ``window`` cell, the support set's summed
+embedding and weight for the metric-based ``prototype`` cell (the manifest's
 ``adaptation.state_layout`` says where each part sits). The robot keeps it: it feeds ``state_out``
 back as the next step's ``state_in``, zeroes it at a new trial (new object, new task) and carries it
 across the attempts of a trial. There is no adapt graph: every control step already updates the
@@ -27,7 +28,7 @@ import numpy as np
 
 from metarl_robot.families.base import BuiltGraphs, Family, Require, Shape, saturating_noise
 
-CELLS = ("gru", "lstm", "window")
+CELLS = ("gru", "lstm", "window", "prototype")
 INITIAL_STATES = ("zeros",)
 
 
@@ -65,6 +66,8 @@ class RecurrentFamily(Family):
                     f"{where}: 'adaptation.state_size' is {state_size}, not a whole number of {steps} window steps"
                 )
             expected = state_size
+        elif cell == "prototype":
+            expected = check.positive_int(adaptation, "embedding_dim", "adaptation") + 1
         else:
             expected = hidden * (2 if cell == "lstm" else 1)
         if state_size != expected:
@@ -76,6 +79,9 @@ class RecurrentFamily(Family):
         wanted = [{"name": "h", "offset": 0, "size": hidden}]
         if cell == "window":
             wanted = [{"name": "history", "offset": 0, "size": state_size}]
+        if cell == "prototype":
+            wanted = [{"name": "support_mean", "offset": 0, "size": state_size - 1},
+                      {"name": "support_log_weight", "offset": state_size - 1, "size": 1}]
         if cell == "lstm":
             wanted.append({"name": "c", "offset": hidden, "size": hidden})
         if layout != wanted:
@@ -139,7 +145,7 @@ class RecurrentFamily(Family):
         from metarl_robot.recurrent_policy import RecurrentPolicy, RecurrentPolicyConfig
 
         config = dict(spec["config"])
-        for key in ("embed_sizes", "head_sizes", "critic_sizes", "adaptation_sizes", "encoder_sizes"):
+        for key in ("embed_sizes", "head_sizes", "critic_sizes", "adaptation_sizes", "encoder_sizes", "embedding_sizes"):
             if key in config:
                 config[key] = tuple(config[key])
         return RecurrentPolicy(spec["obs_dim"], spec["act_dim"], spec["action_scale"], RecurrentPolicyConfig(**config))

@@ -85,6 +85,9 @@ def adaptation_section(
     if policy.config.cell == "window":
         section["window_steps"] = int(policy.config.window_steps)
         section["latent_dim"] = int(policy.config.latent_dim)
+    if policy.config.cell == "prototype":
+        section.update(embedding_dim=int(policy.config.embedding_dim), num_prototypes=int(policy.config.num_prototypes),
+                       comparison=policy.config.comparison, latent_dim=int(policy.config.latent_dim))
     if "episodes_per_trial" in adaptation:
         section["episodes_per_trial"] = int(adaptation["episodes_per_trial"])
     if policy.skill is not None:
@@ -168,6 +171,9 @@ def sample_state(policy: RecurrentPolicy, rng: np.random.Generator, batch: int) 
     h = policy.hidden_size
     if policy.config.cell == "window":
         return rng.normal(0.0, 1.5, size=(batch, policy.state_size)).astype(np.float32)
+    if policy.config.cell == "prototype":  # a mean embedding in (-1, 1) and log(1 + summed relevance), up to ~500 steps in
+        mean = rng.uniform(-0.9, 0.9, size=(batch, policy.state_size - 1))
+        return np.concatenate([mean, rng.uniform(0.0, 6.0, size=(batch, 1))], axis=1).astype(np.float32)
     state = rng.uniform(-0.95, 0.95, size=(batch, policy.state_size))
     if policy.config.cell == "lstm":
         state[:, h:] = rng.normal(0.0, 1.5, size=(batch, h))

@@ -33,11 +33,14 @@ def make_policy(cell: str, seed: int = 0):
     from metarl_robot.recurrent_policy import RecurrentPolicy, RecurrentPolicyConfig
 
     torch.manual_seed(seed)
-    window = {"window_steps": WINDOW_STEPS, "privileged_dim": 3} if cell == "window" else {}
+    window = {"window": {"window_steps": WINDOW_STEPS, "privileged_dim": 3},
+              "prototype": {"num_prototypes": 7, "embedding_dim": 6, "privileged_dim": 3}}.get(cell, {})
     policy = RecurrentPolicy(OBS_DIM, ACT_DIM, ACTION_SCALE, RecurrentPolicyConfig(cell=cell, hidden_size=HIDDEN, embed_sizes=(32,), **window))
     with torch.no_grad():
         policy.obs_norm.update(torch.randn(500, OBS_DIM) * torch.linspace(0.05, 20.0, OBS_DIM) + 3.0)
         policy.actor[-1].weight.mul_(150.0)
+        if cell == "prototype":  # the training tasks' latents (zeros until training sets them): the support matters
+            policy.core.prototype_latents.uniform_(-1.0, 1.0)
     return policy.eval()
 
 
@@ -67,14 +70,14 @@ def export_recurrent(root: Path, cell: str) -> tuple[Path, Path]:
 
 def state_names(cell: str) -> list[str]:
     """The parts of the packed state, in the manifest's order."""
-    return {"gru": ["h"], "lstm": ["h", "c"], "window": ["history"]}[cell]
+    return {"gru": ["h"], "lstm": ["h", "c"], "window": ["history"], "prototype": ["support_mean", "support_log_weight"]}[cell]
 
 
 def state_size(cell: str) -> int:
-    return {"gru": HIDDEN, "lstm": 2 * HIDDEN, "window": WINDOW_STEPS * 32}[cell]
+    return {"gru": HIDDEN, "lstm": 2 * HIDDEN, "window": WINDOW_STEPS * 32, "prototype": 7}[cell]
 
 
-@pytest.fixture(scope="module", params=["gru", "lstm", "window"])
+@pytest.fixture(scope="module", params=["gru", "lstm", "window", "prototype"])
 def recurrent_bundle(request, tmp_path_factory) -> tuple[str, Path, Path]:
     cell = request.param
     checkpoint, bundle = export_recurrent(tmp_path_factory.mktemp(f"rl2_{cell}"), cell)

@@ -55,7 +55,7 @@ class RL2:
         )
         self.interface, self.obs_dim, self.act_dim = env.interface, env.obs_dim, env.act_dim
         self.privileged_keys = self._choose_privileged_keys()
-        policy_config = dataclasses.replace(config.policy, privileged_dim=len(self.privileged_keys))
+        policy_config = self._policy_config(dataclasses.replace(config.policy, privileged_dim=len(self.privileged_keys)))
         if policy_config.skill and not policy_config.skill_layout:
             layout = skill_layout(self.interface["observation_layout"])
             policy_config = dataclasses.replace(policy_config, skill_layout=layout)
@@ -73,6 +73,10 @@ class RL2:
     def _choose_privileged_keys(self) -> tuple[str, ...]:
         """The task parameters the critic reads (all numeric ones with an asymmetric critic, else none)."""
         return privileged_keys(self.tasks.train_tasks[0]) if self.config.asymmetric_critic else ()
+
+    def _policy_config(self, policy_config):
+        """The policy's config with what the tasks decide filled in (a method's hook)."""
+        return policy_config
 
     def privileged_matrix(self, tasks) -> np.ndarray:
         """``[N, P]`` privileged parameters of ``tasks``, as the policy's privileged inputs read them."""

@@ -10,12 +10,18 @@ command, reward, done flag), by regression on the encoder's latent over trials i
 with its own estimate — the data the robot will produce. The exported graph carries the window as its
 state and estimates ``z`` at every control step; nothing about the task is read on the robot.
 
+``method: prototypical`` trains the ``prototype`` cell (metric-based task inference) in the same two
+phases: in phase 2 every training task's prototype latent is the frozen encoder's latent of that task, and
+the step embedding, the prototypes and the temperature learn to regress the latent and, as prototypical
+networks do, to classify the support set (every step of the trial so far) as the task it came from.
+
 The training loop is RL²'s (:class:`~metarl_robot.algos.rl2.algo.RL2`: trials, samplers, PPO over whole
 trials, checkpoints); iterations ``0 .. ppo_iterations - 1`` are phase 1, the rest phase 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -109,14 +115,18 @@ class DemonstratorTrials(BasePolicy):
 class RMA(RL2):
     """The two phases on RL²'s loop (see the module docstring); :func:`train` is the entry point."""
 
-    method = METHOD
-
     def __init__(self, config: TrainConfig, run_dir: Path) -> None:
-        super().__init__(config, run_dir)
+        self.method = config.method
         self._log_keys = frozenset(config.log_privileged)
+        super().__init__(config, run_dir)
         self._phase2_buffer: list = []
-        adaptation = self.policy.core.adaptation
-        self.adaptation_optimizer = torch.optim.Adam(adaptation.parameters(), lr=config.adaptation_module.lr)
+        self._task_index = {task.task_id: i for i, task in enumerate(self.tasks.train_tasks)}
+        self.adaptation_optimizer = torch.optim.Adam(self.policy.inference_parameters(), lr=config.adaptation_module.lr)
+
+    def _policy_config(self, policy_config):
+        if policy_config.cell == "prototype":
+            return dataclasses.replace(policy_config, num_prototypes=len(self.tasks.train_tasks))
+        return policy_config
 
     def _choose_privileged_keys(self) -> tuple[str, ...]:
         return tuple(self.config.privileged) or privileged_keys(self.tasks.train_tasks[0])
@@ -184,9 +194,33 @@ class RMA(RL2):
         m = t["valid"][rows].unsqueeze(-1)
         return (((estimate - target) ** 2) * m).sum() / (m.sum() * estimate.shape[-1]).clamp(min=1.0)
 
+    def task_loss(self, t: Mapping[str, torch.Tensor], rows) -> torch.Tensor:
+        """Prototypical loss: cross-entropy of the support set's logits against its own training task, at
+        every valid step (the support set grows through the trial)."""
+        p = self.policy
+        logits = p.task_logits(t["obs"][rows], t["prev_actions"][rows], t["prev_rewards"][rows], t["prev_dones"][rows],
+                               p.initial_state(len(rows)))
+        target = t["task_index"][rows].unsqueeze(1).expand(-1, logits.shape[1])
+        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+        m = t["valid"][rows].reshape(-1)
+        return (ce * m).sum() / m.sum().clamp(min=1.0)
+
+    def _set_prototype_latents(self) -> None:
+        """Each training task's prototype latent is the frozen encoder's latent of that task."""
+        with torch.no_grad():
+            latents = self.policy.privileged_latent(torch.as_tensor(self.privileged_matrix(self.tasks.train_tasks)))
+            self.policy.core.prototype_latents.copy_(latents)
+
     def fit_adaptation_module(self) -> dict[str, float]:
         am = self.config.adaptation_module
-        parts = [self._tensors(b) for b in self._phase2_buffer]
+        prototypical = self.policy.config.cell == "prototype"
+        if prototypical:
+            self._set_prototype_latents()
+        parts = []
+        for b in self._phase2_buffer:
+            part = self._tensors(b)
+            part["task_index"] = torch.as_tensor([self._task_index[task.task_id] for task in b.tasks])
+            parts.append(part)
         length = max(p["obs"].shape[1] for p in parts)
 
         def padded(x: torch.Tensor) -> torch.Tensor:
@@ -194,7 +228,7 @@ class RMA(RL2):
             return torch.cat([x, x.new_zeros((x.shape[0], pad, *x.shape[2:]))], dim=1) if pad else x
 
         t = {k: torch.cat([padded(p[k]) if p[k].dim() > 1 and k != "privileged" else p[k] for p in parts]) for k in
-             ("obs", "prev_actions", "prev_rewards", "prev_dones", "valid", "privileged")}
+             ("obs", "prev_actions", "prev_rewards", "prev_dones", "valid", "privileged", "task_index")}
         n = t["obs"].shape[0]
         with torch.no_grad():
             before = float(self.latent_error(t, torch.arange(n)))
@@ -203,13 +237,18 @@ class RMA(RL2):
         for _ in range(am.epochs):
             for rows in torch.randperm(n).chunk(am.minibatches):
                 loss = self.latent_error(t, rows)
+                if prototypical and am.task_loss_coef > 0:
+                    loss = loss + am.task_loss_coef * self.task_loss(t, rows)
                 self.adaptation_optimizer.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.core.adaptation.parameters(), self.config.ppo.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(self.policy.inference_parameters(), self.config.ppo.max_grad_norm)
                 self.adaptation_optimizer.step()
+        extra = {}
         with torch.no_grad():
             after = float(self.latent_error(t, torch.arange(n)))
-        return {"adaptation_module/latent_mse_before_fit": before, "adaptation_module/latent_mse": after,
+            if prototypical:
+                extra["adaptation_module/task_loss"] = float(self.task_loss(t, torch.arange(n)))
+        return {**extra, "adaptation_module/latent_mse_before_fit": before, "adaptation_module/latent_mse": after,
                 # the error of the best constant guess (the latents' variance over the trials' tasks)
                 "adaptation_module/latent_variance": spread,
                 "adaptation_module/trials": float(n)}

@@ -58,18 +58,23 @@ class AdaptationModuleConfig:
     minibatches: int = 4
     buffer_rounds: int = 8
     """Rounds of trials kept for the fit (the oldest are dropped)."""
+    task_loss_coef: float = 1.0
+    """``prototypical``: weight of the prototypical loss (cross-entropy of the support set's task logits
+    against the task it came from), beside the latent regression."""
     first_round_privileged: bool = True
     """The first round acts with the encoder's latent (the phase-1 policy), so the first fit sees what
     good behaviour looks like before the module's own estimates drive the robot."""
 
     def __post_init__(self) -> None:
-        if self.iterations < 0 or self.epochs < 0 or self.minibatches < 1 or not self.lr > 0 or self.buffer_rounds < 1:
+        if self.iterations < 0 or self.epochs < 0 or self.minibatches < 1 or not self.lr > 0 or self.buffer_rounds < 1 or self.task_loss_coef < 0:
             raise ValueError("adaptation_module: iterations and epochs >= 0, minibatches and buffer_rounds >= 1, lr > 0")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    method: Literal["rma"] = "rma"
+    method: Literal["rma", "prototypical"] = "rma"
+    """``rma``: the ``window`` cell (the last steps); ``prototypical``: the ``prototype`` cell (the whole
+    trial's support set compared with one prototype per training task). Both train in the same two phases."""
     env_id: str = "sim:metarl/PandaGrasp-v0"
     env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     tasks: TasksConfig = TasksConfig()
@@ -98,8 +103,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.ppo_iterations < 0 or self.trials_per_iteration < 1 or self.episodes_per_trial < 1:
             raise ValueError("ppo_iterations must be >= 0, trials_per_iteration and episodes_per_trial >= 1")
-        if self.policy.cell != "window":
-            raise ValueError(f"RMA trains the window cell (a history window and an adaptation module), not {self.policy.cell!r}")
+        cell = {"rma": "window", "prototypical": "prototype"}[self.method]
+        if self.policy.cell != cell:
+            raise ValueError(f"method {self.method} trains the {cell} cell, not {self.policy.cell!r} (set policy.cell: {cell})")
         if self.policy.privileged_dim:
             raise ValueError("policy.privileged_dim is set from the tasks; list the parameters under privileged instead")
         unknown = sorted(set(self.log_privileged) - set(self.privileged)) if self.privileged else []
