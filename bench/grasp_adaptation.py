@@ -29,6 +29,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -70,6 +71,24 @@ def checkpoint_factory(path: str):
 
     policy, data = load_checkpoint(path)
     return functools.partial(torch_controller, policy, data["adaptation"])
+
+
+def method_group(policy_config: dict, method: str) -> str:
+    """What a learned policy's row is pooled under across training seeds: its method and core."""
+    cell = policy_config.get("cell")
+    return f"{method} ({cell})" if cell else method
+
+
+def checkpoint_group(path: str) -> str:
+    from metarl_robot.checkpoint import load_checkpoint
+
+    policy, data = load_checkpoint(path)
+    return method_group(dataclasses.asdict(policy.config) if dataclasses.is_dataclass(policy.config) else {}, str(data["method"]))
+
+
+def bundle_group(path: str) -> str:
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    return method_group(manifest.get("adaptation", {}), str(manifest["method"]["name"])) + ", bundle"
 
 
 def bundle_factory(path: str):
@@ -123,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: dict[str, dict] = {}
     timings: dict[str, float] = {}
     choices: dict[str, object] = {}
-    learned: dict[str, list[str]] = {"adapting": [], "forget": [], "frozen": []}
+    learned: dict[str, dict[str, list[str]]] = {}  # method group -> row kind -> row keys (one per training seed)
     with make_sampler("subprocess", env.unwrapped.spec, num_workers=args.workers) as sampler:
         force = args.fixed_force
         if force is None:
@@ -145,13 +164,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "bisection": (f"bisection (first {force:g} N)", ForceBisectionController(interface, first_n=force), True),
                 "combined": (f"ramp + bisection (from {start_n:g} N)", RampBisectionController(interface, start_n=start_n), True),
             })
-        sources = [(f"checkpoint {i} ({Path(p).parent.parent.name})", checkpoint_factory(p)) for i, p in enumerate(args.checkpoints)]
-        sources += [(f"bundle {i} ({Path(p).name})", bundle_factory(p)) for i, p in enumerate(args.bundles)]
-        for label, factory in sources:
+        sources = [(f"checkpoint {i} ({Path(p).parent.parent.name})", checkpoint_factory(p), checkpoint_group(p))
+                   for i, p in enumerate(args.checkpoints)]
+        sources += [(f"bundle {i} ({Path(p).name})", bundle_factory(p), bundle_group(p)) for i, p in enumerate(args.bundles)]
+        for label, factory, group in sources:
             rows_i = learned_rows(label, factory, args.adapting_only)
             controllers.update(rows_i)
+            kinds = learned.setdefault(group, {"adapting": [], "forget": [], "frozen": []})
             for key, kind in zip(rows_i, ("adapting", "forget", "frozen")):
-                learned[kind].append(key)
+                kinds[kind].append(key)
         for key, (label, controller, adapt) in controllers.items():
             result, wall = run_row(controller, env, test, sampler, rounds=args.rounds, seeds=args.seeds, adapt=adapt)
             result["label"] = label
@@ -169,10 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = [f"{r['success_mean']:.3f} ± {r['success_ci95']:.3f}" for r in result["summary"]]
         result["gap_closed"] = [(r["success_mean"] - fixed) / (oracle - fixed) for r in result["summary"]] if oracle > fixed else None
         lines.append(f"| {result['label']} | " + " | ".join(cells) + f" | {timings[result['label']]:.0f} |")
-    seed_lines = [f"| learned policies ({len(learned['adapting'])} training seeds) | {attempts} | gap closed |",
-                  "|" + " --- |" * (args.rounds + 2)]
+    seed_lines = [f"| learned policies (training seeds) | {attempts} | gap closed |", "|" + " --- |" * (args.rounds + 2)]
     across: dict[str, list[dict[str, float]]] = {}
-    for kind, keys in learned.items():
+    for group, kind, keys in [(g, k, keys) for g, kinds in learned.items() for k, keys in kinds.items()]:
         if not keys:
             continue
         per_attempt = []
@@ -180,9 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             values = np.array([rows[key]["summary"][k]["success_mean"] for key in keys])
             ci = _t95(len(values)) * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
             per_attempt.append({"mean": float(values.mean()), "ci95_over_seeds": float(ci), "per_seed": values.tolist()})
-        across[kind] = per_attempt
+        across[f"{group} | {kind}"] = per_attempt
         gaps = [(a["mean"] - fixed) / (oracle - fixed) for a in per_attempt] if oracle > fixed else []
-        seed_lines.append(f"| {kind} | " + " | ".join(f"{a['mean']:.3f} ± {a['ci95_over_seeds']:.3f}" for a in per_attempt)
+        seed_lines.append(f"| {group}, {kind} ({len(keys)} seeds) | " + " | ".join(f"{a['mean']:.3f} ± {a['ci95_over_seeds']:.3f}" for a in per_attempt)
                           + " | " + " / ".join(f"{g:+.0%}" for g in gaps) + " |")
     print("\nsuccess per attempt, mean ± 95% CI over tasks x evaluation seeds:\n" + "\n".join(lines))
     print(f"\nfixed {fixed:.3f}, oracle {oracle:.3f} (pooled over attempts); gap closed per row:")

@@ -33,7 +33,8 @@ from torch import nn
 from metarl_robot.policies import RunningNormalizer, action_scale_tensor, mlp
 from metarl_robot.skills import SKILLS, make_skill
 
-CELLS = ("gru", "lstm", "window", "prototype")
+CELLS = ("gru", "lstm", "window", "prototype", "pearl")
+SQUASHES = ("clip", "tanh")
 COMPARISONS = ("euclidean", "cosine")
 REWARD_CLIP = 10.0
 """The previous reward enters the core as ``clip(prev_reward * reward_scale, -10, 10)``."""
@@ -85,6 +86,10 @@ class RecurrentPolicyConfig:
     """``prototype`` cell: one prototype per training task (set from the tasks by the training algorithm)."""
     comparison: str = "euclidean"
     """``prototype`` cell: ``euclidean`` (prototypical networks) or ``cosine`` (matching networks)."""
+    context_sizes: tuple[int, ...] = (200, 200, 200)
+    """``pearl`` cell: hidden widths of the transition encoder (one Gaussian factor per transition)."""
+    squash: str = "clip"
+    """How the Gaussian action becomes the command: ``clip`` to [-1, 1] (PPO) or ``tanh`` (SAC)."""
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -98,8 +103,12 @@ class RecurrentPolicyConfig:
         if self.skill and self.skill not in SKILLS:
             raise ValueError(f"skill {self.skill!r} is not known; use one of {sorted(SKILLS)} (or leave it empty)")
         object.__setattr__(self, "skill_layout", tuple(tuple(x) for x in self.skill_layout))
-        for key in ("adaptation_sizes", "encoder_sizes", "embedding_sizes"):
+        for key in ("adaptation_sizes", "encoder_sizes", "embedding_sizes", "context_sizes"):
             object.__setattr__(self, key, tuple(int(w) for w in getattr(self, key)))
+        if self.squash not in SQUASHES:
+            raise ValueError(f"squash {self.squash!r} is not supported; use one of {list(SQUASHES)}")
+        if self.cell == "pearl" and (self.embed_sizes or self.latent_dim < 1 or any(w < 1 for w in self.context_sizes)):
+            raise ValueError("the pearl cell needs embed_sizes: [] (the encoder reads raw transitions), latent_dim >= 1 and positive context_sizes")
         if self.comparison not in COMPARISONS:
             raise ValueError(f"comparison {self.comparison!r} is not supported; use one of {list(COMPARISONS)}")
         if self.cell == "prototype":
@@ -167,6 +176,68 @@ class PrototypeCore(nn.Module):
         else:
             z = latent.unsqueeze(1).expand(-1, x.shape[1], -1) if latent.dim() == 2 else latent
         return self.base(torch.cat([x, z], dim=-1)), final
+
+
+class PearlCore(nn.Module):
+    """PEARL's probabilistic context with the calling convention of ``nn.GRU(batch_first=True)``, plus the
+    latent's noise: ``(x [B, T, I], state [B, 3k + 1], latent_noise [B, T, k]) -> (features [B, T, H], state)``.
+
+    ``x`` is the raw core input ``[obs_norm(obs), prev_action, prev_reward, prev_done]``: at step ``t`` the
+    transition just completed is ``(obs_t, a_{t-1}, r_{t-1})``. It adds a factor ``N(m, 1/l)`` unless the
+    trial has just started or the previous step ended an episode (its reset observation is not where the
+    action led). The state is ``[posterior mean (k), log posterior precision (k), latent z (k), started]``;
+    zeros are the prior N(0, I) before the first step. ``z`` is drawn from the posterior (mean + std x
+    noise) on the first step of every episode and held through it. The base reads only the observation
+    and ``z``, as PEARL's policy ``pi(a | s, z)`` does.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, latent_dim: int, hidden_size: int, context_sizes: tuple[int, ...],
+                 activation: str) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim, self.latent_dim = int(obs_dim), int(act_dim), int(latent_dim)
+        act = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
+        self.context_encoder = mlp([self.obs_dim + self.act_dim + 1, *context_sizes, 2 * self.latent_dim], activation)
+        self.base = nn.Sequential(mlp([self.obs_dim + self.latent_dim, hidden_size], activation), act())
+
+    def factors(self, transitions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, precision)`` ``[..., k]`` of each transition's factor from ``[obs, action, reward]`` rows."""
+        out = self.context_encoder(transitions)
+        variance = nn.functional.softplus(out[..., self.latent_dim :]) + 1e-4
+        return out[..., : self.latent_dim], 1.0 / variance
+
+    @staticmethod
+    def posterior(mean: torch.Tensor, precision: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Product of the prior N(0, I) and the factors ``[..., N, k]`` weighted by ``weight [..., N, 1]``
+        (0 leaves a factor out): ``(mean, precision)`` ``[..., k]``."""
+        total = 1.0 + (weight * precision).sum(-2)
+        return (weight * precision * mean).sum(-2) / total, total
+
+    def features(self, obs_part: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.base(torch.cat([obs_part, z], dim=-1))
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor, latent_noise: torch.Tensor | None = None):
+        b, t, _ = x.shape
+        k, o, a = self.latent_dim, self.obs_dim, self.act_dim
+        if latent_noise is None:
+            latent_noise = x.new_zeros(b, t, k)
+        mean, log_precision, z = state[:, :k], state[:, k : 2 * k], state[:, 2 * k : 3 * k]
+        # A state the graph wrote has started in {0, 1} and a precision >= 1; clamping keeps any other
+        # state (a corrupted one, a probe's) finite instead of taking the log or root of a negative.
+        started = torch.clamp(state[:, 3 * k :], 0.0, 1.0)
+        m, l = self.factors(x[..., : o + a + 1])
+        done = x[..., o + a + 1 : o + a + 2]
+        out = []
+        for i in range(t):
+            weight = started * (1.0 - done[:, i])
+            precision = torch.exp(log_precision)
+            new_precision = torch.clamp(precision + weight * l[:, i], min=1e-6)
+            mean = (precision * mean + weight * l[:, i] * m[:, i]) / new_precision
+            log_precision = torch.log(new_precision)
+            resample = torch.maximum(1.0 - started, done[:, i])
+            z = resample * (mean + torch.rsqrt(new_precision) * latent_noise[:, i]) + (1.0 - resample) * z
+            started = torch.ones_like(started)
+            out.append(self.features(x[:, i, :o], z))
+        return torch.stack(out, dim=1), torch.cat([mean, log_precision, z, started], dim=-1)
 
 
 class HistoryWindowCore(nn.Module):
@@ -241,7 +312,18 @@ class RecurrentPolicy(nn.Module):
             self.embed = nn.Identity()
             core_in = in_dim
         self.core_input_size = core_in
-        if config.cell in ("window", "prototype"):
+        if config.cell == "pearl":
+            if self.skill is not None:
+                raise ValueError("the pearl cell reads raw transitions; it does not sit on a skill")
+            self.core = PearlCore(self.obs_dim, self.act_dim, config.latent_dim, config.hidden_size, config.context_sizes, config.activation)
+            # SAC's twin critics Q(s, a, z), their targets and the temperature (training only, never exported).
+            q_in = self.obs_dim + self.act_dim + config.latent_dim
+            self.q_networks = nn.ModuleList([mlp([q_in, *config.critic_sizes, 1], config.activation) for _ in range(2)])
+            self.q_targets = nn.ModuleList([mlp([q_in, *config.critic_sizes, 1], config.activation) for _ in range(2)])
+            self.q_targets.load_state_dict(self.q_networks.state_dict())
+            self.q_targets.requires_grad_(False)
+            self.log_alpha = nn.Parameter(torch.zeros(()))
+        elif config.cell in ("window", "prototype"):
             if config.cell == "window":
                 self.core: nn.Module = HistoryWindowCore(core_in, config.window_steps, config.latent_dim, config.hidden_size,
                                                          config.adaptation_sizes, config.activation)
@@ -277,6 +359,8 @@ class RecurrentPolicy(nn.Module):
             return self.config.window_steps * self.core_input_size
         if self.config.cell == "prototype":
             return self.config.embedding_dim + 1
+        if self.config.cell == "pearl":
+            return 3 * self.config.latent_dim + 1
         return self.config.hidden_size * (2 if self.config.cell == "lstm" else 1)
 
     @property
@@ -284,6 +368,10 @@ class RecurrentPolicy(nn.Module):
         """Where ``h`` (and ``c``), or the history window, sit in the packed state."""
         if self.config.cell == "window":
             return [{"name": "history", "offset": 0, "size": self.state_size}]
+        if self.config.cell == "pearl":
+            k = self.config.latent_dim
+            return [{"name": "posterior_mean", "offset": 0, "size": k}, {"name": "posterior_log_precision", "offset": k, "size": k},
+                    {"name": "latent", "offset": 2 * k, "size": k}, {"name": "started", "offset": 3 * k, "size": 1}]
         if self.config.cell == "prototype":
             e = self.config.embedding_dim
             return [{"name": "support_mean", "offset": 0, "size": e}, {"name": "support_log_weight", "offset": e, "size": 1}]
@@ -299,14 +387,14 @@ class RecurrentPolicy(nn.Module):
 
     def _unpack(self, state: torch.Tensor):
         h = self.config.hidden_size
-        if self.config.cell in ("window", "prototype"):
+        if self.config.cell in ("window", "prototype", "pearl"):
             return state
         if self.config.cell == "gru":
             return state.unsqueeze(0)
         return (state[:, :h].unsqueeze(0).contiguous(), state[:, h:].unsqueeze(0).contiguous())
 
     def _pack(self, core_state) -> torch.Tensor:
-        if self.config.cell in ("window", "prototype"):
+        if self.config.cell in ("window", "prototype", "pearl"):
             return core_state
         if self.config.cell == "gru":
             return core_state[0]
@@ -329,7 +417,9 @@ class RecurrentPolicy(nn.Module):
             raise ValueError(f"a {self.config.cell} core has no privileged encoder")
         return self.encoder(self.privileged_norm(privileged))
 
-    def _core(self, x: torch.Tensor, state: torch.Tensor, privileged: torch.Tensor | None):
+    def _core(self, x: torch.Tensor, state: torch.Tensor, privileged: torch.Tensor | None, latent_noise: torch.Tensor | None = None):
+        if self.config.cell == "pearl":
+            return self.core(x, self._unpack(state), latent_noise)
         if privileged is None:
             return self.core(x, self._unpack(state))
         return self.core(x, self._unpack(state), self.privileged_latent(privileged))
@@ -394,18 +484,32 @@ class RecurrentPolicy(nn.Module):
         return self.critic(features).squeeze(-1)
 
     # ------------------------------------------------------------------------------ one step (the exported graph)
-    def step(self, obs, prev_command, prev_reward, prev_done, state, privileged: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One control step on ``[B, *]`` inputs (``prev_command`` in physical units): ``(features [B, H], next state)``."""
+    @property
+    def noise_size(self) -> int:
+        """Length of the graph's ``noise`` input: the action's, then (pearl cell) the latent's."""
+        return self.act_dim + (self.config.latent_dim if self.config.cell == "pearl" else 0)
+
+    def squashed(self, action: torch.Tensor) -> torch.Tensor:
+        """A Gaussian action in ``[-1, 1]``: clipped (PPO) or ``tanh`` (SAC)."""
+        return torch.tanh(action) if self.config.squash == "tanh" else torch.clamp(action, -1.0, 1.0)
+
+    def step(self, obs, prev_command, prev_reward, prev_done, state, privileged: torch.Tensor | None = None,
+             latent_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One control step on ``[B, *]`` inputs (``prev_command`` in physical units): ``(features [B, H], next state)``.
+        ``latent_noise [B, k]`` (pearl cell): the draw used if this step starts an episode (None: the mean)."""
         x = self.core_inputs(obs, self.normalised_action(prev_command), prev_reward, prev_done)
-        features, final = self._core(x.unsqueeze(1), state, privileged)
+        noise = latent_noise.unsqueeze(1) if latent_noise is not None else None
+        features, final = self._core(x.unsqueeze(1), state, privileged, noise)
         return features[:, 0], self._pack(final)
 
     def command(self, obs, prev_command, prev_reward, prev_done, noise, state) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the exported policy graph computes: ``(clip(mean + std * noise, -1, 1) * scale, next state)``.
+        """What the exported policy graph computes: ``(squash(mean + std * noise) * scale, next state)``.
 
-        ``noise`` is standard normal for a sampled command and zero for the mean command.
+        ``noise`` is standard normal for a sampled command and zero for the mean command; for the pearl
+        cell its last ``latent_dim`` entries draw the latent from the posterior at an episode's start.
         """
-        features, next_state = self.step(obs, prev_command, prev_reward, prev_done, state)
+        act_noise, latent_noise = noise[..., : self.act_dim], (noise[..., self.act_dim :] if self.config.cell == "pearl" else None)
+        features, next_state = self.step(obs, prev_command, prev_reward, prev_done, state, latent_noise=latent_noise)
         mean = self.actor(features)
-        action = mean + self.log_std.to(mean.dtype).exp() * noise
-        return self.to_command(obs, torch.clamp(action, -1.0, 1.0), prev_command), next_state
+        action = mean + self.log_std.to(mean.dtype).exp() * act_noise
+        return self.to_command(obs, self.squashed(action), prev_command), next_state

@@ -44,6 +44,7 @@ ENVIRONMENTS: dict[str, dict] = {
     "metarl/KukaGrasp-v0": {**_GRASP, "kwargs": {"robot": "kuka_iiwa"}},
     "metarl/XArmGrasp-v0": {**_GRASP, "kwargs": {"robot": "xarm6"}},
     "metarl/Navigation2D-v0": {"entry_point": "sim.navigation:Navigation2DEnv", "distribution": "sim.navigation:navigation_distribution"},
+    "metarl/SparsePointRobot-v0": {"entry_point": "sim.navigation:SparsePointRobotEnv", "distribution": "sim.navigation:sparse_point_distribution"},
     "metarl/BernoulliBandit-v0": {"entry_point": "sim.bandits:BernoulliBanditEnv", "distribution": "sim.bandits:bandit_distribution"},
     "metarl/TabularMDP-v0": {"entry_point": "sim.bandits:TabularMDPEnv", "distribution": "sim.bandits:tabular_mdp_distribution"},
     "metarl/HalfCheetahVel-v0": {"entry_point": "sim.half_cheetah:HalfCheetahVelEnv", "distribution": "sim.half_cheetah:cheetah_velocity_distribution"},

@@ -26,6 +26,8 @@ __all__ = [
     "Navigation2DEnv",
     "navigation_distribution",
     "navigation_oracle",
+    "SparsePointRobotEnv",
+    "sparse_point_distribution",
     "validate_navigation_task",
 ]
 
@@ -220,3 +222,51 @@ def navigation_oracle(obs: np.ndarray, tasks: Sequence[TaskSpec]) -> np.ndarray:
     # Scale the whole vector so the largest axis is at most 1: the direction stays straight at the goal.
     largest = np.maximum(np.abs(offset).max(axis=1, keepdims=True), 1.0)
     return (offset / largest).astype(np.float32)
+
+
+# ------------------------------------------------------------------------- sparse point robot (PEARL)
+SPARSE_GOAL_RADIUS_M = 1.0
+"""Goals of the sparse point robot lie on the upper half of this circle around the start."""
+SPARSE_REWARD_RADIUS_M = 0.2
+"""The sparse point robot earns reward only within this distance of the goal."""
+
+
+class _SemicircleGoals(TaskDistribution):
+    """Goals at angle ``goal_angle`` (uniform in [0, pi]) on the circle of radius 1 m; a task carries only
+    ``goal_x`` and ``goal_y`` (the angle is how they were drawn)."""
+
+    def _draw(self, rng: np.random.Generator, n: int, split: str) -> list[TaskSpec]:
+        tasks = []
+        for task in super()._draw(rng, n, split):
+            angle = float(task.params["goal_angle"])
+            params = {"goal_x": SPARSE_GOAL_RADIUS_M * float(np.cos(angle)), "goal_y": SPARSE_GOAL_RADIUS_M * float(np.sin(angle))}
+            tasks.append(TaskSpec(FAMILY, params, task.task_id))
+        return tasks
+
+
+def sparse_point_distribution(
+    seed: int = 0, num_train: int = 80, num_test: int = 20, num_validation: int = 0
+) -> TaskDistribution:
+    """PEARL's sparse point robot task family (Rakelly et al., 2019): goals uniform on the half circle of
+    radius 1 m above the start (x in [-1, 1], y >= 0); train, test and validation goals are independent draws."""
+    return _SemicircleGoals(FAMILY, {"goal_angle": Uniform(0.0, float(np.pi))}, seed=seed, num_train=num_train,
+                            num_test=num_test, num_validation=num_validation)
+
+
+class SparsePointRobotEnv(Navigation2DEnv):
+    """The 2D point of :class:`Navigation2DEnv` with PEARL's sparse reward: goals on a half circle of
+    radius 1 m, 20 steps per episode (0.1 m per step and axis at most), reward 1 on every step that
+    ends within 0.2 m of the goal and 0 elsewhere, so until the point has been near the goal nothing it
+    sees says where the goal is. No early termination. ``info["success"]``: within 0.2 m after the step;
+    ``info["distance_m"]`` the distance."""
+
+    def __init__(self, task: TaskSpec | None = None, *, max_episode_steps: int = 20, render_mode: str | None = None) -> None:
+        super().__init__(task, max_episode_steps=max_episode_steps, terminate_at_goal=False, render_mode=render_mode)
+        if task is None:
+            self._task = sparse_point_distribution().train_tasks[0]
+
+    def step(self, action):
+        obs, dense, terminated, truncated, info = super().step(action)
+        inside = -dense < SPARSE_REWARD_RADIUS_M
+        info = {**info, "success": bool(inside)}
+        return obs, float(inside), terminated, truncated, info

@@ -127,7 +127,7 @@ def test_lstm_is_exported_as_one_lstm_node(recurrent_bundle) -> None:
     _, nodes = _recurrent_nodes(bundle / "policy.onnx")
     # The window (RMA) and prototype cells have no recurrent node: their memory is a shifted history
     # window, or a running sum.
-    assert [n.op_type for n in nodes] == ([] if cell in ("window", "prototype") else [cell.upper()])
+    assert [n.op_type for n in nodes] == ([] if cell in ("window", "prototype", "pearl") else [cell.upper()])
 
 
 def test_an_inconsistent_memory_section_is_refused(recurrent_bundle, tmp_path: Path) -> None:

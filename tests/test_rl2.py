@@ -44,7 +44,7 @@ def test_config_file_loads_and_train_finds_the_method() -> None:
     config = load_config(rl2.TrainConfig, BANDIT_CONFIG)
     assert config.method == "rl2" and config.policy.cell == "gru" and config.episodes_per_trial == 1
     assert registry.algorithm("rl2") is rl2
-    assert registry.get("recurrent").algorithms == ("metarl_robot.algos.rl2", "metarl_robot.algos.rma")
+    assert registry.get("recurrent").algorithms == ("metarl_robot.algos.rl2", "metarl_robot.algos.rma", "metarl_robot.algos.pearl")
 
 
 @pytest.mark.parametrize(

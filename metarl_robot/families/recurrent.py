@@ -7,7 +7,8 @@ A recurrent bundle holds one graph, ``policy.onnx``, one control step::
 
 ``state`` is the packed recurrent state, ``[h]`` for a GRU, ``[h, c]`` for an LSTM and the history
 window of the last ``window_steps`` core inputs for RMA's ``window`` cell, the support set's summed
-embedding and weight for the metric-based ``prototype`` cell (the manifest's
+embedding and weight for the metric-based ``prototype`` cell, PEARL's posterior and latent for the ``pearl``
+cell (whose ``noise`` input also carries the latent's draw: ``adaptation.noise_size`` values) (the manifest's
 ``adaptation.state_layout`` says where each part sits). The robot keeps it: it feeds ``state_out``
 back as the next step's ``state_in``, zeroes it at a new trial (new object, new task) and carries it
 across the attempts of a trial. There is no adapt graph: every control step already updates the
@@ -28,7 +29,7 @@ import numpy as np
 
 from metarl_robot.families.base import BuiltGraphs, Family, Require, Shape, saturating_noise
 
-CELLS = ("gru", "lstm", "window", "prototype")
+CELLS = ("gru", "lstm", "window", "prototype", "pearl")
 INITIAL_STATES = ("zeros",)
 
 
@@ -36,7 +37,7 @@ class RecurrentFamily(Family):
     name = "recurrent"
     adaptation_kind = "recurrent_memory"
     policy_class = "RecurrentPolicy"
-    algorithms = ("metarl_robot.algos.rl2", "metarl_robot.algos.rma")
+    algorithms = ("metarl_robot.algos.rl2", "metarl_robot.algos.rma", "metarl_robot.algos.pearl")
     graph_io = {
         "policy": (
             ("obs", "prev_command", "prev_reward", "prev_done", "noise", "state_in"),
@@ -68,6 +69,8 @@ class RecurrentFamily(Family):
             expected = state_size
         elif cell == "prototype":
             expected = check.positive_int(adaptation, "embedding_dim", "adaptation") + 1
+        elif cell == "pearl":
+            expected = 3 * check.positive_int(adaptation, "latent_dim", "adaptation") + 1
         else:
             expected = hidden * (2 if cell == "lstm" else 1)
         if state_size != expected:
@@ -79,6 +82,10 @@ class RecurrentFamily(Family):
         wanted = [{"name": "h", "offset": 0, "size": hidden}]
         if cell == "window":
             wanted = [{"name": "history", "offset": 0, "size": state_size}]
+        if cell == "pearl":
+            k = (state_size - 1) // 3
+            wanted = [{"name": "posterior_mean", "offset": 0, "size": k}, {"name": "posterior_log_precision", "offset": k, "size": k},
+                      {"name": "latent", "offset": 2 * k, "size": k}, {"name": "started", "offset": 3 * k, "size": 1}]
         if cell == "prototype":
             wanted = [{"name": "support_mean", "offset": 0, "size": state_size - 1},
                       {"name": "support_log_weight", "offset": state_size - 1, "size": 1}]
@@ -106,7 +113,8 @@ class RecurrentFamily(Family):
             skill = check.key(adaptation, "skill", dict, "adaptation")
             if not isinstance(skill.get("name"), str) or not isinstance(skill.get("learned_dims"), list):
                 raise BundleError(f"{where}: 'adaptation.skill' must have a name and a list learned_dims, got {skill!r}")
-        return {"state_size": state_size}
+        noise_size = check.positive_int(adaptation, "noise_size", "adaptation") if cell == "pearl" else None
+        return {"state_size": state_size, **({"noise_size": noise_size} if noise_size else {})}
 
     def expected_shapes(self, graph: str, dims: Mapping[str, int]) -> dict[str, Shape]:
         obs, act, state = dims["obs_dim"], dims["act_dim"], dims["state_size"]
@@ -115,7 +123,7 @@ class RecurrentFamily(Family):
             "prev_command": (None, act),
             "prev_reward": (None, 1),
             "prev_done": (None, 1),
-            "noise": (None, act),
+            "noise": (None, dims.get("noise_size", act)),
             "state_in": (None, state),
             "command": (None, act),
             "state_out": (None, state),
@@ -130,7 +138,7 @@ class RecurrentFamily(Family):
         """Random previous steps and states, with exploration noise large enough to saturate every action."""
         n, act = len(obs), int(bundle.action["dim"])
         scale = np.asarray(bundle.action["scale"], dtype=np.float64)
-        noise = saturating_noise(rng, n, act)
+        noise = saturating_noise(rng, n, int(bundle.adaptation.get("noise_size", act)))
         return {
             "obs": obs.astype(np.float32),
             "prev_command": (rng.uniform(-1.5, 1.5, size=(n, act)) * scale).astype(np.float32),
@@ -145,7 +153,7 @@ class RecurrentFamily(Family):
         from metarl_robot.recurrent_policy import RecurrentPolicy, RecurrentPolicyConfig
 
         config = dict(spec["config"])
-        for key in ("embed_sizes", "head_sizes", "critic_sizes", "adaptation_sizes", "encoder_sizes", "embedding_sizes"):
+        for key in ("embed_sizes", "head_sizes", "critic_sizes", "adaptation_sizes", "encoder_sizes", "embedding_sizes", "context_sizes"):
             if key in config:
                 config[key] = tuple(config[key])
         return RecurrentPolicy(spec["obs_dim"], spec["act_dim"], spec["action_scale"], RecurrentPolicyConfig(**config))

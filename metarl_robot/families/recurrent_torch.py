@@ -85,6 +85,10 @@ def adaptation_section(
     if policy.config.cell == "window":
         section["window_steps"] = int(policy.config.window_steps)
         section["latent_dim"] = int(policy.config.latent_dim)
+    if policy.config.cell == "pearl":
+        section.update(latent_dim=int(policy.config.latent_dim), noise_size=int(policy.noise_size), squash=policy.config.squash)
+    elif policy.config.squash != "clip":
+        section["squash"] = policy.config.squash
     if policy.config.cell == "prototype":
         section.update(embedding_dim=int(policy.config.embedding_dim), num_prototypes=int(policy.config.num_prototypes),
                        comparison=policy.config.comparison, latent_dim=int(policy.config.latent_dim))
@@ -105,7 +109,7 @@ def export_policy(policy: RecurrentPolicy, path: Path, opset: int | None) -> Non
         torch.zeros(2, policy.act_dim),
         torch.zeros(2, 1),
         torch.zeros(2, 1),
-        torch.zeros(2, policy.act_dim),
+        torch.zeros(2, policy.noise_size),
         torch.zeros(2, policy.state_size),
     )
     onnx_export(PolicyGraph(policy).eval(), example, path, "policy", INPUTS, OUTPUTS, {n: {0: batch} for n in INPUTS}, opset)
@@ -123,7 +127,7 @@ def build_graphs(policy: RecurrentPolicy, adaptation: Mapping[str, Any], staging
             "policy_sequence": sequence_parity(policy, session, rng, sequences=PARITY_SEQUENCES, steps=SEQUENCE_STEPS, exact=exact),
         }
         write_test_vectors(policy, staging / TEST_VECTORS_FILE, exact=exact)
-    dims = {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "state_size": policy.state_size}
+    dims = {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "state_size": policy.state_size, "noise_size": policy.noise_size}
     return BuiltGraphs(dims=dims, files=[POLICY_FILE, TEST_VECTORS_FILE], parity=diffs)
 
 
@@ -155,7 +159,7 @@ def sample_step(policy: RecurrentPolicy, rng: np.random.Generator, batch: int) -
     mean = policy.obs_norm.mean.numpy()
     std = np.sqrt(policy.obs_norm.var.numpy() + 1e-8)
     scale = policy.action_scale.numpy()
-    noise = rng.normal(size=(batch, policy.act_dim)) * (rng.random((batch, 1)) < 0.75)
+    noise = rng.normal(size=(batch, policy.noise_size)) * (rng.random((batch, 1)) < 0.75)
     return {
         "obs": (mean + std * rng.normal(0.0, 4.0, size=(batch, policy.obs_dim))).astype(np.float32),
         "prev_command": (rng.uniform(-1.5, 1.5, size=(batch, policy.act_dim)) * scale).astype(np.float32),
@@ -171,6 +175,11 @@ def sample_state(policy: RecurrentPolicy, rng: np.random.Generator, batch: int) 
     h = policy.hidden_size
     if policy.config.cell == "window":
         return rng.normal(0.0, 1.5, size=(batch, policy.state_size)).astype(np.float32)
+    if policy.config.cell == "pearl":  # a posterior (precision >= 1), a latent, the started flag
+        k = policy.config.latent_dim
+        parts = [rng.normal(0.0, 1.0, (batch, k)), rng.uniform(0.0, 5.0, (batch, k)), rng.normal(0.0, 1.0, (batch, k)),
+                 (rng.random((batch, 1)) < 0.8).astype(np.float64)]
+        return np.concatenate(parts, axis=1).astype(np.float32)
     if policy.config.cell == "prototype":  # a mean embedding in (-1, 1) and log(1 + summed relevance), up to ~500 steps in
         mean = rng.uniform(-0.9, 0.9, size=(batch, policy.state_size - 1))
         return np.concatenate([mean, rng.uniform(0.0, 6.0, size=(batch, 1))], axis=1).astype(np.float32)
@@ -322,9 +331,9 @@ class RecurrentTorchController(TorchControllerBase):
 
     def act(self, obs) -> np.ndarray:
         if self.explore:
-            noise = self._rng.standard_normal(self.act_dim, dtype=np.float32)[None]
+            noise = self._rng.standard_normal(self.policy.noise_size, dtype=np.float32)[None]
         else:
-            noise = np.zeros((1, self.act_dim), np.float32)
+            noise = np.zeros((1, self.policy.noise_size), np.float32)
         inputs = [np.asarray(obs, np.float32)[None], self.prev_command, self.prev_reward, self.prev_done, noise, self.state]
         with torch.no_grad():
             command, state = self.policy.command(*(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs))

@@ -75,7 +75,9 @@ class RecurrentController(BundleController):
         self._prev_command = np.zeros((1, self.act_dim), dtype=np.float32)
         self._prev_reward = np.zeros((1, 1), dtype=np.float32)
         self._prev_done = np.zeros((1, 1), dtype=np.float32)
-        self._noise = np.zeros((1, self.act_dim), dtype=np.float32)
+        # The action's noise, then (PEARL) the draw of the task latent at an episode's start.
+        self.noise_size = int(adaptation.get("noise_size", self.act_dim))
+        self._noise = np.zeros((1, self.noise_size), dtype=np.float32)
         self._state = np.zeros((1, self.state_size), dtype=np.float32)
         # Each part of the manifest's state_layout (h and c, or the history window) is a view into the
         # packed state, so get_state/set_state name them and the graph sees one array.
@@ -140,7 +142,7 @@ class RecurrentController(BundleController):
         start = time.perf_counter()
         load_vector(self._obs[0], obs, "obs")
         if self.explore:
-            self._noise[0] = self._rng.standard_normal(self.act_dim, dtype=np.float32)
+            self._noise[0] = self._rng.standard_normal(self.noise_size, dtype=np.float32)
         else:
             self._noise.fill(0.0)
         command, state = self._policy_session.run(None, self._feed)

@@ -17,6 +17,7 @@ from tests.runtime.conftest import ACTION_SCALE, ACT_DIM, INTERFACE, OBS_DIM
 
 HIDDEN = 16
 WINDOW_STEPS = 5
+PEARL_LATENT = 3
 """The window cell's history length in these tests (RMA); its state is WINDOW_STEPS x the core's input (32)."""
 ADAPTATION: dict[str, Any] = {
     "cadence": "step",
@@ -33,9 +34,12 @@ def make_policy(cell: str, seed: int = 0):
     from metarl_robot.recurrent_policy import RecurrentPolicy, RecurrentPolicyConfig
 
     torch.manual_seed(seed)
-    window = {"window": {"window_steps": WINDOW_STEPS, "privileged_dim": 3},
-              "prototype": {"num_prototypes": 7, "embedding_dim": 6, "privileged_dim": 3}}.get(cell, {})
-    policy = RecurrentPolicy(OBS_DIM, ACT_DIM, ACTION_SCALE, RecurrentPolicyConfig(cell=cell, hidden_size=HIDDEN, embed_sizes=(32,), **window))
+    options = {"embed_sizes": (32,), **{
+        "window": {"window_steps": WINDOW_STEPS, "privileged_dim": 3},
+        "prototype": {"num_prototypes": 7, "embedding_dim": 6, "privileged_dim": 3},
+        "pearl": {"latent_dim": PEARL_LATENT, "context_sizes": (24,), "squash": "tanh", "embed_sizes": ()},
+    }.get(cell, {})}
+    policy = RecurrentPolicy(OBS_DIM, ACT_DIM, ACTION_SCALE, RecurrentPolicyConfig(cell=cell, hidden_size=HIDDEN, **options))
     with torch.no_grad():
         policy.obs_norm.update(torch.randn(500, OBS_DIM) * torch.linspace(0.05, 20.0, OBS_DIM) + 3.0)
         policy.actor[-1].weight.mul_(150.0)
@@ -70,14 +74,15 @@ def export_recurrent(root: Path, cell: str) -> tuple[Path, Path]:
 
 def state_names(cell: str) -> list[str]:
     """The parts of the packed state, in the manifest's order."""
-    return {"gru": ["h"], "lstm": ["h", "c"], "window": ["history"], "prototype": ["support_mean", "support_log_weight"]}[cell]
+    return {"gru": ["h"], "lstm": ["h", "c"], "window": ["history"], "prototype": ["support_mean", "support_log_weight"],
+            "pearl": ["posterior_mean", "posterior_log_precision", "latent", "started"]}[cell]
 
 
 def state_size(cell: str) -> int:
-    return {"gru": HIDDEN, "lstm": 2 * HIDDEN, "window": WINDOW_STEPS * 32, "prototype": 7}[cell]
+    return {"gru": HIDDEN, "lstm": 2 * HIDDEN, "window": WINDOW_STEPS * 32, "prototype": 7, "pearl": 3 * PEARL_LATENT + 1}[cell]
 
 
-@pytest.fixture(scope="module", params=["gru", "lstm", "window", "prototype"])
+@pytest.fixture(scope="module", params=["gru", "lstm", "window", "prototype", "pearl"])
 def recurrent_bundle(request, tmp_path_factory) -> tuple[str, Path, Path]:
     cell = request.param
     checkpoint, bundle = export_recurrent(tmp_path_factory.mktemp(f"rl2_{cell}"), cell)
@@ -164,15 +169,24 @@ def test_the_previous_step_reaches_the_next_command(recurrent_bundle) -> None:
     """observe() records what the next act() reads: a different reward changes the next command."""
     from metarl_robot.runtime import load_controller
 
-    _, _, bundle = recurrent_bundle
-    commands = []
+    cell, _, bundle = recurrent_bundle
+    commands, states = [], []
     for reward in (0.0, 5.0):
         ctl = load_controller(bundle, ["cpu"], explore=False)
         obs = np.full(OBS_DIM, 3.0, np.float32)
         command = ctl.act(obs)
         ctl.observe(obs, command, reward, obs, False)
         commands.append(ctl.act(obs))
-    assert not np.allclose(commands[0], commands[1])
+        states.append(ctl.state)
+        if cell == "pearl":
+            # PEARL holds the latent through an episode: the reward moves the posterior at once and the
+            # command from the next episode on, when the latent is drawn again.
+            ctl.observe(obs, commands[-1], 0.0, obs, True)
+            commands.append(ctl.act(obs))
+    assert not np.allclose(states[0], states[1])
+    assert not np.allclose(commands[-1], commands[len(commands) // 2 - 1])
+    if cell == "pearl":
+        np.testing.assert_array_equal(commands[0], commands[2])  # same latent within the first episode
 
 
 def test_set_learning_off_freezes_the_memory_and_sends_the_mean(recurrent_bundle) -> None:
