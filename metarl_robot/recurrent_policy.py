@@ -228,13 +228,15 @@ class PearlCore(nn.Module):
         done = x[..., o + a + 1 : o + a + 2]
         out = []
         for i in range(t):
-            weight = started * (1.0 - done[:, i])
-            precision = torch.exp(log_precision)
-            new_precision = torch.clamp(precision + weight * l[:, i], min=1e-6)
-            mean = (precision * mean + weight * l[:, i] * m[:, i]) / new_precision
-            log_precision = torch.log(new_precision)
-            resample = torch.maximum(1.0 - started, done[:, i])
-            z = resample * (mean + torch.rsqrt(new_precision) * latent_noise[:, i]) + (1.0 - resample) * z
+            weight = torch.clamp(started * (1.0 - done[:, i]), 0.0, 1.0)
+            # The new factor's precision relative to the posterior's: the update adds log1p of it to the
+            # log precision and moves the mean by its share, so rounding stays relative to the (small)
+            # update and does not build up over a long trial (no exp/log round trip of the precision).
+            ratio = weight * l[:, i] * torch.exp(-log_precision)
+            log_precision = log_precision + torch.log1p(ratio)
+            mean = mean + ratio / (1.0 + ratio) * (m[:, i] - mean)
+            resample = torch.clamp(torch.maximum(1.0 - started, done[:, i]), 0.0, 1.0)
+            z = resample * (mean + torch.exp(-0.5 * log_precision) * latent_noise[:, i]) + (1.0 - resample) * z
             started = torch.ones_like(started)
             out.append(self.features(x[:, i, :o], z))
         return torch.stack(out, dim=1), torch.cat([mean, log_precision, z, started], dim=-1)

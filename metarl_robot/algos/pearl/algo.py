@@ -231,8 +231,8 @@ class PEARL:
             for net, target_net in zip(p.q_networks, p.q_targets):
                 for w, tw in zip(net.parameters(), target_net.parameters()):
                     tw.mul_(1.0 - sac.tau).add_(sac.tau * w)
-        return {"loss/q": float(q_loss), "loss/kl": float(kl), "loss/policy": float(policy_loss), "alpha": float(alpha),
-                "entropy": float(-logp.mean())}
+        return {"loss/q": float(q_loss.detach()), "loss/kl": float(kl.detach()), "loss/policy": float(policy_loss.detach()), "alpha": float(alpha),
+                "entropy": float(-logp.detach().mean())}
 
     def train_iteration(self) -> dict[str, float]:
         cfg = self.config
