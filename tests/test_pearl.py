@@ -148,3 +148,16 @@ def test_tiny_budget_run_trains_resumes_exports_verifies_and_evaluates(tmp_path:
     on_robot = evaluate(functools.partial(load_controller, bundle, providers=["cpu"]), env, tasks, rounds=2, seed=5)
     in_torch = evaluate(torch_controller(policy, data["adaptation"]), env, tasks, rounds=2, seed=5)
     np.testing.assert_allclose([t["returns"] for t in on_robot["tasks"]], [t["returns"] for t in in_torch["tasks"]])
+
+
+def test_the_critic_may_learn_a_dense_reward_while_the_encoder_reads_the_sparse_one(tmp_path: Path) -> None:
+    algo = pearl.PEARL(load_config(pearl.TrainConfig, CONFIG, TINY), tmp_path)
+    try:
+        algo.collect(algo.tasks.train_tasks[:3])
+        buffer = next(iter(algo.buffers.values()))
+        n = buffer.count
+        assert set(np.unique(buffer.rewards[:n])) <= {0.0, 1.0}  # what the robot sees: the sparse reward
+        goal = np.array([[t["goal_x"], t["goal_y"]] for t in algo.tasks.train_tasks if t.task_id == next(iter(algo.buffers))][0])
+        np.testing.assert_allclose(buffer.critic_rewards[:n], -np.linalg.norm(buffer.next_obs[:n] - goal, axis=1), rtol=1e-5)
+    finally:
+        algo.close()

@@ -8,7 +8,9 @@ drawn from the posterior at every episode's start, the first from the prior), th
 transitions of the task gives the posterior (a product of Gaussian factors, one per transition, and the
 prior), ``z`` is drawn from it by reparameterisation; SAC's twin critics ``Q(s, a, z)`` are fitted with
 the encoder (the critic's loss and ``kl_weight`` x KL(posterior || prior) train the encoder, as in
-PEARL), and the actor and the temperature are updated with ``z`` held fixed.
+PEARL), and the actor and the temperature are updated with ``z`` held fixed. With ``critic_reward`` the
+critic's targets use a reward computed from the known train task (e.g. a dense distance on a sparse task,
+as PEARL meta-trains its sparse point robot); the encoder always reads the env's reward, as the robot does.
 
 A transition as the encoder reads it is the one the robot completes at each control step: the
 observation reached, the command that led there (normalised), its reward. The replay buffers are not
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from metarl_robot.algos.common import build_task_distribution, open_sampler
+from metarl_robot.algos.common.tasks import resolve
 from metarl_robot.algos.loop import restore_checkpoint, run_training
 from metarl_robot.algos.pearl.config import TrainConfig
 from metarl_robot.checkpoint import save_checkpoint
@@ -68,20 +71,24 @@ class PearlTrials(BasePolicy):
 
 
 class ReplayBuffer:
-    """Transitions of one task (a ring of ``size``): obs, normalised action, reward, next obs, terminal."""
+    """Transitions of one task (a ring of ``size``): obs, normalised action, reward (the env's, what the
+    encoder reads), the critic's reward (the same unless ``critic_reward`` is configured), next obs, terminal."""
 
     def __init__(self, size: int, obs_dim: int, act_dim: int) -> None:
         self.obs = np.zeros((size, obs_dim), np.float32)
         self.next_obs = np.zeros((size, obs_dim), np.float32)
         self.actions = np.zeros((size, act_dim), np.float32)
         self.rewards = np.zeros(size, np.float32)
+        self.critic_rewards = np.zeros(size, np.float32)
         self.terminals = np.zeros(size, np.float32)
         self.size, self.count, self.cursor = size, 0, 0
 
-    def add(self, obs, actions, rewards, next_obs, terminals) -> None:
+    def add(self, obs, actions, rewards, next_obs, terminals, critic_rewards=None) -> None:
+        critic_rewards = rewards if critic_rewards is None else critic_rewards
         for row in range(len(rewards)):
             i = self.cursor
             self.obs[i], self.actions[i], self.rewards[i] = obs[row], actions[row], rewards[row]
+            self.critic_rewards[i] = critic_rewards[row]
             self.next_obs[i], self.terminals[i] = next_obs[row], terminals[row]
             self.cursor = (i + 1) % self.size
             self.count = min(self.count + 1, self.size)
@@ -89,6 +96,7 @@ class ReplayBuffer:
     def sample(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
         rows = rng.integers(0, self.count, size=n)
         return {"obs": self.obs[rows], "actions": self.actions[rows], "rewards": self.rewards[rows],
+                "critic_rewards": self.critic_rewards[rows],
                 "next_obs": self.next_obs[rows], "terminals": self.terminals[rows]}
 
 
@@ -115,6 +123,7 @@ class PEARL:
             p.log_alpha.fill_(float(np.log(config.sac.initial_alpha)))
         self.target_entropy = -float(self.act_dim) if config.sac.target_entropy is None else float(config.sac.target_entropy)
         self.buffers: dict[str, ReplayBuffer] = {}
+        self._critic_reward = resolve(config.critic_reward) if config.critic_reward else None
         self.iteration = 0
         self.metrics: dict[str, float] = {}
 
@@ -152,8 +161,10 @@ class PEARL:
             if key not in self.buffers:
                 self.buffers[key] = ReplayBuffer(cfg.sac.replay_size, self.obs_dim, self.act_dim)
             actions = np.clip(np.asarray(episode.actions, np.float32).reshape(episode.length, self.act_dim), -1.0, 1.0)
-            self.buffers[key].add(np.asarray(episode.obs, np.float32).reshape(episode.length, -1), actions, episode.rewards,
-                                  np.asarray(episode.next_obs, np.float32).reshape(episode.length, -1), episode.terminated.astype(np.float32))
+            obs = np.asarray(episode.obs, np.float32).reshape(episode.length, -1)
+            nxt = np.asarray(episode.next_obs, np.float32).reshape(episode.length, -1)
+            critic = None if self._critic_reward is None else np.asarray(self._critic_reward(obs, actions, nxt, episode.task), np.float32)
+            self.buffers[key].add(obs, actions, episode.rewards, nxt, episode.terminated.astype(np.float32), critic)
             returns[episode.request_index, episode.episode_in_trial] = episode.total_reward
             success[episode.request_index, episode.episode_in_trial] = float(episode.succeeded)
         out = {f"return/episode_{k}": float(returns[:, k].mean()) for k in range(cfg.episodes_per_trial)}
@@ -201,7 +212,7 @@ class PEARL:
         b = sac.batch_size
         z_rows = z.unsqueeze(1).expand(-1, b, -1)
         obs, nxt = p.obs_norm(stack(rl, "obs")), p.obs_norm(stack(rl, "next_obs"))
-        actions, rewards, terminals = stack(rl, "actions"), stack(rl, "rewards"), stack(rl, "terminals")
+        actions, rewards, terminals = stack(rl, "actions"), stack(rl, "critic_rewards"), stack(rl, "terminals")
         alpha = p.log_alpha.exp().detach()
         with torch.no_grad():
             fixed = z_rows.detach()

@@ -62,6 +62,11 @@ class TrainConfig:
     latent drawn from the posterior over what the trial has shown so far (posterior sampling)."""
     initial_trials_per_task: int = 1
     """Before the first iteration every train task gets this many trials (on prior draws)."""
+    critic_reward: str = ""
+    """``module:function`` ``(obs, actions, next_obs, task) -> rewards [T]``: a reward for the critic's
+    targets only, computed in training from the (known) train task, e.g. a dense distance for a sparse
+    task. The encoder, like the robot, always reads the env's own reward (PEARL meta-trains its sparse
+    point robot this way). Empty: the critic uses the env's reward too."""
     sampler: Literal["serial", "subprocess", "ray"] | None = None
     num_workers: int = 0
     asynchronous: bool | None = None
