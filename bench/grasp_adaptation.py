@@ -110,6 +110,9 @@ def learned_rows(label: str, factory, adapting_only: bool = False) -> dict[str, 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", nargs="*", default=[], help="learned policies (checkpoints), e.g. one per training seed")
+    parser.add_argument("--full-checkpoints", nargs="*", default=[],
+                        help="learned policies that always get all three rows (adapting, memory within an attempt only, "
+                             "frozen), even with --adapting-only (e.g. the shipped method beside others measured adapting only)")
     parser.add_argument("--bundles", nargs="*", default=[], help="learned policies (exported bundles), run by the torch-free runtime")
     parser.add_argument("--env-id", default="sim:metarl/PandaGrasp-v0")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="evaluation seeds (default: %(default)s)")
@@ -164,11 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "bisection": (f"bisection (first {force:g} N)", ForceBisectionController(interface, first_n=force), True),
                 "combined": (f"ramp + bisection (from {start_n:g} N)", RampBisectionController(interface, start_n=start_n), True),
             })
-        sources = [(f"checkpoint {i} ({Path(p).parent.parent.name})", checkpoint_factory(p), checkpoint_group(p))
-                   for i, p in enumerate(args.checkpoints)]
-        sources += [(f"bundle {i} ({Path(p).name})", bundle_factory(p), bundle_group(p)) for i, p in enumerate(args.bundles)]
-        for label, factory, group in sources:
-            rows_i = learned_rows(label, factory, args.adapting_only)
+        full = [(p, False) for p in args.full_checkpoints] + [(p, args.adapting_only) for p in args.checkpoints]
+        sources = [(f"checkpoint {i} ({Path(p).parent.parent.name})", checkpoint_factory(p), checkpoint_group(p), only)
+                   for i, (p, only) in enumerate(full)]
+        sources += [(f"bundle {i} ({Path(p).name})", bundle_factory(p), bundle_group(p), args.adapting_only)
+                    for i, p in enumerate(args.bundles)]
+        for label, factory, group, only in sources:
+            rows_i = learned_rows(label, factory, only)
             controllers.update(rows_i)
             kinds = learned.setdefault(group, {"adapting": [], "forget": [], "frozen": []})
             for key, kind in zip(rows_i, ("adapting", "forget", "frozen")):

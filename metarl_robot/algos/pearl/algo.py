@@ -19,7 +19,6 @@ checkpointed: a resumed run collects its initial trials again.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -198,7 +197,7 @@ class PEARL:
         return [net(x).squeeze(-1) for net in nets]
 
     def gradient_step(self) -> dict[str, float]:
-        cfg, sac, p = self.config, self.config.sac, self.policy
+        sac, p = self.config.sac, self.policy
         keys = list(self.buffers)
         picked = [keys[i] for i in self.rng.choice(len(keys), size=min(sac.meta_batch, len(keys)), replace=False)]
         ctx = [self.buffers[k].sample(self.rng, sac.context_size) for k in picked]
