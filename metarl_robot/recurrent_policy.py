@@ -162,7 +162,9 @@ class PrototypeCore(nn.Module):
         if self.comparison == "cosine":
             score = nn.functional.normalize(support, dim=-1, eps=1e-6) @ nn.functional.normalize(self.prototypes, dim=-1, eps=1e-6).T
         else:
-            score = -((support.unsqueeze(-2) - self.prototypes) ** 2).sum(-1)
+            # -|s - p|^2 expanded (one matmul rather than a [.., K, E] difference: K is the number of
+            # training tasks, and training evaluates this at every step of every trial)
+            score = 2.0 * support @ self.prototypes.T - (support**2).sum(-1, keepdim=True) - (self.prototypes**2).sum(-1)
         return score * torch.exp(-self.log_temperature)
 
     def estimate(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
