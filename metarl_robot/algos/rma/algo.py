@@ -262,4 +262,4 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return run_training(RMA(config, run_dir), config, run_dir, resume=resume, progress=progress, desc="rma")
+    return run_training(RMA(config, run_dir), config, run_dir, resume=resume, progress=progress, desc=config.method)
