@@ -66,24 +66,19 @@ def _t95(n: int) -> float:
     return table.get(n - 1, 1.96)
 
 
-def checkpoint_factory(path: str):
-    from metarl_robot.checkpoint import load_checkpoint
-
-    policy, data = load_checkpoint(path)
-    return functools.partial(torch_controller, policy, data["adaptation"])
-
-
 def method_group(policy_config: dict, method: str) -> str:
     """What a learned policy's row is pooled under across training seeds: its method and core."""
     cell = policy_config.get("cell")
     return f"{method} ({cell})" if cell else method
 
 
-def checkpoint_group(path: str) -> str:
+def checkpoint_source(path: str):
+    """``(controller factory, method group)`` of a checkpoint, loaded once."""
     from metarl_robot.checkpoint import load_checkpoint
 
     policy, data = load_checkpoint(path)
-    return method_group(dataclasses.asdict(policy.config) if dataclasses.is_dataclass(policy.config) else {}, str(data["method"]))
+    config = dataclasses.asdict(policy.config) if dataclasses.is_dataclass(policy.config) else {}
+    return functools.partial(torch_controller, policy, data["adaptation"]), method_group(config, str(data["method"]))
 
 
 def bundle_group(path: str) -> str:
@@ -168,8 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "combined": (f"ramp + bisection (from {start_n:g} N)", RampBisectionController(interface, start_n=start_n), True),
             })
         full = [(p, False) for p in args.full_checkpoints] + [(p, args.adapting_only) for p in args.checkpoints]
-        sources = [(f"checkpoint {i} ({Path(p).parent.parent.name})", checkpoint_factory(p), checkpoint_group(p), only)
-                   for i, (p, only) in enumerate(full)]
+        sources = [(f"checkpoint {i} ({Path(p).parent.parent.name})", *checkpoint_source(p), only) for i, (p, only) in enumerate(full)]
         sources += [(f"bundle {i} ({Path(p).name})", bundle_factory(p), bundle_group(p), args.adapting_only)
                     for i, p in enumerate(args.bundles)]
         for label, factory, group, only in sources:

@@ -450,7 +450,7 @@ class RecurrentPolicy(nn.Module):
         return self.core.task_logits(running)
 
     def estimated_latent(self, obs, prev_action, prev_reward, prev_done, state: torch.Tensor) -> torch.Tensor:
-        """Window cell: the adaptation module's latents ``[B, T, k]`` over the sequences (phase 2's prediction)."""
+        """Window and prototype cells: the estimated latents ``[B, T, k]`` over the sequences (phase 2's prediction)."""
         return self.core.estimate(self.core_inputs(obs, prev_action, prev_reward, prev_done), self._unpack(state))
 
     def normalised_action(self, command: torch.Tensor) -> torch.Tensor:

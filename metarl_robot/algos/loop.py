@@ -35,7 +35,8 @@ def run_training(algo: Any, config: Any, run_dir: Path, *, resume: bool, progres
         writer = SummaryWriter(str(run_dir / "tb"))
         # A resumed run never repeats the warm start: its checkpoint already holds it (a warm-start-only
         # run, iterations: 0, can be resumed with more iterations to fine-tune it).
-        if algo.iteration == 0 and config.warm_start.rounds > 0 and not resumed:
+        warm_rounds = getattr(getattr(config, "warm_start", None), "rounds", 0)  # a method may have no warm start
+        if algo.iteration == 0 and warm_rounds > 0 and not resumed:
             warm = algo.warm_start()
             for key, value in warm.items():
                 writer.add_scalar(key, value, 0)

@@ -32,41 +32,28 @@ from metarl_robot.algos.loop import restore_checkpoint, run_training
 from metarl_robot.algos.pearl.config import TrainConfig
 from metarl_robot.checkpoint import save_checkpoint
 from metarl_robot.config import to_dict
+from metarl_robot.algos.rl2.rollout import RL2Trials
 from metarl_robot.recurrent_policy import REWARD_CLIP, RecurrentPolicy
-from metarl_robot.sampling import BasePolicy, make_requests
+from metarl_robot.sampling import make_requests
 from metarl_robot.tasks import TaskSpec
 
 METHOD = "pearl"
 
 
-class PearlTrials(BasePolicy):
+class PearlTrials(RL2Trials):
     """One trial as the deployed graph runs it: ``command(obs, prev_command, prev_reward, prev_done, noise,
     state)`` with standard normal noise (``explore``; the latent's part draws it at each episode start) or
-    zero noise (mean actions, posterior-mean latent). Never reads the task."""
-
-    def __init__(self, policy: RecurrentPolicy, *, explore: bool = True) -> None:
-        self.policy, self.explore = policy, bool(explore)
-
-    def reset(self, task: TaskSpec, rng: np.random.Generator, options: Mapping[str, Any]) -> None:
-        super().reset(task, rng, options)
-        p = self.policy
-        self._state = p.initial_state(1)
-        self._prev = (torch.zeros(1, p.act_dim), torch.zeros(1, 1), torch.zeros(1, 1))
-        self._command = torch.zeros(1, p.act_dim)
+    zero noise (mean actions, posterior-mean latent). Never reads the task. The trial's state, the
+    previous step and pickling are RL²'s (:class:`~metarl_robot.algos.rl2.rollout.RL2Trials`)."""
 
     def act(self, obs: Any) -> tuple[np.ndarray, Mapping[str, np.ndarray]]:
         p = self.policy
         noise = self.rng.standard_normal(p.noise_size, dtype=np.float32) if self.explore else np.zeros(p.noise_size, np.float32)
         with torch.no_grad():
             obs_t = torch.as_tensor(np.asarray(obs, np.float32).reshape(1, p.obs_dim))
-            self._command, self._state = p.command(obs_t, *self._prev, torch.as_tensor(noise)[None], self._state)
+            self._command, self._state = p.command(obs_t, self._prev_command, self._prev_reward, self._prev_done,
+                                                   torch.as_tensor(noise)[None], self._state)
         return (self._command / p.action_scale)[0].numpy(), {}
-
-    def observe(self, obs: Any, action: Any, reward: float, next_obs: Any, done: bool) -> None:
-        self._prev = (self._command, torch.full((1, 1), float(reward)), torch.full((1, 1), float(bool(done))))
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in super().__getstate__().items() if k not in ("_state", "_prev", "_command")}
 
 
 class ReplayBuffer:

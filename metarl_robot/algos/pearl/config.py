@@ -87,13 +87,3 @@ class TrainConfig:
         check_num_workers(self.num_workers)
         object.__setattr__(self, "sampler", resolve_sampler(self.sampler, self.asynchronous, default="serial"))
         object.__setattr__(self, "asynchronous", None)
-
-    @property
-    def warm_start(self):
-        """PEARL has no warm start (the shared loop asks)."""
-        return _NoWarmStart()
-
-
-@dataclasses.dataclass(frozen=True)
-class _NoWarmStart:
-    rounds: int = 0

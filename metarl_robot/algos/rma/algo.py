@@ -180,8 +180,7 @@ class RMA(RL2):
         self._phase2_buffer = (self._phase2_buffer + [batch])[-am.buffer_rounds:]
         losses = self.fit_adaptation_module()
         self.iteration += 1
-        own = {f"adaptation_module/{k}": v for k, v in self.trial_metrics(batch).items()}
-        return {**self.trial_metrics(batch), **own, **losses,
+        return {**self.trial_metrics(batch), **losses,
                 "adaptation_module/privileged_round": float(first and am.first_round_privileged)}
 
     def latent_error(self, t: Mapping[str, torch.Tensor], rows) -> torch.Tensor:

@@ -121,7 +121,3 @@ class TrainConfig:
     def iterations(self) -> int:
         """Iterations of the shared training loop: phase 1's PPO, then phase 2's rounds."""
         return self.ppo_iterations + self.adaptation_module.iterations
-
-    @property
-    def asymmetric_critic(self) -> bool:
-        return True
