@@ -24,13 +24,14 @@ import torch
 from metarl_robot.algos.common import build_task_distribution, open_sampler
 from metarl_robot.algos.loop import restore_checkpoint, run_training
 from metarl_robot.algos.rl2.config import TrainConfig
+from metarl_robot.algos.rl2.improve import ExploringTrials, group_trials, select_best
 from metarl_robot.algos.rl2.teacher import DaggerTrials, TeacherTrials, clone, imitation_loss, teacher_tensors
 from metarl_robot.algos.rl2.rollout import RL2Trials, TrialBatch, privileged_keys, privileged_vector, trial_batch
 from metarl_robot.checkpoint import save_checkpoint
 from metarl_robot.config import to_dict
 from metarl_robot.recurrent_policy import RecurrentPolicy
 from metarl_robot.runtime.advantages import gae
-from metarl_robot.sampling import make_requests
+from metarl_robot.sampling import EpisodeRequest, make_requests
 from metarl_robot.skills import layout_slices
 
 
@@ -67,6 +68,7 @@ class RL2:
         self._teacher_batch = None
         self._imitation_start = 0
         self.critic_warmup_until = 0
+        self._buffer: list[list] = []  # kept trials of the improvement iterations (:mod:`.improve`)
 
     method = METHOD
 
@@ -131,6 +133,8 @@ class RL2:
             batch = trial_batch(_renumbered(episodes, cfg.episodes_per_trial), cfg.episodes_per_trial)
             metrics.update(clone(self, batch, epochs=ws.dagger_epochs, update_normalizers=False))
         self._teacher, self._teacher_batch = teacher_tensors(self, batch), batch
+        if cfg.improve.samples:
+            self._buffer = group_trials(episodes, cfg.episodes_per_trial, len(episodes) // cfg.episodes_per_trial)[-cfg.improve.buffer_trials:]
         self._imitation_start = self.iteration
         self.critic_warmup_until = self.iteration + cfg.ppo.critic_warmup_iterations
         return metrics
@@ -275,7 +279,54 @@ class RL2:
             out["success/after_adaptation"] = float(batch.success[:, 1:].mean())
         return out
 
+    def improve_iteration(self) -> dict[str, float]:
+        """One iteration of :mod:`.improve`: exploring trials and the teacher's on the same tasks and
+        reset seeds, the best per task kept, the buffer of kept trials cloned."""
+        cfg, imp, ws = self.config, self.config.improve, self.config.warm_start
+        per_trial, n = cfg.episodes_per_trial, cfg.trials_per_iteration
+        teacher = lambda: TeacherTrials(ws.teacher, ws.teacher_kwargs, self.interface)  # noqa: E731
+        if not self._buffer and imp.seed_rounds and ws.teacher:
+            seeded = self._collect_rounds(imp.seed_rounds, teacher)
+            self._buffer = group_trials(seeded, per_trial, len(seeded) // per_trial)[-imp.buffer_trials:]
+        tasks = self.tasks.sample(n, self.rng, "train")
+        resets = [tuple(int(x) for x in self.rng.integers(2**31, size=per_trial)) for _ in tasks]
+
+        def requests(count: int) -> list[EpisodeRequest]:
+            return [EpisodeRequest(j, tasks[j % n], int(self.rng.integers(2**31)), per_trial, reset_seeds=resets[j % n])
+                    for j in range(count)]
+
+        explored = group_trials(self.sampler.sample(ExploringTrials(self.policy, noise_std=imp.noise_std), requests(n * imp.samples)),
+                                per_trial, n * imp.samples)
+        candidates = [explored[k * n:(k + 1) * n] for k in range(imp.samples)]
+        if imp.include_teacher:
+            candidates.append(group_trials(self.sampler.sample(teacher(), requests(n)), per_trial, n))
+        chosen, kept = select_best(candidates)
+        self._buffer = (self._buffer + kept)[-imp.buffer_trials:]
+        episodes = _renumbered([e for trial in self._buffer for e in trial], per_trial)
+        losses = clone(self, trial_batch(episodes, per_trial), epochs=imp.epochs, update_normalizers=False)
+
+        def success(trials, k: int) -> float:
+            return float(np.mean([bool(trial[k].succeeded) for trial in trials]))
+
+        out = {f"improve/{k.split('/')[-1]}": v for k, v in losses.items()}
+        for k in range(per_trial):
+            out[f"success/episode_{k}"] = success([t for c in candidates[:imp.samples] for t in c], k)
+            out[f"improve/kept_success_episode_{k}"] = success(kept, k)
+            if imp.include_teacher:
+                out[f"improve/teacher_success_episode_{k}"] = success(candidates[-1], k)
+        out["success/before_adaptation"] = out["success/episode_0"]
+        if per_trial > 1:
+            out["success/after_adaptation"] = float(np.mean([out[f"success/episode_{k}"] for k in range(1, per_trial)]))
+        out["return/trial"] = float(np.mean([sum(e.total_reward for e in t) for c in candidates[:imp.samples] for t in c]))
+        out["improve/teacher_kept"] = float(np.mean([c == imp.samples for c in chosen])) if imp.include_teacher else 0.0
+        out["improve/buffer_trials"] = float(len(self._buffer))
+        return out
+
     def train_iteration(self) -> dict[str, float]:
+        if self.config.improve.samples:
+            metrics = self.improve_iteration()
+            self.iteration += 1
+            return metrics
         batch = self.collect()
         losses = self.update(batch)
         losses["loss/imitation_weight"] = self._imitation_weight() if self.iteration >= self.critic_warmup_until else 0.0

@@ -9,10 +9,11 @@ from typing import Any, Literal
 from metarl_robot.algos.common.collection import check_num_workers, resolve_sampler
 from metarl_robot.algos.common.ppo import PPOConfig
 from metarl_robot.algos.common.tasks import TasksConfig
+from metarl_robot.algos.rl2.improve import ImproveConfig
 from metarl_robot.algos.rl2.teacher import TeacherWarmStartConfig
 from metarl_robot.recurrent_policy import RecurrentPolicyConfig
 
-__all__ = ["AdaptationConfig", "RL2PPOConfig", "TasksConfig", "TeacherWarmStartConfig", "TrainConfig"]
+__all__ = ["AdaptationConfig", "ImproveConfig", "RL2PPOConfig", "TasksConfig", "TeacherWarmStartConfig", "TrainConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +105,9 @@ class TrainConfig:
     adaptation: AdaptationConfig = AdaptationConfig()
     warm_start: TeacherWarmStartConfig = TeacherWarmStartConfig()
     """Clone a teacher controller that is never told the task before PPO (:mod:`.teacher`)."""
+    improve: ImproveConfig = ImproveConfig()
+    """With ``improve.samples`` > 0 every iteration keeps the best of several exploring trials (and the
+    teacher's) per task and clones them, instead of a PPO update (:mod:`.improve`)."""
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.trials_per_iteration < 1 or self.episodes_per_trial < 1:
@@ -113,3 +117,5 @@ class TrainConfig:
         check_num_workers(self.num_workers)
         object.__setattr__(self, "sampler", resolve_sampler(self.sampler, self.asynchronous, default="serial"))
         object.__setattr__(self, "asynchronous", None)
+        if self.improve.samples and self.improve.include_teacher and not self.warm_start.teacher:
+            raise ValueError("improve.include_teacher needs warm_start.teacher (or set improve.include_teacher: false)")
