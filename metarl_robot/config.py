@@ -23,6 +23,33 @@ class ConfigError(ValueError):
     """A config value or key is invalid; the message names its dotted path."""
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: where and what (``line 2, column 6: expected ...``)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
+def read_yaml(path: str | Path, what: str, error: type[Exception] = ConfigError) -> Any:
+    """The parsed YAML document at ``path``; a missing, unreadable, non-UTF-8 or malformed file raises
+    ``error`` with one line naming the file, the problem and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {str(path)!r} does not exist (check the path)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{what} {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason}); "
+                    "save it as UTF-8") from None
+    except OSError as err:
+        raise error(f"{what} {str(path)!r} cannot be read: {err.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise error(f"{what} {str(path)!r} is not valid YAML at {yaml_problem(err)}; fix the syntax there") from None
+
+
 def _convert(value: Any, annotation: Any, path: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -151,7 +178,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({yaml_problem(err)}); "
+                              "quote it or fix it, e.g. --set 'ppo.lr=3e-4'") from None
     return data
 
 
@@ -163,12 +194,7 @@ def load_config(cls: type[T], source: str | Path | Mapping[str, Any] | None = No
         data = dict(source)
     else:
         path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+        data = read_yaml(path, "config file") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(path)!r}: the top level must be a mapping of keys")
     return from_dict(cls, apply_overrides(data, overrides))

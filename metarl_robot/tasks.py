@@ -286,25 +286,25 @@ def load_task_file(path: str | Path, validators: Mapping[str, Any] | None = None
     (a simulator registers one for its family); relative paths in string parameters are resolved
     against the task file's folder when the file exists there.
     """
-    import yaml
+    from metarl_robot.config import read_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise TaskError(f"task file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise TaskError(f"task file {str(path)!r} is not valid YAML: {err}") from None
+    data = read_yaml(path, "task file", TaskError)
     if isinstance(data, Mapping):
         data = data.get("tasks")
     if not isinstance(data, Sequence) or isinstance(data, str) or not data:
         raise TaskError(f"task file {str(path)!r}: expected a non-empty list of tasks (or a 'tasks:' list)")
     tasks = []
+    seen: dict[str, int] = {}
     for i, entry in enumerate(data):
         where = f"{path}: tasks[{i}]"
         task = TaskSpec.from_dict(entry, where)
         if not task.task_id:
             task = dataclasses.replace(task, task_id=f"{path.stem}-{i}")
+        if task.task_id in seen:
+            raise TaskError(f"{where}: task_id {task.task_id!r} is already used by tasks[{seen[task.task_id]}]; "
+                            "give every task its own task_id (results are reported by it)")
+        seen[task.task_id] = i
         resolved = {}
         for key, value in task.params.items():
             if isinstance(value, str) and value.endswith(".urdf") and not Path(value).is_absolute():

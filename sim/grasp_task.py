@@ -150,6 +150,17 @@ def validate_grasp_task(task: TaskSpec) -> None:
         for name in ("object_length_m", "com_offset_m"):
             if name in task.params:
                 raise TaskError(f"{name} is not supported with object_urdf (the URDF defines the object): drop {name}")
+        scale = float(task.params["object_size_m"])
+        width = urdf_width_m(urdf, scale)
+        if width > MAX_PRIMITIVE_SIZE_M:
+            # Bullet's bounding boxes carry a fixed margin, so the width is linear in the scale, not
+            # proportional to it: measure at half the scale too and solve for the largest that fits.
+            slope = (width - urdf_width_m(urdf, scale / 2.0)) / (scale / 2.0)
+            fits = (MAX_PRIMITIVE_SIZE_M - (width - slope * scale)) / slope if slope > 0 else 0.0
+            raise TaskError(
+                f"object_urdf={urdf!r} is {width * 100:.1f} cm wide across the fingers at object_size_m={scale:g} (its scale); "
+                f"the open gripper takes at most {MAX_PRIMITIVE_SIZE_M * 100:.0f} cm: use object_size_m <= {fits:.4g}"
+            )
         return
     size = float(task.params["object_size_m"])
     if size > MAX_PRIMITIVE_SIZE_M:
@@ -182,6 +193,30 @@ def validate_grasp_task(task: TaskSpec) -> None:
         limit = _half_extent_x(task)
         if abs(offset) > limit:
             raise TaskError(f"com_offset_m={offset} lies outside the object: use at most ±{limit:.4g} m for this object")
+
+
+def urdf_width_m(path: str, scale: float) -> float:
+    """Width across the fingers (the y extent of all its links, at rest as the scene places it) of the
+    URDF at ``path`` loaded with ``globalScaling=scale``, measured in a private PyBullet world."""
+    resolved = Path(path).resolve()
+    return _urdf_width_m(str(resolved), resolved.stat().st_mtime_ns, float(scale))
+
+
+@functools.lru_cache(maxsize=64)
+def _urdf_width_m(path: str, mtime_ns: int, scale: float) -> float:
+    import pybullet
+
+    client = pybullet.connect(pybullet.DIRECT)
+    try:
+        try:
+            body = pybullet.loadURDF(path, globalScaling=scale, physicsClientId=client)
+        except pybullet.error as err:
+            raise TaskError(f"object_urdf={path!r} could not be loaded by PyBullet: {err}") from None
+        links = [-1, *range(pybullet.getNumJoints(body, physicsClientId=client))]
+        boxes = [pybullet.getAABB(body, link, physicsClientId=client) for link in links]
+        return float(max(b[1][1] for b in boxes) - min(b[0][1] for b in boxes))
+    finally:
+        pybullet.disconnect(client)
 
 
 def _validate_dynamics(task: TaskSpec) -> None:

@@ -82,6 +82,24 @@ def test_task_file_round_trip_and_errors(tmp_path):
         load_task_file(tmp_path / "neg.yaml", {"grasp": no_negative_mass})
 
 
+def test_task_file_refuses_duplicate_ids_and_unreadable_text(tmp_path):
+    twice = [{"family": "grasp", "task_id": "cup", "params": {}}, {"family": "grasp", "task_id": "cup", "params": {}}]
+    (tmp_path / "dup.yaml").write_text(yaml.safe_dump(twice))
+    with pytest.raises(TaskError, match=r"tasks\[1\]: task_id 'cup' is already used by tasks\[0\]; give every task its own"):
+        load_task_file(tmp_path / "dup.yaml")
+    # A generated id ("<stem>-<index>") may not collide with a given one either.
+    clash = [{"family": "grasp", "task_id": "gen-1", "params": {}}, {"family": "grasp", "params": {}}]
+    (tmp_path / "gen.yaml").write_text(yaml.safe_dump(clash))
+    with pytest.raises(TaskError, match=r"task_id 'gen-1' is already used by tasks\[0\]"):
+        load_task_file(tmp_path / "gen.yaml")
+    (tmp_path / "latin1.yaml").write_bytes(b"- family: gr\xe4sp\n")
+    with pytest.raises(TaskError, match=r"latin1.yaml' is not UTF-8 text \(byte 12: .*\); save it as UTF-8"):
+        load_task_file(tmp_path / "latin1.yaml")
+    (tmp_path / "syntax.yaml").write_text("- family: grasp\n  params: {a: [1\n")
+    with pytest.raises(TaskError, match=r"syntax.yaml' is not valid YAML at line \d+, column \d+: .*; fix the syntax there"):
+        load_task_file(tmp_path / "syntax.yaml")
+
+
 def test_taskspec_pickles_for_subprocess_workers():
     import pickle
 

@@ -304,7 +304,7 @@ def test_task_file_with_urdf_object_runs_an_episode(tmp_path):
         "tasks:\n"
         "  - task_id: random-000\n"
         "    family: grasp\n"
-        f"    params: {{object_urdf: {urdf}, object_size_m: 0.6, object_mass_kg: 0.2,"
+        f"    params: {{object_urdf: {urdf}, object_size_m: 0.5, object_mass_kg: 0.2,"
         " lateral_friction: 0.7, crush_force_n: 30}\n"
     )
     (task,) = load_task_file(task_file, GRASP_VALIDATORS)
@@ -313,6 +313,23 @@ def test_task_file_with_urdf_object_runs_an_episode(tmp_path):
     assert set(info) >= {"success", "crushed", "lift_height_m"}
     assert object_dynamics(env) == pytest.approx((0.2, 0.7))
     env.close()
+
+
+@pytest.mark.parametrize(("name", "scale", "width_cm"), [("objects/mug.urdf", 1.0, 12.8), ("sphere2.urdf", 1.0, 100.0),
+                                                       ("random_urdfs/000/000.urdf", 0.6, 7.8)])
+def test_urdf_objects_wider_than_the_open_gripper_are_refused_with_the_scale_that_fits(tmp_path, name, scale, width_cm):
+    urdf = Path(pybullet_data.getDataPath()) / name
+    task_file = tmp_path / "objects.yaml"
+    task_file.write_text(
+        "tasks:\n  - family: grasp\n"
+        f"    params: {{object_urdf: {urdf}, object_size_m: {scale}, object_mass_kg: 0.2, lateral_friction: 0.7, crush_force_n: 30}}\n"
+    )
+    with pytest.raises(TaskError, match=rf"tasks\[0\].*is {width_cm:.1f} cm wide.*at most 7 cm: use object_size_m <= ") as err:
+        load_task_file(task_file, GRASP_VALIDATORS)
+    fitting = float(str(err.value).rsplit("<= ", 1)[1])
+    task_file.write_text(task_file.read_text().replace(f"object_size_m: {scale}", f"object_size_m: {fitting * 0.999:.6g}"))
+    (task,) = load_task_file(task_file, GRASP_VALIDATORS)  # the scale the message names fits
+    assert task["object_size_m"] < scale
 
 
 def test_example_task_file_loads_and_its_bottle_can_be_lifted():
