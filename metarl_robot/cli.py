@@ -16,16 +16,51 @@ SHIPPED_CONFIG = REPO_ROOT / "configs" / "grasp_rl2.yaml"
 
 
 def _fail(message: str) -> int:
-    print(f"metarl-robot: error: {message}", file=sys.stderr)
+    print(f"metarl-robot: error: {' '.join(str(message).split())}", file=sys.stderr)
     return 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the problem, then where to read about the fix (exit code 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def _float_at_least(low: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number >= {low:g}, got {text!r}") from None
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"must be >= {low:g}, got {text}")
+        return value
+
+    parse.__name__ = f"number >= {low:g}"
+    return parse
 
 
 def train_module(config_path: str | None, overrides: list[str]):
     """The algorithm package a config's ``method`` trains with, found through the family plug-ins."""
-    import yaml
-
     from metarl_robot.config import ConfigError
     from metarl_robot.families import FamilyError, registry
+
+    from metarl_robot.config import read_yaml
 
     method = None
     for item in overrides:
@@ -33,10 +68,7 @@ def train_module(config_path: str | None, overrides: list[str]):
         if key.strip() == "method":
             method = value.strip()
     if method is None and config_path:
-        path = Path(config_path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(config_path, "config file") or {}
         method = data.get("method") if isinstance(data, dict) else None
     try:
         return registry.algorithm(method)
@@ -44,15 +76,49 @@ def train_module(config_path: str | None, overrides: list[str]):
         raise ConfigError(str(err)) from None
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from metarl_robot.config import load_config
+def _existing_run(run: Path) -> str | None:
+    """What marks ``run`` as holding a run already (its config or a checkpoint), or None."""
+    for name in ("config.yaml", "checkpoints"):
+        if (run / name).exists():
+            return str(run / name)
+    return None
 
-    module = train_module(args.config, args.set)
-    config = load_config(module.TrainConfig, args.config, args.set)
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from metarl_robot.config import ConfigError, load_config
+
+    run = Path(args.run_dir)
+    held = _existing_run(run)
+    if args.resume:
+        if args.config is not None:
+            raise ConfigError(f"--resume continues {str(run)!r} as it was configured (its config.yaml); drop --config "
+                              "and change values with --set KEY=VALUE, or start a new run with --config and a new --run-dir")
+        if not (run / "config.yaml").is_file():
+            raise ConfigError(f"--resume: {str(run)!r} holds no run (no config.yaml); start it without --resume, "
+                              "with --config CONFIG")
+        source = str(run / "config.yaml")
+    else:
+        if held is not None:
+            raise ConfigError(f"{str(run)!r} already holds a run ({held}); continue it with --resume, "
+                              "or pass a new --run-dir to start another")
+        source = args.config or str(SHIPPED_CONFIG)
+    module = train_module(source, args.set)
+    config = load_config(module.TrainConfig, source, args.set)
+    if args.resume and args.set:
+        _record_overrides(run, args.set)
     path = module.train(config, args.run_dir, resume=args.resume, progress=not args.no_progress)
     run = Path(args.run_dir)
     print(f"checkpoint:   {path}\nconfig:       {run / 'config.yaml'}\ntensorboard:  tensorboard --logdir {run / 'tb'}")
     return 0
+
+
+def _record_overrides(run: Path, overrides: list[str]) -> None:
+    """Append a resume's ``--set`` overrides to ``RUN/resumes.log`` (config.yaml holds the result)."""
+    import datetime
+
+    with open(run / "resumes.log", "a", encoding="utf-8") as f:
+        stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        f.write(f"{stamp} --resume " + " ".join(f"--set {item}" for item in overrides) + "\n")
 
 
 def _load_controller(args: argparse.Namespace, source: str, kind: str):
@@ -94,6 +160,9 @@ def _eval_tasks(args: argparse.Namespace, config: dict, env):
     from metarl_robot.tasks import TaskError, load_task_file
 
     if args.task_file:
+        if args.num_tasks is not None:
+            raise TaskError("--num-tasks picks tasks of a split; with --task-file every task of the file runs: "
+                            "drop --num-tasks or drop tasks from the file")
         # The env validates tasks of its own family (set_task raises TaskError naming the field); the
         # task takes effect only at the next reset, so checking them all up front changes nothing.
         family = getattr(getattr(env, "task", None), "family", None)
@@ -103,7 +172,7 @@ def _eval_tasks(args: argparse.Namespace, config: dict, env):
     if not chosen:
         raise TaskError(f"the {args.split!r} split of this config's task distribution is empty; "
                         f"set tasks.num_{args.split} in the training config or pick another --split")
-    return chosen[: args.num_tasks] if args.num_tasks else chosen
+    return chosen[: args.num_tasks] if args.num_tasks is not None else chosen
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -278,15 +347,17 @@ def _verb_entry_points() -> list[Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="metarl-robot", description=__doc__)
+    parser = _Parser(prog="metarl-robot", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="VERB")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="VERB", parser_class=_Parser)
 
     p = sub.add_parser("train", help="meta-train a policy; writes checkpoints, TensorBoard logs and the resolved config")
-    p.add_argument("--config", default=str(SHIPPED_CONFIG), help="YAML config (default: %(default)s)")
+    p.add_argument("--config", default=None, help=f"YAML config (default: {SHIPPED_CONFIG.relative_to(REPO_ROOT)}; "
+                   "with --resume, the run's own config.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. ppo.lr=1e-3")
     p.add_argument("--run-dir", default="runs/grasp", help="output folder (default: %(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.safetensors")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR as it was configured (its config.yaml, "
+                   "plus any --set) from its latest good checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -297,17 +368,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", nargs="+", default=["cpu"], help="execution providers for --bundle, in preference order")
     p.add_argument("--task-file", help="YAML task file (your own objects); default: the config's test split")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    p.add_argument("--num-tasks", type=int, default=0, help="first N tasks of the split (0 = all)")
-    p.add_argument("--rounds", "--episodes", dest="rounds", type=int, default=3,
+    p.add_argument("--num-tasks", type=_int_at_least(1), default=None, help="first N tasks of the split (default: all)")
+    p.add_argument("--rounds", "--episodes", dest="rounds", type=_int_at_least(1), default=3,
                    help="rounds per task, adapting after each; round 0 is before adaptation (default: %(default)s)")
-    p.add_argument("--episodes-per-round", type=int, default=0,
+    p.add_argument("--episodes-per-round", type=_int_at_least(1), default=None,
                    help="episodes per round (default: the policy's own: 1 for context methods, the trajectories per "
                         "inner step for gradient methods)")
     p.add_argument("--no-adapt", action="store_true", help="never adapt (the non-adaptive baseline of the same policy)")
     p.add_argument("--sampler", choices=["serial", "subprocess", "ray"], default="serial",
                    help="where the tasks run: this process, worker processes or Ray actors; every choice gives "
                         "the same results (default: %(default)s)")
-    p.add_argument("--num-workers", type=int, default=0,
+    p.add_argument("--num-workers", type=_int_at_least(0), default=0,
                    help="workers of the subprocess and ray samplers, 0 = one per CPU core (default: %(default)s)")
     p.add_argument("--env-id", help="override the env id from the checkpoint's config")
     p.add_argument("--seed", type=int, default=0)
@@ -360,14 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "validation", "test"],
                    help="split of the env's task distribution to take the task from (default: %(default)s)")
     p.add_argument("--task-file", help="YAML task file to take the task from instead of a split")
-    p.add_argument("--index", type=int, default=0, help="index of the task in the split or task file")
+    p.add_argument("--index", type=_int_at_least(0), default=0, help="index of the task in the split or task file")
     p.add_argument("--task-seed", type=int, default=None,
                    help="seed of the task distribution (default: the checkpoint config's, else 0)")
     p.add_argument("--policy", default="random",
                    help="random, oracle (the env's demonstrator) or a checkpoint .safetensors (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="reset seed (and the random policy's seed)")
-    p.add_argument("--max-steps", type=int, default=200, help="stop after this many steps (default: %(default)s)")
-    p.add_argument("--fps", type=float, default=0.0, help="frames per second (default: the env's render_fps)")
+    p.add_argument("--max-steps", type=_int_at_least(1), default=200, help="stop after this many steps (default: %(default)s)")
+    p.add_argument("--fps", type=_float_at_least(0.0), default=0.0, help="frames per second (default: the env's render_fps)")
     p.add_argument("--out", default="runs/rollout.gif", help="GIF to write (default: %(default)s)")
     p.set_defaults(func=cmd_gif)
     return parser
@@ -388,9 +459,26 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     try:
+        from metarl_robot.export import ExportError
+
+        known += (ExportError,)
+    except ImportError:
+        pass
+    try:
         return args.func(args)
     except known as err:
         return _fail(str(err))
+    except OSError as err:
+        # A full disk, a read-only folder, a missing permission: say which file and what to do.
+        where = f" {err.filename!r}" if err.filename else ""
+        if args.verbose:
+            logging.getLogger("metarl_robot.cli").exception("%s", err)
+        return _fail(f"cannot write or read{where}: {err.strerror or err}; free some disk space or choose a writable "
+                     "folder (--out / --run-dir)")
+    except ValueError as err:
+        if args.verbose:
+            logging.getLogger("metarl_robot.cli").exception("%s", err)
+        return _fail(f"{err} (run with -v for the traceback)")
     except KeyboardInterrupt:
         return 130
 

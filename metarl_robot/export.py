@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import datetime
 import enum
+import json
 import logging
 import math
 import os
@@ -349,6 +350,21 @@ def _check_destination(out_dir: Path, overwrite: bool) -> None:
             f"{str(out_dir)!r} is not empty and holds no {MANIFEST_FILE}, so it is not a bundle; "
             "refusing to overwrite it even with overwrite=True"
         )
+    # Replacing the bundle removes the folder: only if it holds nothing export did not write.
+    try:
+        listed = set(json.loads((out_dir / MANIFEST_FILE).read_text(encoding="utf-8")).get("files", {}))
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if listed is None:
+        raise ExportError(f"{str(out_dir / MANIFEST_FILE)!r} cannot be read as a bundle manifest; refusing to replace "
+                          f"{str(out_dir)!r}: move it aside or export to another --out")
+    ours = listed | {MANIFEST_FILE, "signature.json"}
+    foreign = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file() and
+                     str(p.relative_to(out_dir)) not in ours)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ExportError(f"{str(out_dir)!r} holds files export did not write ({shown}); --overwrite never deletes them: "
+                          "move them out or export to another --out")
 
 
 def _publish(staging: Path, out_dir: Path) -> None:

@@ -134,12 +134,11 @@ TINY_GRADIENT = {
 @pytest.mark.parametrize("config", [TINY_CONTEXT, TINY_GRADIENT], ids=["context_ppo", "maml"])
 @pytest.mark.parametrize("name", ["last.safetensors", "last.pt"])
 def test_train_resume_refuses_a_pickle_in_the_run_dir(config, name, marker: Path, tmp_path: Path, capsys) -> None:
-    config_path = tmp_path / "tiny.yaml"
-    config_path.write_text(yaml.safe_dump(config))
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))  # --resume reads the run's own config
     planted = _pickle_checkpoint(run / "checkpoints" / name, marker)
-    rc = main(["train", "--config", str(config_path), "--run-dir", str(run), "--resume", "--no-progress"])
+    rc = main(["train", "--run-dir", str(run), "--resume", "--no-progress"])
     line = _refused(rc, capsys, marker, str(planted), "migrate-checkpoint")
     assert "pickle" in line
     assert planted.read_bytes()[:4] == b"PK\x03\x04", "the planted file is left as it was"

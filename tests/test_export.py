@@ -211,15 +211,25 @@ def test_overwrite_replaces_a_bundle_atomically(
 ) -> None:
     monkeypatch.setattr(context_torch, "export_graph", _copy_graphs_from(bundle_dir))
     target = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
-    (target / "stale.txt").write_text("from the old bundle")
     checkpoint = make_checkpoint(tmp_path / "other.safetensors", iteration=99)
 
     assert export_bundle(checkpoint, target, overwrite=True) == target
 
-    assert not (target / "stale.txt").exists()
     provenance = load_bundle(target).provenance
     assert provenance["checkpoint_sha256"] == sha256_file(checkpoint) and provenance["iteration"] == 99
     assert leftovers(tmp_path) == []
+
+
+def test_overwrite_never_deletes_files_export_did_not_write(bundle_dir: Path, tmp_path: Path) -> None:
+    target = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+    (target / "calibration").mkdir()
+    (target / "calibration" / "notes.txt").write_text("the robot's own")
+    before = (target / "manifest.json").read_bytes()
+    with pytest.raises(ExportError, match=r"holds files export did not write \(calibration/notes.txt\); --overwrite never "
+                                          r"deletes them: move them out or export to another --out"):
+        export_bundle(tmp_path / "any.safetensors", target, overwrite=True)
+    assert (target / "calibration" / "notes.txt").read_text() == "the robot's own"
+    assert (target / "manifest.json").read_bytes() == before
 
 
 def test_overwrite_refuses_a_directory_that_is_not_a_bundle(tmp_path: Path) -> None:

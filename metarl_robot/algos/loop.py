@@ -7,14 +7,67 @@ advances ``iteration``), ``progress(metrics) -> dict`` (the progress bar's field
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from metarl_robot.config import save_config
 
 log = logging.getLogger("metarl_robot.train")
+
+KEEP_LAST = 3
+"""Checkpoints kept besides ``last.safetensors``: ``iter_NNNNNN.safetensors`` of the latest saves."""
+BEST_KEYS = ("success/after_adaptation", "return/after_adaptation", "return/trial")
+"""Training metrics that rank checkpoints for ``best.safetensors``, compared in this order."""
+
+
+def _rank(metrics: Mapping[str, Any]) -> tuple[list[str], tuple[float, ...]] | None:
+    """The :data:`BEST_KEYS` ``metrics`` has, and their values; None when it has none or one is NaN."""
+    keys = [k for k in BEST_KEYS if k in metrics]
+    values = tuple(float(metrics[k]) for k in keys)
+    return (keys, values) if keys and all(v == v for v in values) else None
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    """``target`` becomes a copy of ``source`` in one rename. A copy, not a hard link: damage to one file
+    must not reach the other."""
+    import shutil
+
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def keep_history(checkpoint: Path, iteration: int, metrics: Mapping[str, Any], keep_last: int = KEEP_LAST) -> None:
+    """After a save: keep ``iter_NNNNNN.safetensors`` of the last ``keep_last`` saves, and
+    ``best.safetensors`` (with ``best.json``) for the save whose training metrics rank highest
+    (:data:`BEST_KEYS`), copies written by a rename."""
+    folder = checkpoint.parent
+    _copy_atomically(checkpoint, folder / f"iter_{iteration:06d}.safetensors")
+    for old in sorted(folder.glob("iter_*.safetensors"))[:-keep_last]:
+        old.unlink(missing_ok=True)
+    ranked = _rank(metrics)
+    if ranked is None:
+        return
+    keys, rank = ranked
+    record = folder / "best.json"
+    try:
+        best = json.loads(record.read_text(encoding="utf-8"))
+        previous = tuple(best["rank"]) if best["keys"] == keys else None
+    except (OSError, ValueError, KeyError, TypeError):
+        previous = None
+    if previous is None or rank > previous:
+        _copy_atomically(checkpoint, folder / "best.safetensors")
+        tmp = record.with_name(record.name + ".tmp")
+        tmp.write_text(json.dumps({"iteration": iteration, "keys": keys, "rank": list(rank)}), encoding="utf-8")
+        os.replace(tmp, record)
 
 
 def run_training(algo: Any, config: Any, run_dir: Path, *, resume: bool, progress: bool, desc: str) -> Path:
@@ -32,7 +85,8 @@ def run_training(algo: Any, config: Any, run_dir: Path, *, resume: bool, progres
         if resumed:
             log.info("resumed from %s at iteration %d", algo.checkpoint_path, algo.iteration)
         save_config(config, run_dir / "config.yaml")
-        writer = SummaryWriter(str(run_dir / "tb"))
+        # A resumed run drops what the interrupted one logged after its checkpoint, so no step is logged twice.
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=algo.iteration + 1 if resumed else None)
         # A resumed run never repeats the warm start: its checkpoint already holds it (a warm-start-only
         # run, iterations: 0, can be resumed with more iterations to fine-tune it).
         warm_rounds = getattr(getattr(config, "warm_start", None), "rounds", 0)  # a method may have no warm start
@@ -52,10 +106,12 @@ def run_training(algo: Any, config: Any, run_dir: Path, *, resume: bool, progres
             bar.update(1)
             if algo.iteration % config.checkpoint_every == 0 or algo.iteration == config.iterations:
                 algo.save()
+                keep_history(algo.checkpoint_path, algo.iteration, algo.metrics)
         bar.close()
         writer.close()
         if not algo.checkpoint_path.exists():
             algo.save()
+            keep_history(algo.checkpoint_path, algo.iteration, algo.metrics)
         return algo.checkpoint_path
     finally:
         algo.close()
@@ -72,7 +128,7 @@ def restore_checkpoint(algo: Any, method: str) -> dict[str, Any] | None:
 
     if not checkpoint_exists(algo.checkpoint_path):
         return None
-    policy, data = load_checkpoint(algo.checkpoint_path)
+    policy, data = _latest_good(algo.checkpoint_path, load_checkpoint, CheckpointError)
     if data.get("method") != method or data["policy"]["obs_dim"] != algo.obs_dim:
         raise CheckpointError(
             f"{algo.checkpoint_path} was written by a different method or env; use a new --run-dir to start afresh"
@@ -84,3 +140,20 @@ def restore_checkpoint(algo: Any, method: str) -> dict[str, Any] | None:
     torch.set_rng_state(data["rng"]["torch"])
     algo.iteration, algo.metrics = int(data["iteration"]), dict(data.get("metrics", {}))
     return data
+
+
+def _latest_good(path: Path, load, error: type[Exception]):
+    """``load(path)``; when the latest checkpoint is truncated or corrupt, the newest kept one that loads
+    (``iter_NNNNNN.safetensors``), with a warning naming both. Raises when none loads."""
+    try:
+        return load(path)
+    except error as err:
+        problem = err
+    for older in sorted(path.parent.glob("iter_*.safetensors"), reverse=True):
+        try:
+            loaded = load(older)
+        except error:
+            continue
+        log.warning("%s cannot be read (%s); resuming from %s instead", path, problem, older)
+        return loaded
+    raise problem

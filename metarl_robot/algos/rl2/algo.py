@@ -133,7 +133,7 @@ class RL2:
             batch = trial_batch(_renumbered(episodes, cfg.episodes_per_trial), cfg.episodes_per_trial)
             metrics.update(clone(self, batch, epochs=ws.dagger_epochs, update_normalizers=False))
         self._teacher, self._teacher_batch = teacher_tensors(self, batch), batch
-        if cfg.improve.samples:
+        if self._improving:
             self._buffer = group_trials(episodes, cfg.episodes_per_trial, len(episodes) // cfg.episodes_per_trial)[-cfg.improve.buffer_trials:]
         self._imitation_start = self.iteration
         self.critic_warmup_until = self.iteration + cfg.ppo.critic_warmup_iterations
@@ -322,8 +322,14 @@ class RL2:
         out["improve/buffer_trials"] = float(len(self._buffer))
         return out
 
+    @property
+    def _improving(self) -> bool:
+        """Iterations are :mod:`.improve` steps (a method built on RL² may have no ``improve`` section)."""
+        improve = getattr(self.config, "improve", None)
+        return bool(improve is not None and improve.samples)
+
     def train_iteration(self) -> dict[str, float]:
-        if self.config.improve.samples:
+        if self._improving:
             metrics = self.improve_iteration()
             self.iteration += 1
             return metrics
