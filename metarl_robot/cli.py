@@ -104,6 +104,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         source = args.config or str(SHIPPED_CONFIG)
     module = train_module(source, args.set)
     config = load_config(module.TrainConfig, source, args.set)
+    from metarl_robot.algos.loop import check_run_fields
+
+    check_run_fields(config)
     if args.resume and args.set:
         _record_overrides(run, args.set)
     path = module.train(config, args.run_dir, resume=args.resume, progress=not args.no_progress)
@@ -289,6 +292,13 @@ def _gif_policy(args: argparse.Namespace, env, task, checkpoint):
             raise ValueError(f"{type(env).__name__} has no demonstrator; use --policy random or a checkpoint")
         demonstrate = resolve(reference)
         return lambda obs: np.asarray(demonstrate(np.asarray(obs)[None], [task]))[0]
+    if Path(args.policy).is_dir():
+        from metarl_robot.runtime import load_controller
+
+        # A bundle acts through the torch-free runtime, as on the robot (its manifest decides sampling).
+        controller = load_controller(args.policy, providers=["cpu"], seed=args.seed)
+        scale = np.asarray(env.interface["action"]["scale"], dtype=np.float32)
+        return lambda obs: controller.act(obs) / scale
     from metarl_robot.evaluation import torch_controller
 
     policy, data = checkpoint
@@ -315,12 +325,16 @@ def cmd_gif(args: argparse.Namespace) -> int:
     except (ImportError, gym.error.Error) as err:
         return _fail(f"cannot make {args.env_id!r}: {err}")
     try:
-        checkpoint = None
-        if args.policy not in ("random", "oracle"):
+        checkpoint, config = None, None
+        if args.policy not in ("random", "oracle") and Path(args.policy).is_dir():
+            from metarl_robot.runtime import load_bundle
+
+            config = load_bundle(args.policy).manifest["provenance"].get("config")
+        elif args.policy not in ("random", "oracle"):
             from metarl_robot.checkpoint import load_checkpoint
 
             checkpoint = load_checkpoint(args.policy)
-        config = checkpoint[1].get("config") if checkpoint else None
+            config = checkpoint[1].get("config")
         task = _gif_tasks(args, env, env_id, getattr(module, "ENVIRONMENTS", {}), config)
         env.set_task(task)
         act = _gif_policy(args, env, task, checkpoint)
@@ -435,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-seed", type=int, default=None,
                    help="seed of the task distribution (default: the checkpoint config's, else 0)")
     p.add_argument("--policy", default="random",
-                   help="random, oracle (the env's demonstrator) or a checkpoint .safetensors (default: %(default)s)")
+                   help="random, oracle (the env's demonstrator), a checkpoint .safetensors or an exported bundle "
+                        "folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="reset seed (and the random policy's seed)")
     p.add_argument("--max-steps", type=_int_at_least(1), default=200, help="stop after this many steps (default: %(default)s)")
     p.add_argument("--fps", type=_float_at_least(0.0), default=0.0, help="frames per second (default: the env's render_fps)")

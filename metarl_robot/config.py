@@ -137,7 +137,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{path or cls.__name__}: {err}") from None
+        where = path or cls.__name__
+        message = str(err)
+        # A section's own check may already name the section: say it once.
+        raise ConfigError(message if message.startswith(f"{where}:") else f"{where}: {message}") from None
 
 
 def _field_default(field: dataclasses.Field) -> Any:

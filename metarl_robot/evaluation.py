@@ -228,29 +228,48 @@ def combine(runs: Sequence[dict[str, Any]], labels: Sequence[str] | None = None)
     return summarize({**{k: runs[0][k] for k in keys}, "seed": [run["seed"] for run in runs], "runs": labels, "tasks": tasks})
 
 
-def write_report(results: dict[str, Any], out_dir: str | Path, title: str = "meta-test") -> tuple[Path, Path]:
-    """Write ``eval.json`` and ``eval.png`` (success and return against adaptation rounds)."""
+def report_figure(results: dict[str, Any], title: str = "meta-test"):
+    """The figure of :func:`write_report`: success (on [0, 1], its error bars clipped there) and return
+    against adaptation rounds, under a title wrapped to fit the image."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["summary"]
+    k = [r["round"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
+    for ax, key, label in ((axes[0], "success", "success rate"), (axes[1], "return", "episode return")):
+        mean = np.array([r[f"{key}_mean"] for r in rows], dtype=float)
+        err = np.nan_to_num(np.array([r[f"{key}_ci95"] for r in rows], dtype=float))
+        if key == "success":
+            # A rate lives in [0, 1]: the interval is cut there rather than drawn below zero.
+            low, high = np.clip(mean - err, 0.0, 1.0), np.clip(mean + err, 0.0, 1.0)
+            yerr = np.stack([mean - low, high - mean])
+            ax.set_ylim(0.0, 1.05)
+        else:
+            yerr = err
+        ax.errorbar(k, mean, yerr=yerr, marker="o", capsize=3)
+        ax.set_xlabel("adaptation steps")
+        ax.set_ylabel(label)
+        ax.set_xticks(k)
+    text = f"{title}: {results['num_tasks']} task runs, {results['episodes_per_round']} episode(s) per step, mean ± 95% CI"
+    fig.suptitle("\n".join(textwrap.wrap(text, 90)), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path, title: str = "meta-test") -> tuple[Path, Path]:
+    """Write ``eval.json`` and ``eval.png`` (success and return against adaptation rounds)."""
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / "eval.json", out_dir / "eval.png"
     json_path.write_text(json.dumps(results, indent=2))
-    rows = results["summary"]
-    k = [r["round"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    for ax, key, label in ((axes[0], "success", "success rate"), (axes[1], "return", "episode return")):
-        mean = np.array([r[f"{key}_mean"] for r in rows])
-        err = np.nan_to_num(np.array([r[f"{key}_ci95"] for r in rows]))
-        ax.errorbar(k, mean, yerr=err, marker="o", capsize=3)
-        ax.set_xlabel("adaptation steps")
-        ax.set_ylabel(label)
-        ax.set_xticks(k)
-    fig.suptitle(f"{title}: {results['num_tasks']} task runs, {results['episodes_per_round']} episode(s) per step, mean ± 95% CI")
-    fig.tight_layout()
+    fig = report_figure(results, title)
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return json_path, png_path

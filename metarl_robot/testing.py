@@ -47,10 +47,14 @@ class PointGoalEnv(TaskEnv):
     ``success`` means ending within ``success_radius`` of the goal.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
     interface = POINT_INTERFACE
 
-    def __init__(self, task: TaskSpec | None = None, max_episode_steps: int = 20, success_radius: float = 0.1):
+    def __init__(self, task: TaskSpec | None = None, max_episode_steps: int = 20, success_radius: float = 0.1,
+                 render_mode: str | None = None):
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode={render_mode!r}: PointGoalEnv renders 'rgb_array' frames only")
+        self.render_mode = render_mode
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.max_episode_steps = max_episode_steps
@@ -79,11 +83,35 @@ class PointGoalEnv(TaskEnv):
         info = {"success": distance < self.success_radius}
         return self._pos.astype(np.float32), -distance, False, self._t >= self.max_episode_steps, info
 
+    def render(self):
+        """A 64x64 view of ``[-1, 1]^2``: the goal (green, its success radius pale) and the point (blue)."""
+        if self.render_mode != "rgb_array":
+            return None
+        from metarl_robot.rendering import canvas, draw_progress, fill_disc
+
+        size = 64
+        image = canvas(size, size, (250, 250, 250))
+
+        def pixel(xy: np.ndarray) -> tuple[float, float]:
+            return ((1.0 - xy[1]) * (size - 1) / 2.0, (xy[0] + 1.0) * (size - 1) / 2.0)
+
+        fill_disc(image, *pixel(self._goal), self.success_radius * (size - 1) / 2.0, (190, 235, 190))
+        fill_disc(image, *pixel(self._goal), 1.5, (20, 150, 40))
+        fill_disc(image, *pixel(self._pos), 2.0, (30, 60, 200))
+        draw_progress(image, self._t / self.max_episode_steps)
+        return image
+
 
 def point_goal_demonstrator(obs: np.ndarray, tasks) -> np.ndarray:
     """Knows the goals: full speed towards each env's goal (normalised actions)."""
     goals = np.array([[t["goal_x"], t["goal_y"]] for t in tasks], dtype=np.float64)
     return np.clip((goals - obs) / 0.1, -1.0, 1.0).astype(np.float32)
 
+
+ENVIRONMENTS: dict[str, dict] = {
+    "metarl/PointGoal-v0": {"entry_point": "metarl_robot.testing:PointGoalEnv",
+                            "distribution": "metarl_robot.testing:point_goal_distribution"},
+}
+"""The envs this module registers, with the task distribution each draws from (as ``sim.ENVIRONMENTS``)."""
 
 gym.register("metarl/PointGoal-v0", entry_point=PointGoalEnv)

@@ -182,3 +182,53 @@ def test_export_into_an_existing_folder_gives_one_line(tmp_path: Path, capsys) -
     assert "already exists" in line and "--overwrite" in line
     line = _one_line(main(["export", str(checkpoint), "--out", str(tmp_path / "taken"), "--overwrite"]), capsys)
     assert "not a bundle" in line and (tmp_path / "taken" / "mine.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize(("setting", "named"), [("checkpoint_every=0", "checkpoint_every: must be a whole number >= 1"),
+                                               ("seed=-1", "seed: must be a whole number >= 0"),
+                                               ("inner.lr=-0.1", "inner")])
+def test_invalid_values_are_refused_at_load(setting: str, named: str, config_file: Path, tmp_path: Path, capsys) -> None:
+    line = _one_line(main(["train", "--config", str(config_file), "--run-dir", str(tmp_path / "r"), "--set", setting]), capsys)
+    assert named in line
+    assert not (tmp_path / "r").exists(), "nothing is written for a config refused at load"
+
+
+def test_the_evaluation_plot_keeps_its_text_inside_and_success_at_or_above_zero() -> None:
+    import matplotlib.pyplot as plt
+
+    from metarl_robot.evaluation import report_figure
+
+    rows = [{"round": r, "success_mean": m, "success_ci95": 0.3, "return_mean": -5.0 + r, "return_ci95": 1.0}
+            for r, m in enumerate([0.05, 0.1, 0.9])]
+    results = {"summary": rows, "num_tasks": 128, "episodes_per_round": 1}
+    fig = report_figure(results, title="4 runs pooled: checkpoint runs/a/very/long/path/of/a/run/last.safetensors " * 2)
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        box = fig.bbox
+        texts = [fig._suptitle, *(a.xaxis.label for a in fig.axes), *(a.yaxis.label for a in fig.axes)]
+        for text in texts:
+            extent = text.get_window_extent(renderer)
+            assert extent.x0 >= box.x0 - 1 and extent.x1 <= box.x1 + 1 and extent.y1 <= box.y1 + 1, text.get_text()
+        success = fig.axes[0]
+        assert success.get_ylim()[0] == 0.0
+        bars = [c for c in success.collections]  # the error bars' line segments
+        lowest = min(float(seg[:, 1].min()) for c in bars for seg in c.get_segments())
+        assert lowest >= 0.0
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize(("env_id", "policy"), [
+    ("metarl_robot.testing:metarl/PointGoal-v0", "random"),
+    ("metarl/Navigation2D-v0", "models/maml_navigation/bundle"),
+    ("metarl/Navigation2D-v0", "models/maml_navigation/checkpoint.safetensors"),
+])
+def test_gif_records_test_envs_bundles_and_gradient_checkpoints(env_id: str, policy: str, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("pybullet")
+    root = Path(__file__).resolve().parents[1]
+    if policy != "random":
+        policy = str(root / policy)
+    out = tmp_path / "roll.gif"
+    assert main(["gif", "--env-id", env_id, "--policy", policy, "--max-steps", "5", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert out.read_bytes()[:6] == b"GIF89a" and "6 frames" in capsys.readouterr().out

@@ -70,6 +70,16 @@ def keep_history(checkpoint: Path, iteration: int, metrics: Mapping[str, Any], k
         os.replace(tmp, record)
 
 
+def check_run_fields(config: Any) -> None:
+    """The fields every method's config shares, checked when it is loaded (not iterations into a run)."""
+    from metarl_robot.config import ConfigError
+
+    for name, low in (("seed", 0), ("iterations", 0), ("checkpoint_every", 1)):
+        value = getattr(config, name, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ConfigError(f"{name}: must be a whole number >= {low}, got {value!r}")
+
+
 def run_training(algo: Any, config: Any, run_dir: Path, *, resume: bool, progress: bool, desc: str) -> Path:
     """Write ``config.yaml``, TensorBoard logs (``tb/``) and ``checkpoints/last.safetensors`` while ``algo``
     trains for ``config.iterations``; returns the final checkpoint's path and closes ``algo``."""
@@ -78,6 +88,7 @@ def run_training(algo: Any, config: Any, run_dir: Path, *, resume: bool, progres
 
     from metarl_robot.checkpoint import pin_code_version
 
+    check_run_fields(config)
     pin_code_version()  # checkpoints name the commit training started from
 
     try:
