@@ -25,7 +25,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import Node as LifecycleNode, State, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.service import Service
 from rclpy.wait_for_message import wait_for_message
 from sensor_msgs.msg import JointState
@@ -67,6 +67,7 @@ class PolicyNode(LifecycleNode):
         self._loop: RobotLoop | None = None
         self._stats = LoopStats()  # counters run from the node's start, across reloads and cleanups
         self._inputs = RobotInputs()
+        self._raw_stamps: dict[str, tuple[float, Time]] = {}
         self._entities: list[Any] = []
         self._control_timer = None
         self._twist_pub = self._joint_pub = self._gripper_pub = None
@@ -219,7 +220,10 @@ class PolicyNode(LifecycleNode):
     def _create_interfaces(self) -> None:
         loop = self._loop
         layout, action = loop.contract.observation, loop.contract.action
-        events, sensor, sub = QoSProfile(depth=10), qos_profile_sensor_data, self.create_subscription
+        events, sub = QoSProfile(depth=10), self.create_subscription
+        # Samples, not events: only the newest of each matters, so the middleware keeps one and a busy
+        # node never works through a backlog of old joint states (it computes from the newest).
+        sensor = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT)
         self._entities += [
             sub(JointState, "joint_states", self._on_joint_state, sensor),
             *(sub(PoseStamped, source, functools.partial(self._on_pose, source), sensor) for source in layout.pose_sources),
@@ -266,14 +270,30 @@ class PolicyNode(LifecycleNode):
             self._control_timer = None
         self._loop = None
         self._inputs = RobotInputs()
+        self._raw_stamps = {}
 
     # ---------------------------------------------------------------------------------- inputs
     def _now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
+    def _remember_stamp(self, key: str, stamp: Time) -> float:
+        """The stamp in seconds (what the loop computes with), remembering the message's own stamp under
+        ``key`` so a command computed from this input carries it bit for bit."""
+        seconds = _seconds(stamp)
+        self._raw_stamps[key] = (seconds, Time(sec=stamp.sec, nanosec=stamp.nanosec))
+        return seconds
+
+    def _command_stamp(self, seconds: float) -> Time:
+        """The stamp of the input a command was computed from (``seconds`` is the loop's newest input)."""
+        for value, raw in self._raw_stamps.values():
+            if value == seconds:
+                return raw
+        return _to_msg(seconds)
+
     def _on_joint_state(self, msg: JointState) -> None:
         self._inputs.joint_state = JointStateSample.create(
-            msg.name, msg.position, msg.velocity, msg.effort, _seconds(msg.header.stamp), self._now_s()
+            msg.name, msg.position, msg.velocity, msg.effort, self._remember_stamp("joint_states", msg.header.stamp),
+            self._now_s()
         )
         loop = self._loop
         if loop is not None and not loop.joints_checked:
@@ -284,13 +304,13 @@ class PolicyNode(LifecycleNode):
     def _on_pose(self, source: str, msg: PoseStamped) -> None:
         p, q = msg.pose.position, msg.pose.orientation
         self._inputs.poses[source] = PoseSample.create(
-            (p.x, p.y, p.z), (q.x, q.y, q.z, q.w), _seconds(msg.header.stamp), self._now_s()
+            (p.x, p.y, p.z), (q.x, q.y, q.z, q.w), self._remember_stamp(f"pose:{source}", msg.header.stamp), self._now_s()
         )
 
     def _on_twist(self, source: str, msg: TwistStamped) -> None:
         v, w = msg.twist.linear, msg.twist.angular
         self._inputs.twists[source] = TwistSample.create(
-            (v.x, v.y, v.z), (w.x, w.y, w.z), _seconds(msg.header.stamp), self._now_s()
+            (v.x, v.y, v.z), (w.x, w.y, w.z), self._remember_stamp(f"twist:{source}", msg.header.stamp), self._now_s()
         )
 
     def _on_episode_end(self, msg: Bool) -> None:
@@ -320,7 +340,7 @@ class PolicyNode(LifecycleNode):
             msg = self._twist_msg  # reused: publish() serializes before it returns
             # A policy command carries the stamp of the newest input it was computed from, so a
             # driver can measure input-to-command latency and reject commands built on old data.
-            msg.header.stamp = self.get_clock().now().to_msg() if command.hold else _to_msg(command.stamp_s)
+            msg.header.stamp = self.get_clock().now().to_msg() if command.hold else self._command_stamp(command.stamp_s)
             msg.header.frame_id = self._frame_id
             for vector, axes, indices in ((msg.twist.linear, spec.linear_axes, spec.linear_indices),
                                           (msg.twist.angular, spec.angular_axes, spec.angular_indices)):

@@ -57,6 +57,8 @@ class FakeRobot:
         self.short_effort = False
         self.paused = False
         self.last_stamp_s = math.nan
+        self.stamps: set[tuple[int, int]] = set()
+        """Every stamp published, as (sec, nanosec)."""
         node.create_timer(0.01, self.publish)
 
     def publish(self) -> None:
@@ -70,6 +72,7 @@ class FakeRobot:
         if self.short_effort:
             msg.effort = msg.effort[:-1]
         msg.header.stamp = stamp
+        self.stamps.add((stamp.sec, stamp.nanosec))
         self.joint_pub.publish(msg)
         for pub, xyz in ((self.ee_pub, (0.45, 0.02, 0.25)), (self.object_pub, (0.5, -0.03, 0.02))):
             pose = PoseStamped()
@@ -266,6 +269,19 @@ def test_input_to_command_latency_is_measurable_from_header_stamps(robot_graph):
     # The stamp is the input's (at most one publishing period, 10 ms, plus one control period old
     # when the command leaves), never a time after the command was received.
     assert (latency > 0).all() and np.median(latency) < 0.01 + 1.0 / RATE_HZ + 0.05, latency
+
+
+def test_a_command_carries_the_stamp_of_its_input_bit_for_bit(robot_graph):
+    """A driver matches commands to the state they answer by stamp: no float round trip may move it.
+    The robot's stamps are the clock's own nanoseconds, which seconds-as-float cannot all hold exactly."""
+    graph = robot_graph
+    graph.twists.clear()
+    graph.spin_for(0.5)
+    moving = [m for m in graph.twists if linear(m) != (0.0, 0.0, 0.0)]
+    assert len(moving) >= 10
+    foreign = [(m.header.stamp.sec, m.header.stamp.nanosec) for m in moving
+               if (m.header.stamp.sec, m.header.stamp.nanosec) not in graph.robot.stamps]
+    assert not foreign, f"{len(foreign)} of {len(moving)} command stamps match no published stamp, e.g. {foreign[:3]}"
 
 
 def test_shutdown_finalizes_with_a_hold(robot_graph):
