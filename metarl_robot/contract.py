@@ -523,14 +523,31 @@ class RobotContract:
     observation: ObservationLayout
     action: ActionSpec
     control_rate_hz: float
+    observation_bounds: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    """``(low, high)`` per observation value: outside them an input is implausible for this policy
+    (the manifest's ``observation.bounds``; ``None`` for bundles without them)."""
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> RobotContract:
-        """Read a bundle manifest's ``observation``, ``action`` and ``control_rate_hz``."""
+        """Read a bundle manifest's ``observation`` (with its ``bounds`` when present), ``action`` and
+        ``control_rate_hz``."""
+        layout = ObservationLayout.from_manifest(manifest)
+        bounds = (manifest.get("observation") or {}).get("bounds")
+        read = None
+        if bounds is not None:
+            try:
+                low = tuple(float(v) for v in bounds["low"])
+                high = tuple(float(v) for v in bounds["high"])
+            except (KeyError, TypeError, ValueError):
+                raise LayoutError("manifest 'observation.bounds' needs 'low' and 'high' lists of numbers") from None
+            if len(low) != layout.dim or len(high) != layout.dim or not all(a < b for a, b in zip(low, high)):
+                raise LayoutError(f"manifest 'observation.bounds' needs {layout.dim} values each with low < high")
+            read = (low, high)
         return cls(
-            ObservationLayout.from_manifest(manifest),
+            layout,
             ActionSpec.from_manifest(manifest.get("action")),  # type: ignore[arg-type]
             read_control_rate_hz(manifest.get("control_rate_hz")),
+            read,
         )
 
     @classmethod

@@ -206,7 +206,8 @@ def _contract_sections(plugin: Any, policy: Any, ckpt: Mapping[str, Any], path: 
     adaptation_section = plugin.adaptation_section(policy, adaptation, require, where)
     return {
         "method": {"family": plugin.name, "name": str(method)},
-        "observation": {"dim": policy.obs_dim, "layout": jsonable(layout), "normalization": "baked"},
+        "observation": {"dim": policy.obs_dim, "layout": jsonable(layout), "normalization": "baked",
+                        **({"bounds": bounds} if (bounds := observation_bounds(policy)) is not None else {})},
         "action": {
             "mode": mode,
             "dim": act_dim,
@@ -243,6 +244,26 @@ def _provenance(ckpt: Mapping[str, Any], path: Path, *, opset: int, parity: Mapp
         "torch_version": torch.__version__,
         "onnx_opset": opset,
         "parity_max_abs_diff": {graph: float(diff) for graph, diff in parity.items()},
+    }
+
+
+PLAUSIBLE_STDS = 15.0
+"""Half-width of the plausible range in training standard deviations; the graph's normaliser already
+saturates at 10, so beyond this a value tells the policy nothing and most likely is a sensor fault."""
+
+
+def observation_bounds(policy: torch.nn.Module) -> dict[str, Any] | None:
+    """The manifest's ``observation.bounds``: per value, the training mean -+ (15 std + half the mean's
+    magnitude + 0.1) from the policy's observation statistics; ``None`` when it never saw data."""
+    norm = getattr(policy, "obs_norm", None)
+    if norm is None or float(norm.count) < 2.0:
+        return None
+    mean = norm.mean.detach().to(torch.float64)
+    half = PLAUSIBLE_STDS * torch.sqrt(norm.var.detach().to(torch.float64).clamp(min=0.0)) + 0.5 * mean.abs() + 0.1
+    return {
+        "low": float32_list(mean - half),
+        "high": float32_list(mean + half),
+        "rule": "training mean -+ (15 std + 0.5 |mean| + 0.1); outside it the robot holds with an error",
     }
 
 

@@ -79,7 +79,13 @@ def test_manifest_carries_the_robot_contract(manifest: dict, policy) -> None:
     assert manifest["schema_version"] == 2 and manifest["format"] == "metarl_robot.bundle"
     assert manifest["digest"] == manifest_digest(manifest)  # over the canonical manifest, so over every file
     assert manifest["method"] == {"family": "context", "name": "context_ppo"}
+    bounds = manifest["observation"].pop("bounds")
     assert manifest["observation"] == {"dim": 10, "layout": INTERFACE["observation_layout"], "normalization": "baked"}
+    # Plausibility bounds from the training statistics: the mean -+ (15 std + 0.5 |mean| + 0.1).
+    mean, std = policy.obs_norm.mean.numpy(), np.sqrt(policy.obs_norm.var.numpy())
+    half = 15.0 * std + 0.5 * np.abs(mean) + 0.1
+    np.testing.assert_allclose(bounds["low"], mean - half, rtol=1e-6)
+    np.testing.assert_allclose(bounds["high"], mean + half, rtol=1e-6)
     assert manifest["action"] == {
         "mode": "cartesian_velocity",
         "dim": 4,

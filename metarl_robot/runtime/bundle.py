@@ -174,6 +174,13 @@ def load_bundle(path: str | Path, *, trusted_keys: Sequence[str | Path] | None =
     obs_dim = check.positive_int(observation, "dim", "observation")
     check.key(observation, "layout", list, "observation")
     check.key(observation, "normalization", str, "observation")
+    if "bounds" in observation:
+        bounds = check.key(observation, "bounds", dict, "observation")
+        low = check.numbers(bounds, "low", "observation.bounds", obs_dim)
+        high = check.numbers(bounds, "high", "observation.bounds", obs_dim)
+        if not all(a < b for a, b in zip(low, high)):
+            raise BundleError(f"{manifest_path}: 'observation.bounds.low' must be below 'observation.bounds.high' "
+                              "in every dimension; re-export the bundle")
 
     action = check.key(manifest, "action", dict)
     act_dim = check.positive_int(action, "dim", "action")

@@ -93,6 +93,8 @@ class HoldKind(str, enum.Enum):
     """The latest joint state lacks a joint the layout names."""
     NON_FINITE = "non_finite"
     """An input holds NaN or infinity."""
+    IMPLAUSIBLE = "implausible"
+    """An input lies outside the bounds the manifest gives for it (far beyond anything seen in training)."""
     BAD_SIZE = "bad_size"
     """An input has the wrong number of values (or duplicate joint names)."""
     JOINT_CONTRACT = "joint_contract"
@@ -130,9 +132,12 @@ class ObservationAssembler:
     assembles the vector with :meth:`ObservationLayout.assemble`, the robot contract's one assembly.
     """
 
-    def __init__(self, layout: ObservationLayout, max_obs_age_s: float) -> None:
+    def __init__(self, layout: ObservationLayout, max_obs_age_s: float,
+                 bounds: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
         self.layout = layout
         self.max_obs_age_s = float(max_obs_age_s)
+        self.bounds = None if bounds is None else (np.asarray(bounds[0], np.float32), np.asarray(bounds[1], np.float32))
+        """``(low, high)`` plausibility bounds of the observation, or ``None``."""
         self.stamp_s = math.nan
         """Header stamp of the newest input in the last observation :meth:`assemble` returned."""
 
@@ -186,6 +191,9 @@ class ObservationAssembler:
         obs = layout.assemble(joint_state, poses, twists)  # type: ignore[arg-type]
         if not np.isfinite(obs).all():
             return self._non_finite(obs)
+        bounds = self.bounds
+        if bounds is not None and ((obs < bounds[0]).any() or (obs > bounds[1]).any()):
+            return self._implausible(obs)
         self.stamp_s = stamp_s
         return obs
 
@@ -243,6 +251,26 @@ class ObservationAssembler:
         if sample.linear.shape != (3,) or sample.angular.shape != (3,):
             return Hold(HoldKind.BAD_SIZE, f"{source} needs 3 linear and 3 angular values")
         return None
+
+    def _implausible(self, obs: np.ndarray) -> Hold:
+        """The hold for a value outside the bounds, naming the input, field (and joint) and the range."""
+        low, high = self.bounds  # type: ignore[misc]
+        start = 0
+        for entry in self.layout.entries:
+            span = slice(start, start + entry.size)
+            start += entry.size
+            bad = np.flatnonzero((obs[span] < low[span]) | (obs[span] > high[span]))
+            if bad.size:
+                i = int(bad[0])
+                if entry.source == JOINT_SOURCE:
+                    what = f"joint_states.{entry.field} of {entry.joints[i]}"
+                else:
+                    what = f"{entry.source}.{entry.field}[{i}]"
+                j = span.start + i
+                return Hold(HoldKind.IMPLAUSIBLE, f"{what} is {float(obs[j]):.6g}, outside the plausible range "
+                            f"[{float(low[j]):.4g}, {float(high[j]):.4g}] this policy was trained for (manifest "
+                            "observation.bounds); check the sensor and its units")
+        return Hold(HoldKind.IMPLAUSIBLE, "the observation lies outside the manifest's observation.bounds")
 
     def _non_finite(self, obs: np.ndarray) -> Hold:
         """The hold for an assembled vector with a NaN or infinity, naming the input and joints."""
@@ -620,7 +648,7 @@ class RobotLoop:
         self.execution_provider = execution_provider
         self.stats = stats if stats is not None else LoopStats()
         self.log: Logger = logger if logger is not None else _logger
-        self.assembler = ObservationAssembler(contract.observation, settings.max_obs_age_s)
+        self.assembler = ObservationAssembler(contract.observation, settings.max_obs_age_s, contract.observation_bounds)
         self.filter = CommandFilter(contract.action, settings.limits, 1.0 / rate)
         self.recorder = TransitionRecorder()
         self.act_latency = LatencyStats()

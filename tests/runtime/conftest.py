@@ -53,7 +53,7 @@ def make_policy(seed: int = 0):
     torch.manual_seed(seed)
     policy = ContextPolicy(obs_dim=OBS_DIM, act_dim=ACT_DIM, action_scale=ACTION_SCALE)
     with torch.no_grad():
-        policy.obs_norm.update(torch.randn(500, OBS_DIM) * torch.linspace(0.05, 20.0, OBS_DIM) + 3.0)
+        policy.obs_norm.update(torch.randn(500, OBS_DIM) * torch.linspace(0.5, 20.0, OBS_DIM) + 0.5)
         policy.actor[-1].weight.mul_(150.0)
         policy.encoder_head.bias.uniform_(-0.5, 0.5)
     return policy.eval()

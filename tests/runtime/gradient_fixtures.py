@@ -106,8 +106,8 @@ def make_gradient_policy(variant: str = "maml", seed: int = 0):
     )
     policy = GradientPolicy(v.obs_dim, v.act_dim, v.action_scale, config)
     with torch.no_grad():
-        spread = torch.linspace(0.05, 20.0, v.obs_dim) if v.obs_dim > 2 else torch.tensor([0.3, 2.0])
-        policy.obs_norm.update(torch.randn(500, v.obs_dim) * spread + 3.0)
+        spread = torch.linspace(0.5, 20.0, v.obs_dim) if v.obs_dim > 2 else torch.tensor([0.5, 2.0])
+        policy.obs_norm.update(torch.randn(500, v.obs_dim) * spread + 0.5)
         policy.weights.add_(torch.randn_like(policy.weights) * 0.3)
         policy.weights[-v.act_dim :] = torch.linspace(-0.7, 0.2, v.act_dim)
         if v.learn_inner_lr:

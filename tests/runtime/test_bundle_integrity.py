@@ -174,6 +174,10 @@ def test_a_key_given_twice_is_refused(bundle_copy: Path) -> None:
         (lambda m: m.update(control_rate_hz=-10.0), "control_rate_hz must be positive and finite"),
         (lambda m: m["action"].update(low=[0.15, -0.15, -0.15, -60.0]), r"'action.low' must be below 'action.high'.*\['ee_vx'\]"),
         (lambda m: m["action"].update(high=[0.15, 0.15, 0.15, -60.0]), r"not in \['grip_force'\] \(low \[-60.0\], high \[-60.0\]\)"),
+        (lambda m: m["observation"]["bounds"].update(low=m["observation"]["bounds"]["high"]),
+         r"'observation.bounds.low' must be below 'observation.bounds.high'"),
+        (lambda m: m["observation"]["bounds"].update(high=[1.0, 2.0]), r"'observation.bounds.high' must have 10 entries"),
+        (lambda m: m["observation"]["bounds"].update(low=["-1"] * 10), r"'observation.bounds.low' must be a list of finite numbers"),
     ],
 )
 def test_sealed_but_meaningless_contracts_are_refused(bundle_copy: Path, change: Edit, expected: str) -> None:

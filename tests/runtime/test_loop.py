@@ -154,6 +154,29 @@ def test_non_finite_pose_holds(assembler):
     assert hold.kind is HoldKind.NON_FINITE and "object_pose" in hold.detail
 
 
+def test_a_value_outside_the_manifests_bounds_holds_naming_the_joint_and_the_range():
+    manifest = grasp_manifest()
+    low, high = [-100.0] * 10, [100.0] * 10
+    manifest["observation"]["bounds"] = {"low": low, "high": high}
+    contract = RobotContract.from_manifest(manifest)
+    assert contract.observation_bounds == (tuple(low), tuple(high))
+    assembler = ObservationAssembler(contract.observation, 1.0, contract.observation_bounds)
+    assert isinstance(assembler.assemble(NOW, joint_state(), poses()), np.ndarray)
+    position = list(joint_state().position)
+    position[PANDA_JOINTS.index("panda_finger_joint2")] = 1e30
+    hold = assembler.assemble(NOW, joint_state(position=position), poses())
+    assert isinstance(hold, Hold) and hold.kind is HoldKind.IMPLAUSIBLE
+    assert hold.detail.startswith("joint_states.position of panda_finger_joint2 is 1e+30, outside the plausible range [-100, 100]")
+    assert diagnostic_level(hold, None, 0.01, 0.1)[0] == LEVEL_ERROR
+    far = poses()
+    far["object_pose"] = PoseSample.create([0.5, -250.0, 0.02], [0, 0, 0, 1], NOW)
+    hold = assembler.assemble(NOW, joint_state(), far)
+    assert hold.kind is HoldKind.IMPLAUSIBLE and hold.detail.startswith("object_pose.position[1] is -250")
+    manifest["observation"]["bounds"] = {"low": high, "high": low}
+    with pytest.raises(ValueError, match="low < high"):
+        RobotContract.from_manifest(manifest)
+
+
 def test_wrong_sizes_hold(assembler):
     hold = assembler.assemble(NOW, joint_state(effort=[1.0, 2.0]), poses())
     assert hold.kind is HoldKind.BAD_SIZE and "effort" in hold.detail
