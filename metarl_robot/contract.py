@@ -34,6 +34,7 @@ __all__ = [
     "JOINT_SOURCE",
     "JOINT_VELOCITY",
     "POSE_FIELDS",
+    "POSITION_DELTA",
     "TWIST_FIELDS",
     "ActionSpec",
     "JointStateSample",
@@ -64,7 +65,10 @@ JOINT, POSE, TWIST = "joint", "pose", "twist"
 CARTESIAN_VELOCITY = "cartesian_velocity"
 JOINT_VELOCITY = "joint_velocity"
 JOINT_POSITION = "joint_position"
-ACTION_MODES = (CARTESIAN_VELOCITY, JOINT_VELOCITY, JOINT_POSITION)
+POSITION_DELTA = "position_delta"
+"""Joint displacements per control step: the loop sends measured position + displacement as a
+``joint_position`` target (a hold is a zero displacement: stay where the joints are)."""
+ACTION_MODES = (CARTESIAN_VELOCITY, JOINT_VELOCITY, JOINT_POSITION, POSITION_DELTA)
 """Action modes a robot can be commanded in (an env may use others; such a bundle cannot drive a robot)."""
 LINEAR_VELOCITY_NAMES = {"ee_vx": "x", "ee_vy": "y", "ee_vz": "z"}
 ANGULAR_VELOCITY_NAMES = {"ee_wx": "x", "ee_wy": "y", "ee_wz": "z"}
@@ -433,7 +437,7 @@ class ActionSpec:
         """Dimensions that a hold command sets to zero (velocities); the others keep their last value."""
         if self.mode == CARTESIAN_VELOCITY:
             return self.linear_indices + self.angular_indices
-        if self.mode == JOINT_VELOCITY:
+        if self.mode in (JOINT_VELOCITY, POSITION_DELTA):
             return self.joint_indices
         return ()
 

@@ -31,9 +31,10 @@ from rclpy.wait_for_message import wait_for_message
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from metarl_robot.contract import (
-    CARTESIAN_VELOCITY, JointStateSample, PoseSample, RobotInputs, TwistSample, check_joint_contract,
+    CARTESIAN_VELOCITY, JOINT_VELOCITY, JointStateSample, PoseSample, RobotInputs, TwistSample, check_joint_contract,
 )
 from metarl_robot.runtime import LoopSettings, LoopStats, RobotLoop, SafetyLimits
 from metarl_robot.runtime.loop import LEVEL_ERROR, LEVEL_OK, SafeCommand
@@ -70,7 +71,7 @@ class PolicyNode(LifecycleNode):
         self._raw_stamps: dict[str, tuple[float, Time]] = {}
         self._entities: list[Any] = []
         self._control_timer = None
-        self._twist_pub = self._joint_pub = self._gripper_pub = None
+        self._twist_pub = self._joint_pub = self._gripper_pub = self._trajectory_pub = None
         self._configure_error: str | None = None
         self._trigger = self._param("trigger")
         self._trigger_on_joint_states = False
@@ -241,6 +242,9 @@ class PolicyNode(LifecycleNode):
             self._twist_msg = TwistStamped()
         else:
             self._joint_pub = self.create_lifecycle_publisher(Float64MultiArray, "joint_command", events)
+            # The same command, stamped with its input's stamp and naming its joints (a driver can match
+            # it to the state it answers); a one-point trajectory reached one control period later.
+            self._trajectory_pub = self.create_lifecycle_publisher(JointTrajectory, "joint_trajectory", events)
         if action.grip_index is not None:
             self._gripper_pub = self.create_lifecycle_publisher(Float64MultiArray, "gripper_command", events)
         self._create_control_timer()
@@ -261,10 +265,10 @@ class PolicyNode(LifecycleNode):
         for entity in self._entities:
             (self.destroy_service if isinstance(entity, Service) else self.destroy_subscription)(entity)
         self._entities.clear()
-        for pub in (self._twist_pub, self._joint_pub, self._gripper_pub):
+        for pub in (self._twist_pub, self._joint_pub, self._gripper_pub, self._trajectory_pub):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
-        self._twist_pub = self._joint_pub = self._gripper_pub = None
+        self._twist_pub = self._joint_pub = self._gripper_pub = self._trajectory_pub = None
         if self._control_timer is not None:
             self.destroy_timer(self._control_timer)
             self._control_timer = None
@@ -348,7 +352,17 @@ class PolicyNode(LifecycleNode):
                     setattr(vector, axis, values[i])
             self._twist_pub.publish(msg)
         elif self._joint_pub is not None and known[list(spec.joint_indices)].all():
-            self._joint_pub.publish(Float64MultiArray(data=[values[i] for i in spec.joint_indices]))
+            joint_values = [values[i] for i in spec.joint_indices]
+            self._joint_pub.publish(Float64MultiArray(data=joint_values))
+            trajectory = JointTrajectory(joint_names=list(spec.joint_names))
+            trajectory.header.stamp = self.get_clock().now().to_msg() if command.hold else self._command_stamp(command.stamp_s)
+            trajectory.header.frame_id = self._frame_id
+            period_ns = int(round(1e9 / self._loop.control_rate_hz))
+            point = JointTrajectoryPoint(positions=joint_values) if spec.mode != JOINT_VELOCITY else \
+                JointTrajectoryPoint(velocities=joint_values)
+            point.time_from_start.sec, point.time_from_start.nanosec = divmod(period_ns, 1_000_000_000)
+            trajectory.points = [point]
+            self._trajectory_pub.publish(trajectory)
 
     # -------------------------------------------------------------------------------- services
     def _on_reset_adaptation(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:

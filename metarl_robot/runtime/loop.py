@@ -28,6 +28,7 @@ import numpy as np
 
 from metarl_robot.contract import (
     JOINT_POSITION,
+    POSITION_DELTA,
     JOINT_SOURCE,
     JOINT_VELOCITY,
     ActionSpec,
@@ -800,6 +801,8 @@ class RobotLoop:
         if learn:  # before act(): a controller pairs a transition with the action it last sent
             self._record(closed.transition)
         command = self._hold_with(obs) if fresh is None else self._act(fresh, inputs.joint_state)  # type: ignore[arg-type]
+        if self.contract.action.mode == POSITION_DELTA:
+            command = self._delta_to_target(command, inputs.joint_state)
         if send is not None:
             send(command)
         stats.step_latency.record(time.perf_counter() - start)
@@ -823,6 +826,19 @@ class RobotLoop:
             self.log.info(f"resuming after hold ({self.hold})")
             self.hold = None
         return command
+
+    def _delta_to_target(self, command: SafeCommand, joint_state: JointStateSample | None) -> SafeCommand:
+        """A ``position_delta`` command as the joint-position target the robot is sent: measured position
+        plus displacement (a hold's displacement is zero). Without a measured position nothing is known."""
+        spec = self.contract.action
+        joints = list(spec.joint_indices)
+        values, known = command.values.copy(), command.known.copy()
+        measured = self._measured_joint_positions(joint_state)
+        if measured is None:
+            known[joints] = False
+        else:
+            values[joints] = measured + values[joints]
+        return dataclasses.replace(command, values=values, known=known)
 
     def _measured_joint_positions(self, sample: JointStateSample | None) -> np.ndarray | None:
         names = self.contract.action.joint_names

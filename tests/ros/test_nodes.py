@@ -30,6 +30,8 @@ from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 
 from ros_nodes import POLICY_NODE_NAME, SIM_ROBOT_NODE_NAME  # noqa: E402
 from ros_nodes.graph import DEFAULT_PARAMS_FILE, NodeGraph  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 from ros_nodes.graph import policy_status as policy_diagnostics  # noqa: E402,F401  (used by the other ROS tests)
 
 from .conftest import PANDA_JOINTS  # noqa: E402
@@ -209,6 +211,55 @@ def test_joint_space_bundle_commands_joints_by_name(ros_context, point_bundle):
         while len(commands) == count and time.monotonic() < end:
             executor.spin_once(timeout_sec=0.05)
         assert list(commands[-1].data) == [0.0, 0.0], "deactivating must stop the joints"
+    finally:
+        executor.shutdown()
+        policy.destroy_node()
+        robot.destroy_node()
+
+
+def test_position_delta_bundle_runs_as_joint_targets_with_stamped_trajectories(ros_context):
+    """The navigation model's action is a displacement per step: the node sends measured position plus
+    displacement as joint targets, and the same target as a one-point JointTrajectory stamped with the
+    joint state it answers (bit for bit) and naming its joints."""
+    from trajectory_msgs.msg import JointTrajectory
+
+    from ros_nodes.policy_node import PolicyNode
+
+    bundle = REPO_ROOT / "models" / "maml_navigation" / "bundle"
+    policy = PolicyNode("metarl_policy_node_delta", namespace="/delta_test", context=ros_context,
+                        parameter_overrides=[Parameter("bundle_path", value=str(bundle))])
+    robot = rclpy.create_node("fake_point_robot", namespace="/delta_test", context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(policy)
+    executor.add_node(robot)
+    joint_pub = robot.create_publisher(JointState, "joint_states", 10)
+    commands, trajectories, stamps = [], [], set()
+    robot.create_subscription(Float64MultiArray, "joint_command", commands.append, 10)
+    robot.create_subscription(JointTrajectory, "joint_trajectory", trajectories.append, 10)
+
+    def publish_joint_state() -> None:
+        msg = JointState(name=["y", "x"], position=[0.2, -0.1])  # not the bundle's joint order
+        msg.header.stamp = robot.get_clock().now().to_msg()
+        stamps.add((msg.header.stamp.sec, msg.header.stamp.nanosec))
+        joint_pub.publish(msg)
+
+    robot.create_timer(0.05, publish_joint_state)
+    try:
+        assert policy.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert policy.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        end = time.monotonic() + 10.0
+        while (len(commands) < 3 or len(trajectories) < 3) and time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+        assert len(commands) >= 3 and len(trajectories) >= 3
+        for command in commands:
+            x, y = command.data
+            # Measured (x, y) = (-0.1, 0.2), displaced by at most the action scale, 0.1 m per axis.
+            assert abs(x + 0.1) <= 0.1 + 1e-6 and abs(y - 0.2) <= 0.1 + 1e-6, command.data
+        assert any(abs(x + 0.1) > 1e-4 or abs(y - 0.2) > 1e-4 for x, y in (c.data for c in commands)), "it never moved"
+        for trajectory in trajectories:
+            assert trajectory.joint_names == ["x", "y"] and len(trajectory.points) == 1
+            assert (trajectory.header.stamp.sec, trajectory.header.stamp.nanosec) in stamps
+        assert [list(t.points[0].positions) for t in trajectories[:3]] == [list(c.data) for c in commands[:3]]
     finally:
         executor.shutdown()
         policy.destroy_node()

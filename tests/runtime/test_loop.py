@@ -609,6 +609,25 @@ def test_joint_position_first_command_starts_from_the_measured_joints(bundle_dir
     assert np.all(np.abs(command.values - measured) <= 0.05 + 1e-12)
 
 
+def test_position_delta_commands_become_targets_from_the_measured_joints(bundle_dir):
+    """A displacement bundle: the robot is sent measured position + displacement; a hold is a zero
+    displacement (stay where the joints are); without a joint state nothing is sent."""
+    joints = ["panda_joint1", "panda_joint2", "panda_joint3", "panda_joint4"]
+    action = {"mode": "position_delta", "names": joints, "low": [-0.05] * 4, "high": [0.05] * 4, "joint_names": joints}
+    base = RobotLoop.load(bundle_dir, ["cpu"])
+    contract = RobotContract(base.contract.observation, ActionSpec.from_manifest(action), 10.0)
+    loop = RobotLoop(base.controller, contract, LoopSettings())
+    loop.start()
+    measured = np.array([0.1, 1.1, 2.1, 3.1])  # joint_state(): position = index + 0.1
+    command = loop.tick(NOW, inputs())
+    assert command.hold is None and command.known[:4].all()
+    assert np.all(np.abs(command.values[:4] - measured) <= 0.05 + 1e-12)
+    assert np.any(np.abs(command.values[:4] - measured) > 1e-6), "the policy's displacement is applied"
+    held = loop.tick(NOW + 5.0, inputs(stamp=NOW + 5.0 - 10.0))  # stale inputs: hold
+    assert held.hold is not None and held.hold.kind is HoldKind.STALE
+    np.testing.assert_allclose(held.values[:4], measured)
+
+
 def test_gradient_bundle_adapts_once_its_episodes_are_complete_and_explores_only_while_learning(tmp_path_factory):
     bundle = exported_gradient_bundle(tmp_path_factory, "maml")
     manifest = json.loads((bundle / "manifest.json").read_text())
