@@ -10,7 +10,9 @@ Subscribes ``cmd_twist`` (geometry_msgs/TwistStamped, linear = end-effector velo
 ``step_mode`` ``realtime`` advances one control period per timer tick at the scene's control rate,
 applying the latest command; ``lockstep`` advances one control period per ``cmd_twist`` received, so
 the loop runs as fast as the policy commands. Changing ``task_index`` or ``task_yaml`` at runtime
-swaps the object and its dynamics at the next episode reset (``~/reset_episode`` forces one now).
+swaps the object and its dynamics at the next episode reset (``~/reset_episode`` forces one now), or at
+once with ``swap: now``: the running episode ends there (``episode_end`` false, its ``episode_result``
+marked ``"aborted": true``) and the next one starts on the new object.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def test_split(distribution: str) -> list[TaskSpec]:
     raise TaskError(f"parameter distribution={distribution!r} is not known; use one of {list(DISTRIBUTIONS)}")
 
 STEP_MODES = ("realtime", "lockstep")
+SWAP_MODES = ("next_episode", "now")
 
 
 def parse_task_yaml(text: str) -> TaskSpec:
@@ -147,6 +150,9 @@ class SimRobotNode(Node):
             "index into the task list; a change swaps the object at the next episode reset"))
         self.declare_parameter("task_yaml", "", describe(
             "inline YAML of one task, overriding task_index when not empty"))
+        self.declare_parameter("swap", "next_episode", describe(
+            "when a new task_index/task_yaml takes over: 'next_episode' (at the next reset) or 'now' "
+            "(the running episode ends unsuccessful and the new object's episode starts at once)"))
         self.declare_parameter("episode_steps", EPISODE_STEPS, describe("control steps per episode, >= 1 (the grasp suite's attempt: 60)"))
         self.declare_parameter("step_mode", "realtime", describe(
             "realtime: step at the control rate with the latest command; lockstep: one step per cmd_twist"))
@@ -182,6 +188,8 @@ class SimRobotNode(Node):
                 )
             if "episode_steps" in values and values["episode_steps"] < 1:
                 raise ValueError(f"episode_steps must be >= 1, got {values['episode_steps']}")
+            if "swap" in values and values["swap"] not in SWAP_MODES:
+                raise ValueError(f"swap must be one of {list(SWAP_MODES)}, got {values['swap']!r}")
             if "step_mode" in values and values["step_mode"] not in STEP_MODES:
                 raise ValueError(f"step_mode must be one of {list(STEP_MODES)}, got {values['step_mode']!r}")
             if "command_timeout_s" in values and not values["command_timeout_s"] > 0:
@@ -194,7 +202,12 @@ class SimRobotNode(Node):
         if any(p.name in ("task_index", "task_yaml") for p in params):
             task = self._select_task(self.get_parameter("task_index").value, self.get_parameter("task_yaml").value)
             self._scene.set_task(task)
-            self.get_logger().info(f"task {task.task_id!r} selected; it takes over at the next episode reset")
+            if self.get_parameter("swap").value == "now" and hasattr(self, "_task"):
+                self._finish_episode(self._scene.status(), aborted=True)
+                self._start_episode()
+                self.get_logger().info(f"task {task.task_id!r} swapped in now; episode {self._episode} started on it")
+            else:
+                self.get_logger().info(f"task {task.task_id!r} selected; it takes over at the next episode reset")
 
     # -------------------------------------------------------------------------------- commands
     def _on_twist(self, msg: TwistStamped) -> None:
@@ -260,8 +273,8 @@ class SimRobotNode(Node):
         self._grip_force_n = 0.0
         self._publish_state(self.get_clock().now().nanoseconds)
 
-    def _finish_episode(self, status: dict) -> None:
-        success = bool(status["success"])
+    def _finish_episode(self, status: dict, aborted: bool = False) -> None:
+        success = bool(status["success"]) and not aborted
         self._episode_end_pub.publish(Bool(data=success))
         task_yaml = self.get_parameter("task_yaml").value
         result = {
@@ -273,6 +286,7 @@ class SimRobotNode(Node):
             "return": round(self._return, 6),
             "steps": self._steps,
             "lift_height_m": round(float(status["lift_height_m"]), 6),
+            **({"aborted": True} if aborted else {}),
         }
         self._result_pub.publish(String(data=json.dumps(result)))
         self.get_logger().info(

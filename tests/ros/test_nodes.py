@@ -396,6 +396,21 @@ def test_swapping_task_index_swaps_the_object(graph):
     assert json.loads(graph.results[-1].data)["task_index"] == 1
 
 
+def test_swap_now_ends_the_running_episode_and_starts_the_new_object(graph):
+    assert not graph.set_parameters(SIM_ROBOT_NODE_NAME, {"swap": "later"})[0].successful
+    assert graph.set_parameters(SIM_ROBOT_NODE_NAME, {"swap": "now"})[0].successful
+    assert graph.spin_until(lambda: len(graph.results) >= 1, 30.0)
+    graph.spin_for(0.2)  # into the middle of an episode
+    graph.results.clear()
+    assert graph.set_parameters(SIM_ROBOT_NODE_NAME, {"task_index": 2})[0].successful
+    assert graph.spin_until(lambda: len(graph.results) >= 2, 30.0)
+    aborted, following = (json.loads(m.data) for m in graph.results[:2])
+    assert aborted.get("aborted") is True and not aborted["success"] and aborted["steps"] < EPISODE_STEPS
+    assert aborted["task_id"] != "test-0002"
+    assert following["task_id"] == "test-0002" and "aborted" not in following
+    assert graph.set_parameters(SIM_ROBOT_NODE_NAME, {"swap": "next_episode"})[0].successful
+
+
 def test_adaptation_services_answer(graph):
     reset = graph.trigger(f"{POLICY}/reset_adaptation")
     assert reset.success and "reset" in reset.message
