@@ -29,6 +29,7 @@ setup(
         "gymnasium>=1.1",
         "pybullet>=3.2.6",
         "PyYAML>=6",
+        "mcap>=1.2",  # node recordings (rosbag2's default format)
         "tensorboard>=2.14",
         "tqdm>=4.60",
         "matplotlib>=3.7",
@@ -48,6 +49,7 @@ setup(
         "metarl_robot.cli_verbs": [
             "demo=ros_nodes.cli:add_demo",
             "deploy=ros_nodes.cli:add_deploy",
+            "replay=ros_nodes.cli:add_replay",
         ],
     },
     data_files=[

@@ -248,3 +248,34 @@ def add_deploy(sub: Any) -> None:
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="stop after this long (default: run until Ctrl-C or SIGTERM)")
     p.set_defaults(func=cmd_deploy)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from ros_nodes.recording import replay
+
+    path = Path(args.recording)
+    if not path.is_file():
+        return _fail(f"recording {str(path)!r} does not exist; record one with the policy node's record_path parameter")
+    try:
+        report = replay(path, args.bundle, args.providers)
+    except ImportError as err:
+        return _fail(f"replay needs the mcap packages ({err}); install them with `make env`")
+    except ValueError as err:
+        return _fail(f"{path} cannot be replayed: {err}")
+    if report.sessions == 0:
+        return _fail(f"{path} holds no /metarl/session record: it was not written by the policy node's record_path")
+    for line in report.mismatches[:10]:
+        print(f"MISMATCH {line}")
+    verdict = "PASS" if report.ok else "FAIL"
+    print(f"{verdict}: {report.ticks - len(report.mismatches)} of {report.ticks} recorded commands reproduced bit for "
+          f"bit ({report.sessions} activation(s))")
+    return 0 if report.ok else 1
+
+
+def add_replay(sub: Any) -> None:
+    """Entry point of the ``replay`` verb."""
+    p = sub.add_parser("replay", help="run a policy node recording (MCAP) through the runtime and check every command")
+    p.add_argument("recording", help="MCAP file the policy node wrote (its record_path parameter)")
+    p.add_argument("--bundle", help="the recorded bundle at another path (default: the path in the recording)")
+    p.add_argument("--providers", nargs="+", help="execution providers (default: the recorded one)")
+    p.set_defaults(func=cmd_replay)

@@ -9,6 +9,7 @@ topics and services; *activate* starts the control loop; *deactivate* stops it a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import time
@@ -69,6 +70,9 @@ class PolicyNode(LifecycleNode):
         self._stats = LoopStats()  # counters run from the node's start, across reloads and cleanups
         self._inputs = RobotInputs()
         self._raw_stamps: dict[str, tuple[float, Time]] = {}
+        self._recorder: Any = None
+        self._latest_inputs: dict[str, tuple[Any, int]] = {}
+        self._seed = -1
         self._entities: list[Any] = []
         self._control_timer = None
         self._twist_pub = self._joint_pub = self._gripper_pub = self._trajectory_pub = None
@@ -118,7 +122,7 @@ class PolicyNode(LifecycleNode):
         loop = RobotLoop.load(
             self._param("bundle_path"), self._param("execution_providers"), self._settings(),
             control_rate_hz=self._param("control_rate_hz"), trusted_keys=self._param("trusted_keys") or (),
-            stats=self._stats, logger=self.get_logger(),
+            stats=self._stats, logger=self.get_logger(), seed=self._seed_for_load(),
         )
         robot_joints = self._param("robot_joint_names")
         if robot_joints:
@@ -127,6 +131,59 @@ class PolicyNode(LifecycleNode):
             if problem is not None:
                 raise ValueError(f"{problem} (robot_joint_names parameter)")
         return loop
+
+    def _seed_for_load(self) -> int:
+        """The ``seed`` parameter, or fresh entropy for -1; kept so a recording can name it."""
+        import secrets
+
+        seed = int(self._param("seed"))
+        self._seed = secrets.randbelow(2**31) if seed < 0 else seed
+        return self._seed
+
+    def _start_recording(self) -> None:
+        path, loop = self._param("record_path"), self._loop
+        if not path:
+            return
+        from ros_nodes.recording import SESSION_TOPIC, Recorder, initial_input
+
+        try:
+            self._recorder = Recorder(path)
+        except (OSError, ImportError) as err:
+            self._recorder = None
+            loop.last_error = f"recording to {path} failed: {err}"
+            self.get_logger().error(loop.last_error)
+            return
+        settings = loop.settings
+        self._recorder.record(SESSION_TOPIC, {
+            "bundle_path": loop.bundle_path, "providers": [loop.execution_provider.removesuffix("ExecutionProvider").lower()],
+            "seed": self._seed, "control_rate_hz": loop.control_rate_hz, "reward_topic": loop.reward_topic,
+            "pose_topics": list(loop.contract.observation.pose_sources),
+            "twist_topics": list(loop.contract.observation.twist_sources),
+            "settings": {"max_obs_age_s": settings.max_obs_age_s, "limits": dataclasses.asdict(settings.limits),
+                         "adaptation_enabled": settings.adaptation_enabled,
+                         "adapt_every_n_steps": settings.adapt_every_n_steps},
+            # What the loop already holds: the latest sample of each input, received before recording began.
+            "inputs": [initial_input(self.resolve_topic_name(topic), msg, received_ns)
+                       for topic, (msg, received_ns) in self._latest_inputs.items()],
+        }, self.get_clock().now().nanoseconds)
+        self.get_logger().info(f"recording to {self._recorder.path}")
+
+    def _stop_recording(self) -> None:
+        if self._recorder is not None:
+            self._recorder.close()
+            self.get_logger().info(f"recording closed: {self._recorder.path}")
+            self._recorder = None
+
+    def _record(self, topic: str, msg: Any, now_ns: int) -> None:
+        recorder = self._recorder
+        if recorder is not None:
+            recorder.message(self.resolve_topic_name(topic), msg, now_ns)
+
+    def _keep_input(self, topic: str, msg: Any, now_ns: int) -> None:
+        """The latest sample of an input, so a recording that starts later knows what the loop holds."""
+        self._latest_inputs[topic] = (msg, now_ns)
+        if self._recorder is not None:
+            self._recorder.message(self.resolve_topic_name(topic), msg, now_ns)
 
     def _probe_joint_contract(self, loop: RobotLoop) -> None:
         """At configure: wait up to ``joint_state_timeout_s`` for one joint state and check its joints.
@@ -179,12 +236,14 @@ class PolicyNode(LifecycleNode):
         result = super().on_activate(state)
         if result == TransitionCallbackReturn.SUCCESS:
             self._loop.start()
+            self._start_recording()
             self._control_timer.reset()
             self.get_logger().info("active: commanding the robot")
         return result
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         self._stop_commanding("deactivated")
+        self._stop_recording()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
@@ -193,6 +252,7 @@ class PolicyNode(LifecycleNode):
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         self._stop_commanding("shutting down")
+        self._stop_recording()
         self._destroy_interfaces()
         return TransitionCallbackReturn.SUCCESS
 
@@ -231,7 +291,7 @@ class PolicyNode(LifecycleNode):
             *(sub(TwistStamped, source, functools.partial(self._on_twist, source), sensor)
               for source in layout.twist_sources),
             # Rewards and episode ends are events, not samples: losing one corrupts adaptation.
-            sub(Float64, loop.reward_topic, lambda msg: self._loop.add_reward(msg.data), QoSProfile(depth=100)),
+            sub(Float64, loop.reward_topic, self._on_reward, QoSProfile(depth=100)),
             sub(Bool, "episode_end", self._on_episode_end, events),
             self.create_service(Trigger, "~/reset_adaptation", self._on_reset_adaptation),
             self.create_service(SetBool, "~/set_adaptation", self._on_set_adaptation),
@@ -275,6 +335,7 @@ class PolicyNode(LifecycleNode):
         self._loop = None
         self._inputs = RobotInputs()
         self._raw_stamps = {}
+        self._latest_inputs = {}
 
     # ---------------------------------------------------------------------------------- inputs
     def _now_s(self) -> float:
@@ -295,9 +356,11 @@ class PolicyNode(LifecycleNode):
         return _to_msg(seconds)
 
     def _on_joint_state(self, msg: JointState) -> None:
+        now_ns = self.get_clock().now().nanoseconds
+        self._keep_input("joint_states", msg, now_ns)
         self._inputs.joint_state = JointStateSample.create(
             msg.name, msg.position, msg.velocity, msg.effort, self._remember_stamp("joint_states", msg.header.stamp),
-            self._now_s()
+            now_ns * 1e-9
         )
         loop = self._loop
         if loop is not None and not loop.joints_checked:
@@ -306,19 +369,29 @@ class PolicyNode(LifecycleNode):
             self._tick()
 
     def _on_pose(self, source: str, msg: PoseStamped) -> None:
+        now_ns = self.get_clock().now().nanoseconds
+        self._keep_input(source, msg, now_ns)
         p, q = msg.pose.position, msg.pose.orientation
         self._inputs.poses[source] = PoseSample.create(
-            (p.x, p.y, p.z), (q.x, q.y, q.z, q.w), self._remember_stamp(f"pose:{source}", msg.header.stamp), self._now_s()
+            (p.x, p.y, p.z), (q.x, q.y, q.z, q.w), self._remember_stamp(f"pose:{source}", msg.header.stamp), now_ns * 1e-9
         )
 
     def _on_twist(self, source: str, msg: TwistStamped) -> None:
+        now_ns = self.get_clock().now().nanoseconds
+        self._keep_input(source, msg, now_ns)
         v, w = msg.twist.linear, msg.twist.angular
         self._inputs.twists[source] = TwistSample.create(
-            (v.x, v.y, v.z), (w.x, w.y, w.z), self._remember_stamp(f"twist:{source}", msg.header.stamp), self._now_s()
+            (v.x, v.y, v.z), (w.x, w.y, w.z), self._remember_stamp(f"twist:{source}", msg.header.stamp), now_ns * 1e-9
         )
 
     def _on_episode_end(self, msg: Bool) -> None:
-        self._loop.end_episode(bool(msg.data), self._now_s(), self._inputs)
+        now_ns = self.get_clock().now().nanoseconds
+        self._record("episode_end", msg, now_ns)
+        self._loop.end_episode(bool(msg.data), now_ns * 1e-9, self._inputs)
+
+    def _on_reward(self, msg: Float64) -> None:
+        self._record(self._loop.reward_topic, msg, self.get_clock().now().nanoseconds)
+        self._loop.add_reward(msg.data)
 
     # ------------------------------------------------------------------------------ control loop
     def _on_control_timer(self) -> None:
@@ -332,14 +405,27 @@ class PolicyNode(LifecycleNode):
         self._tick()
 
     def _tick(self) -> None:
-        self._loop.tick(self._now_s(), self._inputs, self._publish_command)
+        now_ns = self.get_clock().now().nanoseconds
+        if self._recorder is None:
+            self._loop.tick(now_ns * 1e-9, self._inputs, self._publish_command)
+            return
+        from ros_nodes.recording import TICK_TOPIC, command_record
+
+        command = self._loop.tick(now_ns * 1e-9, self._inputs, self._publish_command)
+        if command is not None:
+            self._recorder.record(TICK_TOPIC, command_record(now_ns, command), now_ns)
 
     def _publish_command(self, command: SafeCommand) -> None:
         spec = self._loop.contract.action
         values, known = command.values.tolist(), command.known
         # Gripper first: a lockstep simulator steps when the twist arrives.
+        record = self._recorder is not None
+        now_ns = self.get_clock().now().nanoseconds if record else 0
         if self._gripper_pub is not None and known[spec.grip_index]:
-            self._gripper_pub.publish(Float64MultiArray(data=[values[spec.grip_index]]))
+            grip = Float64MultiArray(data=[values[spec.grip_index]])
+            self._gripper_pub.publish(grip)
+            if record:
+                self._record("gripper_command", grip, now_ns)
         if self._twist_pub is not None:
             msg = self._twist_msg  # reused: publish() serializes before it returns
             # A policy command carries the stamp of the newest input it was computed from, so a
@@ -351,9 +437,12 @@ class PolicyNode(LifecycleNode):
                 for axis, i in zip(axes, indices):
                     setattr(vector, axis, values[i])
             self._twist_pub.publish(msg)
+            if record:
+                self._record("cmd_twist", msg, now_ns)
         elif self._joint_pub is not None and known[list(spec.joint_indices)].all():
             joint_values = [values[i] for i in spec.joint_indices]
-            self._joint_pub.publish(Float64MultiArray(data=joint_values))
+            joint_msg = Float64MultiArray(data=joint_values)
+            self._joint_pub.publish(joint_msg)
             trajectory = JointTrajectory(joint_names=list(spec.joint_names))
             trajectory.header.stamp = self.get_clock().now().to_msg() if command.hold else self._command_stamp(command.stamp_s)
             trajectory.header.frame_id = self._frame_id
@@ -363,6 +452,9 @@ class PolicyNode(LifecycleNode):
             point.time_from_start.sec, point.time_from_start.nanosec = divmod(period_ns, 1_000_000_000)
             trajectory.points = [point]
             self._trajectory_pub.publish(trajectory)
+            if record:
+                self._record("joint_command", joint_msg, now_ns)
+                self._record("joint_trajectory", trajectory, now_ns)
 
     # -------------------------------------------------------------------------------- services
     def _on_reset_adaptation(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -418,10 +510,12 @@ class PolicyNode(LifecycleNode):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(array)
+        self._record("/diagnostics", array, self.get_clock().now().nanoseconds)
 
     def release(self) -> None:
         """Publish a hold if commanding and free the bundle (called on process exit)."""
         self._stop_commanding("shutting down")
+        self._stop_recording()
         self._destroy_interfaces()
 
 

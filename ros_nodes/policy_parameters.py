@@ -36,6 +36,8 @@ PARAMETER_DEFAULTS: dict[str, Any] = {
     "max_joint_velocity_step": 0.0,
     "command_frame_id": "world",
     "executor": "events",
+    "record_path": "",
+    "seed": -1,
 }
 OPTIONAL_PARAMETERS = ("robot_joint_names", "trusted_keys")
 """String-array parameters declared without a default (unset: not used)."""
@@ -59,6 +61,10 @@ PARAMETER_HELP = {
     "max_joint_velocity_step": "joint_velocity bundles: largest joint velocity change per tick, >= 0 (0 = off)",
     "command_frame_id": "frame_id written into cmd_twist headers",
     "executor": "rclpy executor: events (EventsExecutor, lowest overhead) or single_threaded; read-only",
+    "record_path": "MCAP file to record inputs, commands, ticks and diagnostics into from each activation "
+    "(empty = off); `metarl-robot replay FILE` reproduces the commands; read at activate",
+    "seed": "seed of the policy's exploration noise, >= 0, or -1 for fresh entropy; a recording stores the one "
+    "used; read at configure",
     "robot_joint_names": "optional: the robot's joints; configure fails unless the bundle's joints are among them",
     "trusted_keys": "optional: paths of the ed25519 public keys (PEM) of trusted bundle signers; when set, "
     "unsigned or wrongly signed bundles are refused; read-only",
@@ -69,6 +75,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "max_obs_age_s": (0.0, 60.0),
     "joint_state_timeout_s": (0.0, 60.0),
     "adapt_every_n_steps": (0, 1_000_000),
+    "seed": (-1, 2**31 - 1),
     **{name: (0.0, 1e6) for name in LIMITS},
 }
 """Declared ranges of the numeric parameters (also in their descriptors, where ``ros2 param describe`` shows them)."""

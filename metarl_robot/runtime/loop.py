@@ -681,10 +681,12 @@ class RobotLoop:
         trusted_keys: Sequence[str | Path] = (),
         stats: LoopStats | None = None,
         logger: Logger | None = None,
+        seed: int | None = None,
     ) -> RobotLoop:
         """Load the bundle at ``bundle_path`` (``metarl_robot.runtime.load_controller``; with
         ``trusted_keys``, PEM public key paths, it must be signed by one of them), check its contract
-        against its graphs, warm it up and wrap it in a loop.
+        against its graphs, warm it up and wrap it in a loop. ``seed`` seeds the controller's exploration
+        noise (``None``: fresh entropy).
 
         Raises ``BundleError`` (bad bundle, bad signature), ``ProviderError``, ``LayoutError`` (a
         contract a robot cannot serve) or ``ValueError`` (a cadence the schedule does not know).
@@ -694,7 +696,8 @@ class RobotLoop:
         if not str(bundle_path):
             raise BundleError("bundle_path is empty; set it to an exported bundle directory")
         controller = load_controller(
-            bundle_path, None if providers is None else list(providers), trusted_keys=list(trusted_keys) or None
+            bundle_path, None if providers is None else list(providers), trusted_keys=list(trusted_keys) or None,
+            seed=seed,
         )
         manifest = controller.manifest
         reward_source = (manifest.get("adaptation") or {}).get("reward_source") or {}
