@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from metarl_robot.runtime.base import BundleController, check_done, load_vector, scalar
+from metarl_robot.runtime.base import BundleController, all_finite, check_done, load_vector, scalar
 from metarl_robot.runtime.bundle import Bundle
 
 
@@ -57,6 +57,7 @@ class AdaptiveController(BundleController):
         self._context = self._initial_context.copy()
         self._obs = np.zeros((1, self.obs_dim), dtype=np.float32)
         self._policy_feed = {"obs": self._obs, "context": self._context}
+        self._policy_outputs = [self._policy_session.get_outputs()[0].name]
 
         n = self.buffer_size
         self._buf_obs = np.zeros((1, n, self.obs_dim), dtype=np.float32)
@@ -113,8 +114,8 @@ class AdaptiveController(BundleController):
         """
         start = time.perf_counter()
         load_vector(self._obs[0], obs, "obs")
-        command = self._policy_session.run(None, self._policy_feed)[0][0]
-        if not np.isfinite(command).all():
+        command = self._policy_session.run(self._policy_outputs, self._policy_feed)[0][0]
+        if not all_finite(command):
             raise ValueError(f"policy graph returned a non-finite command {command.tolist()}; hold the robot")
         self.act_latency.record(time.perf_counter() - start)
         return command

@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime
 
 from metarl_robot.runtime.advantages import AdvantageConfig, compute_advantages
-from metarl_robot.runtime.base import BundleController, check_done, load_vector, scalar
+from metarl_robot.runtime.base import BundleController, all_finite, check_done, load_vector, scalar
 from metarl_robot.runtime.bundle import Bundle
 
 
@@ -74,6 +74,7 @@ class GradientController(BundleController):
         self._params = self._initial_params.copy()
         self._obs = np.zeros((1, self.obs_dim), dtype=np.float32)
         self._noise = np.zeros((1, self.act_dim), dtype=np.float32)
+        self._noise_zero = False
         self._policy_feed = {"obs": self._obs, "params": self._params, "noise": self._noise}
         # What the last act() sent and the normalised, unclipped action it came from.
         self._last_command: np.ndarray | None = None
@@ -174,11 +175,13 @@ class GradientController(BundleController):
         load_vector(self._obs[0], obs, "obs")
         if self.explore:
             self._noise[0] = self._rng.standard_normal(self.act_dim, dtype=np.float32)
-        else:
+            self._noise_zero = False
+        elif not self._noise_zero:
             self._noise.fill(0.0)
+            self._noise_zero = True
         command, action = self._policy_session.run(None, self._policy_feed)
         command, action = command[0], action[0]
-        if not (np.isfinite(command).all() and np.isfinite(action).all()):
+        if not (all_finite(command) and all_finite(action)):
             raise ValueError(f"policy graph returned a non-finite command {command.tolist()}; hold the robot")
         self._last_command, self._last_action = command.copy(), action.copy()
         self.act_latency.record(time.perf_counter() - start)

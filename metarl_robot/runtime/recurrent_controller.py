@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from metarl_robot.runtime.base import BundleController, check_done, load_vector, scalar
+from metarl_robot.runtime.base import BundleController, all_finite, check_done, load_vector, scalar
 from metarl_robot.runtime.bundle import Bundle
 
 
@@ -98,6 +98,7 @@ class RecurrentController(BundleController):
         # Staging rows: a transition is validated completely before it replaces the previous step.
         self._stage_command = np.zeros(self.act_dim, dtype=np.float32)
         self._stage_obs = np.zeros(self.obs_dim, dtype=np.float32)
+        self._noise_zero = False
         self.steps_since_reset = 0
 
     # ------------------------------------------------------------------------------ state
@@ -143,11 +144,13 @@ class RecurrentController(BundleController):
         load_vector(self._obs[0], obs, "obs")
         if self.explore:
             self._noise[0] = self._rng.standard_normal(self.noise_size, dtype=np.float32)
-        else:
+            self._noise_zero = False
+        elif not self._noise_zero:
             self._noise.fill(0.0)
+            self._noise_zero = True
         command, state = self._policy_session.run(None, self._feed)
         command = command[0]
-        if not np.isfinite(command).all() or not np.isfinite(state).all():
+        if not (all_finite(command) and all_finite(state.reshape(-1))):
             raise ValueError(f"policy graph returned a non-finite command {command.tolist()} or state; hold the robot")
         if self._learning:
             self._state[...] = state
