@@ -53,7 +53,7 @@ import rclpy  # noqa: E402
 from rclpy.experimental import EventsExecutor  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
-from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64  # noqa: E402
 
@@ -85,7 +85,9 @@ def serve_echo() -> None:
         reply.header.stamp = msg.header.stamp
         pub.publish(reply)
 
-    node.create_subscription(JointState, "joint_states", on_joint_state, qos_profile_sensor_data)
+    # The policy node's own sample QoS (keep last 1, best effort), so both pay the same transport.
+    sample = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT)
+    node.create_subscription(JointState, "joint_states", on_joint_state, sample)
     executor = EventsExecutor()
     executor.add_node(node)
     try:

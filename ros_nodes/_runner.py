@@ -56,11 +56,21 @@ def run_node(
         _exit_with_parent(node)
         executor = make_executor(node)
         executor.add_node(node)
+        profile_path = os.environ.get("METARL_PROFILE_NODE")  # development: where the node's CPU goes
+        profiler = None
+        if profile_path:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         while rclpy.ok():
             executor.spin_once(timeout_sec=_SPIN_TIMEOUT_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if profile_path and profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(f"{profile_path}.{node.get_name() if node is not None else 'node'}")
         if node is not None:
             if before_exit is not None and rclpy.ok():
                 try:

@@ -28,6 +28,7 @@ from rclpy.lifecycle import Node as LifecycleNode, State, TransitionCallbackRetu
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.service import Service
+from rclpy.serialization import deserialize_message
 from rclpy.wait_for_message import wait_for_message
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray
@@ -39,7 +40,7 @@ from metarl_robot.contract import (
 )
 from metarl_robot.runtime import LoopSettings, LoopStats, RobotLoop, SafetyLimits
 from metarl_robot.runtime.loop import LEVEL_ERROR, LEVEL_OK, SafeCommand
-from ros_nodes import POLICY_NODE_NAME
+from ros_nodes import POLICY_NODE_NAME, cdr
 from ros_nodes._runner import run_node
 from ros_nodes.policy_parameters import LIMITS, OPTIONAL_PARAMETERS, PARAMETER_DEFAULTS, check_parameter, describe
 
@@ -69,9 +70,9 @@ class PolicyNode(LifecycleNode):
         self._loop: RobotLoop | None = None
         self._stats = LoopStats()  # counters run from the node's start, across reloads and cleanups
         self._inputs = RobotInputs()
-        self._raw_stamps: dict[str, tuple[float, Time]] = {}
+        self._raw_stamps: dict[str, tuple[float, int, int]] = {}
         self._recorder: Any = None
-        self._latest_inputs: dict[str, tuple[Any, int]] = {}
+        self._latest_inputs: dict[str, tuple[Any, bytes, int]] = {}
         self._seed = -1
         self._entities: list[Any] = []
         self._control_timer = None
@@ -163,8 +164,8 @@ class PolicyNode(LifecycleNode):
                          "adaptation_enabled": settings.adaptation_enabled,
                          "adapt_every_n_steps": settings.adapt_every_n_steps},
             # What the loop already holds: the latest sample of each input, received before recording began.
-            "inputs": [initial_input(self.resolve_topic_name(topic), msg, received_ns)
-                       for topic, (msg, received_ns) in self._latest_inputs.items()],
+            "inputs": [initial_input(self.resolve_topic_name(topic), msg_type, data, received_ns)
+                       for topic, (msg_type, data, received_ns) in self._latest_inputs.items()],
         }, self.get_clock().now().nanoseconds)
         self.get_logger().info(f"recording to {self._recorder.path}")
 
@@ -179,11 +180,11 @@ class PolicyNode(LifecycleNode):
         if recorder is not None:
             recorder.message(self.resolve_topic_name(topic), msg, now_ns)
 
-    def _keep_input(self, topic: str, msg: Any, now_ns: int) -> None:
-        """The latest sample of an input, so a recording that starts later knows what the loop holds."""
-        self._latest_inputs[topic] = (msg, now_ns)
+    def _keep_input(self, topic: str, msg_type: Any, data: bytes, now_ns: int) -> None:
+        """The latest sample of an input (serialized), so a recording that starts later knows what the loop holds."""
+        self._latest_inputs[topic] = (msg_type, data, now_ns)
         if self._recorder is not None:
-            self._recorder.message(self.resolve_topic_name(topic), msg, now_ns)
+            self._recorder.message(self.resolve_topic_name(topic), data, now_ns, msg_type)
 
     def _probe_joint_contract(self, loop: RobotLoop) -> None:
         """At configure: wait up to ``joint_state_timeout_s`` for one joint state and check its joints.
@@ -286,9 +287,10 @@ class PolicyNode(LifecycleNode):
         # node never works through a backlog of old joint states (it computes from the newest).
         sensor = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT)
         self._entities += [
-            sub(JointState, "joint_states", self._on_joint_state, sensor),
-            *(sub(PoseStamped, source, functools.partial(self._on_pose, source), sensor) for source in layout.pose_sources),
-            *(sub(TwistStamped, source, functools.partial(self._on_twist, source), sensor)
+            sub(JointState, "joint_states", self._on_joint_state, sensor, raw=True),
+            *(sub(PoseStamped, source, functools.partial(self._on_pose, source), sensor, raw=True)
+              for source in layout.pose_sources),
+            *(sub(TwistStamped, source, functools.partial(self._on_twist, source), sensor, raw=True)
               for source in layout.twist_sources),
             # Rewards and episode ends are events, not samples: losing one corrupts adaptation.
             sub(Float64, loop.reward_topic, self._on_reward, QoSProfile(depth=100)),
@@ -341,47 +343,65 @@ class PolicyNode(LifecycleNode):
     def _now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _remember_stamp(self, key: str, stamp: Time) -> float:
+    def _remember_stamp(self, key: str, sec: int, nanosec: int) -> float:
         """The stamp in seconds (what the loop computes with), remembering the message's own stamp under
         ``key`` so a command computed from this input carries it bit for bit."""
-        seconds = _seconds(stamp)
-        self._raw_stamps[key] = (seconds, Time(sec=stamp.sec, nanosec=stamp.nanosec))
+        seconds = sec + nanosec * 1e-9  # as _seconds() computes it from a Time message
+        self._raw_stamps[key] = (seconds, sec, nanosec)
         return seconds
 
     def _command_stamp(self, seconds: float) -> Time:
         """The stamp of the input a command was computed from (``seconds`` is the loop's newest input)."""
-        for value, raw in self._raw_stamps.values():
+        for value, sec, nanosec in self._raw_stamps.values():
             if value == seconds:
-                return raw
+                return Time(sec=sec, nanosec=nanosec)
         return _to_msg(seconds)
 
-    def _on_joint_state(self, msg: JointState) -> None:
+    # The inputs arrive serialized (raw subscriptions): the few fields the loop reads come straight
+    # from the bytes (ros_nodes.cdr), with rclpy's deserialisation as the fallback.
+    def _on_joint_state(self, data: bytes) -> None:
         now_ns = self.get_clock().now().nanoseconds
-        self._keep_input("joint_states", msg, now_ns)
+        self._keep_input("joint_states", JointState, data, now_ns)
+        try:
+            sec, nanosec, names, position, velocity, effort = cdr.joint_state(data)
+        except cdr.CdrError:
+            msg = deserialize_message(data, JointState)
+            sec, nanosec, names = msg.header.stamp.sec, msg.header.stamp.nanosec, tuple(msg.name)
+            position, velocity, effort = msg.position, msg.velocity, msg.effort
         self._inputs.joint_state = JointStateSample.create(
-            msg.name, msg.position, msg.velocity, msg.effort, self._remember_stamp("joint_states", msg.header.stamp),
-            now_ns * 1e-9
+            names, position, velocity, effort, self._remember_stamp("joint_states", sec, nanosec), now_ns * 1e-9
         )
         loop = self._loop
         if loop is not None and not loop.joints_checked:
-            loop.check_joints(msg.name)
+            loop.check_joints(list(names))
         if self._trigger_on_joint_states and loop is not None and loop.active:
             self._tick()
 
-    def _on_pose(self, source: str, msg: PoseStamped) -> None:
+    def _on_pose(self, source: str, data: bytes) -> None:
         now_ns = self.get_clock().now().nanoseconds
-        self._keep_input(source, msg, now_ns)
-        p, q = msg.pose.position, msg.pose.orientation
+        self._keep_input(source, PoseStamped, data, now_ns)
+        try:
+            sec, nanosec, position, orientation = cdr.pose_stamped(data)
+        except cdr.CdrError:
+            msg = deserialize_message(data, PoseStamped)
+            p, q = msg.pose.position, msg.pose.orientation
+            sec, nanosec, position, orientation = msg.header.stamp.sec, msg.header.stamp.nanosec, (p.x, p.y, p.z), (
+                q.x, q.y, q.z, q.w)
         self._inputs.poses[source] = PoseSample.create(
-            (p.x, p.y, p.z), (q.x, q.y, q.z, q.w), self._remember_stamp(f"pose:{source}", msg.header.stamp), now_ns * 1e-9
+            position, orientation, self._remember_stamp(f"pose:{source}", sec, nanosec), now_ns * 1e-9
         )
 
-    def _on_twist(self, source: str, msg: TwistStamped) -> None:
+    def _on_twist(self, source: str, data: bytes) -> None:
         now_ns = self.get_clock().now().nanoseconds
-        self._keep_input(source, msg, now_ns)
-        v, w = msg.twist.linear, msg.twist.angular
+        self._keep_input(source, TwistStamped, data, now_ns)
+        try:
+            sec, nanosec, linear, angular = cdr.twist_stamped(data)
+        except cdr.CdrError:
+            msg = deserialize_message(data, TwistStamped)
+            v, w = msg.twist.linear, msg.twist.angular
+            sec, nanosec, linear, angular = msg.header.stamp.sec, msg.header.stamp.nanosec, (v.x, v.y, v.z), (w.x, w.y, w.z)
         self._inputs.twists[source] = TwistSample.create(
-            (v.x, v.y, v.z), (w.x, w.y, w.z), self._remember_stamp(f"twist:{source}", msg.header.stamp), now_ns * 1e-9
+            linear, angular, self._remember_stamp(f"twist:{source}", sec, nanosec), now_ns * 1e-9
         )
 
     def _on_episode_end(self, msg: Bool) -> None:

@@ -115,11 +115,16 @@ class Recorder:
             self._channels[topic] = channel
         return channel
 
-    def message(self, topic: str, msg: Any, log_time_ns: int) -> None:
-        """Write a ROS message (CDR) on ``topic`` at ``log_time_ns``."""
-        from rclpy.serialization import serialize_message
+    def message(self, topic: str, msg: Any, log_time_ns: int, msg_type: Any = None) -> None:
+        """Write a ROS message on ``topic`` at ``log_time_ns``: a message object, or its CDR bytes with
+        ``msg_type``."""
+        if isinstance(msg, bytes):
+            data = msg
+        else:
+            from rclpy.serialization import serialize_message
 
-        self._writer.add_message(self._channel(topic, type(msg)), log_time_ns, serialize_message(msg), log_time_ns)
+            data, msg_type = serialize_message(msg), type(msg)
+        self._writer.add_message(self._channel(topic, msg_type), log_time_ns, data, log_time_ns)
 
     def record(self, topic: str, data: Mapping[str, Any], log_time_ns: int) -> None:
         """Write a JSON record on ``topic`` (floats as their shortest exact repr)."""
@@ -132,15 +137,11 @@ class Recorder:
         self._file.close()
 
 
-def initial_input(topic: str, msg: Any, received_ns: int) -> dict[str, Any]:
+def initial_input(topic: str, msg_type: Any, data: bytes, received_ns: int) -> dict[str, Any]:
     """A sample the loop held when recording began, for the session record: topic, type, receive time
     and its CDR bytes (base64)."""
-    import base64
-
-    from rclpy.serialization import serialize_message
-
-    return {"topic": topic, "type": f"{type(msg).__module__.split('.')[0]}/msg/{type(msg).__name__}",
-            "received_ns": int(received_ns), "cdr": base64.b64encode(serialize_message(msg)).decode("ascii")}
+    return {"topic": topic, "type": f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}",
+            "received_ns": int(received_ns), "cdr": base64.b64encode(data).decode("ascii")}
 
 
 def command_record(now_ns: int, command: Any) -> dict[str, Any]:

@@ -1,0 +1,71 @@
+"""The node's CDR readers (``ros_nodes.cdr``) agree with rclpy's own deserialisation on any message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("rclpy")
+
+import ros_nodes  # noqa: F401,E402
+from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
+from rclpy.serialization import serialize_message  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+
+from ros_nodes import cdr  # noqa: E402
+
+floats = st.floats(allow_nan=True, allow_infinity=True)
+names = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=9)
+stamps = st.tuples(st.integers(-2**31, 2**31 - 1), st.integers(0, 2**32 - 1))
+
+
+def _same(a, b) -> bool:
+    return np.array_equal(np.asarray(a, np.float64), np.asarray(b, np.float64), equal_nan=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(stamp=stamps, frame=names, joints=st.lists(names, max_size=6), data=st.data())
+def test_joint_state_reader_matches_rclpy(stamp, frame, joints, data) -> None:
+    n = len(joints)
+    position = data.draw(st.lists(floats, min_size=0, max_size=n + 1))
+    velocity = data.draw(st.lists(floats, min_size=0, max_size=n))
+    effort = data.draw(st.lists(floats, min_size=0, max_size=n))
+    msg = JointState(name=joints, position=position, velocity=velocity, effort=effort)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+    msg.header.frame_id = frame
+    sec, nanosec, got_names, got_position, got_velocity, got_effort = cdr.joint_state(serialize_message(msg))
+    assert (sec, nanosec) == stamp and got_names == tuple(joints)
+    assert _same(got_position, position) and _same(got_velocity, velocity) and _same(got_effort, effort)
+
+
+@settings(max_examples=100, deadline=None)
+@given(stamp=stamps, frame=names, values=st.lists(floats, min_size=7, max_size=7))
+def test_pose_reader_matches_rclpy(stamp, frame, values) -> None:
+    msg = PoseStamped()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+    msg.header.frame_id = frame
+    p, q = msg.pose.position, msg.pose.orientation
+    p.x, p.y, p.z, q.x, q.y, q.z, q.w = values
+    sec, nanosec, position, orientation = cdr.pose_stamped(serialize_message(msg))
+    assert (sec, nanosec) == stamp and _same(position, values[:3]) and _same(orientation, values[3:])
+
+
+@settings(max_examples=100, deadline=None)
+@given(stamp=stamps, frame=names, values=st.lists(floats, min_size=6, max_size=6))
+def test_twist_reader_matches_rclpy(stamp, frame, values) -> None:
+    msg = TwistStamped()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+    msg.header.frame_id = frame
+    v, w = msg.twist.linear, msg.twist.angular
+    v.x, v.y, v.z, w.x, w.y, w.z = values
+    sec, nanosec, linear, angular = cdr.twist_stamped(serialize_message(msg))
+    assert (sec, nanosec) == stamp and _same(linear, values[:3]) and _same(angular, values[3:])
+
+
+def test_malformed_bytes_raise_the_readers_error() -> None:
+    good = serialize_message(JointState(name=["a"], position=[1.0]))
+    for bad in (b"", b"\x01\x00\x00\x00", good[:10], b"\x00\x07\x00\x00" + good[4:]):
+        with pytest.raises(cdr.CdrError):
+            cdr.joint_state(bad)
