@@ -17,9 +17,12 @@ Reported per run:
   node sets to the stamp of the newest input the command was computed from (same host clock);
 * CPU use of the node process (user + system time over wall time, 100% = one core).
 
-A baseline run in the same script replaces the policy node by an echo node (a child process, the
-same Python, rclpy executor and Fast DDS) that answers each joint state with a ``cmd_twist`` carrying
-its stamp: the floor that transport and the Python client library set for any rclpy node here.
+Two baseline runs in the same script replace the policy node by an echo node (a child process, the
+same Python, rclpy executor, Fast DDS and QoS): one answers each joint state with a ``cmd_twist``
+carrying its stamp, nothing else; the I/O echo also subscribes to the poses and the reward and sends a
+``gripper_command`` before each ``cmd_twist``, as the policy node does. The I/O echo is the floor that
+transport and the Python client library set for this node's traffic; what the policy node adds on
+top is its own cost.
 
 Without ``--bundle`` the shipped grasp checkpoint (models/grasp_context_ppo) is exported to a
 temporary directory first.
@@ -55,7 +58,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
-from std_msgs.msg import Bool, Float64  # noqa: E402
+from std_msgs.msg import Bool, Float64, Float64MultiArray  # noqa: E402
 
 from ros_nodes import POLICY_NODE_NAME  # noqa: E402
 from ros_nodes.graph import DEFAULT_PARAMS_FILE, NodeGraph, policy_status  # noqa: E402
@@ -74,20 +77,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def serve_echo() -> None:
-    """The baseline node: answer every joint state with a cmd_twist stamped like it, nothing else."""
+def serve_echo(io: bool = False) -> None:
+    """The baseline node: answer every joint state with a cmd_twist stamped like it, nothing else. With
+    ``io`` it also does all the transport work the policy node does per tick, without computing: it
+    subscribes to the poses and the reward as well and sends a gripper_command before each cmd_twist."""
     rclpy.init()
     node = rclpy.create_node("bench_echo")
     pub = node.create_publisher(TwistStamped, "cmd_twist", QoSProfile(depth=10))
+    grip = node.create_publisher(Float64MultiArray, "gripper_command", QoSProfile(depth=10))
     reply = TwistStamped()
+    force = Float64MultiArray(data=[1.0])
 
     def on_joint_state(msg: JointState) -> None:
         reply.header.stamp = msg.header.stamp
+        if io:
+            grip.publish(force)
         pub.publish(reply)
 
     # The policy node's own sample QoS (keep last 1, best effort), so both pay the same transport.
     sample = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT)
     node.create_subscription(JointState, "joint_states", on_joint_state, sample)
+    if io:
+        kept = {}
+        for topic in ("ee_pose", "object_pose"):
+            node.create_subscription(PoseStamped, topic, lambda msg, t=topic: kept.__setitem__(t, msg), sample)
+        node.create_subscription(Float64, "reward", lambda msg: kept.__setitem__("reward", msg), QoSProfile(depth=100))
     executor = EventsExecutor()
     executor.add_node(node)
     try:
@@ -97,11 +111,11 @@ def serve_echo() -> None:
         pass
 
 
-def run_echo(args: argparse.Namespace) -> dict:
+def run_echo(args: argparse.Namespace, io: bool = False) -> dict:
     graph = NodeGraph(None, start_robot=False, activate=False)
     graph._start_driver()
     env = graph.child_env()
-    echo = subprocess.Popen([sys.executable, __file__, "--serve-echo"], env=env)
+    echo = subprocess.Popen([sys.executable, __file__, "--serve-io-echo" if io else "--serve-echo"], env=env)
     try:
         node = rclpy.create_node("bench_robot_driver", context=graph.node.context)
         executor = EventsExecutor(context=graph.node.context)
@@ -123,7 +137,8 @@ def run_echo(args: argparse.Namespace) -> dict:
         except subprocess.TimeoutExpired:
             echo.kill()
         graph.stop()
-    return {"target": "echo baseline (no policy)", **stats}
+    name = "I/O echo (the policy node's topics, no compute)" if io else "echo baseline (joint_states in, cmd_twist out)"
+    return {"target": name, **stats}
 
 
 def drive(node, executor, args: argparse.Namespace, pid: int, on_measure_start=None) -> dict:
@@ -265,10 +280,11 @@ def main() -> None:
     parser.add_argument("--triggers", nargs="+", default=["timer", "joint_states"], help="one run per trigger")
     parser.add_argument("--no-echo", action="store_true", help="skip the echo baseline")
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-io-echo", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
-    if args.serve_echo:
-        serve_echo()
+    if args.serve_echo or args.serve_io_echo:
+        serve_echo(io=args.serve_io_echo)
         return
 
     import onnxruntime
@@ -280,8 +296,9 @@ def main() -> None:
     bundle = args.bundle or export_shipped_bundle(tmp)
     results = []
     if not args.no_echo:
-        results.append(run_echo(args))
-        print(json.dumps(results[-1], indent=1), flush=True)
+        for io in (False, True):
+            results.append(run_echo(args, io=io))
+            print(json.dumps(results[-1], indent=1), flush=True)
     for provider in args.providers:
         if PROVIDER_ALIASES.get(provider, provider) not in available:
             print(f"[skip] {provider}: not offered by this onnxruntime ({sorted(available)})")

@@ -106,9 +106,15 @@ class PolicyNode(LifecycleNode):
             adapt_every_n_steps=self._param("adapt_every_n_steps"),
         )
 
+    def _clock_ns(self) -> int:
+        """The node clock's time in ns. On system time (no ``use_sim_time``) that is the wall clock,
+        read without building rclpy Time objects (several microseconds per call on the control path)."""
+        return time.time_ns() if self._system_clock else self.get_clock().now().nanoseconds
+
     def _read_settings(self) -> None:
         """Apply the parameters that take effect immediately (limits, observation age, adaptation)."""
         self._frame_id = self._param("command_frame_id")
+        self._system_clock = not bool(self._param("use_sim_time"))
         if self._loop is not None:
             self._loop.apply_settings(self._settings())
             timer = self._control_timer
@@ -166,7 +172,7 @@ class PolicyNode(LifecycleNode):
             # What the loop already holds: the latest sample of each input, received before recording began.
             "inputs": [initial_input(self.resolve_topic_name(topic), msg_type, data, received_ns)
                        for topic, (msg_type, data, received_ns) in self._latest_inputs.items()],
-        }, self.get_clock().now().nanoseconds)
+        }, self._clock_ns())
         self.get_logger().info(f"recording to {self._recorder.path}")
 
     def _stop_recording(self) -> None:
@@ -341,7 +347,7 @@ class PolicyNode(LifecycleNode):
 
     # ---------------------------------------------------------------------------------- inputs
     def _now_s(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
+        return self._clock_ns() * 1e-9
 
     def _remember_stamp(self, key: str, sec: int, nanosec: int) -> float:
         """The stamp in seconds (what the loop computes with), remembering the message's own stamp under
@@ -360,7 +366,7 @@ class PolicyNode(LifecycleNode):
     # The inputs arrive serialized (raw subscriptions): the few fields the loop reads come straight
     # from the bytes (ros_nodes.cdr), with rclpy's deserialisation as the fallback.
     def _on_joint_state(self, data: bytes) -> None:
-        now_ns = self.get_clock().now().nanoseconds
+        now_ns = self._clock_ns()
         self._keep_input("joint_states", JointState, data, now_ns)
         try:
             sec, nanosec, names, position, velocity, effort = cdr.joint_state(data)
@@ -378,7 +384,7 @@ class PolicyNode(LifecycleNode):
             self._tick()
 
     def _on_pose(self, source: str, data: bytes) -> None:
-        now_ns = self.get_clock().now().nanoseconds
+        now_ns = self._clock_ns()
         self._keep_input(source, PoseStamped, data, now_ns)
         try:
             sec, nanosec, position, orientation = cdr.pose_stamped(data)
@@ -392,7 +398,7 @@ class PolicyNode(LifecycleNode):
         )
 
     def _on_twist(self, source: str, data: bytes) -> None:
-        now_ns = self.get_clock().now().nanoseconds
+        now_ns = self._clock_ns()
         self._keep_input(source, TwistStamped, data, now_ns)
         try:
             sec, nanosec, linear, angular = cdr.twist_stamped(data)
@@ -405,12 +411,12 @@ class PolicyNode(LifecycleNode):
         )
 
     def _on_episode_end(self, msg: Bool) -> None:
-        now_ns = self.get_clock().now().nanoseconds
+        now_ns = self._clock_ns()
         self._record("episode_end", msg, now_ns)
         self._loop.end_episode(bool(msg.data), now_ns * 1e-9, self._inputs)
 
     def _on_reward(self, msg: Float64) -> None:
-        self._record(self._loop.reward_topic, msg, self.get_clock().now().nanoseconds)
+        self._record(self._loop.reward_topic, msg, self._clock_ns())
         self._loop.add_reward(msg.data)
 
     # ------------------------------------------------------------------------------ control loop
@@ -425,7 +431,7 @@ class PolicyNode(LifecycleNode):
         self._tick()
 
     def _tick(self) -> None:
-        now_ns = self.get_clock().now().nanoseconds
+        now_ns = self._clock_ns()
         if self._recorder is None:
             self._loop.tick(now_ns * 1e-9, self._inputs, self._publish_command)
             return
@@ -440,7 +446,7 @@ class PolicyNode(LifecycleNode):
         values, known = command.values.tolist(), command.known
         # Gripper first: a lockstep simulator steps when the twist arrives.
         record = self._recorder is not None
-        now_ns = self.get_clock().now().nanoseconds if record else 0
+        now_ns = self._clock_ns() if record else 0
         if self._gripper_pub is not None and known[spec.grip_index]:
             grip = Float64MultiArray(data=[values[spec.grip_index]])
             self._gripper_pub.publish(grip)
@@ -530,7 +536,7 @@ class PolicyNode(LifecycleNode):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(array)
-        self._record("/diagnostics", array, self.get_clock().now().nanoseconds)
+        self._record("/diagnostics", array, self._clock_ns())
 
     def release(self) -> None:
         """Publish a hold if commanding and free the bundle (called on process exit)."""
