@@ -98,6 +98,10 @@ def _grow_observation(manifest: dict[str, Any]) -> None:
     """Observation dim 10 -> 11 everywhere in the manifest; the graphs still take 10."""
     manifest["observation"]["dim"] = 11
     manifest["observation"]["layout"][0]["size"] = 4
+    bounds = manifest["observation"].get("bounds")
+    if bounds is not None:  # keep the plausibility bounds the right length too
+        bounds["low"].insert(3, -1.0)
+        bounds["high"].insert(3, 1.0)
     for graph in manifest["graphs"].values():
         for shape in (*graph["inputs"].values(), *graph["outputs"].values()):
             if shape and shape[-1] == 10:

@@ -45,6 +45,20 @@ def _copy_atomically(source: Path, target: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _after_last_event_file(folder: Path) -> None:
+    """Wait (at most a second) until the clock's second is past the newest event file's."""
+    stamps = []
+    for path in folder.glob("events.out.tfevents.*"):
+        try:
+            stamps.append(int(path.name.split(".")[3]))
+        except (IndexError, ValueError):
+            continue
+    if stamps:
+        wait = max(stamps) + 1 - time.time()
+        if 0 < wait <= 1.5:
+            time.sleep(wait)
+
+
 def keep_history(checkpoint: Path, iteration: int, metrics: Mapping[str, Any], keep_last: int = KEEP_LAST) -> None:
     """After a save: keep ``iter_NNNNNN.safetensors`` of the last ``keep_last`` saves, and
     ``best.safetensors`` (with ``best.json``) for the save whose training metrics rank highest
@@ -96,7 +110,11 @@ def run_training(algo: Any, config: Any, run_dir: Path, *, resume: bool, progres
         if resumed:
             log.info("resumed from %s at iteration %d", algo.checkpoint_path, algo.iteration)
         save_config(config, run_dir / "config.yaml")
-        # A resumed run drops what the interrupted one logged after its checkpoint, so no step is logged twice.
+        # A resumed run drops what the interrupted one logged after its checkpoint, so no step is logged
+        # twice. TensorBoard applies the purge to the files before the new one, ordered by the creation
+        # second in their names: the new file must not share a second with the last one.
+        if resumed:
+            _after_last_event_file(run_dir / "tb")
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=algo.iteration + 1 if resumed else None)
         # A resumed run never repeats the warm start: its checkpoint already holds it (a warm-start-only
         # run, iterations: 0, can be resumed with more iterations to fine-tune it).

@@ -41,7 +41,7 @@ def make_policy(cell: str, seed: int = 0):
     }.get(cell, {})}
     policy = RecurrentPolicy(OBS_DIM, ACT_DIM, ACTION_SCALE, RecurrentPolicyConfig(cell=cell, hidden_size=HIDDEN, **options))
     with torch.no_grad():
-        policy.obs_norm.update(torch.randn(500, OBS_DIM) * torch.linspace(0.05, 20.0, OBS_DIM) + 3.0)
+        policy.obs_norm.update(torch.randn(500, OBS_DIM) * torch.linspace(0.5, 20.0, OBS_DIM) + 0.5)
         policy.actor[-1].weight.mul_(150.0)
         if cell == "prototype":  # the training tasks' latents (zeros until training sets them): the support matters
             policy.core.prototype_latents.uniform_(-1.0, 1.0)
