@@ -38,6 +38,9 @@ class AdaptiveController(BundleController):
     """
 
     family = "context"
+    observe_may_follow_act = True
+    """observe() only stores a transition in the buffer, which act() never reads: the control loop may
+    record it after the next command has been sent (off the input-to-command path)."""
     _STATE = ("context",)
 
     def __init__(

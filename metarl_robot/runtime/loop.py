@@ -801,7 +801,11 @@ class RobotLoop:
         closed = self.recorder.close(fresh)
         stats.rewards_missing += self.recorder.rewards_missing - missing
         learn = self.settings.adaptation_enabled
-        if learn:  # before act(): a controller pairs a transition with the action it last sent
+        # Before act(): a controller may pair a transition with the action it last sent, or read it in
+        # the next act (a recurrent memory). One whose observe() only stores the transition says so
+        # (``observe_may_follow_act``), and the loop records it after the command is out.
+        late = learn and getattr(self.controller, "observe_may_follow_act", False)
+        if learn and not late:
             self._record(closed.transition)
         command = self._hold_with(obs) if fresh is None else self._act(fresh, inputs.joint_state)  # type: ignore[arg-type]
         if self.contract.action.mode == POSITION_DELTA:
@@ -809,6 +813,8 @@ class RobotLoop:
         if send is not None:
             send(command)
         stats.step_latency.record(time.perf_counter() - start)
+        if late:
+            self._record(closed.transition)
         if learn:
             self._maybe_adapt(closed.episode_ended)
         return command

@@ -695,3 +695,48 @@ def test_trusted_keys_refuse_an_unsigned_bundle_and_load_a_signed_one(bundle_cop
         RobotLoop.load(bundle_copy, ["cpu"], trusted_keys=[str(public)])
     sign_bundle(load_bundle(bundle_copy), private)
     assert RobotLoop.load(bundle_copy, ["cpu"], trusted_keys=[str(public)]).contract.action.dim == 4
+
+
+class _OrderController:
+    """Logs the order of act() and observe() calls; a constant command."""
+
+    def __init__(self, obs_dim: int, act_dim: int, may_follow: bool, log: list) -> None:
+        self.obs_dim, self.act_dim, self.log = obs_dim, act_dim, log
+        self.observe_may_follow_act = may_follow
+        self.episodes_ready = 0
+
+    def act(self, obs):
+        self.log.append("act")
+        return np.zeros(self.act_dim, np.float32)
+
+    def observe(self, *transition) -> None:
+        self.log.append("observe")
+
+    def adapt(self):
+        return None
+
+    def schedule(self, every_n_steps: int = 0) -> AdaptationSchedule:
+        return AdaptationSchedule("episode", every_n_steps, 1)
+
+    def set_learning(self, enabled: bool) -> None:
+        pass
+
+    def reset(self, seed=None) -> None:
+        pass
+
+    def status(self) -> dict:
+        return {}
+
+
+@pytest.mark.parametrize("may_follow", [False, True])
+def test_a_transition_is_recorded_before_act_unless_the_controller_allows_after_the_send(may_follow):
+    """A recurrent memory reads the last transition in its next act(), so it is recorded first; a
+    controller that only stores transitions lets the loop record them after the command is out."""
+    contract = RobotContract.from_manifest(grasp_manifest())
+    log: list = []
+    loop = RobotLoop(_OrderController(10, 4, may_follow, log), contract, LoopSettings())
+    loop.start()
+    loop.tick(NOW, inputs(), lambda command: log.append("send"))
+    log.clear()
+    loop.tick(NOW + 0.1, inputs(stamp=NOW + 0.1), lambda command: log.append("send"))
+    assert log == (["act", "send", "observe"] if may_follow else ["observe", "act", "send"])
