@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     from metarl_robot.config import ConfigError
     from metarl_robot.tasks import TaskError
 
-    known: tuple[type[Exception], ...] = (ConfigError, TaskError, CheckpointError, FileNotFoundError, FileExistsError)
+    known: tuple[type[Exception], ...] = (ConfigError, TaskError, CheckpointError)
     try:
         from metarl_robot.runtime import BundleError
 
@@ -484,6 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     except known as err:
         return _fail(str(err))
     except OSError as err:
+        if err.errno is None:  # raised by this project with its own message
+            return _fail(str(err))
+        if isinstance(err, FileExistsError):
+            return _fail(f"cannot create {err.filename!r}: a file is in the way; choose another folder (--out / --run-dir)")
         # A full disk, a read-only folder, a missing permission: say which file and what to do.
         where = f" {err.filename!r}" if err.filename else ""
         if args.verbose:

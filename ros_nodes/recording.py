@@ -162,12 +162,19 @@ class ReplayReport:
 
 
 def _messages(path: Path) -> Iterator[tuple[str, int, bytes, str]]:
+    import struct
+
+    from mcap.exceptions import McapError
     from mcap.reader import make_reader
 
     with open(path, "rb") as f:
-        reader = make_reader(f)
-        for schema, channel, message in reader.iter_messages(log_time_order=True):
-            yield channel.topic, message.log_time, message.data, schema.name if schema else ""
+        try:
+            reader = make_reader(f)
+            messages = list(reader.iter_messages(log_time_order=True))
+        except (McapError, struct.error, EOFError, ValueError) as err:
+            raise ValueError(f"not a readable MCAP file ({type(err).__name__}: {err})") from None
+    for schema, channel, message in messages:
+        yield channel.topic, message.log_time, message.data, schema.name if schema else ""
 
 
 def replay(path: str | Path, bundle: str | Path | None = None, providers: list[str] | None = None) -> ReplayReport:

@@ -122,6 +122,12 @@ def test_an_unwritable_run_dir_gives_one_line(config_file: Path, tmp_path: Path,
     blocker.write_text("not a folder")
     line = _one_line(main(["train", "--config", str(config_file), "--run-dir", str(blocker / "run")]), capsys)
     assert "a_file" in line and "writable folder" in line
+    from tests.runtime.conftest import make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path / "c.safetensors")
+    line = _one_line(main(["export", str(checkpoint), "--out", str(blocker / "bundle")]), capsys)
+    assert "a_file" in line and ("a file is in the way" in line or "writable folder" in line)
+    assert blocker.read_text() == "not a folder"
 
 
 @pytest.mark.parametrize(("content", "expected"), [

@@ -88,3 +88,15 @@ def test_replay_with_other_rewards_does_not_reproduce_them(recording, tmp_path):
 
     report = replay(changed)
     assert report.ticks >= 16 and report.mismatches, "other rewards reproduced every command"
+
+
+def test_replay_of_a_file_that_is_not_a_recording_gives_one_line(tmp_path, capsys) -> None:
+    from metarl_robot.cli import main
+
+    junk = tmp_path / "junk.mcap"
+    junk.write_bytes(b"not an mcap file at all")
+    assert main(["replay", str(junk)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cannot be replayed: not a readable MCAP file" in err
+    assert main(["replay", str(tmp_path / "missing.mcap")]) == 2
+    assert "does not exist; record one with the policy node's record_path parameter" in capsys.readouterr().err
