@@ -486,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         if err.errno is None:  # raised by this project with its own message
             return _fail(str(err))
+        if isinstance(err, FileNotFoundError):
+            return _fail(f"{err.filename!r} does not exist (check the path)")
         if isinstance(err, FileExistsError):
             return _fail(f"cannot create {err.filename!r}: a file is in the way; choose another folder (--out / --run-dir)")
         # A full disk, a read-only folder, a missing permission: say which file and what to do.
