@@ -22,11 +22,12 @@ Arguments (``ros2 launch metarl_robot_ros policy.launch.py --show-args`` lists t
     unconfigured for ``ros2 lifecycle set`` or a lifecycle manager.
 ``log_level``
     ``debug``, ``info`` (default), ``warn``, ``error`` or ``fatal``.
-``joint_states_topic``, ``joint_command_topic``, ``cmd_twist_topic``, ``gripper_command_topic``
+``joint_states_topic``, ``joint_command_topic``, ``joint_trajectory_topic``, ``cmd_twist_topic``, ``gripper_command_topic``
     Where the node's topic of that name goes, applied as launch remappings (``remappings=[("joint_command",
     ...)]``). A joint-velocity bundle commanding ros2_control's forward velocity controller:
     ``joint_command_topic:=/forward_velocity_controller/commands``; a robot publishing its joint states
-    elsewhere: ``joint_states_topic:=/franka/joint_states``. The defaults are the node's own names
+    elsewhere: ``joint_states_topic:=/franka/joint_states``; the stamped trajectory for a joint trajectory
+    controller: ``joint_trajectory_topic:=/joint_trajectory_controller/joint_trajectory``. The defaults are the node's own names
     (relative, so they follow ``namespace``). The node's other topics (``ee_pose``, ``object_pose`` or
     the pose topics the bundle names, ``reward``, ``episode_end``) follow ``namespace``; to remap one,
     add it to ``TOPIC_ARGUMENTS`` below.
@@ -68,6 +69,7 @@ TOPIC_ARGUMENTS = {
     "joint_command_topic": "joint_command",
     "cmd_twist_topic": "cmd_twist",
     "gripper_command_topic": "gripper_command",
+    "joint_trajectory_topic": "joint_trajectory",
 }
 """Launch argument -> the policy node's topic it remaps (default: the topic's own name, no remapping)."""
 

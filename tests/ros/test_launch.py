@@ -181,7 +181,8 @@ def test_launch_files_set_only_parameters_the_nodes_declare():
 def test_policy_launch_remaps_the_node_topics():
     constants = _constants(ast.parse(POLICY_LAUNCH.read_text()))
     topics = constants["TOPIC_ARGUMENTS"]
-    assert set(topics) == {"joint_states_topic", "joint_command_topic", "cmd_twist_topic", "gripper_command_topic"}
+    assert set(topics) == {"joint_states_topic", "joint_command_topic", "cmd_twist_topic", "gripper_command_topic",
+                           "joint_trajectory_topic"}
     node_source = NODE_MODULES[POLICY_NODE_NAME].read_text()
     for topic in topics.values():
         assert f'"{topic}"' in node_source, f"the policy node has no topic {topic!r}"
