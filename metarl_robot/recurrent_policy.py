@@ -36,6 +36,8 @@ from metarl_robot.skills import SKILLS, make_skill
 CELLS = ("gru", "lstm", "window", "prototype", "pearl")
 SQUASHES = ("clip", "tanh")
 COMPARISONS = ("euclidean", "cosine")
+COSINE_EPS = 1e-3
+"""Smallest norm the cosine comparison divides by (see ``PrototypeCore.task_logits``)."""
 REWARD_CLIP = 10.0
 """The previous reward enters the core as ``clip(prev_reward * reward_scale, -10, 10)``."""
 
@@ -160,7 +162,11 @@ class PrototypeCore(nn.Module):
         weight = torch.expm1(running[..., -1:])
         support = running[..., :-1] * weight / (weight + 1.0)  # shrunk towards 0 while there is little evidence
         if self.comparison == "cosine":
-            score = nn.functional.normalize(support, dim=-1, eps=1e-6) @ nn.functional.normalize(self.prototypes, dim=-1, eps=1e-6).T
+            # eps 1e-3: a support set with almost no evidence (|s| ~ 0) scores near 0 against every
+            # prototype instead of having its direction (float32 noise) blown up to unit length, which
+            # made the exported graph and PyTorch disagree by more than 1e-5 on such states.
+            score = (nn.functional.normalize(support, dim=-1, eps=COSINE_EPS)
+                     @ nn.functional.normalize(self.prototypes, dim=-1, eps=COSINE_EPS).T)
         else:
             # -|s - p|^2 expanded (one matmul rather than a [.., K, E] difference: K is the number of
             # training tasks, and training evaluates this at every step of every trial)
