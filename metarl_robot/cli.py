@@ -27,31 +27,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
+def _at_least(kind: type, low: float):
+    """An argparse type: a ``kind`` (int or float) of at least ``low``, refused in one line otherwise."""
+    noun = "a whole number" if kind is int else "a number"
+
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    parse.__name__ = f"int >= {low}"
-    return parse
-
-
-def _float_at_least(low: float):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number >= {low:g}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {noun} >= {low:g}, got {text!r}") from None
         if not value >= low:
             raise argparse.ArgumentTypeError(f"must be >= {low:g}, got {text}")
         return value
 
-    parse.__name__ = f"number >= {low:g}"
+    parse.__name__ = f"{noun} >= {low:g}"
     return parse
 
 
@@ -382,17 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", nargs="+", default=["cpu"], help="execution providers for --bundle, in preference order")
     p.add_argument("--task-file", help="YAML task file (your own objects); default: the config's test split")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    p.add_argument("--num-tasks", type=_int_at_least(1), default=None, help="first N tasks of the split (default: all)")
-    p.add_argument("--rounds", "--episodes", dest="rounds", type=_int_at_least(1), default=3,
+    p.add_argument("--num-tasks", type=_at_least(int, 1), default=None, help="first N tasks of the split (default: all)")
+    p.add_argument("--rounds", "--episodes", dest="rounds", type=_at_least(int, 1), default=3,
                    help="rounds per task, adapting after each; round 0 is before adaptation (default: %(default)s)")
-    p.add_argument("--episodes-per-round", type=_int_at_least(1), default=None,
+    p.add_argument("--episodes-per-round", type=_at_least(int, 1), default=None,
                    help="episodes per round (default: the policy's own: 1 for context methods, the trajectories per "
                         "inner step for gradient methods)")
     p.add_argument("--no-adapt", action="store_true", help="never adapt (the non-adaptive baseline of the same policy)")
     p.add_argument("--sampler", choices=["serial", "subprocess", "ray"], default="serial",
                    help="where the tasks run: this process, worker processes or Ray actors; every choice gives "
                         "the same results (default: %(default)s)")
-    p.add_argument("--num-workers", type=_int_at_least(0), default=0,
+    p.add_argument("--num-workers", type=_at_least(int, 0), default=0,
                    help="workers of the subprocess and ray samplers, 0 = one per CPU core (default: %(default)s)")
     p.add_argument("--env-id", help="override the env id from the checkpoint's config")
     p.add_argument("--seed", type=int, default=0)
@@ -445,15 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "validation", "test"],
                    help="split of the env's task distribution to take the task from (default: %(default)s)")
     p.add_argument("--task-file", help="YAML task file to take the task from instead of a split")
-    p.add_argument("--index", type=_int_at_least(0), default=0, help="index of the task in the split or task file")
+    p.add_argument("--index", type=_at_least(int, 0), default=0, help="index of the task in the split or task file")
     p.add_argument("--task-seed", type=int, default=None,
                    help="seed of the task distribution (default: the checkpoint config's, else 0)")
     p.add_argument("--policy", default="random",
                    help="random, oracle (the env's demonstrator), a checkpoint .safetensors or an exported bundle "
                         "folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="reset seed (and the random policy's seed)")
-    p.add_argument("--max-steps", type=_int_at_least(1), default=200, help="stop after this many steps (default: %(default)s)")
-    p.add_argument("--fps", type=_float_at_least(0.0), default=0.0, help="frames per second (default: the env's render_fps)")
+    p.add_argument("--max-steps", type=_at_least(int, 1), default=200, help="stop after this many steps (default: %(default)s)")
+    p.add_argument("--fps", type=_at_least(float, 0.0), default=0.0, help="frames per second (default: the env's render_fps)")
     p.add_argument("--out", default="runs/rollout.gif", help="GIF to write (default: %(default)s)")
     p.set_defaults(func=cmd_gif)
     return parser

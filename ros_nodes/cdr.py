@@ -8,8 +8,9 @@ twist. The layout is XCDR1 as ROS 2 writes it: a 4-byte encapsulation header (li
 plain CDR), then each primitive aligned to its size relative to the end of that header, strings as
 a ``uint32`` length (with the terminating NUL) and bytes, sequences as a ``uint32`` count and elements.
 
-Anything else (another encapsulation, a truncated buffer) raises :class:`CdrError`; the node then
-falls back to ``rclpy.serialization.deserialize_message``. ``tests/ros/test_cdr.py`` holds every reader
+Anything else (another encapsulation, a truncated buffer) raises :class:`CdrError`; the ``*_sample``
+functions, which the node and ``metarl-robot replay`` share, then fall back to
+``rclpy.serialization.deserialize_message``. ``tests/ros/test_cdr.py`` holds every reader
 to rclpy's own deserialisation.
 """
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+
+from metarl_robot.contract import JointStateSample, PoseSample, TwistSample
 
 _HEADER = 4
 
@@ -92,23 +95,77 @@ def joint_state(data: bytes) -> tuple[int, int, tuple[str, ...], np.ndarray, np.
     return sec, nanosec, tuple(names), position, velocity, effort
 
 
-def pose_stamped(data: bytes) -> tuple[int, int, np.ndarray, np.ndarray]:
-    """``(sec, nanosec, position (3,), orientation_xyzw (4,))`` of a serialized ``geometry_msgs/PoseStamped``."""
+def _stamped_vector(data: bytes, count: int, what: str) -> tuple[int, int, np.ndarray]:
+    """``(sec, nanosec, values)``: a Header followed by ``count`` float64 (PoseStamped, TwistStamped)."""
     try:
         order = _order(data)
         sec, nanosec, offset = _stamp(data, order)
-        values, _ = _doubles(data, offset, order, 7)
+        values, _ = _doubles(data, offset, order, count)
     except (struct.error, UnicodeDecodeError) as err:
-        raise CdrError(f"not a PoseStamped: {err}") from None
+        raise CdrError(f"not a {what}: {err}") from None
+    return sec, nanosec, values
+
+
+def pose_stamped(data: bytes) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """``(sec, nanosec, position (3,), orientation_xyzw (4,))`` of a serialized ``geometry_msgs/PoseStamped``."""
+    sec, nanosec, values = _stamped_vector(data, 7, "PoseStamped")
     return sec, nanosec, values[:3], values[3:]
 
 
 def twist_stamped(data: bytes) -> tuple[int, int, np.ndarray, np.ndarray]:
     """``(sec, nanosec, linear (3,), angular (3,))`` of a serialized ``geometry_msgs/TwistStamped``."""
-    try:
-        order = _order(data)
-        sec, nanosec, offset = _stamp(data, order)
-        values, _ = _doubles(data, offset, order, 6)
-    except (struct.error, UnicodeDecodeError) as err:
-        raise CdrError(f"not a TwistStamped: {err}") from None
+    sec, nanosec, values = _stamped_vector(data, 6, "TwistStamped")
     return sec, nanosec, values[:3], values[3:]
+
+
+# ----------------------------------------------------------------------------- samples for the loop
+# What the policy node's callbacks and `metarl-robot replay` both build from an input's bytes: one
+# decoding, so a replay sees exactly what the node saw. rclpy's deserialisation is the fallback.
+
+def stamp_seconds(sec: int, nanosec: int) -> float:
+    """A header stamp in seconds, as the control loop compares it."""
+    return sec + nanosec * 1e-9
+
+
+def joint_state_sample(data: bytes, received_s: float) -> tuple[JointStateSample, int, int]:
+    """The loop's sample of a serialized JointState, and its stamp ``(sec, nanosec)``."""
+    try:
+        sec, nanosec, names, position, velocity, effort = joint_state(data)
+    except CdrError:
+        from rclpy.serialization import deserialize_message
+        from sensor_msgs.msg import JointState
+
+        msg = deserialize_message(data, JointState)
+        sec, nanosec, names = msg.header.stamp.sec, msg.header.stamp.nanosec, tuple(msg.name)
+        position, velocity, effort = msg.position, msg.velocity, msg.effort
+    sample = JointStateSample.create(names, position, velocity, effort, stamp_seconds(sec, nanosec), received_s)
+    return sample, sec, nanosec
+
+
+def pose_sample(data: bytes, received_s: float) -> tuple[PoseSample, int, int]:
+    """The loop's sample of a serialized PoseStamped, and its stamp ``(sec, nanosec)``."""
+    try:
+        sec, nanosec, position, orientation = pose_stamped(data)
+    except CdrError:
+        from geometry_msgs.msg import PoseStamped
+        from rclpy.serialization import deserialize_message
+
+        msg = deserialize_message(data, PoseStamped)
+        p, q = msg.pose.position, msg.pose.orientation
+        sec, nanosec, position, orientation = msg.header.stamp.sec, msg.header.stamp.nanosec, (p.x, p.y, p.z), (
+            q.x, q.y, q.z, q.w)
+    return PoseSample.create(position, orientation, stamp_seconds(sec, nanosec), received_s), sec, nanosec
+
+
+def twist_sample(data: bytes, received_s: float) -> tuple[TwistSample, int, int]:
+    """The loop's sample of a serialized TwistStamped, and its stamp ``(sec, nanosec)``."""
+    try:
+        sec, nanosec, linear, angular = twist_stamped(data)
+    except CdrError:
+        from geometry_msgs.msg import TwistStamped
+        from rclpy.serialization import deserialize_message
+
+        msg = deserialize_message(data, TwistStamped)
+        v, w = msg.twist.linear, msg.twist.angular
+        sec, nanosec, linear, angular = msg.header.stamp.sec, msg.header.stamp.nanosec, (v.x, v.y, v.z), (w.x, w.y, w.z)
+    return TwistSample.create(linear, angular, stamp_seconds(sec, nanosec), received_s), sec, nanosec

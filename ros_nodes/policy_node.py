@@ -28,25 +28,18 @@ from rclpy.lifecycle import Node as LifecycleNode, State, TransitionCallbackRetu
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.service import Service
-from rclpy.serialization import deserialize_message
 from rclpy.wait_for_message import wait_for_message
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from metarl_robot.contract import (
-    CARTESIAN_VELOCITY, JOINT_VELOCITY, JointStateSample, PoseSample, RobotInputs, TwistSample, check_joint_contract,
-)
+from metarl_robot.contract import CARTESIAN_VELOCITY, JOINT_VELOCITY, RobotInputs, check_joint_contract
 from metarl_robot.runtime import LoopSettings, LoopStats, RobotLoop, SafetyLimits
 from metarl_robot.runtime.loop import LEVEL_ERROR, LEVEL_OK, SafeCommand
 from ros_nodes import POLICY_NODE_NAME, cdr
 from ros_nodes._runner import run_node
 from ros_nodes.policy_parameters import LIMITS, OPTIONAL_PARAMETERS, PARAMETER_DEFAULTS, check_parameter, describe
-
-
-def _seconds(stamp: Time) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 def _to_msg(seconds: float) -> Time:
@@ -346,69 +339,41 @@ class PolicyNode(LifecycleNode):
         self._latest_inputs = {}
 
     # ---------------------------------------------------------------------------------- inputs
-    def _now_s(self) -> float:
-        return self._clock_ns() * 1e-9
-
-    def _remember_stamp(self, key: str, sec: int, nanosec: int) -> float:
-        """The stamp in seconds (what the loop computes with), remembering the message's own stamp under
-        ``key`` so a command computed from this input carries it bit for bit."""
-        seconds = sec + nanosec * 1e-9  # as _seconds() computes it from a Time message
-        self._raw_stamps[key] = (seconds, sec, nanosec)
-        return seconds
-
     def _command_stamp(self, seconds: float) -> Time:
-        """The stamp of the input a command was computed from (``seconds`` is the loop's newest input)."""
+        """The stamp of the input a command was computed from (``seconds`` is the loop's newest input),
+        bit for bit: the loop compares stamps in seconds, the node keeps each input's own."""
         for value, sec, nanosec in self._raw_stamps.values():
             if value == seconds:
                 return Time(sec=sec, nanosec=nanosec)
         return _to_msg(seconds)
 
-    # The inputs arrive serialized (raw subscriptions): the few fields the loop reads come straight
-    # from the bytes (ros_nodes.cdr), with rclpy's deserialisation as the fallback.
+    # The inputs arrive serialized (raw subscriptions) and are read by ros_nodes.cdr, the decoding
+    # `metarl-robot replay` uses too.
     def _on_joint_state(self, data: bytes) -> None:
         now_ns = self._clock_ns()
         self._keep_input("joint_states", JointState, data, now_ns)
-        try:
-            sec, nanosec, names, position, velocity, effort = cdr.joint_state(data)
-        except cdr.CdrError:
-            msg = deserialize_message(data, JointState)
-            sec, nanosec, names = msg.header.stamp.sec, msg.header.stamp.nanosec, tuple(msg.name)
-            position, velocity, effort = msg.position, msg.velocity, msg.effort
-        self._inputs.joint_state = JointStateSample.create(
-            names, position, velocity, effort, self._remember_stamp("joint_states", sec, nanosec), now_ns * 1e-9
-        )
+        sample, sec, nanosec = cdr.joint_state_sample(data, now_ns * 1e-9)
+        self._inputs.joint_state = sample
+        self._raw_stamps["joint_states"] = (sample.stamp_s, sec, nanosec)
         loop = self._loop
         if loop is not None and not loop.joints_checked:
-            loop.check_joints(list(names))
+            loop.check_joints(list(sample.names))
         if self._trigger_on_joint_states and loop is not None and loop.active:
             self._tick()
 
     def _on_pose(self, source: str, data: bytes) -> None:
         now_ns = self._clock_ns()
         self._keep_input(source, PoseStamped, data, now_ns)
-        try:
-            sec, nanosec, position, orientation = cdr.pose_stamped(data)
-        except cdr.CdrError:
-            msg = deserialize_message(data, PoseStamped)
-            p, q = msg.pose.position, msg.pose.orientation
-            sec, nanosec, position, orientation = msg.header.stamp.sec, msg.header.stamp.nanosec, (p.x, p.y, p.z), (
-                q.x, q.y, q.z, q.w)
-        self._inputs.poses[source] = PoseSample.create(
-            position, orientation, self._remember_stamp(f"pose:{source}", sec, nanosec), now_ns * 1e-9
-        )
+        sample, sec, nanosec = cdr.pose_sample(data, now_ns * 1e-9)
+        self._inputs.poses[source] = sample
+        self._raw_stamps[f"pose:{source}"] = (sample.stamp_s, sec, nanosec)
 
     def _on_twist(self, source: str, data: bytes) -> None:
         now_ns = self._clock_ns()
         self._keep_input(source, TwistStamped, data, now_ns)
-        try:
-            sec, nanosec, linear, angular = cdr.twist_stamped(data)
-        except cdr.CdrError:
-            msg = deserialize_message(data, TwistStamped)
-            v, w = msg.twist.linear, msg.twist.angular
-            sec, nanosec, linear, angular = msg.header.stamp.sec, msg.header.stamp.nanosec, (v.x, v.y, v.z), (w.x, w.y, w.z)
-        self._inputs.twists[source] = TwistSample.create(
-            linear, angular, self._remember_stamp(f"twist:{source}", sec, nanosec), now_ns * 1e-9
-        )
+        sample, sec, nanosec = cdr.twist_sample(data, now_ns * 1e-9)
+        self._inputs.twists[source] = sample
+        self._raw_stamps[f"twist:{source}"] = (sample.stamp_s, sec, nanosec)
 
     def _on_episode_end(self, msg: Bool) -> None:
         now_ns = self._clock_ns()

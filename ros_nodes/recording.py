@@ -180,13 +180,12 @@ def _messages(path: Path) -> Iterator[tuple[str, int, bytes, str]]:
 def replay(path: str | Path, bundle: str | Path | None = None, providers: list[str] | None = None) -> ReplayReport:
     """Run a recording through the runtime (see the module docstring). ``bundle`` replaces the recorded
     bundle path (the same bundle, moved); the result lists every tick whose command differs."""
-    from geometry_msgs.msg import PoseStamped, TwistStamped
     from rclpy.serialization import deserialize_message
-    from sensor_msgs.msg import JointState
     from std_msgs.msg import Bool, Float64
 
-    from metarl_robot.contract import JointStateSample, PoseSample, RobotInputs, TwistSample
+    from metarl_robot.contract import RobotInputs
     from metarl_robot.runtime import LoopSettings, RobotLoop, SafetyLimits
+    from ros_nodes import cdr
 
     path = Path(path)
     report = ReplayReport()
@@ -194,23 +193,14 @@ def replay(path: str | Path, bundle: str | Path | None = None, providers: list[s
     inputs = RobotInputs()
     reward_topic, poses, twists = "", set(), set()
 
-    def seconds(stamp) -> float:
-        return stamp.sec + stamp.nanosec * 1e-9
-
     def take(name: str, data: bytes, schema: str, now_s: float) -> bool:
         """Apply one input sample to ``inputs`` as the node's callbacks do; False if it is not one."""
         if name == "joint_states" and schema.endswith("JointState"):
-            msg = deserialize_message(data, JointState)
-            inputs.joint_state = JointStateSample.create(msg.name, msg.position, msg.velocity, msg.effort,
-                                                         seconds(msg.header.stamp), now_s)
+            inputs.joint_state = cdr.joint_state_sample(data, now_s)[0]
         elif name in poses and schema.endswith("PoseStamped"):
-            msg = deserialize_message(data, PoseStamped)
-            p, q = msg.pose.position, msg.pose.orientation
-            inputs.poses[name] = PoseSample.create((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), seconds(msg.header.stamp), now_s)
+            inputs.poses[name] = cdr.pose_sample(data, now_s)[0]
         elif name in twists and schema.endswith("TwistStamped"):
-            msg = deserialize_message(data, TwistStamped)
-            v, w = msg.twist.linear, msg.twist.angular
-            inputs.twists[name] = TwistSample.create((v.x, v.y, v.z), (w.x, w.y, w.z), seconds(msg.header.stamp), now_s)
+            inputs.twists[name] = cdr.twist_sample(data, now_s)[0]
         else:
             return False
         return True

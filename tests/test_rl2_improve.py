@@ -69,7 +69,7 @@ def test_improvement_iteration_keeps_the_better_trial_and_clones_the_buffer(tmp_
     """On the grasp suite: one iteration keeps one trial per task, never worse than the teacher's on the
     same task and reset seeds, and clones the buffer (the actor's weights move); the next one adds to it."""
     from metarl_robot.algos import rl2
-    from metarl_robot.algos.rl2.improve import ExploringTrials
+    from metarl_robot.algos.rl2.improve import exploring_trials
     from metarl_robot.config import load_config
 
     root = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_improvement_iteration_keeps_the_better_trial_and_clones_the_buffer(tmp_
         algo.train_iteration()
         assert len(algo._buffer) == 6
         # The exploring learner reports the command it sent as its label.
-        trials = ExploringTrials(algo.policy, noise_std=0.3)
+        trials = exploring_trials(algo.policy, noise_std=0.3)
         trials.reset(algo.tasks.train_tasks[0], np.random.default_rng(0), {})
         action, extras = trials.act(np.zeros(algo.obs_dim, np.float32))
         np.testing.assert_allclose(extras["teacher_command"], action * algo.policy.action_scale.numpy(), rtol=1e-6)

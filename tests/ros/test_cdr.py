@@ -40,28 +40,31 @@ def test_joint_state_reader_matches_rclpy(stamp, frame, joints, data) -> None:
     assert _same(got_position, position) and _same(got_velocity, velocity) and _same(got_effort, effort)
 
 
-@settings(max_examples=100, deadline=None)
-@given(stamp=stamps, frame=names, values=st.lists(floats, min_size=7, max_size=7))
-def test_pose_reader_matches_rclpy(stamp, frame, values) -> None:
+def _pose(values):
     msg = PoseStamped()
-    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
-    msg.header.frame_id = frame
     p, q = msg.pose.position, msg.pose.orientation
     p.x, p.y, p.z, q.x, q.y, q.z, q.w = values
-    sec, nanosec, position, orientation = cdr.pose_stamped(serialize_message(msg))
-    assert (sec, nanosec) == stamp and _same(position, values[:3]) and _same(orientation, values[3:])
+    return msg
 
 
-@settings(max_examples=100, deadline=None)
-@given(stamp=stamps, frame=names, values=st.lists(floats, min_size=6, max_size=6))
-def test_twist_reader_matches_rclpy(stamp, frame, values) -> None:
+def _twist(values):
     msg = TwistStamped()
-    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
-    msg.header.frame_id = frame
     v, w = msg.twist.linear, msg.twist.angular
     v.x, v.y, v.z, w.x, w.y, w.z = values
-    sec, nanosec, linear, angular = cdr.twist_stamped(serialize_message(msg))
-    assert (sec, nanosec) == stamp and _same(linear, values[:3]) and _same(angular, values[3:])
+    return msg
+
+
+@pytest.mark.parametrize(("build", "read", "size"), [(_pose, cdr.pose_stamped, 7), (_twist, cdr.twist_stamped, 6)],
+                         ids=["pose", "twist"])
+@settings(max_examples=100, deadline=None)
+@given(stamp=stamps, frame=names, data=st.data())
+def test_stamped_vector_readers_match_rclpy(build, read, size, stamp, frame, data) -> None:
+    values = data.draw(st.lists(floats, min_size=size, max_size=size))
+    msg = build(values)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+    msg.header.frame_id = frame
+    sec, nanosec, first, second = read(serialize_message(msg))
+    assert (sec, nanosec) == stamp and _same(first, values[:3]) and _same(second, values[3:])
 
 
 def test_malformed_bytes_raise_the_readers_error() -> None:

@@ -24,7 +24,7 @@ import torch
 from metarl_robot.algos.common import build_task_distribution, open_sampler
 from metarl_robot.algos.loop import restore_checkpoint, run_training
 from metarl_robot.algos.rl2.config import TrainConfig
-from metarl_robot.algos.rl2.improve import ExploringTrials, group_trials, select_best
+from metarl_robot.algos.rl2.improve import exploring_trials, group_trials, select_best
 from metarl_robot.algos.rl2.teacher import DaggerTrials, TeacherTrials, clone, imitation_loss, teacher_tensors
 from metarl_robot.algos.rl2.rollout import RL2Trials, TrialBatch, privileged_keys, privileged_vector, trial_batch
 from metarl_robot.checkpoint import save_checkpoint
@@ -295,7 +295,7 @@ class RL2:
             return [EpisodeRequest(j, tasks[j % n], int(self.rng.integers(2**31)), per_trial, reset_seeds=resets[j % n])
                     for j in range(count)]
 
-        explored = group_trials(self.sampler.sample(ExploringTrials(self.policy, noise_std=imp.noise_std), requests(n * imp.samples)),
+        explored = group_trials(self.sampler.sample(exploring_trials(self.policy, noise_std=imp.noise_std), requests(n * imp.samples)),
                                 per_trial, n * imp.samples)
         candidates = [explored[k * n:(k + 1) * n] for k in range(imp.samples)]
         if imp.include_teacher:

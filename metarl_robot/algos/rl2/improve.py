@@ -7,7 +7,7 @@ DAgger only pulls the clone back towards the teacher. This update improves on bo
 1. Each iteration draws ``trials_per_iteration`` train tasks and fixes the env's reset seeds of every
    episode of each trial, so every candidate below meets the same object poses and noise.
 2. On each task it runs ``improve.samples`` trials of the current policy with exploration noise
-   (:class:`ExploringTrials`: the policy's mean plus Gaussian noise, carried through the memory as on
+   (:func:`exploring_trials`: the policy's mean plus Gaussian noise, carried through the memory as on
    the robot) and, with ``include_teacher``, one trial of the teacher itself.
 3. It keeps, per task, the candidate trial with the most successful attempts (ties: the higher return;
    then the learner's over the teacher's), and puts it into a buffer of the ``buffer_trials`` most
@@ -27,10 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
-import torch
 
 from metarl_robot.algos.rl2.rollout import RL2Trials
 from metarl_robot.sampling import Episode
@@ -56,25 +52,10 @@ class ImproveConfig:
             raise ValueError("improve: samples, seed_rounds and epochs must be >= 0, buffer_trials >= 1, noise_std >= 0")
 
 
-class ExploringTrials(RL2Trials):
-    """RL² acting with exploration noise of a chosen size, reporting what it sent as the label to clone
-    (extra ``teacher_command``, the physical command, as :class:`~.teacher.TeacherTrials` does)."""
-
-    def __init__(self, policy, *, noise_std: float = 0.0) -> None:
-        super().__init__(policy, explore=True)
-        self.noise_std = float(noise_std)
-
-    def act(self, obs: Any):
-        p = self.policy
-        with torch.no_grad():
-            obs_t = torch.as_tensor(np.asarray(obs, np.float32).reshape(1, p.obs_dim))
-            features, self._state = p.step(obs_t, self._prev_command, self._prev_reward, self._prev_done, self._state)
-            dist = p.distribution(features)
-            std = dist.stddev if self.noise_std <= 0 else torch.full_like(dist.mean, self.noise_std)
-            raw = dist.mean + std * torch.as_tensor(self.rng.standard_normal(p.act_dim, dtype=np.float32))
-            self._command = p.to_command(obs_t, torch.clamp(raw, -1.0, 1.0), self._prev_command)
-            action = self._command / p.action_scale
-        return action[0].numpy(), {"raw_action": raw[0].numpy(), "teacher_command": self._command[0].numpy().copy()}
+def exploring_trials(policy, *, noise_std: float = 0.0) -> RL2Trials:
+    """RL² acting with exploration noise of a chosen size (0 = the policy's own), reporting the command
+    it sent as the label to clone (extra ``teacher_command``, as :class:`~.teacher.TeacherTrials` does)."""
+    return RL2Trials(policy, explore=True, noise_std=noise_std, report_command=True)
 
 
 def trial_score(episodes: Sequence[Episode]) -> tuple[int, float]:

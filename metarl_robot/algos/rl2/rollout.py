@@ -29,8 +29,13 @@ class RL2Trials(BasePolicy):
     acts with the mean.
     """
 
-    def __init__(self, policy: RecurrentPolicy, *, explore: bool = True) -> None:
+    def __init__(self, policy: RecurrentPolicy, *, explore: bool = True, noise_std: float = 0.0,
+                 report_command: bool = False) -> None:
         self.policy, self.explore = policy, bool(explore)
+        self.noise_std = float(noise_std)
+        """Exploration noise on the normalised action; 0 = the policy's own standard deviation."""
+        self.report_command = bool(report_command)
+        """Also return the physical command sent as the extra ``teacher_command`` (the label to clone)."""
 
     def reset(self, task: TaskSpec, rng: np.random.Generator, options: Mapping[str, Any]) -> None:
         super().reset(task, rng, options)
@@ -49,13 +54,16 @@ class RL2Trials(BasePolicy):
             dist = p.distribution(features)
             if self.explore:
                 noise = torch.as_tensor(self.rng.standard_normal(p.act_dim, dtype=np.float32))
-                raw = dist.mean + dist.stddev * noise
+                raw = dist.mean + (dist.stddev if self.noise_std <= 0 else self.noise_std) * noise
             else:
                 raw = dist.mean
             self._command = p.to_command(obs_t, torch.clamp(raw, -1.0, 1.0), self._prev_command)
             # What the env executes: the command in its normalised units (the skill's command, if any).
             action = self._command / p.action_scale
-        return action[0].numpy(), {"raw_action": raw[0].numpy()}
+        extras = {"raw_action": raw[0].numpy()}
+        if self.report_command:
+            extras["teacher_command"] = self._command[0].numpy().copy()
+        return action[0].numpy(), extras
 
     def observe(self, obs: Any, action: Any, reward: float, next_obs: Any, done: bool) -> None:
         self._prev_command = self._command
