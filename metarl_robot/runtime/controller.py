@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from metarl_robot.runtime.base import BundleController, all_finite, check_done, load_vector, scalar
+from metarl_robot.runtime.base import BundleController, all_finite, bound_run, check_done, load_vector, scalar
 from metarl_robot.runtime.bundle import Bundle
 
 
@@ -59,8 +59,10 @@ class AdaptiveController(BundleController):
         self._initial_context = np.asarray(adaptation["initial_context"], dtype=np.float32).reshape(1, self.context_dim)
         self._context = self._initial_context.copy()
         self._obs = np.zeros((1, self.obs_dim), dtype=np.float32)
+        self._obs_row = self._obs[0]  # a view kept: act() writes each observation through it
         self._policy_feed = {"obs": self._obs, "context": self._context}
         self._policy_outputs = [self._policy_session.get_outputs()[0].name]
+        self._run_policy = bound_run(self._policy_session, self._policy_feed, self._policy_outputs)
 
         n = self.buffer_size
         self._buf_obs = np.zeros((1, n, self.obs_dim), dtype=np.float32)
@@ -116,8 +118,8 @@ class AdaptiveController(BundleController):
         Raises ``ValueError`` naming the problem when ``obs`` has the wrong size or a non-finite value.
         """
         start = time.perf_counter()
-        load_vector(self._obs[0], obs, "obs")
-        command = self._policy_session.run(self._policy_outputs, self._policy_feed)[0][0]
+        load_vector(self._obs_row, obs, "obs")
+        command = self._run_policy()[0][0]
         if not all_finite(command):
             raise ValueError(f"policy graph returned a non-finite command {command.tolist()}; hold the robot")
         self.act_latency.record(time.perf_counter() - start)

@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime
 
 from metarl_robot.runtime.advantages import AdvantageConfig, compute_advantages
-from metarl_robot.runtime.base import BundleController, all_finite, check_done, load_vector, scalar
+from metarl_robot.runtime.base import BundleController, NormalRows, all_finite, bound_run, check_done, load_vector, scalar
 from metarl_robot.runtime.bundle import Bundle
 
 
@@ -67,15 +67,18 @@ class GradientController(BundleController):
         self.advantage_config = AdvantageConfig.from_mapping(adaptation["advantages"])
         self.explore = bool(explore)
         """Sample actions from the policy's Gaussian (what adaptation needs) or, when False, send its mean."""
-        self._rng = np.random.default_rng(seed)
+        self._noise_rows = NormalRows(seed, self.act_dim)
         self._scale = np.asarray(bundle.action["scale"], dtype=np.float32)
 
         self._initial_params = bundle.plugin.initial_params(bundle)
         self._params = self._initial_params.copy()
         self._obs = np.zeros((1, self.obs_dim), dtype=np.float32)
+        self._obs_row = self._obs[0]  # a view kept: act() writes each observation through it
         self._noise = np.zeros((1, self.act_dim), dtype=np.float32)
+        self._noise_row = self._noise[0]
         self._noise_zero = False
         self._policy_feed = {"obs": self._obs, "params": self._params, "noise": self._noise}
+        self._run_policy = bound_run(self._policy_session, self._policy_feed)
         # What the last act() sent and the normalised, unclipped action it came from.
         self._last_command: np.ndarray | None = None
         self._last_action: np.ndarray | None = None
@@ -140,7 +143,7 @@ class GradientController(BundleController):
         self._params[...] = self._initial_params
         self._clear_episodes()
         if seed is not None:
-            self._rng = np.random.default_rng(seed)
+            self._noise_rows.reseed(seed)
 
     def _clear_episodes(self) -> None:
         self._closed.clear()
@@ -172,18 +175,20 @@ class GradientController(BundleController):
         the wrong size or a non-finite value.
         """
         start = time.perf_counter()
-        load_vector(self._obs[0], obs, "obs")
+        load_vector(self._obs_row, obs, "obs")
         if self.explore:
-            self._noise[0] = self._rng.standard_normal(self.act_dim, dtype=np.float32)
+            self._noise_rows.draw_into(self._noise_row)
             self._noise_zero = False
         elif not self._noise_zero:
             self._noise.fill(0.0)
             self._noise_zero = True
-        command, action = self._policy_session.run(None, self._policy_feed)
+        command, action = self._run_policy()
         command, action = command[0], action[0]
         if not (all_finite(command) and all_finite(action)):
             raise ValueError(f"policy graph returned a non-finite command {command.tolist()}; hold the robot")
-        self._last_command, self._last_action = command.copy(), action.copy()
+        # The command is handed to the caller, so the controller keeps a copy; the action row is a
+        # view of a result array onnxruntime allocated for this call and nobody else holds.
+        self._last_command, self._last_action = command.copy(), action
         self.act_latency.record(time.perf_counter() - start)
         return command
 

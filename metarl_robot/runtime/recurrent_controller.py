@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from metarl_robot.runtime.base import BundleController, all_finite, check_done, load_vector, scalar
+from metarl_robot.runtime.base import BundleController, NormalRows, all_finite, bound_run, check_done, load_vector, scalar
 from metarl_robot.runtime.bundle import Bundle
 
 
@@ -69,15 +69,17 @@ class RecurrentController(BundleController):
         self.explore = self._sample_actions if explore is None else bool(explore)
         """Sample commands from the policy's Gaussian (``noise`` ~ N(0, 1)) or send its mean (``noise`` = 0)."""
         self._learning = True
-        self._rng = np.random.default_rng(seed)
 
         self._obs = np.zeros((1, self.obs_dim), dtype=np.float32)
+        self._obs_row = self._obs[0]  # a view kept: act() writes each observation through it
         self._prev_command = np.zeros((1, self.act_dim), dtype=np.float32)
         self._prev_reward = np.zeros((1, 1), dtype=np.float32)
         self._prev_done = np.zeros((1, 1), dtype=np.float32)
         # The action's noise, then (PEARL) the draw of the task latent at an episode's start.
         self.noise_size = int(adaptation.get("noise_size", self.act_dim))
         self._noise = np.zeros((1, self.noise_size), dtype=np.float32)
+        self._noise_row = self._noise[0]
+        self._noise_rows = NormalRows(seed, self.noise_size)
         self._state = np.zeros((1, self.state_size), dtype=np.float32)
         # Each part of the manifest's state_layout (h and c, or the history window) is a view into the
         # packed state, so get_state/set_state name them and the graph sees one array.
@@ -95,6 +97,7 @@ class RecurrentController(BundleController):
             "noise": self._noise,
             "state_in": self._state,
         }
+        self._run_policy = bound_run(self._policy_session, self._feed)
         # Staging rows: a transition is validated completely before it replaces the previous step.
         self._stage_command = np.zeros(self.act_dim, dtype=np.float32)
         self._stage_obs = np.zeros(self.obs_dim, dtype=np.float32)
@@ -116,7 +119,7 @@ class RecurrentController(BundleController):
         self._prev_done.fill(0.0)
         self.steps_since_reset = 0
         if seed is not None:
-            self._rng = np.random.default_rng(seed)
+            self._noise_rows.reseed(seed)
 
     def set_learning(self, enabled: bool) -> None:
         """Off: the memory is frozen where it is and the mean command is sent. On: both resume."""
@@ -141,14 +144,14 @@ class RecurrentController(BundleController):
         unchanged).
         """
         start = time.perf_counter()
-        load_vector(self._obs[0], obs, "obs")
+        load_vector(self._obs_row, obs, "obs")
         if self.explore:
-            self._noise[0] = self._rng.standard_normal(self.noise_size, dtype=np.float32)
+            self._noise_rows.draw_into(self._noise_row)
             self._noise_zero = False
         elif not self._noise_zero:
             self._noise.fill(0.0)
             self._noise_zero = True
-        command, state = self._policy_session.run(None, self._feed)
+        command, state = self._run_policy()
         command = command[0]
         if not (all_finite(command) and all_finite(state.reshape(-1))):
             raise ValueError(f"policy graph returned a non-finite command {command.tolist()} or state; hold the robot")

@@ -1,0 +1,84 @@
+"""The runtime's shared pieces on the per-tick path: the bound graph call and the block-drawn noise."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from metarl_robot.runtime import base
+from metarl_robot.runtime.base import NormalRows, bound_run
+
+
+def _session(inner_run, outer_run, inputs=("obs",), outputs=("command",)):
+    return SimpleNamespace(
+        _sess=SimpleNamespace(run=inner_run),
+        run=outer_run,
+        get_inputs=lambda: [SimpleNamespace(name=n, type="tensor(float)") for n in inputs],
+        get_outputs=lambda: [SimpleNamespace(name=n) for n in outputs],
+    )
+
+
+def test_bound_run_calls_the_binding_with_the_feed_and_output_names():
+    calls = []
+    feed = {"obs": np.zeros(3)}
+    session = _session(lambda names, f, options: calls.append((names, f, options)) or ["inner"],
+                       lambda names, f: ["outer"])
+    assert bound_run(session, feed)() == ["inner"]
+    assert calls == [(["command"], feed, None)]
+
+
+def test_bound_run_hands_a_provider_failure_to_the_public_run_which_falls_back():
+    def failing(names, feed, options):
+        raise base._EP_FAILURE("CUDA failure")
+
+    outer = []
+    session = _session(failing, lambda names, feed: outer.append(names) or ["fell back"])
+    assert bound_run(session, {"obs": np.zeros(3)})() == ["fell back"]
+    assert outer == [["command"]]
+
+
+def test_bound_run_lets_other_errors_through():
+    def broken(names, feed, options):
+        raise RuntimeError("shape mismatch")
+
+    session = _session(broken, lambda names, feed: pytest.fail("only provider failures go to the public run"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        bound_run(session, {"obs": np.zeros(3)})()
+
+
+def test_bound_run_looks_the_binding_up_on_every_call():
+    """onnxruntime's fallback replaces the session's binding; the bound call must use the new one."""
+    session = _session(lambda *a: ["old"], lambda names, feed: ["outer"])
+    run = bound_run(session, {"obs": np.zeros(3)})
+    session._sess = SimpleNamespace(run=lambda *a: ["new"])
+    assert run() == ["new"]
+
+
+def test_bound_run_refuses_a_feed_without_every_input():
+    session = _session(lambda *a: None, lambda *a: None, inputs=("obs", "context"))
+    with pytest.raises(ValueError, match=r"\['context'\]"):
+        bound_run(session, {"obs": np.zeros(3)})
+
+
+@pytest.mark.parametrize("block", [1, 7, 256])
+def test_normal_rows_are_the_generators_rows_in_order(block):
+    rows = NormalRows(5, width=3, block=block)
+    drawn = np.zeros((20, 3), dtype=np.float32)
+    for row in drawn:
+        rows.draw_into(row)
+    reference = np.random.default_rng(5)
+    expected = np.stack([reference.standard_normal(3, dtype=np.float32) for _ in range(20)])
+    np.testing.assert_array_equal(drawn, expected)
+
+
+def test_normal_rows_reseed_restarts_the_stream():
+    rows = NormalRows(1, width=2, block=4)
+    first, again = np.zeros(2, np.float32), np.zeros(2, np.float32)
+    rows.draw_into(first)
+    rows.draw_into(np.zeros(2, np.float32))
+    rows.reseed(1)
+    rows.draw_into(again)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, np.zeros(2))
