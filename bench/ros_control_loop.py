@@ -13,6 +13,8 @@ Reported per run:
 * control step latency: the node's own measure of one step, start to command published;
 * loop period: the node's own tick-to-tick periods, p50/p99 and p99 deviation from the nominal period
   (read from its ``/diagnostics``, one window of 1000 ticks per second; the worst window is reported);
+  for the echoes, the same statistics of the periods between their joint-state callbacks, per second
+  of the measurement window;
 * observation-to-command latency: receive time of each ``cmd_twist`` minus its header stamp, which the
   node sets to the stamp of the newest input the command was computed from (same host clock);
 * CPU use of the node process (user + system time over wall time, 100% = one core).
@@ -53,6 +55,7 @@ import ros_nodes  # noqa: E402,F401  (loopback discovery before rclpy loads)
 
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
+from rclpy.executors import ExternalShutdownException  # noqa: E402
 from rclpy.experimental import EventsExecutor  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
@@ -77,18 +80,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def serve_echo(io: bool = False) -> None:
+def serve_echo(io: bool = False, periods_path: Path | None = None) -> None:
     """The baseline node: answer every joint state with a cmd_twist stamped like it, nothing else. With
     ``io`` it also does all the transport work the policy node does per tick, without computing: it
-    subscribes to the poses and the reward as well and sends a gripper_command before each cmd_twist."""
+    subscribes to the poses and the reward as well and sends a gripper_command before each cmd_twist.
+    With ``periods_path`` it writes the ``time.perf_counter()`` of every joint-state callback there on
+    exit (the system-wide monotonic clock: the bench cuts them to its own measurement window)."""
     rclpy.init()
     node = rclpy.create_node("bench_echo")
     pub = node.create_publisher(TwistStamped, "cmd_twist", QoSProfile(depth=10))
     grip = node.create_publisher(Float64MultiArray, "gripper_command", QoSProfile(depth=10))
     reply = TwistStamped()
     force = Float64MultiArray(data=[1.0])
+    arrivals: list[float] = []
 
     def on_joint_state(msg: JointState) -> None:
+        arrivals.append(time.perf_counter())
         reply.header.stamp = msg.header.stamp
         if io:
             grip.publish(force)
@@ -107,15 +114,19 @@ def serve_echo(io: bool = False) -> None:
     try:
         while rclpy.ok():
             executor.spin_once(timeout_sec=0.2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    if periods_path is not None:
+        np.save(periods_path, np.asarray(arrivals))
 
 
 def run_echo(args: argparse.Namespace, io: bool = False) -> dict:
     graph = NodeGraph(None, start_robot=False, activate=False)
     graph._start_driver()
     env = graph.child_env()
-    echo = subprocess.Popen([sys.executable, __file__, "--serve-io-echo" if io else "--serve-echo"], env=env)
+    periods_path = Path(tempfile.mkdtemp(prefix="echo_periods_")) / "arrivals.npy"
+    echo = subprocess.Popen([sys.executable, __file__, "--serve-io-echo" if io else "--serve-echo",
+                             "--periods-out", str(periods_path)], env=env)
     try:
         node = rclpy.create_node("bench_robot_driver", context=graph.node.context)
         executor = EventsExecutor(context=graph.node.context)
@@ -138,7 +149,31 @@ def run_echo(args: argparse.Namespace, io: bool = False) -> dict:
             echo.kill()
         graph.stop()
     name = "I/O echo (the policy node's topics, no compute)" if io else "echo baseline (joint_states in, cmd_twist out)"
-    return {"target": name, **stats}
+    window, periods = stats.pop("window"), {}
+    if periods_path.exists():  # the echo's own callback-to-callback periods, as the node reports its ticks'
+        periods = callback_period_windows(np.load(periods_path), window, args.rate)
+    return {"target": name, **periods, **stats}
+
+
+def callback_period_windows(arrivals: np.ndarray, window: tuple[float, float], rate: float) -> dict:
+    """Per whole second of the measurement window: the p50 and p99 of the periods between callbacks, as
+    the policy node's diagnostics report its own tick periods; the median and worst window."""
+    start, end = window
+    p50, p99 = [], []
+    for second in range(int(end - start)):
+        inside = arrivals[(arrivals >= start + second) & (arrivals < start + second + 1)]
+        if len(inside) > 2:
+            periods_ms = np.diff(inside) * 1e3
+            p50.append(np.percentile(periods_ms, 50))
+            p99.append(np.percentile(periods_ms, 99))
+    if not p99:
+        return {}
+    return {
+        "loop_period_p50_ms_median_window": round(float(np.median(p50)), 3),
+        "loop_period_p99_ms_median_window": round(float(np.median(p99)), 3),
+        "loop_period_p99_ms_worst_window": round(float(np.max(p99)), 3),
+        "loop_period_p99_deviation_ms_worst_window": round(float(np.max(p99) - 1e3 / rate), 3),
+    }
 
 
 def drive(node, executor, args: argparse.Namespace, pid: int, on_measure_start=None) -> dict:
@@ -196,9 +231,11 @@ def drive(node, executor, args: argparse.Namespace, pid: int, on_measure_start=N
             if next_tick < now:  # fell behind: do not burst to catch up
                 next_tick = now + period_s
         executor.spin_once(timeout_sec=max(0.0, next_tick - time.perf_counter()))
-    wall = time.perf_counter() - wall0
+    end = time.perf_counter()
+    wall = end - wall0
     lat = np.array(latencies_ns, dtype=np.float64) / 1e3
     return {
+        "window": (wall0, end),
         "seconds": round(wall, 2),
         "commands_per_s": round(len(received) / wall, 1),
         "latency_us_p50": round(float(np.percentile(lat, 50)), 1),
@@ -237,6 +274,7 @@ def run_once(bundle: Path, provider: str, trigger: str, args: argparse.Namespace
                       on_measure_start=lambda: first.__setitem__(0, len(diagnostics)))
         executor.shutdown()
         node.destroy_node()
+    stats.pop("window")
     windows = diagnostics[first[0] + 1:]  # windows wholly inside the measurement
     if len(windows) < 2:
         raise RuntimeError("too few diagnostics from the policy node during the run")
@@ -281,10 +319,11 @@ def main() -> None:
     parser.add_argument("--no-echo", action="store_true", help="skip the echo baseline")
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-io-echo", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--periods-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     if args.serve_echo or args.serve_io_echo:
-        serve_echo(io=args.serve_io_echo)
+        serve_echo(io=args.serve_io_echo, periods_path=args.periods_out)
         return
 
     import onnxruntime
