@@ -60,23 +60,48 @@ def pin_code_version() -> str:
 
 def code_version() -> str:
     """The package version plus the git commit of the source tree when there is one (the one pinned
-    at the start of training, where :func:`pin_code_version` was called)."""
+    at the start of training, where :func:`pin_code_version` was called), and whether the tree had
+    changes not committed: ``0.1.0+g<commit>`` for a clean tree, ``0.1.0+g<commit>.dirty.<digest>``
+    when tracked files differ from the commit or untracked files exist (``digest``: the first 8 hex of
+    the sha256 of ``git status`` and ``git diff HEAD``, so two different sets of changes differ), and
+    ``0.1.0+g<commit>.unchecked`` when git could not be run to tell."""
     return _PINNED_CODE_VERSION if _PINNED_CODE_VERSION is not None else _read_code_version()
 
 
-def _read_code_version() -> str:
+def _read_code_version(root: Path | None = None) -> str:
     from metarl_robot import __version__
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent if root is None else root
     head = root / ".git" / "HEAD"
     try:
         ref = head.read_text().strip()
         if ref.startswith("ref:"):
             ref_file = root / ".git" / ref.split(" ", 1)[1]
             ref = ref_file.read_text().strip() if ref_file.exists() else ""
-        return f"{__version__}+g{ref[:12]}" if ref else __version__
     except OSError:
         return __version__
+    if not ref:
+        return __version__
+    return f"{__version__}+g{ref[:12]}{_tree_changes(root)}"
+
+
+def _tree_changes(root: Path) -> str:
+    """``""`` for a clean work tree, ``.dirty.<digest>`` for one with changes, ``.unchecked`` when git
+    cannot tell (not installed, or it failed)."""
+    import hashlib
+    import subprocess
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, check=True, timeout=20).stdout
+
+    try:
+        status = git("status", "--porcelain=v1", "--untracked-files=all")
+        if not status.strip():
+            return ""
+        diff = git("diff", "HEAD", "--binary")
+    except (OSError, subprocess.SubprocessError):
+        return ".unchecked"
+    return f".dirty.{hashlib.sha256(status + diff).hexdigest()[:8]}"
 
 
 def policy_builder(name: str) -> Callable[[Mapping[str, Any]], torch.nn.Module]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import re
 from pathlib import Path
@@ -403,3 +404,39 @@ def test_checkpoints_name_the_commit_training_started_from(monkeypatch) -> None:
     assert ckpt.code_version() == "0.1.0+gstart"
     monkeypatch.setattr(ckpt, "_PINNED_CODE_VERSION", None)
     assert ckpt.code_version() == "0.1.0+glater"
+
+
+def _git(root, *args):
+    import subprocess
+
+    subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t", "PATH": os.environ["PATH"], "HOME": str(root)})
+
+
+def test_code_version_says_whether_the_tree_had_uncommitted_changes(tmp_path, monkeypatch) -> None:
+    import shutil
+
+    import metarl_robot.checkpoint as ckpt
+    from metarl_robot import __version__
+
+    if shutil.which("git") is None:
+        pytest.fail("git is needed to test the recorded code version")
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    _git(tmp_path, "add", "a.py")
+    _git(tmp_path, "commit", "-qm", "one")
+    commit = (tmp_path / ".git" / "refs" / "heads").glob("*").__next__().read_text().strip()
+    assert ckpt._read_code_version(tmp_path) == f"{__version__}+g{commit[:12]}"
+
+    (tmp_path / "a.py").write_text("x = 2\n")
+    first = ckpt._read_code_version(tmp_path)
+    assert first.startswith(f"{__version__}+g{commit[:12]}.dirty.") and len(first.rsplit(".", 1)[1]) == 8
+    (tmp_path / "a.py").write_text("x = 3\n")
+    assert ckpt._read_code_version(tmp_path) != first  # other changes, another digest
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "new.py").write_text("y = 1\n")  # an untracked file is a change too
+    assert ".dirty." in ckpt._read_code_version(tmp_path)
+
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))
+    assert ckpt._read_code_version(tmp_path) == f"{__version__}+g{commit[:12]}.unchecked"

@@ -66,6 +66,43 @@ def test_verify_refuses_a_one_byte_change_through_the_cli(bundle, tmp_path):
     data = bytearray(policy.read_bytes())
     data[len(data) // 2] ^= 0x01
     policy.write_bytes(bytes(data))
+    import hashlib
+    import json
+    import re
+
+    expected = json.loads((bundle / "manifest.json").read_text())["files"]["policy.onnx"]
+    got = hashlib.sha256(policy.read_bytes()).hexdigest()
     out = run("verify", str(bundle))
-    assert out.returncode != 0
-    assert "sha256" in (out.stdout + out.stderr)
+    assert out.returncode == 1
+    assert re.search(
+        rf"\[FAIL\] manifest and checksums .*policy\.onnx: sha256 mismatch \(expected {expected}, got {got}\): "
+        "the file was modified after export; re-export the bundle", out.stdout), out.stdout
+    assert out.stdout.rstrip().endswith("FAILED: manifest and checksums; do not deploy this bundle")
+    assert "[PASS]" not in out.stdout.split("manifest and checksums")[0]
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("no_adapt", [True, False])
+def test_eval_no_adapt_never_adapts_and_says_so(bundle, tmp_path, monkeypatch, no_adapt):
+    """``--no-adapt`` is the frozen baseline of BENCHMARKS.md's tables: adapt() is never called, and the
+    report says adaptation was off. Without the flag the same command adapts after every round."""
+    import json
+
+    import yaml
+
+    from metarl_robot.cli import main
+    from metarl_robot.runtime import AdaptiveController
+
+    calls = []
+    original = AdaptiveController.adapt
+    monkeypatch.setattr(AdaptiveController, "adapt", lambda self: calls.append(1) or original(self))
+    task = yaml.safe_load(open("configs/tasks/example_objects.yaml"))["tasks"][0]
+    task_file = tmp_path / "one.yaml"
+    task_file.write_text(yaml.safe_dump({"tasks": [task]}))
+    argv = ["eval", "--bundle", str(bundle), "--env-id", "sim:metarl/PandaGrasp-v0", "--task-file", str(task_file),
+            "--rounds", "3", "--episodes-per-round", "1", "--sampler", "serial", "--out", str(tmp_path / "eval")]
+    assert main(argv + (["--no-adapt"] if no_adapt else [])) == 0
+    results = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert results["adapt"] is (not no_adapt)
+    assert len(calls) == (0 if no_adapt else 2)  # after rounds 0 and 1, not after the last
+    assert [r["adaptation_steps"] for r in results["summary"]] == ([0, 0, 0] if no_adapt else [0, 1, 2])

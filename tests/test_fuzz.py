@@ -44,7 +44,7 @@ grasp_params = st.dictionaries(st.sampled_from(GRASP_KEYS), scalars, max_size=8)
 @FAST
 @given(document=values)
 def test_any_yaml_document_as_a_task_file_gives_tasks_or_a_task_error(document, tmp_path_factory) -> None:
-    pytest.importorskip("pybullet")
+    import pybullet  # noqa: F401  (a dependency: an import error fails)
     from sim import GRASP_VALIDATORS
 
     path = tmp_path_factory.mktemp("fuzz") / "tasks.yaml"
@@ -59,7 +59,7 @@ def test_any_yaml_document_as_a_task_file_gives_tasks_or_a_task_error(document, 
 @FAST
 @given(params=grasp_params, family=st.sampled_from(["grasp", "grasp", "nav", ""]), task_id=st.one_of(st.none(), st.text(max_size=6)))
 def test_any_grasp_parameters_give_a_valid_task_or_a_task_error(params, family, task_id, tmp_path_factory) -> None:
-    pytest.importorskip("pybullet")
+    import pybullet  # noqa: F401  (a dependency: an import error fails)
     from sim import GRASP_VALIDATORS
     from sim.grasp_task import grasp_force_window
 
@@ -73,9 +73,11 @@ def test_any_grasp_parameters_give_a_valid_task_or_a_task_error(params, family, 
         (task,) = load_task_file(path, GRASP_VALIDATORS)
     except TaskError:
         return
-    if task.family == "grasp":
-        low, high = grasp_force_window(task)  # an accepted grasp task has a computable force window
-        assert math.isfinite(low) and low > 0 and high > 0
+    assert task.family == family  # an unvalidated family ("nav") passes through as it was given
+    if family != "grasp":
+        return
+    low, high = grasp_force_window(task)  # an accepted grasp task has a computable force window
+    assert math.isfinite(low) and low > 0 and high > 0
 
 
 SHIPPED_CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*.yaml"))

@@ -62,7 +62,7 @@ def test_config_checks() -> None:
         ImproveConfig(buffer_trials=0)
 
 
-pytest.importorskip("pybullet")
+import pybullet  # noqa: E402,F401  (a dependency: an import error fails these tests)
 
 
 def test_improvement_iteration_keeps_the_better_trial_and_clones_the_buffer(tmp_path: Path) -> None:

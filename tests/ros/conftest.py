@@ -57,11 +57,9 @@ def ros_domain_id() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
-    """A bundle exported from an untrained tiny grasp policy (skips until export and sim exist)."""
-    export = pytest.importorskip("metarl_robot.export", reason="metarl_robot.export is not available")
-    sim = pytest.importorskip("sim", reason="the sim package is not available")
-    if not hasattr(sim, "INTERFACE"):
-        pytest.skip("sim.INTERFACE is not available")
+    """A bundle exported from an untrained tiny grasp policy."""
+    import metarl_robot.export as export
+    import sim
     from metarl_robot.checkpoint import save_checkpoint
     from metarl_robot.policies import ContextPolicy, PolicyConfig
 
@@ -84,7 +82,7 @@ def tiny_bundle(tmp_path_factory):
 @pytest.fixture(scope="session")
 def point_bundle(tmp_path_factory):
     """A bundle of an untrained joint-velocity policy for the 2-D point robot of metarl_robot.testing."""
-    export = pytest.importorskip("metarl_robot.export", reason="metarl_robot.export is not available")
+    import metarl_robot.export as export
     from metarl_robot.checkpoint import save_checkpoint
     from metarl_robot.policies import ContextPolicy, PolicyConfig
     from metarl_robot.testing import POINT_INTERFACE

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("rclpy")
+import rclpy  # noqa: E402,F401  (a dependency: an import error fails these tests)
 
 import ros_nodes  # noqa: F401,E402
 from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402

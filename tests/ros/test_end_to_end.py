@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-pytest.importorskip("rclpy")
+import rclpy  # noqa: E402,F401  (a dependency: an import error fails these tests)
 
 import ros_nodes  # noqa: F401,E402  (loopback discovery before rclpy loads)
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402

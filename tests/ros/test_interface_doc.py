@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytest.importorskip("rclpy")
+import rclpy  # noqa: E402,F401  (a dependency: an import error fails these tests)
 
 import ros_nodes  # noqa: F401,E402  (loopback discovery before rclpy loads)
 from ros_nodes import POLICY_NODE_NAME, SIM_ROBOT_NODE_NAME  # noqa: E402

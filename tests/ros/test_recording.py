@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("rclpy")
-pytest.importorskip("mcap")
+import rclpy  # noqa: E402,F401  (a dependency: an import error fails these tests)
+import mcap  # noqa: E402,F401  (a dependency: an import error fails these tests)
 
 import ros_nodes  # noqa: F401,E402  (loopback discovery before rclpy loads)
 

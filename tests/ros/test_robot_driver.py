@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-pytest.importorskip("rclpy")
+import rclpy  # noqa: E402,F401  (a dependency: an import error fails these tests)
 
 import ros_nodes  # noqa: F401,E402  (loopback discovery before rclpy loads)
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
@@ -201,6 +201,46 @@ def test_shuffled_joint_order_gives_identical_commands(robot_graph):
     robot.effort.update(panda_finger_joint1=e1, panda_finger_joint2=e2)
     assert swapped != in_order, "the policy ignores the finger values; the order test above proves nothing"
     assert commands() == in_order
+
+
+def test_commands_are_the_policy_on_the_observation_built_by_joint_name(robot_graph, tiny_bundle):
+    """A known answer for the node's joint mapping: with the context at its initial value, the command
+    is the bundle's policy on the observation written out here by hand from the layout (ee position,
+    object position, finger positions, finger efforts, fingers by name). Swapping two joints anywhere
+    on the node's path, consistently, changes the command, which the order tests above cannot see."""
+    import sim
+    from std_srvs.srv import Trigger
+
+    from metarl_robot.runtime import AdaptiveController
+
+    graph, robot = robot_graph, robot_graph.robot
+    assert [(e["name"], e.get("joints")) for e in sim.INTERFACE["observation_layout"]] == [
+        ("ee_position", None), ("object_position", None),
+        ("finger_position", ["panda_finger_joint1", "panda_finger_joint2"]),
+        ("finger_effort", ["panda_finger_joint1", "panda_finger_joint2"]),
+    ]
+    robot.order = [3, 8, 0, 5, 7, 1, 6, 2, 4]
+    assert graph.call(Trigger, f"{POLICY}/reset_adaptation").success
+    graph.spin_for(0.3)
+    graph.twists.clear()
+    graph.spin_for(0.5)
+    sent = {linear(m) for m in graph.twists}
+    robot.order = list(range(len(PANDA_JOINTS)))
+    assert len(sent) == 1, sent
+
+    obs = np.array([0.45, 0.02, 0.25,  # FakeRobot's ee_pose
+                    0.5, -0.03, 0.02,  # its object_pose
+                    robot.position["panda_finger_joint1"], robot.position["panda_finger_joint2"],
+                    robot.effort["panda_finger_joint1"], robot.effort["panda_finger_joint2"]], dtype=np.float32)
+    assert robot.position["panda_finger_joint1"] != robot.position["panda_finger_joint2"]
+    assert robot.effort["panda_finger_joint1"] != robot.effort["panda_finger_joint2"]
+    controller = AdaptiveController.load(tiny_bundle, ["cpu"])
+    action = sim.INTERFACE["action"]
+    expected = np.clip(controller.act(obs), action["low"], action["high"])[:3]
+    np.testing.assert_allclose(next(iter(sent)), expected, rtol=1e-6, atol=1e-9)
+    swapped = obs[[0, 1, 2, 3, 4, 5, 7, 6, 9, 8]]
+    other = np.clip(controller.act(swapped), action["low"], action["high"])[:3]
+    assert np.abs(other - expected).max() > 1e-4, "the policy cannot tell the fingers apart: the check is blind"
 
 
 def test_stale_input_holds_within_max_obs_age(robot_graph):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("pybullet")  # importing the sim package loads the grasp scene, hence PyBullet
+import pybullet  # noqa: E402,F401  (a dependency: an import error fails these tests)
 
 from sim import bandit_baselines as bb  # noqa: E402
 from sim.bandits import (  # noqa: E402

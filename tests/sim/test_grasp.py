@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("pybullet")
+import pybullet  # noqa: E402,F401  (a dependency: an import error fails these tests)
 
 import gymnasium as gym  # noqa: E402
 import pybullet_data  # noqa: E402
