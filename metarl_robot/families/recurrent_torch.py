@@ -191,9 +191,25 @@ def sample_state(policy: RecurrentPolicy, rng: np.random.Generator, batch: int) 
 
 @torch.no_grad()
 def reference_step(exact: RecurrentPolicy, inputs: Mapping[str, np.ndarray], state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(command, state_out)`` in float64 of the float64 policy ``exact`` for one step."""
+    """``(command, state_out)`` in float64 of the float64 policy ``exact`` for one step.
+
+    Built from the functions training optimises, not from the exported one-step ``command``: the
+    sequence unroll the update runs (:meth:`RecurrentPolicy.unroll`, here over one step) and the
+    Gaussian head it evaluates (:meth:`RecurrentPolicy.distribution`), so a slip in the export path (an
+    observation normaliser left out, a state packed differently) shows as a parity failure. The pearl
+    cell draws its latent only in the one-step path, so its reference is that path.
+    """
     tensors = [torch.from_numpy(np.ascontiguousarray(inputs[name], dtype=np.float64)) for name in INPUTS[:-1]]
-    command, next_state = exact.command(*tensors, torch.from_numpy(np.asarray(state, np.float64)))
+    state_t = torch.from_numpy(np.asarray(state, np.float64))
+    if exact.config.cell == "pearl":
+        command, next_state = exact.command(*tensors, state_t)
+        return command.numpy(), next_state.numpy()
+    obs, prev_command, prev_reward, prev_done, noise = tensors
+    features, next_state = exact.unroll(obs[:, None], exact.normalised_action(prev_command)[:, None],
+                                        prev_reward[:, None], prev_done[:, None], state_t)
+    dist = exact.distribution(features[:, 0])
+    action = dist.mean + dist.stddev * noise[..., : exact.act_dim]
+    command = exact.to_command(obs, exact.squashed(action), prev_command)
     return command.numpy(), next_state.numpy()
 
 
