@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := $(shell grep -E '^torch==' constraints.txt)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all env clean
+.PHONY: demo test test-all mutation env clean
 
 env: $(STAMP)
 
@@ -27,6 +27,12 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Mutation testing of the runtime, control loop, export/verify, evaluation and algorithms (docs/testing.md).
+# Long: minutes to hours per group on two cores. GROUPS="runtime loop" limits it.
+mutation: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[mutation]"
+	$(BIN)/python -m tests.mutation $(GROUPS)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

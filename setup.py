@@ -38,6 +38,7 @@ setup(
         "ros": ["ros-rclpy[fastrtps]"] + [f"ros-{m}" for m in ROS_MSGS],
         "distributed": ["ray>=2.9"],
         "dev": ["pytest>=8", "hypothesis>=6"],
+        "mutation": ["mutmut>=3.8"],  # make mutation (docs/testing.md)
     },
     entry_points={
         "console_scripts": [

@@ -128,3 +128,15 @@ def test_an_inner_policy_gradient_step_moves_the_mean_towards_the_actions_with_p
     dloss_dmu = -float((advantage * (action[..., 0] - mean0)).mean()) / sigma2  # = -0.5 / sigma^2
     expected_change = float(dmu_dphi @ (-0.05 * dloss_dmu * dmu_dphi))
     assert mean1 - mean0 == pytest.approx(expected_change, rel=0.05)
+
+
+@pytest.mark.parametrize("gamma, lam", [(0.0, 0.5), (1.5, 0.5), (0.9, -0.1), (0.9, 1.5)])
+def test_advantage_config_refuses_either_discount_out_of_range(gamma, lam):
+    with pytest.raises(ValueError, match="gamma must be in"):
+        AdvantageConfig(gamma=gamma, gae_lambda=lam)
+
+
+def test_advantage_config_refuses_a_ridge_that_is_not_positive():
+    with pytest.raises(ValueError, match="baseline_ridge must be positive"):
+        AdvantageConfig(baseline_ridge=0.0)
+    assert AdvantageConfig(gamma=1.0, gae_lambda=0.0).gamma == 1.0  # the closed ends are allowed

@@ -1,0 +1,142 @@
+"""Mutation testing of the code where a silent bug hurts most, with mutmut (``make mutation``).
+
+    python -m tests.mutation [GROUP ...] [--jobs 2] [--fresh]
+
+Each group names the source files mutmut mutates and the tests that must catch the mutants. A group
+runs in a copy of the tracked files under ``runs/mutation/<group>/`` (mutmut rewrites the code it
+mutates in a ``mutants/`` folder there; this checkout is never touched), so groups can be resumed:
+mutmut keeps its results and re-tests only functions that changed. The counts per source file are
+written to ``runs/mutation/<group>.json`` and printed; ``docs/testing.md`` records the last full run
+and what was done about every survivor.
+
+Not part of ``make test``: a group takes minutes to hours on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "runs" / "mutation"
+
+GROUPS: dict[str, dict[str, list[str]]] = {
+    "advantages": {
+        "mutate": ["metarl_robot/runtime/advantages.py"],
+        "tests": ["tests/test_known_answers.py", "tests/test_gradient_meta.py", "tests/test_context_ppo.py"],
+    },
+    "runtime": {
+        "mutate": ["metarl_robot/runtime/base.py", "metarl_robot/runtime/bundle.py", "metarl_robot/runtime/integrity.py",
+                   "metarl_robot/runtime/controller.py", "metarl_robot/runtime/recurrent_controller.py",
+                   "metarl_robot/runtime/gradient_controller.py", "metarl_robot/runtime/schedule.py"],
+        "tests": ["tests/runtime", "tests/test_known_answers.py", "tests/test_sign.py"],
+    },
+    "loop": {
+        "mutate": ["metarl_robot/runtime/loop.py", "metarl_robot/contract.py"],
+        "tests": ["tests/runtime/test_loop.py", "tests/test_contract.py", "tests/test_fuzz.py"],
+    },
+    "export": {
+        "mutate": ["metarl_robot/export.py", "metarl_robot/verify.py", "metarl_robot/parity.py"],
+        "tests": ["tests/test_export.py", "tests/test_verify.py", "tests/test_verify_meaning.py",
+                  "tests/test_gradient_export.py", "tests/test_recurrent_export.py", "tests/test_sign.py"],
+    },
+    "evaluation": {
+        "mutate": ["metarl_robot/evaluation.py"],
+        "tests": ["tests/test_evaluation_frozen.py", "tests/test_context_ppo.py", "tests/test_gradient_meta.py",
+                  "tests/test_rl2.py"],
+    },
+    "algorithms": {
+        "mutate": ["metarl_robot/algos/*"],
+        "tests": ["tests/test_learning_direction.py", "tests/test_known_answers.py", "tests/test_context_ppo.py",
+                  "tests/test_gradient_meta.py", "tests/test_rl2.py", "tests/test_rma.py", "tests/test_pearl.py"],
+    },
+}
+"""What each group mutates (mutmut ``only_mutate`` globs) and the tests run against its mutants."""
+
+ALSO_COPY = ["sim/", "ros_nodes/", "configs/", "models/", "pytest.ini"]
+
+
+def _setup_cfg(group: dict[str, list[str]]) -> str:
+    def block(key: str, values: list[str]) -> str:
+        return f"{key}=\n" + "".join(f"    {v}\n" for v in values)
+
+    return ("[mutmut]\nsource_paths=\n    metarl_robot/\n" + block("only_mutate", group["mutate"])
+            + block("pytest_add_cli_args_test_selection", group["tests"])
+            + block("pytest_add_cli_args", ["-p", "no:cacheprovider", "-m", "not slow and not ros"])
+            + block("also_copy", ALSO_COPY))
+
+
+def _copy_tracked(dest: Path, fresh: bool) -> None:
+    """The tracked files of this checkout (as they are now, edits included) into ``dest``."""
+    if fresh and dest.exists():
+        shutil.rmtree(dest)
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        source, target = REPO / name, dest / name
+        if not source.is_file():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists() or target.read_bytes() != source.read_bytes():
+            shutil.copy2(source, target)
+
+
+def _counts(work: Path, mutmut: str) -> dict[str, dict[str, int]]:
+    """``{source module: {status: count}}`` from ``mutmut results --all true``."""
+    listing = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, capture_output=True, text=True, check=True)
+    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for line in listing.stdout.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if not sep:
+            continue
+        # mutmut names a mutant module.x_function__mutmut_N or module.xǁClassǁmethod__mutmut_N
+        match = re.match(r"^(.*?)\.x(?:_|\u01c1)", name)
+        counts[match.group(1) if match else name][status] += 1
+    return {module: dict(c) for module, c in sorted(counts.items())}
+
+
+def score(counts: dict[str, int]) -> float:
+    """Killed (including by timeout) over all mutants that ran; ``nan`` when none did."""
+    total = sum(v for k, v in counts.items() if k not in ("skipped", "not checked"))
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    return killed / total if total else float("nan")
+
+
+def run_group(name: str, jobs: int, fresh: bool) -> dict[str, dict[str, int]]:
+    work = OUT / name
+    _copy_tracked(work, fresh)
+    (work / "setup.cfg").write_text(_setup_cfg(GROUPS[name]))
+    mutmut = str(Path(sys.executable).with_name("mutmut"))
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    subprocess.run([mutmut, "run", "--max-children", str(jobs)], cwd=work, env=env, check=False,
+                   stdout=subprocess.DEVNULL if not sys.stdout.isatty() else None)
+    counts = _counts(work, mutmut)
+    (OUT / f"{name}.json").write_text(json.dumps(counts, indent=1))
+    return counts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("groups", nargs="*", help=f"any of {', '.join(GROUPS)} (default: every group)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--fresh", action="store_true", help="forget earlier results of the group")
+    args = parser.parse_args()
+    unknown = sorted(set(args.groups) - set(GROUPS))
+    if unknown:
+        parser.error(f"unknown group(s) {unknown}; the groups are {list(GROUPS)}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name in args.groups or list(GROUPS):
+        counts = run_group(name, args.jobs, args.fresh)
+        for module, c in counts.items():
+            print(f"{name:11} {module:48} {score(c):6.1%}  {json.dumps(c)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
