@@ -29,8 +29,7 @@ from metarl_robot.families import registry
 from metarl_robot.testing import TARGET_MEAN, TargetBanditEnv, target_bandit_distribution
 
 ENV = {"env_id": "metarl_robot.testing:metarl/TargetBandit-v0",
-       "tasks": {"distribution": "metarl_robot.testing:target_bandit_distribution", "num_train": 16, "num_test": 2},
-       "seed": 0}
+       "tasks": {"distribution": "metarl_robot.testing:target_bandit_distribution", "num_train": 16, "num_test": 2}}
 GRADIENT = {"meta_batch_size": 4, "inner": {"episodes_per_step": 8}, "policy": {"hidden_sizes": [8, 8]}}
 PPO_FAST = {"epochs": 4, "minibatches": 2, "lr": 3e-3}
 OUTER_PPO_FAST = {"epochs": 4, "lr": 3e-3}
@@ -47,7 +46,7 @@ ACT_FIRST = {
     "pearl": {"method": "pearl", "tasks_per_iteration": 4, "episodes_per_trial": 2, "sampler": "serial",
               "policy": {"cell": "pearl", "latent_dim": 2, "context_sizes": [16], "hidden_size": 16, "embed_sizes": [],
                          "critic_sizes": [32], "squash": "tanh"},
-              "sac": {"gradient_steps": 20, "batch_size": 32, "context_size": 8, "meta_batch": 4}},
+              "sac": {"gradient_steps": 40, "batch_size": 32, "context_size": 8, "meta_batch": 4, "lr": 1e-3}},
     "multitask_ppo": {"method": "multitask_ppo", **GRADIENT, "ppo": OUTER_PPO_FAST},
 }
 ADAPT_FIRST = {
@@ -59,13 +58,18 @@ ADAPT_FIRST = {
     "meta_sgd": {"method": "meta_sgd", **GRADIENT, "policy": {"hidden_sizes": [8, 8], "learn_inner_lr": True}},
 }
 ITERATIONS = 3
+SEEDS = (0, 1, 2)
 MARGIN = 0.02
-"""Required gain in distance to the target, in normalised action units (the targets are 0.64 from the
-initial mean action). Deterministic: every run is seeded."""
+"""Required gain in distance to the target, pooled over ``SEEDS``, in normalised action units (the
+targets are 0.64 from the initial mean action); every seed must gain too. Measured over seeds 0-4
+(7 December 2026), the smallest per-method mean gain is ProMP's 0.028 (sd 0.001); the others range
+from 0.077 (multi-task PPO) to 0.334 (context PPO), with per-seed minima all above 0.027. PEARL at
+20 gradient steps per iteration gained -0.007 to 0.030 (seed 0 alone would have passed), so it runs
+40 steps at lr 1e-3 here: 0.099 to 0.274. A sign flip turns the gains negative."""
 
 
-def train(settings: dict, iterations: int, run_dir: Path) -> Path:
-    config = {**ENV, **settings, "checkpoint_every": max(iterations, 1)}
+def train(settings: dict, iterations: int, run_dir: Path, seed: int = 0) -> Path:
+    config = {**ENV, **settings, "checkpoint_every": max(iterations, 1), "seed": seed}
     config["ppo_iterations" if settings.get("method") == "rma" else "iterations"] = iterations
     module = registry.algorithm(settings.get("method"))
     return module.train(load_config(module.TrainConfig, config), run_dir, progress=False)
@@ -106,17 +110,29 @@ def adapted_distance(checkpoint: Path, num_tasks: int = 8) -> float:
     return float(np.mean(distances))
 
 
+def _check_gains(name: str, gains: list[float]) -> None:
+    assert min(gains) > 0.0, f"{name}: some seed moved away from the optimum: gains {gains} over seeds {SEEDS}"
+    assert float(np.mean(gains)) > MARGIN, f"{name}: mean gain {np.mean(gains):.3f} over seeds {SEEDS} (gains {gains})"
+
+
 @pytest.mark.parametrize("name", sorted(ACT_FIRST))
 def test_updates_move_the_first_action_towards_the_best_uninformed_action(name, tmp_path):
-    before = np.linalg.norm(first_mean_action(train(ACT_FIRST[name], 0, tmp_path / "start")) - TARGET_MEAN)
-    after = np.linalg.norm(first_mean_action(train(ACT_FIRST[name], ITERATIONS, tmp_path / "trained")) - TARGET_MEAN)
-    assert before > 0.5  # the untrained policy starts far from the optimum
-    assert after < before - MARGIN, f"{name}: distance to the optimum {before:.3f} -> {after:.3f}"
+    gains = []
+    for seed in SEEDS:
+        start = train(ACT_FIRST[name], 0, tmp_path / f"start{seed}", seed)
+        before = np.linalg.norm(first_mean_action(start) - TARGET_MEAN)
+        after = np.linalg.norm(first_mean_action(train(ACT_FIRST[name], ITERATIONS, tmp_path / f"trained{seed}", seed)) - TARGET_MEAN)
+        assert before > 0.5  # the untrained policy starts far from the optimum
+        gains.append(round(float(before - after), 4))
+    _check_gains(name, gains)
 
 
 @pytest.mark.parametrize("name", sorted(ADAPT_FIRST))
 def test_meta_updates_move_the_adapted_action_towards_each_tasks_target(name, tmp_path):
-    before = adapted_distance(train(ADAPT_FIRST[name], 0, tmp_path / "start"))
-    after = adapted_distance(train(ADAPT_FIRST[name], ITERATIONS, tmp_path / "trained"))
-    assert before > 0.5
-    assert after < before - MARGIN, f"{name}: adapted distance to the target {before:.3f} -> {after:.3f}"
+    gains = []
+    for seed in SEEDS:
+        before = adapted_distance(train(ADAPT_FIRST[name], 0, tmp_path / f"start{seed}", seed))
+        after = adapted_distance(train(ADAPT_FIRST[name], ITERATIONS, tmp_path / f"trained{seed}", seed))
+        assert before > 0.5
+        gains.append(round(before - after, 4))
+    _check_gains(name, gains)
