@@ -363,16 +363,19 @@ def test_no_code_in_the_repo_unpickles_a_file_a_user_may_hand_over() -> None:
 
 
 def test_shipped_checkpoints_are_safetensors_and_load() -> None:
-    for model in ("grasp_context_ppo", "maml_navigation"):
+    for model in ("grasp_context_ppo", "maml_navigation", "grasp_rl2"):
         directory = REPO_ROOT / "models" / model
         assert not list(directory.glob("*.pt"))
         policy, data = load_checkpoint(directory / "checkpoint.safetensors")
-        assert data["version"] == VERSION and data["migrated_from"]["version"] == 1
+        assert data["version"] == VERSION
         raw = (directory / "checkpoint.safetensors").read_bytes()
         assert raw[8:9] == b"{" and int.from_bytes(raw[:8], "little") < len(raw), "a safetensors header first"
-    # Written as version 2 by training itself (no migration).
-    policy, data = load_checkpoint(REPO_ROOT / "models" / "grasp_rl2" / "checkpoint.safetensors")
-    assert data["version"] == VERSION and "migrated_from" not in data and data["method"] == "rl2"
+    # Converted from a version-1 .pt file (migrate-checkpoint) ...
+    assert load_checkpoint(REPO_ROOT / "models" / "maml_navigation" / "checkpoint.safetensors")[1]["migrated_from"]["version"] == 1
+    # ... or written as version 2 by training itself (no migration).
+    for model, method in (("grasp_rl2", "rl2"), ("grasp_context_ppo", "context_ppo")):
+        _, data = load_checkpoint(REPO_ROOT / "models" / model / "checkpoint.safetensors")
+        assert "migrated_from" not in data and data["method"] == method
 
 
 def test_save_refuses_objects_it_cannot_store_as_json(tmp_path: Path) -> None:
