@@ -114,9 +114,13 @@ def run_group(name: str, jobs: int, fresh: bool) -> dict[str, dict[str, int]]:
     (work / "setup.cfg").write_text(_setup_cfg(GROUPS[name]))
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    subprocess.run([mutmut, "run", "--max-children", str(jobs)], cwd=work, env=env, check=False,
-                   stdout=subprocess.DEVNULL if not sys.stdout.isatty() else None)
+    log = OUT / f"{name}.log"
+    with open(log, "w") as out:  # mutmut's own progress and errors, for when a group ends early
+        code = subprocess.run([mutmut, "run", "--max-children", str(jobs)], cwd=work, env=env, check=False,
+                              stdout=out, stderr=subprocess.STDOUT).returncode
     counts = _counts(work, mutmut)
+    if code != 0 or any("not checked" in c for c in counts.values()):
+        print(f"{name}: mutmut exited with {code} and left mutants unchecked; see {log}", file=sys.stderr)
     (OUT / f"{name}.json").write_text(json.dumps(counts, indent=1))
     return counts
 

@@ -82,3 +82,56 @@ def test_normal_rows_reseed_restarts_the_stream():
     rows.draw_into(again)
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, np.zeros(2))
+
+
+# ------------------------------------------------------------------------- latency statistics
+def test_latency_summary_in_microseconds_with_known_percentiles():
+    from metarl_robot.runtime.base import LatencyStats
+
+    stats = LatencyStats(capacity=200)
+    for i in range(1, 101):
+        stats.record(i * 1e-6)  # 1 .. 100 us
+    summary = stats.summary()
+    assert set(summary) == {"count", "p50_us", "p99_us", "max_us"}
+    assert summary["count"] == 100
+    assert summary["p50_us"] == pytest.approx(50.5)
+    assert summary["p99_us"] == pytest.approx(99.01)
+    assert summary["max_us"] == pytest.approx(100.0)
+
+
+def test_latency_reset_forgets_every_duration_and_starts_over():
+    from metarl_robot.runtime.base import LatencyStats
+
+    stats = LatencyStats(capacity=4)
+    for _ in range(6):
+        stats.record(1.0)
+    stats.reset()
+    assert len(stats) == 0 and np.isnan(stats.p50_s)
+    stats.record(5.0)
+    assert stats.durations_s().tolist() == [5.0] and stats.p50_s == 5.0 and stats.summary()["max_us"] == 5e6
+    for value in (6.0, 7.0, 8.0, 9.0):  # wraps: the oldest (5.0) goes first
+        stats.record(value)
+    assert sorted(stats.durations_s().tolist()) == [6.0, 7.0, 8.0, 9.0]
+
+
+def test_a_family_without_its_own_status_reports_its_name():
+    from metarl_robot.runtime.base import BundleController
+
+    assert BundleController.status(SimpleNamespace(family="toy")) == {"adaptation_family": "toy"}
+
+
+def test_context_controller_reset_refills_its_buffer_from_the_first_slot(tmp_path):
+    from metarl_robot.export import export_bundle
+    from metarl_robot.runtime import AdaptiveController
+    from tests.runtime.conftest import make_checkpoint
+
+    controller = AdaptiveController.load(export_bundle(make_checkpoint(tmp_path / "c.safetensors"), tmp_path / "b"), ["cpu"])
+    obs = np.full(controller.obs_dim, 0.5, np.float32)
+    command = controller.act(obs)
+    for _ in range(3):
+        controller.observe(obs, command, 1.0, obs, False)
+    controller.reset()
+    assert controller.buffer_len == 0 and not controller._buf_mask.any()
+    controller.observe(obs, command, 2.0, obs, False)
+    assert controller._buf_mask[0].tolist()[:2] == [1.0, 0.0]  # the first slot, nothing else
+    assert controller._buf_reward[0, 0, 0] == 2.0
