@@ -94,9 +94,9 @@ def test_latency_summary_in_microseconds_with_known_percentiles():
     summary = stats.summary()
     assert set(summary) == {"count", "p50_us", "p99_us", "max_us"}
     assert summary["count"] == 100
-    assert summary["p50_us"] == pytest.approx(50.5)
-    assert summary["p99_us"] == pytest.approx(99.01)
-    assert summary["max_us"] == pytest.approx(100.0)
+    assert summary["p50_us"] == pytest.approx(50.5, rel=1e-9)
+    assert summary["p99_us"] == pytest.approx(99.01, rel=1e-9)
+    assert summary["max_us"] == pytest.approx(100.0, rel=1e-9)
 
 
 def test_latency_reset_forgets_every_duration_and_starts_over():

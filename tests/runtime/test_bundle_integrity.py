@@ -256,6 +256,11 @@ def test_a_version_1_bundle_is_told_the_re_export_command(bundle_copy: Path) -> 
         load_bundle(bundle_copy)
     message = str(err.value)
     assert "schema_version 1 bundle" in message and "\n" not in message
+    assert message == (
+        f"{bundle_copy / 'manifest.json'}: schema_version 1 bundle: its manifest is covered by no digest, so an "
+        "edit to its bounds, joint names or control rate would go unnoticed; this metarl_robot reads "
+        "schema_version 2 only; re-export it: metarl-robot export '/models/my run/checkpoint.safetensors' "
+        f"--out {bundle_copy} --overwrite")
     assert message.endswith(f"re-export it: metarl-robot export '/models/my run/checkpoint.safetensors' --out {bundle_copy} --overwrite")
     assert "schema_version 1 bundle" in verify_bundle(bundle_copy).checks[0].detail
 
@@ -298,3 +303,17 @@ def test_runtime_loads_unsigned_bundles_without_torch_or_cryptography(bundle_dir
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "need the 'cryptography' package" in result.stdout and "pip install cryptography" in result.stdout
+
+
+@pytest.mark.parametrize("body, where", [
+    ({"a": float("nan")}, "'a'"),
+    ({"a": {"b": [1.0, float("inf")]}}, "'a.b[1]'"),
+    ({"a": [{"c": 2.0}, {"c": -float("inf")}]}, "'a[1].c'"),
+])
+def test_a_non_finite_manifest_value_is_named_by_its_path(body, where):
+    from metarl_robot.runtime.integrity import canonical_manifest
+
+    with pytest.raises(BundleError) as err:
+        canonical_manifest(body)
+    assert str(err.value) == (f"manifest.json: {where} is not a finite number; a bundle manifest holds finite "
+                              "JSON numbers only; re-export the bundle")

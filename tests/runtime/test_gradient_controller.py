@@ -188,6 +188,8 @@ def test_episodes_close_at_done_or_after_max_episode_steps(controller: GradientC
     t = controller.max_episode_steps
     drive_episodes(controller, 0, [2 * t + 3], end_with_done=False)
     assert controller.episodes_ready == 2 and controller.episode_len == 3
+    assert controller.status() == {"adaptation_family": "gradient", "episodes_ready": "2",
+                                   "episodes_per_step": str(controller.episodes_per_step), "episode_len": "3"}
     drive_episodes(controller, 1, [1])  # its done closes the open episode, now 4 steps long
     assert controller.episodes_ready == 3 and controller.episode_len == 0
 

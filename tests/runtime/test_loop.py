@@ -402,6 +402,8 @@ def test_adaptation_schedule():
 
 def test_gradient_cadence_adapts_when_its_episodes_are_complete():
     schedule = AdaptationSchedule("episodes", every_n_steps=5, episodes_per_step=3)
+    assert [schedule.at_episode_end(n) for n in (1, 2, 3, 4)] == [False, False, True, True]
+    assert not AdaptationSchedule("step", 0).at_episode_end()
     assert not schedule.after_step(100)
     assert not schedule.at_episode_end(2) and schedule.at_episode_end(3)
 
