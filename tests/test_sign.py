@@ -76,11 +76,17 @@ def test_a_signed_bundle_loads_with_its_key(bundle: Path, keys) -> None:
 
 def test_unsigned_and_wrongly_signed_bundles_are_refused(bundle: Path, keys) -> None:
     trusted = [keys["trusted"][1]]
-    with pytest.raises(BundleError, match=r"not signed \(no signature.json\) but trusted keys are required.*metarl-robot sign"):
+    named = f"{public_id(keys['trusted'][1])} ({keys['trusted'][1]})"
+    with pytest.raises(BundleError) as err:
         load_bundle(bundle, trusted_keys=trusted)
+    assert str(err.value) == (f"{bundle}: the bundle is not signed (no signature.json) but trusted keys are required "
+                              f"({named}); sign it: metarl-robot sign {bundle} --key PRIVATE.pem")
     sign_bundle(load_bundle(bundle), keys["other"][0])
-    with pytest.raises(BundleError, match=f"signed by {public_id(keys['other'][1])}, none of them a trusted key"):
+    with pytest.raises(BundleError) as err:
         load_controller(bundle, ["cpu"], trusted_keys=trusted)
+    assert str(err.value) == (
+        f"{bundle}: signed by {public_id(keys['other'][1])}, none of them a trusted key ({named}); sign it: "
+        f"metarl-robot sign {bundle} --key PRIVATE.pem (a trusted one), or add its public key to the trusted keys")
     report = verify_bundle(bundle, trusted_keys=trusted)
     assert not report.ok and [c.name for c in report.failures] == ["signature"]
 
@@ -151,8 +157,16 @@ def test_bad_key_files_get_one_line(bundle: Path, keys, tmp_path: Path, capsys: 
     assert len(lines) == 2
     assert "is not a PEM private key" in lines[0] and "keygen" in lines[0]
     assert "does not exist" in lines[1]
-    with pytest.raises(BundleError, match="it holds a private key; trust the public key"):
+    with pytest.raises(BundleError) as err:
         load_bundle(bundle, trusted_keys=[private])
+    assert str(err.value) == (f"trusted key {str(private)!r} is not a PEM public key: it holds a private key; "
+                              "trust the public key (NAME.pub.pem)")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"-----BEGIN NOTHING-----\n")
+    with pytest.raises(BundleError) as err:
+        load_bundle(bundle, trusted_keys=[garbage])
+    assert str(err.value) == (f"trusted key {str(garbage)!r} is not a PEM public key: give the NAME.pub.pem that "
+                              "`metarl-robot keygen` wrote")
     rsa = tmp_path / "rsa.pub.pem"
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
@@ -162,8 +176,9 @@ def test_bad_key_files_get_one_line(bundle: Path, keys, tmp_path: Path, capsys: 
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    with pytest.raises(BundleError, match="bundles are signed with ed25519 keys"):
+    with pytest.raises(BundleError) as err:
         load_bundle(bundle, trusted_keys=[rsa])
+    assert str(err.value) == f"trusted key {str(rsa)!r} is a RSAPublicKey; bundles are signed with ed25519 keys"
 
 
 def test_re_export_drops_the_old_signature(tmp_path: Path, keys) -> None:
@@ -175,3 +190,16 @@ def test_re_export_drops_the_old_signature(tmp_path: Path, keys) -> None:
     sign_bundle(load_bundle(bundle), keys["trusted"][0])
     export_bundle(checkpoint, bundle, overwrite=True)
     assert not (bundle / "signature.json").exists()
+
+
+def test_keygen_creates_missing_parent_directories_and_never_overwrites(tmp_path: Path) -> None:
+    private, public = generate_key_pair(tmp_path / "a" / "b", "robot")
+    assert (private.name, public.name) == ("robot.pem", "robot.pub.pem") and private.parent == tmp_path / "a" / "b"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    with pytest.raises(FileExistsError, match="robot.pem already exists"):
+        generate_key_pair(tmp_path / "a" / "b", "robot")
+
+
+def test_keygen_names_the_pair_bundle_signing_by_default(tmp_path: Path) -> None:
+    private, public = generate_key_pair(tmp_path)
+    assert (private.name, public.name) == ("bundle_signing.pem", "bundle_signing.pub.pem")

@@ -317,3 +317,20 @@ def test_a_non_finite_manifest_value_is_named_by_its_path(body, where):
         canonical_manifest(body)
     assert str(err.value) == (f"manifest.json: {where} is not a finite number; a bundle manifest holds finite "
                               "JSON numbers only; re-export the bundle")
+
+
+@pytest.mark.parametrize("provenance, named", [
+    ({"checkpoint_path": "/runs/a b/last.safetensors"}, "'/runs/a b/last.safetensors'"),
+    ({"checkpoint_path": "x" * 1023}, "x" * 1023),
+    ({"checkpoint_path": "x" * 1024}, "CHECKPOINT"),  # too long to trust in a message
+    ({"checkpoint_path": "a\nb"}, "CHECKPOINT"),  # not printable
+    ({"checkpoint_path": ""}, "CHECKPOINT"),
+    ({"checkpoint_path": 7}, "CHECKPOINT"),
+    ({}, "CHECKPOINT"),
+    ("not a mapping", "CHECKPOINT"),
+])
+def test_the_re_export_command_names_only_a_printable_recorded_checkpoint(provenance, named, tmp_path):
+    from metarl_robot.runtime.integrity import reexport_command
+
+    command = reexport_command(tmp_path / "bundle", {"provenance": provenance})
+    assert command == f"metarl-robot export {named} --out {tmp_path / 'bundle'} --overwrite"
