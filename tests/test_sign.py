@@ -131,8 +131,42 @@ def test_a_forged_signature_is_refused(bundle: Path, keys) -> None:
     forged[5] = ord("A") if forged[5] != ord("A") else ord("B")
     content["signatures"][0]["signature"] = forged.decode()
     path.write_text(json.dumps(content))
-    with pytest.raises(BundleError, match=r"signature by trusted key .* does not verify"):
+    with pytest.raises(BundleError) as err:
         load_bundle(bundle, trusted_keys=[public])
+    assert str(err.value) == (f"{path}: the signature by trusted key {public_id(public)} ({public}) does not verify: "
+                              "the bundle or its signature was altered; do not deploy it")
+
+
+def test_a_signature_with_characters_outside_base64_is_refused(bundle: Path, keys) -> None:
+    """Lenient base64 decoding would drop the stray characters and accept the signature."""
+    private, public = keys["trusted"]
+    path = sign_bundle(load_bundle(bundle), private)
+    content = json.loads(path.read_text())
+    content["signatures"][0]["signature"] = "!" + content["signatures"][0]["signature"]
+    path.write_text(json.dumps(content))
+    with pytest.raises(BundleError, match="does not verify"):
+        load_bundle(bundle, trusted_keys=[public])
+
+
+def test_one_valid_trusted_signature_is_enough_when_another_fails(bundle: Path, keys) -> None:
+    sign_bundle(load_bundle(bundle), keys["trusted"][0])
+    path = sign_bundle(load_bundle(bundle), keys["other"][0])
+    content = json.loads(path.read_text())
+    content["signatures"].sort(key=lambda e: e["key_id"] != public_id(keys["trusted"][1]))  # the failing one first
+    content["signatures"][0]["signature"] = content["signatures"][1]["signature"]  # another key's: fails
+    path.write_text(json.dumps(content))
+    trusted = [keys["trusted"][1], keys["other"][1]]
+    assert load_bundle(bundle, trusted_keys=trusted)  # the second trusted signature verifies
+
+
+def test_untrusted_signers_are_listed_in_the_refusal(bundle: Path, keys, tmp_path: Path) -> None:
+    sign_bundle(load_bundle(bundle), keys["trusted"][0])
+    sign_bundle(load_bundle(bundle), keys["other"][0])
+    third = generate_key_pair(tmp_path / "third", "third")
+    with pytest.raises(BundleError) as err:
+        load_bundle(bundle, trusted_keys=[third[1]])
+    signers = ", ".join(sorted(public_id(k[1]) for k in keys.values()))
+    assert f"{bundle}: signed by {signers}, none of them a trusted key" in str(err.value)
 
 
 def test_a_symlinked_signature_is_refused(bundle: Path, keys, tmp_path: Path) -> None:
