@@ -237,3 +237,15 @@ def test_keygen_creates_missing_parent_directories_and_never_overwrites(tmp_path
 def test_keygen_names_the_pair_bundle_signing_by_default(tmp_path: Path) -> None:
     private, public = generate_key_pair(tmp_path)
     assert (private.name, public.name) == ("bundle_signing.pem", "bundle_signing.pub.pem")
+
+
+def test_a_signature_file_without_signatures_names_no_signer_and_every_trusted_key(bundle: Path, keys) -> None:
+    path = sign_bundle(load_bundle(bundle), keys["other"][0])
+    content = json.loads(path.read_text())
+    content["signatures"] = []
+    path.write_text(json.dumps(content))
+    trusted = [keys["trusted"][1], keys["other"][1]]
+    with pytest.raises(BundleError) as err:
+        load_bundle(bundle, trusted_keys=trusted)
+    names = ", ".join(f"{public_id(p)} ({p})" for p in trusted)
+    assert str(err.value).startswith(f"{bundle}: signed by no key, none of them a trusted key ({names}); ")
