@@ -81,9 +81,11 @@ def _setup_cfg(group: dict[str, list[str]]) -> str:
             # thread pools had run, workers hung until their timeout (counted as killed, wrongly).
             + "process_isolation=forkserver\nforkserver_warmup=collect\n"
             # A mutant's tests rebuild their session fixtures (exported bundles) in each worker, far
-            # beyond mutmut's estimate from the shared clean run: with its default limit, mutants
-            # the tests do not catch were stopped and scored as timeouts (as killed).
-            + "timeout_constant=60\n")
+            # beyond mutmut's estimate from the shared clean run: with its default limit (1 s), mutants
+            # the tests do not catch were stopped and scored as timeouts (as killed). mutmut allows
+            # (estimate + constant) * 30 CPU seconds; at 60 a mutant that loops forever held a
+            # worker for 30 minutes, at 10 it is stopped after 5.
+            + "timeout_constant=10\n")
 
 
 def _copy_tracked(dest: Path, fresh: bool) -> None:
