@@ -334,3 +334,22 @@ def test_the_re_export_command_names_only_a_printable_recorded_checkpoint(proven
 
     command = reexport_command(tmp_path / "bundle", {"provenance": provenance})
     assert command == f"metarl-robot export {named} --out {tmp_path / 'bundle'} --overwrite"
+
+
+@pytest.mark.parametrize("name", ["c:evil.onnx", "C:evil.onnx", "/etc/passwd", "a//b.npy", "a/./b.npy", "../b.npy",
+                                  "a\\b.npy", "bad\nname.npy", "", 7, None, "manifest.json", "signature.json"])
+def test_a_files_entry_outside_the_bundle_is_refused(name):
+    from metarl_robot.runtime.integrity import RESERVED_NAMES, check_entry_name
+
+    with pytest.raises(BundleError) as err:
+        check_entry_name("b/manifest.json", name)
+    assert str(err.value) == (
+        f"b/manifest.json: files lists {name!r}; entries must be relative paths inside the bundle (no '..', '.' or "
+        f"empty parts, not absolute, '/' as separator, not {' or '.join(RESERVED_NAMES)})")
+
+
+@pytest.mark.parametrize("name", ["policy.onnx", "sub/params.npy", "a.b/c-d_e.npz"])
+def test_a_plain_relative_files_entry_is_accepted(name):
+    from metarl_robot.runtime.integrity import check_entry_name
+
+    check_entry_name("b/manifest.json", name)
