@@ -89,19 +89,7 @@ class PointGoalEnv(TaskEnv):
         """A 64x64 view of ``[-1, 1]^2``: the goal (green, its success radius pale) and the point (blue)."""
         if self.render_mode != "rgb_array":
             return None
-        from metarl_robot.rendering import canvas, draw_progress, fill_disc
-
-        size = 64
-        image = canvas(size, size, (250, 250, 250))
-
-        def pixel(xy: np.ndarray) -> tuple[float, float]:
-            return ((1.0 - xy[1]) * (size - 1) / 2.0, (xy[0] + 1.0) * (size - 1) / 2.0)
-
-        fill_disc(image, *pixel(self._goal), self.success_radius * (size - 1) / 2.0, (190, 235, 190))
-        fill_disc(image, *pixel(self._goal), 1.5, (20, 150, 40))
-        fill_disc(image, *pixel(self._pos), 2.0, (30, 60, 200))
-        draw_progress(image, self._t / self.max_episode_steps)
-        return image
+        return _square_view(self._goal, self.success_radius, self._pos, self._t / self.max_episode_steps)
 
 
 def point_goal_demonstrator(obs: np.ndarray, tasks) -> np.ndarray:
@@ -167,18 +155,27 @@ class TargetBanditEnv(TaskEnv):
         """A 64x64 view of the action square ``[-1, 1]^2``: the target (green) and the last action (blue)."""
         if self.render_mode != "rgb_array":
             return None
-        from metarl_robot.rendering import canvas, draw_progress, fill_disc
+        target = np.array([self._task["target_x"], self._task["target_y"]])
+        return _square_view(target, 0.0, self._last_action, self._t / self.max_episode_steps)
 
-        size = 64
-        image = canvas(size, size, (250, 250, 250))
 
-        def pixel(xy: np.ndarray) -> tuple[float, float]:
-            return ((1.0 - xy[1]) * (size - 1) / 2.0, (xy[0] + 1.0) * (size - 1) / 2.0)
+def _square_view(goal: np.ndarray, goal_radius: float, point: np.ndarray, progress: float) -> np.ndarray:
+    """A 64x64 image of ``[-1, 1]^2`` (x right, y up): the goal in green with a pale disc of
+    ``goal_radius``, the point in blue, and the episode's progress along the bottom."""
+    from metarl_robot.rendering import canvas, draw_progress, fill_disc
 
-        fill_disc(image, *pixel(np.array([self._task["target_x"], self._task["target_y"]])), 2.0, (20, 150, 40))
-        fill_disc(image, *pixel(self._last_action), 2.0, (30, 60, 200))
-        draw_progress(image, self._t / self.max_episode_steps)
-        return image
+    size = 64
+    image = canvas(size, size, (250, 250, 250))
+
+    def pixel(xy: np.ndarray) -> tuple[float, float]:
+        return ((1.0 - xy[1]) * (size - 1) / 2.0, (xy[0] + 1.0) * (size - 1) / 2.0)
+
+    if goal_radius > 0:
+        fill_disc(image, *pixel(goal), goal_radius * (size - 1) / 2.0, (190, 235, 190))
+    fill_disc(image, *pixel(goal), 1.5, (20, 150, 40))
+    fill_disc(image, *pixel(point), 2.0, (30, 60, 200))
+    draw_progress(image, progress)
+    return image
 
 
 ENVIRONMENTS: dict[str, dict] = {
