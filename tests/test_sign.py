@@ -249,3 +249,85 @@ def test_a_signature_file_without_signatures_names_no_signer_and_every_trusted_k
         load_bundle(bundle, trusted_keys=trusted)
     names = ", ".join(f"{public_id(p)} ({p})" for p in trusted)
     assert str(err.value).startswith(f"{bundle}: signed by no key, none of them a trusted key ({names}); ")
+
+
+def test_the_written_manifest_is_two_space_json_with_a_final_newline(tmp_path: Path) -> None:
+    from metarl_robot.runtime.integrity import write_manifest
+
+    manifest = {"robot": "pända", "nested": {"a": [1, 2.5]}}
+    sealed = write_manifest(tmp_path / "manifest.json", manifest)
+    assert sealed == seal_manifest(manifest)
+    expected = '{\n  "robot": "p\\u00e4nda",\n  "nested": {\n    "a": [\n      1,\n      2.5\n    ]\n  },\n'
+    assert (tmp_path / "manifest.json").read_bytes() == (expected + f'  "digest": "{sealed["digest"]}"\n}}\n').encode()
+
+
+def test_the_signature_file_is_readable_json_any_user_may_read(bundle: Path, keys) -> None:
+    path = sign_bundle(load_bundle(bundle), keys["trusted"][0])
+    content = json.loads(path.read_text())
+    assert path.read_text() == json.dumps(content, indent=2) + "\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert sorted(p.name for p in bundle.iterdir() if p.name.startswith(".")) == []  # no temporary file left
+
+
+def test_a_damaged_signature_file_is_replaced_by_a_new_signature(bundle: Path, keys) -> None:
+    (bundle / "signature.json").write_text("{not json")
+    sign_bundle(load_bundle(bundle), keys["trusted"][0])
+    assert load_bundle(bundle, trusted_keys=[keys["trusted"][1]]).path == bundle
+
+
+def test_a_failed_signature_write_leaves_the_old_file_and_no_temporary(bundle: Path, keys, monkeypatch) -> None:
+    first = sign_bundle(load_bundle(bundle), keys["other"][0]).read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    import metarl_robot.runtime.integrity as integrity
+
+    monkeypatch.setattr(integrity.os, "replace", broken)
+    with pytest.raises(OSError, match="disk full"):
+        sign_bundle(load_bundle(bundle), keys["trusted"][0])
+    assert (bundle / "signature.json").read_bytes() == first
+    assert [p.name for p in bundle.iterdir() if p.name.startswith(".")] == []
+
+
+def test_bad_signing_keys_get_the_whole_message(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    from metarl_robot.runtime.integrity import load_private_key
+
+    encrypted = tmp_path / "encrypted.pem"
+    encrypted.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    with pytest.raises(BundleError) as err:
+        load_private_key(encrypted)
+    assert str(err.value) == (f"signing key {str(encrypted)!r} is encrypted; metarl-robot signs with an unencrypted "
+                              "PEM key (keep it private: chmod 600, or on a hardware token's host)")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"not a key")
+    with pytest.raises(BundleError) as err:
+        load_private_key(garbage)
+    assert str(err.value) == (f"signing key {str(garbage)!r} is not a PEM private key; give the private key that "
+                              "`metarl-robot keygen` wrote (NAME.pem, not NAME.pub.pem)")
+    other = tmp_path / "rsa.pem"
+    other.write_bytes(rsa.generate_private_key(65537, 2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with pytest.raises(BundleError) as err:
+        load_private_key(other)
+    assert str(err.value) == f"signing key {str(other)!r} is a RSAPrivateKey; bundles are signed with ed25519 keys"
+    with pytest.raises(BundleError) as err:
+        load_private_key(tmp_path / "absent.pem")
+    assert str(err.value).startswith(f"signing key {str(tmp_path / 'absent.pem')!r} ")
+
+
+def test_signing_without_cryptography_says_what_to_install(monkeypatch, tmp_path: Path) -> None:
+    import sys
+
+    from metarl_robot.runtime.integrity import load_private_key
+
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives", None)
+    with pytest.raises(BundleError) as err:
+        load_private_key(tmp_path / "key.pem")
+    assert str(err.value) == ("bundle signatures need the 'cryptography' package, which is not installed: pip install "
+                              "cryptography (without trusted keys, unsigned bundles load as before)")

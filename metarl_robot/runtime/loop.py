@@ -700,7 +700,7 @@ class RobotLoop:
             seed=seed,
         )
         manifest = controller.manifest
-        reward_source = (manifest.get("adaptation") or {}).get("reward_source") or {}
+        reward_source = manifest["adaptation"]["reward_source"]  # load_controller checked it is there
         if reward_source.get("type", "topic") != "topic":
             raise LayoutError(
                 f"adaptation.reward_source.type {reward_source.get('type')!r} is not supported; the control loop "
