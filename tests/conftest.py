@@ -7,7 +7,7 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(10
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-def _cache_exports(cache: str, write: bool) -> None:
+def _cache_exports(cache: str, write: bool, only: tuple[str, ...]) -> None:
     """Mutation runs only (``tests/mutation.py`` sets ``METARL_TEST_EXPORT_CACHE``): serve
     ``export_bundle`` from bundles exported once by the unmutated code.
 
@@ -28,6 +28,8 @@ def _cache_exports(cache: str, write: bool) -> None:
 
     def export_bundle(checkpoint_path, out_dir, **kwargs):
         checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
+        if only and not os.environ.get("PYTEST_CURRENT_TEST", "").startswith(only):
+            return real(checkpoint_path, out_dir, **kwargs)
         if not checkpoint_path.is_file() or (out_dir.exists() and not kwargs.get("overwrite")):
             return real(checkpoint_path, out_dir, **kwargs)
         key = hashlib.sha256(checkpoint_path.read_bytes() + repr((sorted(kwargs.items()), out_dir.name)).encode())
@@ -51,4 +53,5 @@ def _cache_exports(cache: str, write: bool) -> None:
 
 
 if os.environ.get("METARL_TEST_EXPORT_CACHE"):
-    _cache_exports(os.environ["METARL_TEST_EXPORT_CACHE"], os.environ.get("METARL_TEST_EXPORT_CACHE_WRITE") == "1")
+    _cache_exports(os.environ["METARL_TEST_EXPORT_CACHE"], os.environ.get("METARL_TEST_EXPORT_CACHE_WRITE") == "1",
+                   tuple(filter(None, os.environ.get("METARL_TEST_EXPORT_CACHE_ONLY", "").split(","))))

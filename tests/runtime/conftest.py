@@ -7,6 +7,7 @@ once per test session.
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -85,15 +86,25 @@ def make_checkpoint(path: Path, *, seed: int = 0, drop: tuple[str, ...] = (), **
 _BUNDLES: dict[str, Path] = {}
 
 
+def memo_key(name: str) -> str:
+    """The key a bundle exported once per session is kept under: its name, and in a mutation run that
+    serves only some test files from the export cache (``tests/mutation.py``), the test file too, so a
+    test of export never receives the bundle the cache served to another file."""
+    if os.environ.get("METARL_TEST_EXPORT_CACHE_ONLY"):
+        return name + "@" + os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[0]
+    return name
+
+
 def exported_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The path of one bundle exported per test session (read-only: copy it before modifying)."""
-    if "grasp" not in _BUNDLES:
+    key = memo_key("grasp")
+    if key not in _BUNDLES:
         from metarl_robot.export import export_bundle
 
         root = tmp_path_factory.mktemp("shared_bundle")
         checkpoint = make_checkpoint(root / "grasp.safetensors")
-        _BUNDLES["grasp"] = export_bundle(checkpoint, root / "bundle")
-    return _BUNDLES["grasp"]
+        _BUNDLES[key] = export_bundle(checkpoint, root / "bundle")
+    return _BUNDLES[key]
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from .conftest import INTERFACE as GRASP_INTERFACE
+from .conftest import memo_key
 
 NAV_SCALE = [0.1, 0.1]
 NAV_INTERFACE: dict[str, Any] = {
@@ -139,13 +140,14 @@ _BUNDLES: dict[str, Path] = {}
 def exported_gradient_bundle(tmp_path_factory: pytest.TempPathFactory, variant: str = "maml") -> Path:
     """The path of the ``variant`` bundle, exported once per test session (read-only: copy it before
     modifying); its checkpoint is ``<bundle>/../<variant>.safetensors``."""
-    if variant not in _BUNDLES:
+    key = memo_key(variant)
+    if key not in _BUNDLES:
         from metarl_robot.export import export_bundle
 
         root = tmp_path_factory.mktemp(f"gradient_{variant}")
         checkpoint = make_gradient_checkpoint(root / f"{variant}.safetensors", variant)
-        _BUNDLES[variant] = export_bundle(checkpoint, root / "bundle")
-    return _BUNDLES[variant]
+        _BUNDLES[key] = export_bundle(checkpoint, root / "bundle")
+    return _BUNDLES[key]
 
 
 def checkpoint_of(bundle: Path, variant: str) -> Path:
