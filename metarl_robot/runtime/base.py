@@ -419,9 +419,13 @@ def load_vector(dst: np.ndarray, value: Any, name: str) -> None:
                 f"{name} has non-finite values at indices {bad.tolist()}: {array.reshape(-1)[bad].tolist()} "
                 "(values beyond float32 range count as non-finite)"
             )
-        huge = np.flatnonzero(np.abs(dst.reshape(-1)) > SQUARE_LIMIT)
-        raise ValueError(f"{name} has values beyond ±{SQUARE_LIMIT:g} at indices {huge.tolist()}: "
-                         f"{array.reshape(-1)[huge].tolist()}; check the sensor and its units")
+        huge = np.flatnonzero(np.abs(flat) > SQUARE_LIMIT)
+        if huge.size:
+            raise ValueError(f"{name} has values beyond ±{SQUARE_LIMIT:g} at indices {huge.tolist()}: "
+                             f"{array.reshape(-1)[huge].tolist()}; check the sensor and its units")
+        # several values below the limit whose squares add up past float32: as implausible on a robot
+        raise ValueError(f"{name} has a norm beyond float32 range (largest magnitude {float(np.abs(flat).max()):g}); "
+                         "check the sensor and its units")
 
 
 def scalar(value: Any, name: str) -> float:

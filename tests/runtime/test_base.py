@@ -135,3 +135,63 @@ def test_context_controller_reset_refills_its_buffer_from_the_first_slot(tmp_pat
     controller.observe(obs, command, 2.0, obs, False)
     assert controller._buf_mask[0].tolist()[:2] == [1.0, 0.0]  # the first slot, nothing else
     assert controller._buf_reward[0, 0, 0] == 2.0
+
+
+# ------------------------------------------------------------- input checks, options, latencies, schedule
+
+
+def test_load_vector_names_non_finite_and_huge_values_of_a_two_dimensional_row():
+    row = np.zeros((1, 3), np.float32)
+    with pytest.raises(ValueError) as err:
+        base.load_vector(row, np.array([[0.0, np.nan, np.inf]]), "state")
+    assert str(err.value) == ("state has non-finite values at indices [1, 2]: [nan, inf] "
+                              "(values beyond float32 range count as non-finite)")
+    with pytest.raises(ValueError) as err:
+        base.load_vector(row, np.array([[0.0, 2e19, 1.0]]), "state")
+    assert str(err.value) == ("state has values beyond ±1.8e+19 at indices [1]: [2e+19]; check the sensor and its "
+                              "units")
+    with pytest.raises(ValueError) as err:
+        base.load_vector(row, np.array([[1.5e19, 1.5e19, 0.0]]), "state")
+    assert str(err.value) == "state has a norm beyond float32 range (largest magnitude 1.5e+19); check the sensor and its units"
+    base.load_vector(row, [[1e19, -1.0, 2.0]], "state")  # a list is taken too
+    np.testing.assert_array_equal(row, np.float32([[1e19, -1.0, 2.0]]))
+
+
+def test_scalar_takes_one_number_up_to_the_float32_range():
+    limit = float(np.finfo(np.float32).max)
+    assert base.scalar(limit, "reward") == limit and base.scalar(np.array([2.5]), "reward") == 2.5
+    with pytest.raises(ValueError) as err:
+        base.scalar(np.zeros((1, 1)), "reward")
+    assert str(err.value) == "reward must be a single number, got shape (1, 1)"
+    with pytest.raises(ValueError) as err:
+        base.scalar("high", "reward")
+    assert str(err.value) == "reward must be a number, got 'high'"
+    with pytest.raises(ValueError) as err:
+        base.scalar(limit * 2, "reward")
+    assert str(err.value) == f"reward is not finite: {limit * 2!r}"
+
+
+def test_default_session_options_leave_the_other_cores_to_the_robot():
+    options = base.default_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level) == (1, 1, 3)
+
+
+def test_latency_summary_is_in_microseconds():
+    stats = base.LatencyStats(capacity=4)
+    for duration in (0.001, 0.002, 0.003):
+        stats.record(duration)
+    assert stats.summary() == pytest.approx({"count": 3, "p50_us": 2000.0, "p99_us": 2980.0, "max_us": 3000.0})
+
+
+def test_schedule_refusals_are_whole_sentences():
+    from metarl_robot.runtime import AdaptationSchedule
+
+    with pytest.raises(ValueError) as err:
+        AdaptationSchedule("weekly", 0)
+    assert str(err.value) == "adaptation cadence 'weekly' is not supported; use one of ['episode', 'step', 'episodes']"
+    with pytest.raises(ValueError) as err:
+        AdaptationSchedule("episode", -2)
+    assert str(err.value) == "adapt_every_n_steps must be >= 0, got -2"
+    with pytest.raises(ValueError) as err:
+        AdaptationSchedule("episodes", 0, 0)
+    assert str(err.value) == "episodes_per_step must be >= 1, got 0"
