@@ -1,6 +1,6 @@
 """Mutation testing of the code where a silent bug hurts most, with mutmut (``make mutation``).
 
-    python -m tests.mutation [GROUP ...] [--jobs 2] [--fresh]
+    python -m tests.mutation [GROUP ...] [--jobs 2] [--fresh | --again]
 
 Each group names the source files mutmut mutates and the tests that must catch the mutants. A group
 runs in a copy of the tracked files under ``runs/mutation/<group>/`` (mutmut rewrites the code it
@@ -58,7 +58,10 @@ GROUPS: dict[str, dict[str, list[str]]] = {
                   "tests/test_rl2.py"],
     },
     "algorithms": {
-        "mutate": ["metarl_robot/algos/*"],
+        # the losses and updates of every method (rollout, config and bookkeeping modules are left out)
+        "mutate": ["metarl_robot/algos/common/ppo.py", "metarl_robot/algos/context_ppo/algo.py",
+                   "metarl_robot/algos/gradient/algo.py", "metarl_robot/algos/rl2/algo.py",
+                   "metarl_robot/algos/rma/algo.py", "metarl_robot/algos/pearl/algo.py"],
         "tests": ["tests/test_learning_direction.py", "tests/test_known_answers.py", "tests/test_context_ppo.py",
                   "tests/test_gradient_meta.py", "tests/test_rl2.py", "tests/test_rma.py", "tests/test_pearl.py"],
     },
@@ -133,7 +136,18 @@ def score(counts: dict[str, int]) -> float:
     return counts.get("killed", 0) / total if total else float("nan")
 
 
-def run_group(name: str, jobs: int, fresh: bool) -> dict[str, dict[str, int]]:
+def _not_killed(work: Path, mutmut: str) -> list[str]:
+    """The mutants of the last run that survived or timed out."""
+    listing = subprocess.run([mutmut, "results"], cwd=work, capture_output=True, text=True, check=True)
+    names = []
+    for line in listing.stdout.splitlines():
+        mutant, sep, status = line.strip().rpartition(": ")
+        if sep and status in ("survived", "timeout"):
+            names.append(mutant)
+    return names
+
+
+def run_group(name: str, jobs: int, fresh: bool, again: bool = False) -> dict[str, dict[str, int]]:
     work = OUT / name
     _copy_tracked(work, fresh)
     (work / "setup.cfg").write_text(_setup_cfg(GROUPS[name]))
@@ -153,6 +167,12 @@ def run_group(name: str, jobs: int, fresh: bool) -> dict[str, dict[str, int]]:
     with open(log, "w") as out:  # mutmut's own progress and errors, for when a group ends early
         code = subprocess.run([mutmut, "run", "--max-children", str(jobs)], cwd=work, env=env, check=False,
                               stdout=out, stderr=subprocess.STDOUT).returncode
+        if code == 0 and again:
+            # mutmut keeps a result until the mutated function changes; tests written since can kill it
+            names = _not_killed(work, mutmut)
+            if names:
+                code = subprocess.run([mutmut, "run", "--max-children", str(jobs), *names], cwd=work, env=env,
+                                      check=False, stdout=out, stderr=subprocess.STDOUT).returncode
     counts = _counts(work, mutmut)
     if code != 0 or any("not checked" in c for c in counts.values()):
         print(f"{name}: mutmut exited with {code} and left mutants unchecked; see {log}", file=sys.stderr)
@@ -165,13 +185,15 @@ def main() -> int:
     parser.add_argument("groups", nargs="*", help=f"any of {', '.join(GROUPS)} (default: every group)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--fresh", action="store_true", help="forget earlier results of the group")
+    parser.add_argument("--again", action="store_true",
+                        help="also re-test the mutants that survived or timed out in the last run (after new tests)")
     args = parser.parse_args()
     unknown = sorted(set(args.groups) - set(GROUPS))
     if unknown:
         parser.error(f"unknown group(s) {unknown}; the groups are {list(GROUPS)}")
     OUT.mkdir(parents=True, exist_ok=True)
     for name in args.groups or list(GROUPS):
-        counts = run_group(name, args.jobs, args.fresh)
+        counts = run_group(name, args.jobs, args.fresh, args.again)
         for module, c in counts.items():
             print(f"{name:11} {module:48} {score(c):6.1%}  {json.dumps(c)}", flush=True)
     return 0
