@@ -41,11 +41,12 @@ GROUPS: dict[str, dict[str, list[str]]] = {
         "mutate": ["metarl_robot/runtime/base.py", "metarl_robot/runtime/bundle.py",
                    "metarl_robot/runtime/controller.py", "metarl_robot/runtime/recurrent_controller.py",
                    "metarl_robot/runtime/gradient_controller.py", "metarl_robot/runtime/schedule.py"],
-        "tests": ["tests/runtime", "tests/test_known_answers.py", "tests/test_sign.py"],
+        "tests": ["tests/runtime", "tests/test_known_answers.py", "tests/test_sign.py"],  # test_*_exact.py included
     },
     "loop": {
         "mutate": ["metarl_robot/runtime/loop.py", "metarl_robot/contract.py"],
-        "tests": ["tests/runtime/test_loop.py", "tests/runtime/test_loop_exact.py", "tests/test_contract.py", "tests/test_fuzz.py"],
+        "tests": ["tests/runtime/test_loop.py", "tests/runtime/test_loop_exact.py", "tests/test_contract.py",
+                  "tests/test_contract_exact.py", "tests/test_fuzz.py"],
     },
     "export": {
         "mutate": ["metarl_robot/export.py", "metarl_robot/verify.py", "metarl_robot/parity.py"],
