@@ -55,7 +55,7 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     },
     "evaluation": {
         "mutate": ["metarl_robot/evaluation.py"],
-        "tests": ["tests/test_evaluation_frozen.py", "tests/test_context_ppo.py", "tests/test_gradient_meta.py",
+        "tests": ["tests/test_evaluation_frozen.py", "tests/test_evaluation_exact.py", "tests/test_context_ppo.py", "tests/test_gradient_meta.py",
                   "tests/test_rl2.py"],
     },
     "algorithms": {
