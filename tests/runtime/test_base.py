@@ -195,3 +195,23 @@ def test_schedule_refusals_are_whole_sentences():
     with pytest.raises(ValueError) as err:
         AdaptationSchedule("episodes", 0, 0)
     assert str(err.value) == "episodes_per_step must be >= 1, got 0"
+
+
+def test_latency_stats_keep_at_least_one_duration_and_say_so_otherwise():
+    one = base.LatencyStats(capacity=1)
+    one.record(0.5)
+    one.record(0.25)
+    assert len(one) == 1 and one.p50_s == 0.25 and one.count == 2
+    with pytest.raises(ValueError) as err:
+        base.LatencyStats(capacity=0)
+    assert str(err.value) == "LatencyStats capacity must be positive, got 0"
+
+
+def test_a_provider_may_be_named_alone_and_an_empty_list_is_refused():
+    from metarl_robot.runtime import ProviderError
+
+    assert base.resolve_provider("cpu") == "CPUExecutionProvider"
+    assert base.resolve_provider("CPU") == "CPUExecutionProvider"
+    with pytest.raises(ProviderError) as err:
+        base.resolve_provider([])
+    assert str(err.value) == "providers is empty; name at least one, e.g. ['cuda', 'cpu']"

@@ -91,3 +91,64 @@ def test_a_gradient_controller_reports_its_episodes_and_latencies(gradient_bundl
     assert 0 < ctl.act_latency.p50_s < 10
     with pytest.raises(ProviderError, match="CUDAExecutionProvider"):
         load_controller(bundle, ["cuda"])
+
+
+class _Spy:
+    """Counts the calls of a session's ``run`` and can replace its first output."""
+
+    def __init__(self, session, replace=None) -> None:
+        self.session, self.replace, self.calls = session, replace, 0
+
+    def run(self, names, feed):
+        self.calls += 1
+        out = self.session.run(names, feed)
+        return out if self.replace is None else [self.replace(out[0]), *out[1:]]
+
+
+def test_warmup_runs_the_adapt_graph_where_there_is_one_and_leaves_the_state(gradient_bundle):
+    _, bundle = gradient_bundle
+    ctl = load_controller(bundle, ["cpu"], seed=0)
+    policy, adapt = _Spy(ctl._policy_session), _Spy(ctl._adapt_session)
+    ctl._policy_session, ctl._adapt_session = policy, adapt
+    before = ctl.params.copy()
+    ctl.warmup(3)
+    assert (policy.calls, adapt.calls) == (3, 3)
+    np.testing.assert_array_equal(ctl.params, before)
+    assert len(ctl.act_latency) == 0 and len(ctl.adapt_latency) == 0
+
+
+def test_non_finite_adapted_parameters_are_refused_with_where_and_the_old_ones_kept(gradient_bundle):
+    _, bundle = gradient_bundle
+    ctl = load_controller(bundle, ["cpu"], seed=0)
+
+    where = [i for i in (0, 2, 3, 4, 7, 9, 11) if i < ctl.params.size]  # CAVIA adapts 3 numbers only
+
+    def poison(params):
+        params = params.copy()
+        params.reshape(-1)[where] = [(np.nan, np.inf, -np.inf)[i % 3] for i in range(len(where))]
+        return params
+
+    obs = np.zeros(ctl.obs_dim, np.float32)
+    for _ in range(ctl.episodes_per_step):
+        for t in range(2):
+            command = ctl.act(obs)
+            ctl.observe(obs, command, 1.0 + t, obs, t == 1)
+    before = ctl.params.copy()
+    ctl._adapt_session = _Spy(ctl._adapt_session, poison)
+    with pytest.raises(ValueError) as err:
+        ctl.adapt()
+    assert str(err.value) == (f"adapt graph returned non-finite parameters (at {len(where)} of {before.size} indices, "
+                              f"first {where[:5]}); kept the old ones")
+    np.testing.assert_array_equal(ctl.params, before)
+    ctl._adapt_session = ctl._adapt_session.session
+    ctl.adapt()
+    assert not np.array_equal(ctl.params, before) and 0 < ctl.adapt_latency.p50_s < 10
+
+
+def test_a_recurrent_controller_has_no_adapt_graph_to_warm(recurrent_bundle):  # noqa: F811
+    _, _, bundle = recurrent_bundle
+    ctl = load_controller(bundle, ["cpu"], seed=0)
+    policy = _Spy(ctl._policy_session)
+    ctl._policy_session = policy
+    ctl.warmup(2)
+    assert policy.calls == 2 and ctl._adapt_session is None and not ctl.state.any()
