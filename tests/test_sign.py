@@ -331,3 +331,86 @@ def test_signing_without_cryptography_says_what_to_install(monkeypatch, tmp_path
         load_private_key(tmp_path / "key.pem")
     assert str(err.value) == ("bundle signatures need the 'cryptography' package, which is not installed: pip install "
                               "cryptography (without trusted keys, unsigned bundles load as before)")
+
+
+SIGNATURE_FILE_ERRORS = {
+    "format": lambda c: c.update(format="other"),
+    "digest": lambda c: c.update(digest=5),
+    "signatures": lambda c: c.update(signatures={"a": 1}),
+    "algorithm": lambda c: c["signatures"][0].update(algorithm="rsa"),
+    "key_id": lambda c: c["signatures"][0].pop("key_id"),
+    "entry": lambda c: c["signatures"].append("not an entry"),
+    "list": lambda c: c.clear() or c.update(x=1),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(SIGNATURE_FILE_ERRORS))
+def test_a_malformed_signature_file_is_refused_with_what_it_must_hold(bundle: Path, keys, damage) -> None:
+    path = sign_bundle(load_bundle(bundle), keys["trusted"][0])
+    content = json.loads(path.read_text())
+    SIGNATURE_FILE_ERRORS[damage](content)
+    path.write_text(json.dumps(content))
+    with pytest.raises(BundleError) as err:
+        load_bundle(bundle, trusted_keys=[keys["trusted"][1]])
+    assert str(err.value) == (f"{path}: not a bundle signature file (format 'metarl_robot.bundle.signature' with "
+                              "'digest' and a list of ed25519 'signatures'); sign the bundle again")
+
+
+def test_a_signature_file_that_is_no_json_or_repeats_a_key_is_refused(bundle: Path, keys) -> None:
+    path = sign_bundle(load_bundle(bundle), keys["trusted"][0])
+    text = path.read_text()
+    path.write_text("{")
+    with pytest.raises(BundleError) as err:
+        load_bundle(bundle, trusted_keys=[keys["trusted"][1]])
+    assert str(err.value).startswith(f"{path}: not valid JSON (") and str(err.value).endswith("); sign the bundle again")
+    path.write_text(text.replace('"format"', '"digest": "sha256:00", "format"', 1))
+    with pytest.raises(BundleError) as err:
+        load_bundle(bundle, trusted_keys=[keys["trusted"][1]])
+    assert "not valid JSON" in str(err.value) and "digest" in str(err.value)
+
+
+def test_a_signature_that_is_not_strict_base64_fails(bundle: Path, keys) -> None:
+    path = sign_bundle(load_bundle(bundle), keys["trusted"][0])
+    content = json.loads(path.read_text())
+    content["signatures"][0]["signature"] = content["signatures"][0]["signature"][:10] + "\n" + \
+        content["signatures"][0]["signature"][10:]
+    path.write_text(json.dumps(content))
+    with pytest.raises(BundleError, match="does not verify"):
+        load_bundle(bundle, trusted_keys=[keys["trusted"][1]])
+
+
+def test_an_unsigned_bundle_names_the_sign_command_and_every_trusted_key(bundle: Path, keys) -> None:
+    import shlex
+
+    trusted = [keys["trusted"][1], keys["other"][1]]
+    with pytest.raises(BundleError) as err:
+        load_bundle(bundle, trusted_keys=trusted)
+    names = ", ".join(f"{public_id(p)} ({p})" for p in trusted)
+    assert str(err.value) == (f"{bundle}: the bundle is not signed (no signature.json) but trusted keys are required "
+                              f"({names}); sign it: metarl-robot sign {shlex.quote(str(bundle))} --key PRIVATE.pem")
+
+
+def test_missing_and_wrong_trusted_key_files_are_named(bundle: Path, keys, tmp_path: Path) -> None:
+    with pytest.raises(BundleError) as err:
+        load_bundle(bundle, trusted_keys=[tmp_path / "absent.pub.pem"])
+    assert str(err.value) == (f"trusted key {str(tmp_path / 'absent.pub.pem')!r} does not exist; make a key pair with "
+                              "`metarl-robot keygen DIR`")
+    directory = tmp_path / "dir.pub.pem"
+    directory.mkdir()
+    with pytest.raises(BundleError) as err:
+        load_bundle(bundle, trusted_keys=[directory])
+    assert str(err.value).startswith(f"trusted key {str(directory)!r} cannot be read (")
+
+
+def test_bundle_entries_must_be_files_inside_directories(bundle: Path) -> None:
+    from metarl_robot.runtime.integrity import regular_file
+
+    (bundle / "sub").mkdir()
+    with pytest.raises(BundleError) as err:
+        regular_file(bundle, "sub")
+    assert str(err.value) == f"{bundle / 'sub'}: is not a regular file; re-export the bundle"
+    with pytest.raises(BundleError) as err:
+        regular_file(bundle, "policy.onnx/inner")
+    assert str(err.value) == f"{bundle / 'policy.onnx'}: is not a directory; re-export the bundle"
+    (bundle / "sub" / "f").write_bytes(b"x")
+    assert regular_file(bundle, "sub/f") == bundle / "sub" / "f"
