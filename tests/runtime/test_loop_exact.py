@@ -459,3 +459,98 @@ def test_an_episode_end_without_an_open_transition_keeps_no_terminal_observation
     rec.end_episode(terminal)
     terminal[0] = 0.0
     assert rec.close(np.full(2, 8.0, np.float32)).transition.next_obs.tolist() == [6.0, 6.0]
+
+
+# --------------------------------------------------------------------- counters, failures, clamps
+
+
+class Failing(Scripted):
+    """Adapts by raising, as an adapt graph that returned nothing usable does."""
+
+    def __init__(self, *args, fail: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fail, self.adapted = fail, 0
+
+    def adapt(self):
+        if self.fail:
+            raise ValueError("adapt graph returned a non-finite context")
+        self.adapted += 1
+
+    def schedule(self, every_n_steps: int = 0):
+        from metarl_robot.runtime import AdaptationSchedule
+
+        return AdaptationSchedule("step", every_n_steps, 1)
+
+
+def test_episode_ends_count_episodes_and_successes_and_close_on_the_latest_observation():
+    loop = RobotLoop(Scripted(2, [[0.0, 0.0]]), RobotContract.from_manifest(NAV))
+    loop.start()
+    loop.tick(NOW, _nav_state(0.0, 0.0))
+    loop.end_episode(True, NOW + 0.05, _nav_state(0.5, 0.25, NOW + 0.05))
+    loop.tick(NOW + 0.1, _nav_state(9.0, 9.0, NOW + 0.1))
+    loop.end_episode(False, NOW + 0.15, _nav_state(0.0, 0.0, NOW + 0.15))
+    assert (loop.stats.episodes, loop.stats.successes) == (2, 1)
+    obs, _, _, next_obs, done = loop.controller.seen[0]
+    assert done and next_obs.tolist() == [0.5, 0.25]  # the observation when the end arrived
+
+
+def test_a_failed_adaptation_is_reported_and_logged_and_a_good_one_counted():
+    from .test_loop import RecordingLog
+
+    log = RecordingLog()
+    loop = RobotLoop(Failing(2, [[0.0, 0.0]]), RobotContract.from_manifest(NAV), LoopSettings(adapt_every_n_steps=2),
+                     logger=log)
+    loop.start()
+    for k in range(4):
+        loop.add_reward(1.0)
+        loop.tick(NOW + 0.1 * k, _nav_state(0, 0, NOW + 0.1 * k))
+    assert loop.last_error == "adaptation failed: adapt graph returned a non-finite context"
+    assert log.lines == [("warning", "adaptation failed: adapt graph returned a non-finite context")]
+    assert loop.adaptation_steps == 0 and loop.stats.adaptations_since_reset == 0
+    loop.controller.fail = False
+    for k in range(4, 8):
+        loop.add_reward(1.0)
+        loop.tick(NOW + 0.1 * k, _nav_state(0, 0, NOW + 0.1 * k))
+    assert loop.controller.adapted == 2 and loop.stats.adaptations_since_reset == 2 and loop.adaptation_steps == 2
+    assert 0 < loop.adapt_latency.p50_s < 10
+
+
+def test_the_step_schedule_counts_transitions_from_zero():
+    loop = RobotLoop(Failing(2, [[0.0, 0.0]], fail=False), RobotContract.from_manifest(NAV),
+                     LoopSettings(adapt_every_n_steps=3))
+    loop.start()
+    for k in range(3):  # the first tick closes no transition: two transitions after three ticks
+        loop.tick(NOW + 0.1 * k, _nav_state(0, 0, NOW + 0.1 * k))
+    assert loop.controller.adapted == 0
+    loop.tick(NOW + 0.3, _nav_state(0, 0, NOW + 0.3))
+    assert loop.controller.adapted == 1
+    assert loop.reset_adaptation() == 1 and loop.stats.adaptations_since_reset == 0
+    for k in range(4, 6):
+        loop.tick(NOW + 0.1 * k, _nav_state(0, 0, NOW + 0.1 * k))
+    assert loop.controller.adapted == 1  # counting starts again after a reset
+
+
+def test_an_inactive_loop_does_not_warn_about_its_old_loop_period(bundle_dir):
+    loop = RobotLoop.load(bundle_dir, ["cpu"])
+    for _ in range(5):
+        loop.stats.loop_period.record(1.0)  # far beyond 1.5 control periods
+    assert loop.status()[:2] == (LEVEL_OK, "inactive: not commanding")
+    loop.start()
+    loop.stats.last_tick_s = None
+    assert loop.status()[0] != LEVEL_OK
+
+
+def test_rate_limited_commands_are_clamped_again_to_new_limits(spec):
+    filt = CommandFilter(spec, SafetyLimits(max_grip_force_step_n=5.0))
+    filt.filter([0, 0, 0, 60.0])
+    filt.set_limits(SafetyLimits(max_grip_force_step_n=5.0, max_grip_force_n=20.0))
+    assert filt.filter([0, 0, 0, 60.0]).values[3] == 20.0  # 55 after the step limit, then the new cap
+    low = CommandFilter(spec, SafetyLimits(max_grip_force_step_n=5.0))
+    low.filter([0, 0, 0, -60.0])
+    low.set_limits(SafetyLimits(max_grip_force_step_n=5.0, max_grip_force_n=20.0))
+    assert low.filter([0, 0, 0, -60.0]).values[3] == -20.0
+
+
+def test_a_joint_position_step_is_measured_from_the_reference_not_added_to_it():
+    filt = CommandFilter(_joint_spec("joint_position"), SafetyLimits(max_joint_speed=1.0), control_period_s=0.01)
+    np.testing.assert_allclose(filt.filter([0.495, 0.003], joint_positions=[0.5, 0.0]).values, [0.495, 0.003])
