@@ -1,6 +1,6 @@
 """Mutation testing of the code where a silent bug hurts most, with mutmut (``make mutation``).
 
-    python -m tests.mutation [GROUP ...] [--jobs 2] [--fresh | --again]
+    python -m tests.mutation [GROUP ...] [--jobs 2] [--fresh | --again] [--sample N]
 
 Each group names the source files mutmut mutates and the tests that must catch the mutants. A group
 runs in a copy of the tracked files under ``runs/mutation/<group>/`` (mutmut rewrites the code it
@@ -17,12 +17,15 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import os
+import random
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "runs" / "mutation"
@@ -72,13 +75,16 @@ GROUPS: dict[str, dict[str, list[str]]] = {
 ALSO_COPY = ["sim/", "ros_nodes/", "configs/", "models/", "pytest.ini"]
 
 EXPORTS_CACHED = {"runtime": "", "loop": "", "evaluation": "", "algorithms": "",
-                  "export": "tests/test_verify.py,tests/test_verify_meaning.py,tests/test_sign.py"}
+                  "export": "tests/test_verify.py,tests/test_verify_meaning.py,tests/test_sign.py",
+                  "integrity": ""}
 """Groups whose tests are served exported bundles from a cache (see ``tests/conftest.py``), filled by
 one run of the group's tests on the unmutated code before mutmut starts; the value names the only test
 files served ("": every test). The first four groups do not mutate the export path; a mutant of
 runtime code that export calls (its parity check runs the bundle) is then seen only where the tests
 call that code themselves, which they do. In the export group only the verify and signing tests are
-served; the tests of export export with the mutant. integrity exports afresh everywhere."""
+served; the tests of export export with the mutant. integrity was first measured exporting afresh
+everywhere; its later runs (``--again``) are served too, which can only lose kills that export-time
+uses of its functions would have made."""
 
 
 def _setup_cfg(group: dict[str, list[str]]) -> str:
@@ -117,13 +123,23 @@ def _copy_tracked(dest: Path, fresh: bool) -> None:
             shutil.copy2(source, target)
 
 
-def _counts(work: Path, mutmut: str) -> dict[str, dict[str, int]]:
-    """``{source module: {status: count}}`` from ``mutmut results --all true``."""
+def _statuses(work: Path, mutmut: str) -> dict[str, str]:
+    """``{mutant name: status}`` of every mutant mutmut has generated for the group."""
     listing = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, capture_output=True, text=True, check=True)
-    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    statuses = {}
     for line in listing.stdout.splitlines():
         name, sep, status = line.strip().rpartition(": ")
-        if not sep:
+        if sep:
+            statuses[name] = status
+    return statuses
+
+
+def _counts(work: Path, mutmut: str, only: set[str] | None = None) -> dict[str, dict[str, int]]:
+    """``{source module: {status: count}}`` from ``mutmut results --all true`` (of the mutants in
+    ``only`` when given)."""
+    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for name, status in _statuses(work, mutmut).items():
+        if only is not None and name not in only:
             continue
         # mutmut names a mutant module.x_function__mutmut_N or module.xǁClassǁmethod__mutmut_N
         match = re.match(r"^(.*?)\.x(?:_|\u01c1)", name)
@@ -150,7 +166,30 @@ def _not_killed(work: Path, mutmut: str) -> list[str]:
     return names
 
 
-def run_group(name: str, jobs: int, fresh: bool, again: bool = False) -> dict[str, dict[str, int]]:
+def _draw_sample(work: Path, mutmut: str, env: dict[str, str], out: Any, size: int) -> set[str]:
+    """``size`` of the group's mutants drawn uniformly at random (seed 0), for groups whose every mutant
+    would take hours: the score of the sample estimates the group's, with the interval of
+    :func:`wilson`. mutmut writes the mutants when asked to run one; a name that matches none makes it
+    write them and stop."""
+    names = sorted(_statuses(work, mutmut))
+    if not names:
+        subprocess.run([mutmut, "run", "metarl_robot.no_such_mutant"], cwd=work, env=env, check=False, stdout=out,
+                       stderr=subprocess.STDOUT)
+        names = sorted(_statuses(work, mutmut))
+    return set(random.Random(0).sample(names, min(size, len(names))))
+
+
+def wilson(killed: int, total: int) -> tuple[float, float]:
+    """The 95% Wilson interval of a proportion ``killed / total`` (for a sampled score)."""
+    if total == 0:
+        return float("nan"), float("nan")
+    z, p = 1.96, killed / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return centre - half, centre + half
+
+
+def run_group(name: str, jobs: int, fresh: bool, again: bool = False, sample: int = 0) -> dict[str, dict[str, int]]:
     work = OUT / name
     _copy_tracked(work, fresh)
     (work / "setup.cfg").write_text(_setup_cfg(GROUPS[name]))
@@ -167,16 +206,23 @@ def run_group(name: str, jobs: int, fresh: bool, again: bool = False) -> dict[st
         if fill.returncode != 0:
             raise SystemExit(f"{name}: the group's tests fail on the unmutated code:\n{fill.stdout[-3000:]}")
     log = OUT / f"{name}.log"
+    sampled: set[str] | None = None
     with open(log, "w") as out:  # mutmut's own progress and errors, for when a group ends early
-        code = subprocess.run([mutmut, "run", "--max-children", str(jobs)], cwd=work, env=env, check=False,
-                              stdout=out, stderr=subprocess.STDOUT).returncode
+        if sample:
+            sampled = _draw_sample(work, mutmut, env, out, sample)
+            (OUT / f"{name}.sample.json").write_text(json.dumps(sorted(sampled), indent=1))
+            code = subprocess.run([mutmut, "run", "--max-children", str(jobs), *sorted(sampled)], cwd=work, env=env,
+                                  check=False, stdout=out, stderr=subprocess.STDOUT).returncode
+        else:
+            code = subprocess.run([mutmut, "run", "--max-children", str(jobs)], cwd=work, env=env, check=False,
+                                  stdout=out, stderr=subprocess.STDOUT).returncode
         if code == 0 and again:
             # mutmut keeps a result until the mutated function changes; tests written since can kill it
             names = _not_killed(work, mutmut)
             if names:
                 code = subprocess.run([mutmut, "run", "--max-children", str(jobs), *names], cwd=work, env=env,
                                       check=False, stdout=out, stderr=subprocess.STDOUT).returncode
-    counts = _counts(work, mutmut)
+    counts = _counts(work, mutmut, sampled)
     if code != 0 or any("not checked" in c for c in counts.values()):
         print(f"{name}: mutmut exited with {code} and left mutants unchecked; see {log}", file=sys.stderr)
     (OUT / f"{name}.json").write_text(json.dumps(counts, indent=1))
@@ -188,6 +234,8 @@ def main() -> int:
     parser.add_argument("groups", nargs="*", help=f"any of {', '.join(GROUPS)} (default: every group)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--fresh", action="store_true", help="forget earlier results of the group")
+    parser.add_argument("--sample", type=int, default=0, metavar="N",
+                        help="run N mutants drawn at random (seed 0) instead of all; the score is then an estimate")
     parser.add_argument("--again", action="store_true",
                         help="also re-test the mutants that survived or timed out in the last run (after new tests)")
     args = parser.parse_args()
@@ -196,9 +244,14 @@ def main() -> int:
         parser.error(f"unknown group(s) {unknown}; the groups are {list(GROUPS)}")
     OUT.mkdir(parents=True, exist_ok=True)
     for name in args.groups or list(GROUPS):
-        counts = run_group(name, args.jobs, args.fresh, args.again)
+        counts = run_group(name, args.jobs, args.fresh, args.again, args.sample)
         for module, c in counts.items():
             print(f"{name:11} {module:48} {score(c):6.1%}  {json.dumps(c)}", flush=True)
+        killed = sum(c.get("killed", 0) for c in counts.values())
+        ran = sum(v for c in counts.values() for k, v in c.items() if k not in ("skipped", "not checked"))
+        low, high = wilson(killed, ran)
+        print(f"{name:11} {'all modules':48} {killed}/{ran} = {killed / max(ran, 1):.1%} (95% CI {low:.1%} to {high:.1%})",
+              flush=True)
     return 0
 
 
