@@ -54,7 +54,8 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     "export": {
         "mutate": ["metarl_robot/export.py", "metarl_robot/verify.py", "metarl_robot/parity.py"],
         "tests": ["tests/test_export.py", "tests/test_verify.py", "tests/test_verify_meaning.py",
-                  "tests/test_gradient_export.py", "tests/test_recurrent_export.py", "tests/test_sign.py"],
+                  "tests/test_gradient_export.py", "tests/test_recurrent_export.py", "tests/test_sign.py",
+                  "tests/test_export_exact.py"],
     },
     "evaluation": {
         "mutate": ["metarl_robot/evaluation.py"],
@@ -211,8 +212,11 @@ def run_group(name: str, jobs: int, fresh: bool, again: bool = False, sample: in
         if sample:
             sampled = _draw_sample(work, mutmut, env, out, sample)
             (OUT / f"{name}.sample.json").write_text(json.dumps(sorted(sampled), indent=1))
-            code = subprocess.run([mutmut, "run", "--max-children", str(jobs), *sorted(sampled)], cwd=work, env=env,
-                                  check=False, stdout=out, stderr=subprocess.STDOUT).returncode
+            # --again: only the sampled mutants that survived or timed out (the others are done)
+            names = sorted(sampled & set(_not_killed(work, mutmut))) if again else sorted(sampled)
+            code = subprocess.run([mutmut, "run", "--max-children", str(jobs), *names], cwd=work, env=env,
+                                  check=False, stdout=out, stderr=subprocess.STDOUT).returncode if names else 0
+            again = False
         else:
             code = subprocess.run([mutmut, "run", "--max-children", str(jobs)], cwd=work, env=env, check=False,
                                   stdout=out, stderr=subprocess.STDOUT).returncode
