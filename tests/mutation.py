@@ -54,8 +54,7 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     "export": {
         "mutate": ["metarl_robot/export.py", "metarl_robot/verify.py", "metarl_robot/parity.py"],
         "tests": ["tests/test_export.py", "tests/test_verify.py", "tests/test_verify_meaning.py",
-                  "tests/test_gradient_export.py", "tests/test_recurrent_export.py", "tests/test_sign.py",
-                  "tests/test_export_exact.py"],
+                  "tests/test_gradient_export.py", "tests/test_recurrent_export.py", "tests/test_sign.py"],
     },
     "evaluation": {
         "mutate": ["metarl_robot/evaluation.py"],
