@@ -386,3 +386,19 @@ def test_exporter_failures_become_one_line_naming_the_graph(tmp_path, monkeypatc
     with pytest.raises(ExportError) as err:
         onnx_export(torch.nn.Identity(), (torch.zeros(1),), tmp_path / "g.onnx", "adapt", ["x"], ["y"], None, None)
     assert str(err.value) == "torch.onnx.export reported success for the adapt graph but wrote no g.onnx"
+
+
+def test_provenance_keeps_the_training_metrics(exported_at_opset_18):
+    checkpoint, bundle = exported_at_opset_18
+    provenance = json.loads((bundle / "manifest.json").read_text())["provenance"]
+    assert provenance["training_metrics"] == {"return_mean": 1.5, "success_rate": "nan"}  # NaN is not JSON: a string
+
+
+def test_an_unreadable_manifest_at_the_destination_is_not_replaced(tmp_path):
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "manifest.json").write_text("{not json")
+    with pytest.raises(ExportError) as err:
+        export_bundle(tmp_path / "any.safetensors", target, overwrite=True)
+    assert str(err.value) == (f"{str(target / 'manifest.json')!r} cannot be read as a bundle manifest; refusing to "
+                              f"replace {str(target)!r}: move it aside or export to another --out")

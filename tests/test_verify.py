@@ -181,3 +181,50 @@ def test_verify_without_torch_still_checks_parity_against_test_vectors(bundle_di
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[PASS] onnxruntime vs test vectors" in result.stdout
     assert "[SKIP] onnxruntime vs PyTorch checkpoint  torch is not installed" in result.stdout
+
+
+# ---- exact answers written from the survivors of a mutation run over verify.py (docs/testing.md)
+
+
+def test_a_fresh_bundle_reports_every_check_by_name_in_order(bundle_dir: Path) -> None:
+    report = verify_bundle(bundle_dir)
+    assert [(c.name, c.status) for c in report.checks] == [
+        ("manifest and checksums", "pass"),
+        ("signature", "skip"),
+        ("onnx checker: policy.onnx", "pass"),
+        ("onnx checker: adapt.onnx", "pass"),
+        ("inputs/outputs: policy.onnx", "pass"),
+        ("inputs/outputs: adapt.onnx", "pass"),
+        ("manifest contract", "pass"),
+        ("command bounds vs policy graph", "pass"),
+        ("onnxruntime vs test vectors", "pass"),
+        ("onnxruntime vs PyTorch checkpoint", "pass"),  # the checkpoint the manifest records is there
+    ]
+    details = {c.name: c.detail for c in report.checks}
+    assert details["inputs/outputs: policy.onnx"] == "names, float32 types and shapes match the manifest"
+    assert details["onnx checker: adapt.onnx"] == "valid model (full check with shape inference)"
+
+
+def test_missing_or_incomplete_test_vectors_fail_their_check_with_the_fix(bundle_copy: Path) -> None:
+    vectors = np.load(bundle_copy / "test_vectors.npz")
+    kept = {k: vectors[k] for k in vectors.files if not k.startswith("adapt/outputs")}
+    np.savez(bundle_copy / "test_vectors.npz", **kept)
+    rehash(bundle_copy)
+    check = next(c for c in verify_bundle(bundle_copy).checks if c.name == "onnxruntime vs test vectors")
+    assert (check.status, check.detail) == ("fail", "test_vectors.npz lacks array 'adapt/outputs/context'; re-export the bundle")
+    (bundle_copy / "test_vectors.npz").unlink()
+    path = bundle_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["files"]["test_vectors.npz"]
+    path.write_text(json.dumps(seal_manifest(manifest)))
+    check = next(c for c in verify_bundle(bundle_copy).checks if c.name == "onnxruntime vs test vectors")
+    assert (check.status, check.detail) == ("fail", "test_vectors.npz is not in the bundle; re-export it")
+
+
+def test_a_signature_that_fails_is_a_failed_signature_check(bundle_copy: Path, tmp_path: Path) -> None:
+    from metarl_robot.runtime.integrity import generate_key_pair
+
+    _, public = generate_key_pair(tmp_path, "trusted")
+    report = verify_bundle(bundle_copy, trusted_keys=[public])
+    check = next(c for c in report.checks if c.name == "signature")
+    assert check.status == "fail" and check.detail.startswith(f"{bundle_copy}: the bundle is not signed")
