@@ -252,9 +252,11 @@ def main() -> int:
             print(f"{name:11} {module:48} {score(c):6.1%}  {json.dumps(c)}", flush=True)
         killed = sum(c.get("killed", 0) for c in counts.values())
         ran = sum(v for c in counts.values() for k, v in c.items() if k not in ("skipped", "not checked"))
-        low, high = wilson(killed, ran)
-        print(f"{name:11} {'all modules':48} {killed}/{ran} = {killed / max(ran, 1):.1%} (95% CI {low:.1%} to {high:.1%})",
-              flush=True)
+        interval = ""
+        if args.sample:  # a sample estimates the group's score; a whole group's score is exact
+            low, high = wilson(killed, ran)
+            interval = f" (a sample: 95% CI {low:.1%} to {high:.1%})"
+        print(f"{name:11} {'all modules':48} {killed}/{ran} = {killed / max(ran, 1):.1%}{interval}", flush=True)
     return 0
 
 
