@@ -414,3 +414,9 @@ def test_bundle_entries_must_be_files_inside_directories(bundle: Path) -> None:
     assert str(err.value) == f"{bundle / 'policy.onnx'}: is not a directory; re-export the bundle"
     (bundle / "sub" / "f").write_bytes(b"x")
     assert regular_file(bundle, "sub/f") == bundle / "sub" / "f"
+
+
+def test_a_key_id_is_the_first_16_hex_digits_of_the_public_key_sha256() -> None:
+    import hashlib
+
+    assert key_id(b"\x01" * 32) == hashlib.sha256(b"\x01" * 32).hexdigest()[:16]
