@@ -155,3 +155,36 @@ def test_combine_pools_every_task_of_every_run_once():
     with pytest.raises(ValueError) as err:
         combine([a, _run([[1.0, 2.0]], adapt=False)])
     assert str(err.value) == "cannot pool results of different protocols (rounds, episodes_per_round, adapt must match)"
+
+
+class SeedRecordingBandit(TargetBanditEnv):
+    """Keeps the seed of every reset."""
+
+    seeds: list = []
+
+    def reset(self, *, seed=None, options=None):
+        SeedRecordingBandit.seeds.append(seed)
+        return super().reset(seed=seed, options=options)
+
+
+def test_the_protocol_draws_its_reset_and_task_seeds_from_the_seed_given(tasks):
+    SeedRecordingBandit.seeds, Stepper.log = [], []
+    results = evaluate(functools.partial(Stepper), SeedRecordingBandit(), tasks[:2], rounds=2, seed=9)
+    rng = np.random.default_rng(9)
+    expected = [int(rng.integers(2**31)) for _ in range(2 * 2)]  # task by task, episode by episode
+    assert SeedRecordingBandit.seeds == expected
+    assert all(0 <= s < 2**31 for c in Stepper.log for s in c.seeds)
+    assert (results["rounds"], results["episodes_per_round"]) == (2, 1)
+
+
+def test_a_factory_is_called_with_the_task_seed_its_controller_is_reset_with(tasks):
+    made = []
+
+    def factory(seed):
+        made.append(seed)
+        return Stepper(seed)
+
+    Stepper.log = []
+    defaults = evaluate(factory, TargetBanditEnv(), tasks[:2])
+    assert made == [c.seeds[0] for c in Stepper.log] and all(isinstance(s, int) for s in made)
+    assert (defaults["rounds"], defaults["episodes_per_round"], defaults["seed"], defaults["adapt"]) == (3, 1, 0, True)
