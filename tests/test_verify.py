@@ -228,3 +228,10 @@ def test_a_signature_that_fails_is_a_failed_signature_check(bundle_copy: Path, t
     report = verify_bundle(bundle_copy, trusted_keys=[public])
     check = next(c for c in report.checks if c.name == "signature")
     assert check.status == "fail" and check.detail.startswith(f"{bundle_copy}: the bundle is not signed")
+
+
+def test_a_damaged_signature_file_fails_the_signature_check_without_trusted_keys(bundle_copy: Path) -> None:
+    (bundle_copy / "signature.json").write_text("{")
+    check = next(c for c in verify_bundle(bundle_copy).checks if c.name == "signature")
+    assert check.status == "fail"
+    assert check.detail.startswith(f"{bundle_copy / 'signature.json'}: not valid JSON (")
