@@ -140,3 +140,28 @@ def test_advantage_config_refuses_a_ridge_that_is_not_positive():
     with pytest.raises(ValueError, match="baseline_ridge must be positive"):
         AdvantageConfig(baseline_ridge=0.0)
     assert AdvantageConfig(gamma=1.0, gae_lambda=0.0).gamma == 1.0  # the closed ends are allowed
+
+
+def test_the_gradient_family_outer_surrogate_on_a_batch_worked_out_by_hand():
+    """The importance ratio is exp(new - old log-probability); clipped, each step takes the smaller
+    objective. Values by hand: ratios exp(0), exp(0.1), exp(-0.2) on advantages 1, 2, -0.5."""
+    import math
+
+    import torch
+
+    from metarl_robot.algos.gradient.algo import GradientMetaRL, Rollouts
+    from metarl_robot.gradient_policy import gaussian_log_prob
+
+    actions = torch.tensor([[[[0.5], [-1.0], [2.0]]]])  # [M=1, N=1, T=3, act=1]
+    mean, log_std = torch.zeros_like(actions[0]), torch.zeros_like(actions[0])
+    shift = torch.tensor([[0.0, 0.1, -0.2]])
+    old = gaussian_log_prob(mean, log_std, actions[0]) - shift
+    post = Rollouts(obs=torch.zeros(1, 1, 3, 2), actions=actions, rewards=torch.zeros(1, 1, 3),
+                    mask=torch.ones(1, 1, 3), log_probs=old[None], advantages=torch.tensor([[[1.0, 2.0, -0.5]]]),
+                    returns=np.zeros((1, 1)), success=np.zeros((1, 1)))
+    ratios, adv = [1.0, math.exp(0.1), math.exp(-0.2)], [1.0, 2.0, -0.5]
+    plain = -sum(r * a for r, a in zip(ratios, adv)) / 3
+    assert float(GradientMetaRL.surrogate(None, [(mean, log_std)], post)) == pytest.approx(plain, rel=1e-6)
+    clipped = -sum(min(r * a, min(max(r, 0.95), 1.05) * a) for r, a in zip(ratios, adv)) / 3
+    assert float(GradientMetaRL.surrogate(None, [(mean, log_std)], post, clip=0.05)) == pytest.approx(clipped, rel=1e-6)
+    assert clipped != pytest.approx(plain)  # the clip is active on this batch
