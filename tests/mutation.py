@@ -1,6 +1,6 @@
 """Mutation testing of the code where a silent bug hurts most, with mutmut (``make mutation``).
 
-    python -m tests.mutation [GROUP ...] [--jobs 2] [--fresh | --again] [--sample N]
+    python -m tests.mutation [GROUP ...] [--jobs 2] [--fresh | --again] [--sample N | --whole]
 
 Each group names the source files mutmut mutates and the tests that must catch the mutants. A group
 runs in a copy of the tracked files under ``runs/mutation/<group>/`` (mutmut rewrites the code it
@@ -30,7 +30,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "runs" / "mutation"
 
-GROUPS: dict[str, dict[str, list[str]]] = {
+GROUPS: dict[str, dict[str, Any]] = {
     "advantages": {
         "mutate": ["metarl_robot/runtime/advantages.py"],
         "tests": ["tests/test_known_answers.py", "tests/test_gradient_meta.py", "tests/test_context_ppo.py"],
@@ -52,6 +52,7 @@ GROUPS: dict[str, dict[str, list[str]]] = {
                   "tests/test_contract_exact.py", "tests/test_fuzz.py"],
     },
     "export": {
+        "sample": 100,  # every mutant: about a day on two cores (docs/testing.md)
         "mutate": ["metarl_robot/export.py", "metarl_robot/verify.py", "metarl_robot/parity.py"],
         "tests": ["tests/test_export.py", "tests/test_verify.py", "tests/test_verify_meaning.py",
                   "tests/test_gradient_export.py", "tests/test_recurrent_export.py", "tests/test_sign.py"],
@@ -62,6 +63,7 @@ GROUPS: dict[str, dict[str, list[str]]] = {
                   "tests/test_rl2.py"],
     },
     "algorithms": {
+        "sample": 200,
         # the losses and updates of every method (rollout, config and bookkeeping modules are left out)
         "mutate": ["metarl_robot/algos/common/ppo.py", "metarl_robot/algos/context_ppo/algo.py",
                    "metarl_robot/algos/gradient/algo.py", "metarl_robot/algos/rl2/algo.py",
@@ -239,6 +241,8 @@ def main() -> int:
     parser.add_argument("--fresh", action="store_true", help="forget earlier results of the group")
     parser.add_argument("--sample", type=int, default=0, metavar="N",
                         help="run N mutants drawn at random (seed 0) instead of all; the score is then an estimate")
+    parser.add_argument("--whole", action="store_true",
+                        help="run every mutant of a group that is sampled by default (export, algorithms)")
     parser.add_argument("--again", action="store_true",
                         help="also re-test the mutants that survived or timed out in the last run (after new tests)")
     args = parser.parse_args()
@@ -247,13 +251,14 @@ def main() -> int:
         parser.error(f"unknown group(s) {unknown}; the groups are {list(GROUPS)}")
     OUT.mkdir(parents=True, exist_ok=True)
     for name in args.groups or list(GROUPS):
-        counts = run_group(name, args.jobs, args.fresh, args.again, args.sample)
+        sample = 0 if args.whole else (args.sample or GROUPS[name].get("sample", 0))
+        counts = run_group(name, args.jobs, args.fresh, args.again, sample)
         for module, c in counts.items():
             print(f"{name:11} {module:48} {score(c):6.1%}  {json.dumps(c)}", flush=True)
         killed = sum(c.get("killed", 0) for c in counts.values())
         ran = sum(v for c in counts.values() for k, v in c.items() if k not in ("skipped", "not checked"))
         interval = ""
-        if args.sample:  # a sample estimates the group's score; a whole group's score is exact
+        if sample:  # a sample estimates the group's score; a whole group's score is exact
             low, high = wilson(killed, ran)
             interval = f" (a sample: 95% CI {low:.1%} to {high:.1%})"
         print(f"{name:11} {'all modules':48} {killed}/{ran} = {killed / max(ran, 1):.1%}{interval}", flush=True)
