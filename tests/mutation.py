@@ -159,13 +159,7 @@ def score(counts: dict[str, int]) -> float:
 
 def _not_killed(work: Path, mutmut: str) -> list[str]:
     """The mutants of the last run that survived or timed out."""
-    listing = subprocess.run([mutmut, "results"], cwd=work, capture_output=True, text=True, check=True)
-    names = []
-    for line in listing.stdout.splitlines():
-        mutant, sep, status = line.strip().rpartition(": ")
-        if sep and status in ("survived", "timeout"):
-            names.append(mutant)
-    return names
+    return [name for name, status in _statuses(work, mutmut).items() if status in ("survived", "timeout")]
 
 
 def _draw_sample(work: Path, mutmut: str, env: dict[str, str], out: Any, size: int) -> set[str]:
@@ -210,23 +204,23 @@ def run_group(name: str, jobs: int, fresh: bool, again: bool = False, sample: in
     log = OUT / f"{name}.log"
     sampled: set[str] | None = None
     with open(log, "w") as out:  # mutmut's own progress and errors, for when a group ends early
+
+        def run(*names: str) -> int:
+            return subprocess.run([mutmut, "run", "--max-children", str(jobs), *names], cwd=work, env=env, check=False,
+                                  stdout=out, stderr=subprocess.STDOUT).returncode
+
         if sample:
             sampled = _draw_sample(work, mutmut, env, out, sample)
             (OUT / f"{name}.sample.json").write_text(json.dumps(sorted(sampled), indent=1))
             # --again: only the sampled mutants that survived or timed out (the others are done)
             names = sorted(sampled & set(_not_killed(work, mutmut))) if again else sorted(sampled)
-            code = subprocess.run([mutmut, "run", "--max-children", str(jobs), *names], cwd=work, env=env,
-                                  check=False, stdout=out, stderr=subprocess.STDOUT).returncode if names else 0
-            again = False
+            code = run(*names) if names else 0
         else:
-            code = subprocess.run([mutmut, "run", "--max-children", str(jobs)], cwd=work, env=env, check=False,
-                                  stdout=out, stderr=subprocess.STDOUT).returncode
-        if code == 0 and again:
+            code = run()
             # mutmut keeps a result until the mutated function changes; tests written since can kill it
-            names = _not_killed(work, mutmut)
+            names = _not_killed(work, mutmut) if code == 0 and again else []
             if names:
-                code = subprocess.run([mutmut, "run", "--max-children", str(jobs), *names], cwd=work, env=env,
-                                      check=False, stdout=out, stderr=subprocess.STDOUT).returncode
+                code = run(*names)
     counts = _counts(work, mutmut, sampled)
     if code != 0 or any("not checked" in c for c in counts.values()):
         print(f"{name}: mutmut exited with {code} and left mutants unchecked; see {log}", file=sys.stderr)
