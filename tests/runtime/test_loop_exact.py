@@ -26,7 +26,7 @@ from metarl_robot.runtime.loop import (
 )
 
 from .gradient_fixtures import exported_gradient_bundle
-from .test_loop import NOW, _joint_spec, grasp_manifest, inputs, joint_state, poses
+from .test_loop import NOW, _joint_spec, _OrderController, grasp_manifest, inputs, joint_state, poses
 
 STATUS_KEYS = [
     "bundle_path", "execution_provider", "control_rate_hz", "inference_latency_p50_ms", "inference_latency_p99_ms",
@@ -260,8 +260,9 @@ def test_joint_position_limits_apply_to_position_bundles_only_and_both_ways():
 # ----------------------------------------------------------------- a scripted controller, tick by tick
 
 
-class Scripted:
-    """A controller whose commands are given, which keeps what it observes and may refuse it."""
+class Scripted(_OrderController):
+    """A controller whose commands are given, which keeps what it observes and may refuse it (the rest
+    of the controller protocol as test_loop.py's stand-in has it)."""
 
     def __init__(self, obs_dim: int, commands, refuse: bool = False) -> None:
         self.obs_dim, self.act_dim = obs_dim, len(commands[0])
@@ -275,23 +276,6 @@ class Scripted:
         if self.refuse:
             raise ValueError("reward is not finite")
         self.seen.append(transition)
-
-    def adapt(self):
-        return None
-
-    def schedule(self, every_n_steps: int = 0):
-        from metarl_robot.runtime import AdaptationSchedule
-
-        return AdaptationSchedule("episode", every_n_steps, 1)
-
-    def set_learning(self, enabled: bool) -> None:
-        pass
-
-    def reset(self, seed=None) -> None:
-        pass
-
-    def status(self) -> dict:
-        return {}
 
 
 NAV = {
