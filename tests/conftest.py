@@ -13,8 +13,8 @@ def _cache_exports(cache: str, write: bool, only: tuple[str, ...]) -> None:
 
     A group's tests export a dozen small bundles (about 2.5 s each) in fixtures, and mutmut re-runs
     them for every mutant, so without this a mutant's run is mostly ONNX export. The key is the
-    checkpoint's bytes, the options and the output's name; a miss exports as usual. Groups that mutate
-    export's own code path (export, integrity) never set it.
+    checkpoint's bytes, the options and the output's name; a miss exports as usual. ``only`` (the
+    export group) limits it to some test files, so that the tests of export export with the mutant.
     """
     import hashlib
     import json
@@ -22,7 +22,7 @@ def _cache_exports(cache: str, write: bool, only: tuple[str, ...]) -> None:
     from pathlib import Path
 
     import metarl_robot.export as export
-    from metarl_robot.runtime.integrity import DIGEST_KEY, write_manifest
+    from metarl_robot.runtime.integrity import write_manifest
 
     real = export.export_bundle
 
@@ -40,8 +40,7 @@ def _cache_exports(cache: str, write: bool, only: tuple[str, ...]) -> None:
             shutil.copytree(entry, out_dir)
             # the manifest names the checkpoint it came from: the one in this test's directory
             manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
-            manifest["provenance"]["checkpoint_path"] = str(checkpoint_path)
-            manifest.pop(DIGEST_KEY)
+            manifest["provenance"]["checkpoint_path"] = str(checkpoint_path.resolve())
             write_manifest(out_dir / "manifest.json", manifest)
             return out_dir
         result = real(checkpoint_path, out_dir, **kwargs)
