@@ -402,3 +402,83 @@ def test_an_unreadable_manifest_at_the_destination_is_not_replaced(tmp_path):
         export_bundle(tmp_path / "any.safetensors", target, overwrite=True)
     assert str(err.value) == (f"{str(target / 'manifest.json')!r} cannot be read as a bundle manifest; refusing to "
                               f"replace {str(target)!r}: move it aside or export to another --out")
+
+
+def test_export_stages_beside_the_destination_so_publishing_is_one_rename(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A staging folder elsewhere (/tmp is often another filesystem) would make the final os.replace
+    fail or copy file by file; export stages in the destination's own folder."""
+    monkeypatch.setattr(context_torch, "export_graph", _copy_graphs_from(bundle_dir))
+    made = []
+    real = export_module.tempfile.mkdtemp
+
+    def spy(*args, **kwargs):
+        made.append(Path(real(*args, **kwargs)))
+        return str(made[-1])
+
+    monkeypatch.setattr(export_module.tempfile, "mkdtemp", spy)
+    out = tmp_path / "deep" / "bundle"
+    export_bundle(bundle_dir.parent / "grasp.safetensors", out)
+    assert [p.parent for p in made] == [out.parent]
+    assert made[0].name.startswith(".bundle.") and made[0].name.endswith(".partial")
+
+
+def test_a_manifest_that_load_bundle_refuses_is_an_export_bug_and_leaves_nothing(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from metarl_robot.runtime.bundle import BundleError
+
+    monkeypatch.setattr(context_torch, "export_graph", _copy_graphs_from(bundle_dir))
+
+    def refuse(path):
+        raise BundleError("manifest.json: 'action.low' is missing")
+
+    monkeypatch.setattr(export_module, "load_bundle", refuse)
+    with pytest.raises(ExportError) as err:
+        export_bundle(bundle_dir.parent / "grasp.safetensors", tmp_path / "bundle")
+    assert str(err.value) == ("the exported manifest does not pass load_bundle (a bug in export): "
+                              "manifest.json: 'action.low' is missing")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_finished_export_logs_one_line_with_its_parity(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(context_torch, "export_graph", _copy_graphs_from(bundle_dir))
+    checkpoint = bundle_dir.parent / "grasp.safetensors"
+    with caplog.at_level("INFO", logger="metarl_robot.export"):
+        export_bundle(checkpoint, tmp_path / "bundle")
+    lines = [r.getMessage() for r in caplog.records if r.name == "metarl_robot.export"]
+    assert len(lines) == 1
+    assert lines[0].startswith(f"exported {checkpoint} -> {tmp_path / 'bundle'} in ")
+    assert " s (parity max abs diff: policy " in lines[0] and ", adapt " in lines[0]
+
+
+def test_a_section_that_is_not_a_mapping_is_named(tmp_path: Path) -> None:
+    checkpoint = make_checkpoint(tmp_path / "bad.safetensors", adaptation=[1, 2])
+    with pytest.raises(ExportError) as err:
+        export_bundle(checkpoint, tmp_path / "bundle")
+    assert str(err.value) == f"checkpoint {str(checkpoint)!r}: 'adaptation' must be a mapping, got list"
+
+
+def test_a_failed_swap_puts_the_old_bundle_back(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Overwriting moves the old bundle aside, then the new one in; when the second move fails the
+    old bundle returns to its place, whole, and nothing is left beside it."""
+    target = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    staging = tmp_path / ".bundle.x.partial"
+    staging.mkdir()
+    (staging / "manifest.json").write_text("{}")
+    real = export_module.os.replace
+
+    def replace(src, dst):
+        if Path(src) == staging:
+            raise OSError("disk full")
+        real(src, dst)
+
+    monkeypatch.setattr(export_module.os, "replace", replace)
+    with pytest.raises(OSError, match="disk full"):
+        export_module._publish(staging, target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bundle.x.partial", "bundle"]

@@ -235,3 +235,133 @@ def test_a_damaged_signature_file_fails_the_signature_check_without_trusted_keys
     check = next(c for c in verify_bundle(bundle_copy).checks if c.name == "signature")
     assert check.status == "fail"
     assert check.detail.startswith(f"{bundle_copy / 'signature.json'}: not valid JSON (")
+
+
+def test_an_unreadable_model_fails_its_io_check_with_the_reason(bundle_copy: Path) -> None:
+    (bundle_copy / "adapt.onnx").write_bytes(b"\x08\x01garbage")
+    rehash(bundle_copy)
+    check = next(c for c in verify_bundle(bundle_copy).checks if c.name == "inputs/outputs: adapt.onnx")
+    assert check.status == "fail" and check.detail.startswith("cannot read the model: ")
+
+
+def test_a_graph_that_fails_shape_inference_fails_the_full_onnx_check(bundle_copy: Path) -> None:
+    """The plain checker accepts an Add of a [2] and a [3] tensor; only the full check (strict shape
+    inference) refuses it, and verify runs the full check."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["c"])], "g",
+                              [value("a", TensorProto.FLOAT, [2]), value("b", TensorProto.FLOAT, [3])],
+                              [value("c", TensorProto.FLOAT, [2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), bundle_copy / "adapt.onnx")
+    onnx.checker.check_model(str(bundle_copy / "adapt.onnx"))  # the plain check passes
+    rehash(bundle_copy)
+    check = next(c for c in verify_bundle(bundle_copy).checks if c.name == "onnx checker: adapt.onnx")
+    assert check.status == "fail" and check.detail.startswith("InferenceError: [ShapeInferenceError]")
+
+
+def test_graph_shapes_that_differ_from_the_manifest_are_shown_or_called_unknown(bundle_copy: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(bundle_copy / "policy.onnx"))
+    stated = json.loads((bundle_copy / "manifest.json").read_text())["graphs"]["policy"]
+    obs = next(v for v in model.graph.input if v.name == "obs")
+    obs.type.tensor_type.shape.dim[-1].dim_value = 99
+    command = next(v for v in model.graph.output if v.name == "command")
+    command.type.tensor_type.ClearField("shape")
+    onnx.save(model, bundle_copy / "policy.onnx")
+    rehash(bundle_copy)
+    report = verify_bundle(bundle_copy)
+    check = next(c for c in report.checks if c.name == "inputs/outputs: policy.onnx")
+    dims = [None if isinstance(d, str) else d for d in stated["inputs"]["obs"]]
+    assert check.status == "fail"
+    assert check.detail == (f"obs has shape {dims[:-1] + [99]}, the manifest says {stated['inputs']['obs']}; "
+                            f"command has shape unknown, the manifest says {stated['outputs']['command']}")
+    contract = next(c for c in report.checks if c.name == "manifest contract")
+    assert contract.status == "fail"
+    assert contract.detail == ("the policy graph's input 'obs' has last dimension 99, observation.dim is 10; "
+                               "the policy graph's output 'command' has last dimension None, action.dim is 4")
+
+
+def test_a_checkpoint_that_does_not_match_fails_the_torch_check_by_name(bundle_dir: Path, tmp_path: Path) -> None:
+    other = make_checkpoint(tmp_path / "other.safetensors", seed=5)
+    check = verify_bundle(bundle_dir, checkpoint=other).checks[-1]
+    assert (check.name, check.status) == ("onnxruntime vs PyTorch checkpoint", "fail")
+    assert check.detail.startswith(f"{other}: sha256 {sha256_file(other)} differs from the exported checkpoint's ")
+
+
+def test_a_command_exactly_at_the_high_bound_plus_its_tolerance_is_within_it(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound check allows float32 rounding (BOUND_RTOL); a value at the edge of that allowance is in."""
+    import metarl_robot.verify as verify_module
+    from metarl_robot.runtime import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    low, high = (np.asarray(bundle.action[k], dtype=np.float64) for k in ("low", "high"))
+    edge = high + verify_module.BOUND_RTOL * np.maximum(np.abs(low), np.abs(high))
+    command = np.stack([edge, (low + high) / 2, low])  # each bound met once: never saturated
+    monkeypatch.setattr(verify_module, "_probe_commands", lambda b, rng: (np.zeros((3, b.obs_dim)), command))
+    report = VerifyReport(bundle_dir)
+    verify_module._check_command_bounds(report, bundle)
+    assert report.checks[0].status == "pass", report.checks[0].detail
+    over = np.stack([np.nextafter(edge, np.inf), low, low])
+    monkeypatch.setattr(verify_module, "_probe_commands", lambda b, rng: (np.zeros((3, b.obs_dim)), over))
+    verify_module._check_command_bounds(report, bundle)
+    assert report.checks[1].status == "fail" and "above the stated high" in report.checks[1].detail
+
+
+def test_a_policy_that_never_saturates_leaves_every_bound_unreached(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probes that never reach a clip run every round of the search and end as limits checked only."""
+    import metarl_robot.verify as verify_module
+    from metarl_robot.runtime import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    scale = np.asarray(bundle.action["scale"], dtype=np.float32)
+
+    class Smooth:  # commands strictly inside the bounds, distinct for distinct observations
+        def run(self, names, feed):
+            obs = feed["obs"]
+            assert obs.ndim == 2 and obs.shape[1] == bundle.obs_dim, obs.shape
+            x = 0.1 * (obs[:, : bundle.act_dim] + 1e-2 * obs.sum(1, keepdims=True))
+            return [(0.5 * scale * x / (1.0 + np.abs(x))).astype(np.float32)]
+
+    monkeypatch.setattr(verify_module, "_cpu_session", lambda b, graph: Smooth())
+    report = VerifyReport(bundle_dir)
+    verify_module._check_command_bounds(report, bundle)
+    check = report.checks[0]
+    assert check.status == "pass", check.detail
+    assert "; 0 of 8 bounds reached by a saturated command" in check.detail
+    assert "; not reached, so checked only as limits: " in check.detail
+    assert check.detail.count(" (furthest ") == 2 * bundle.act_dim
+
+
+def test_the_probe_search_finds_a_clip_that_random_observations_do_not_reach(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that saturates only when every observation value sits near the top (or bottom) of
+    its probed range: random probes stay short of it, and the search must push them there."""
+    import metarl_robot.verify as verify_module
+    from metarl_robot.runtime import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    scale = np.asarray(bundle.action["scale"], dtype=np.float32)
+    base = verify_module._probe_observations(bundle)
+    center, spread = base.mean(0), base.std(0)
+    spread[spread == 0] = 1.0
+
+    class Ridge:
+        def run(self, names, feed):
+            z = (feed["obs"] - center) / (2.0 * spread)  # [-1, 1] over the probed range
+            x = np.clip(1.25 * z.mean(1, keepdims=True), -1.0, 1.0)  # saturates past a mean of 0.8
+            return [(scale * x).astype(np.float32)]
+
+    monkeypatch.setattr(verify_module, "_cpu_session", lambda b, graph: Ridge())
+    start = Ridge().run(None, {"obs": base})[0]
+    assert np.abs(start).max() < 0.9 * scale.max()  # the test vectors alone are far from the clip
+    report = VerifyReport(bundle_dir)
+    verify_module._check_command_bounds(report, bundle)
+    check = report.checks[0]
+    assert check.status == "pass", check.detail  # the manifest's bounds are +-scale: the clip is the bound
+    assert "; 8 of 8 bounds reached by a saturated command and equal to the manifest's" in check.detail
