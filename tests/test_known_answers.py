@@ -165,3 +165,37 @@ def test_the_gradient_family_outer_surrogate_on_a_batch_worked_out_by_hand():
     clipped = -sum(min(r * a, min(max(r, 0.95), 1.05) * a) for r, a in zip(ratios, adv)) / 3
     assert float(GradientMetaRL.surrogate(None, [(mean, log_std)], post, clip=0.05)) == pytest.approx(clipped, rel=1e-6)
     assert clipped != pytest.approx(plain)  # the clip is active on this batch
+
+
+def test_the_ppo_clipped_surrogate_its_gradient_and_the_kl_estimate_by_hand():
+    """Ratios 1.5, 0.5, 1.1, 0.7 on advantages 1, 1, -1, -1 with clip 0.2:
+    min(1.5, 1.2) = 1.2 (clipped, no gradient); min(0.5, 0.8) = 0.5 (unclipped: d/dlog r = r A = 0.5);
+    min(-1.1, -1.1) = -1.1 (inside the clip: -1.1); min(-0.7, -0.8) = -0.8 (clipped, no gradient)."""
+    import math
+
+    import torch
+
+    from metarl_robot.algos.common.ppo import approx_kl_terms, clipped_surrogate
+
+    log_ratio = torch.tensor([math.log(1.5), math.log(0.5), math.log(1.1), math.log(0.7)], dtype=torch.float64,
+                             requires_grad=True)
+    surrogate = clipped_surrogate(log_ratio, torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64), 0.2)
+    assert surrogate.tolist() == pytest.approx([1.2, 0.5, -1.1, -0.8], abs=1e-12)
+    surrogate.sum().backward()
+    assert log_ratio.grad.tolist() == pytest.approx([0.0, 0.5, -1.1, 0.0], abs=1e-12)
+    kl = approx_kl_terms(log_ratio.detach())
+    assert kl.tolist() == pytest.approx([0.5 - math.log(1.5), -0.5 - math.log(0.5), 0.1 - math.log(1.1),
+                                         -0.3 - math.log(0.7)], abs=1e-12)
+    assert (kl > 0).all()
+
+
+def test_the_actor_critic_loss_adds_the_value_error_and_subtracts_the_entropy_bonus():
+    import torch
+
+    from metarl_robot.algos.common.ppo import actor_critic_loss
+
+    entropy = torch.tensor(3.0, requires_grad=True)
+    loss = actor_critic_loss(torch.tensor(1.0), torch.tensor(2.0), entropy, value_coef=0.5, entropy_coef=0.1)
+    assert float(loss) == pytest.approx(1.0 + 0.5 * 2.0 - 0.1 * 3.0)
+    loss.backward()
+    assert float(entropy.grad) == pytest.approx(-0.1)  # descending the loss raises the entropy

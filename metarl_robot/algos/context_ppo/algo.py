@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from metarl_robot.algos.common import DemonstratorLabels, build_task_distribution, open_sampler, resolve, run_dagger
+from metarl_robot.algos.common.ppo import actor_critic_loss, approx_kl_terms, clipped_surrogate
 from metarl_robot.algos.context_ppo.config import TrainConfig
 from metarl_robot.algos.context_ppo.rollout import ContextTrials, encode_window, stack_windows, trial_windows
 from metarl_robot.checkpoint import save_checkpoint
@@ -134,16 +135,14 @@ class ContextPPO:
                 mask = valid[idx].reshape(-1)
                 denom = mask.sum().clamp(min=1.0)
                 log_ratio = logp - old_logp[idx].reshape(-1)
-                ratio = log_ratio.exp()
-                a = adv[idx].reshape(-1)
-                surrogate = torch.min(ratio * a, ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio) * a)
+                surrogate = clipped_surrogate(log_ratio, adv[idx].reshape(-1), cfg.clip_ratio)
                 policy_loss = -(surrogate * mask).sum() / denom
                 value_loss = (((value - ret[idx].reshape(-1)) ** 2) * mask).sum() / denom
                 entropy = (dist.entropy().sum(-1) * mask).sum() / denom
                 predicted = self.policy.predict_reward(obs[idx], act[idx].clamp(-1, 1), next_obs[idx], context)
                 reward_loss = (((predicted - rew[idx]) ** 2) * valid[idx]).sum() / denom
                 loss = (
-                    policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
+                    actor_critic_loss(policy_loss, value_loss, entropy, cfg.value_coef, cfg.entropy_coef)
                     + cfg.reward_prediction_coef * reward_loss
                 )
                 self.optimizer.zero_grad()
@@ -151,7 +150,7 @@ class ContextPPO:
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 with torch.no_grad():
-                    approx_kl = (((ratio - 1) - log_ratio) * mask).sum() / denom
+                    approx_kl = (approx_kl_terms(log_ratio) * mask).sum() / denom
                 kl_epoch.append(float(approx_kl))
                 for key, v in zip(stats, (policy_loss, value_loss, entropy, approx_kl, reward_loss)):
                     stats[key].append(float(v.detach()))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from metarl_robot.algos.common import build_task_distribution, open_sampler
+from metarl_robot.algos.common.ppo import actor_critic_loss, approx_kl_terms, clipped_surrogate
 from metarl_robot.algos.loop import restore_checkpoint, run_training
 from metarl_robot.algos.rl2.config import TrainConfig
 from metarl_robot.algos.rl2.improve import exploring_trials, group_trials, select_best
@@ -232,19 +233,20 @@ class RL2:
                     logp, ent, value = self._evaluate(t, rows, span, starts[k][rows])
                     m = valid[rows, span]
                     log_ratio = logp - old_logp[rows, span]
-                    ratio = log_ratio.exp()
-                    a = adv[rows, span]
-                    surrogate = torch.min(ratio * a, ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio) * a)
+                    surrogate = clipped_surrogate(log_ratio, adv[rows, span], cfg.clip_ratio)
                     policy_loss = policy_loss - (surrogate * m).sum()
                     value_loss = value_loss + (((value - ret[rows, span]) ** 2) * m).sum()
                     entropy = entropy + (ent * m).sum()
                     with torch.no_grad():
-                        approx_kl = approx_kl + (((ratio - 1) - log_ratio) * m).sum()
+                        approx_kl = approx_kl + (approx_kl_terms(log_ratio) * m).sum()
                     denom = denom + m.sum()
                 denom = denom.clamp(min=1.0)
                 policy_loss, value_loss, entropy, approx_kl = (x / denom for x in (policy_loss, value_loss, entropy, approx_kl))
                 actor_on = self.iteration >= self.critic_warmup_until
-                loss = (policy_loss - cfg.entropy_coef * entropy if actor_on else 0.0) + cfg.value_coef * value_loss
+                if actor_on:
+                    loss = actor_critic_loss(policy_loss, value_loss, entropy, cfg.value_coef, cfg.entropy_coef)
+                else:  # the critic warms up alone
+                    loss = cfg.value_coef * value_loss
                 imitation = self._imitation_weight() if actor_on else 0.0
                 if imitation > 0:
                     loss = loss + imitation * imitation_loss(self, self._teacher, len(part))
