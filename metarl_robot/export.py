@@ -41,6 +41,7 @@ from metarl_robot.checkpoint import load_checkpoint
 from metarl_robot.families import registry
 from metarl_robot.parity import PARITY_TOLERANCE
 from metarl_robot.runtime.bundle import FORMAT, MANIFEST_FILE, SCHEMA_VERSION, BundleError, load_bundle, sha256_file
+from metarl_robot.runtime.guard import GuardError, GuardSpec
 from metarl_robot.runtime.integrity import write_manifest
 
 logger = logging.getLogger("metarl_robot.export")
@@ -204,6 +205,12 @@ def _contract_sections(plugin: Any, policy: Any, ckpt: Mapping[str, Any], path: 
                 f"{scale} (the policy graph clips to +-action_scale); fix the env interface or the policy"
             )
     adaptation_section = plugin.adaptation_section(policy, adaptation, require, where)
+    try:  # the adaptation guard is the same for every family (metarl_robot.runtime.guard)
+        guard = GuardSpec.from_adaptation(adaptation)
+    except GuardError as err:
+        raise ExportError(f"{where}: {err}") from None
+    if guard is not None:
+        adaptation_section["guard"] = guard.to_dict()
     return {
         "method": {"family": plugin.name, "name": str(method)},
         "observation": {"dim": policy.obs_dim, "layout": jsonable(layout), "normalization": "baked",

@@ -35,7 +35,7 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from metarl_robot.contract import CARTESIAN_VELOCITY, JOINT_VELOCITY, RobotInputs, check_joint_contract
-from metarl_robot.runtime import LoopSettings, LoopStats, RobotLoop, SafetyLimits
+from metarl_robot.runtime import GuardSettings, LoopSettings, LoopStats, RobotLoop, SafetyLimits
 from metarl_robot.runtime.loop import LEVEL_ERROR, LEVEL_OK, SafeCommand
 from ros_nodes import POLICY_NODE_NAME, cdr
 from ros_nodes._runner import run_node
@@ -97,6 +97,10 @@ class PolicyNode(LifecycleNode):
             limits=SafetyLimits(**{name: self._param(name) for name in LIMITS}),
             adaptation_enabled=bool(self._param("adaptation_enabled")),
             adapt_every_n_steps=self._param("adapt_every_n_steps"),
+            guard=GuardSettings(
+                enabled=bool(self._param("adaptation_guard")), max_drop=float(self._param("guard_max_drop")),
+                beyond_validated=bool(self._param("adapt_beyond_validated_steps")),
+            ),
         )
 
     def _clock_ns(self) -> int:
@@ -161,7 +165,8 @@ class PolicyNode(LifecycleNode):
             "twist_topics": list(loop.contract.observation.twist_sources),
             "settings": {"max_obs_age_s": settings.max_obs_age_s, "limits": dataclasses.asdict(settings.limits),
                          "adaptation_enabled": settings.adaptation_enabled,
-                         "adapt_every_n_steps": settings.adapt_every_n_steps},
+                         "adapt_every_n_steps": settings.adapt_every_n_steps,
+                         "guard": dataclasses.asdict(settings.guard)},
             # What the loop already holds: the latest sample of each input, received before recording began.
             "inputs": [initial_input(self.resolve_topic_name(topic), msg_type, data, received_ns)
                        for topic, (msg_type, data, received_ns) in self._latest_inputs.items()],

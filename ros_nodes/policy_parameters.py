@@ -28,6 +28,9 @@ PARAMETER_DEFAULTS: dict[str, Any] = {
     "joint_state_timeout_s": 2.0,
     "adaptation_enabled": True,
     "adapt_every_n_steps": 0,
+    "adaptation_guard": True,
+    "guard_max_drop": -1.0,
+    "adapt_beyond_validated_steps": False,
     "max_ee_speed_mps": 0.0,
     "max_grip_force_n": 0.0,
     "max_ee_velocity_step_mps": 0.0,
@@ -52,6 +55,12 @@ PARAMETER_HELP = {
     "(0 = check on the first joint state)",
     "adaptation_enabled": "collect transitions and adapt online",
     "adapt_every_n_steps": "also adapt every N transitions, >= 0 (0 = only at episode end)",
+    "adaptation_guard": "roll back an adaptation that makes the bundle's declared signal (return or success) worse "
+    "than the window before it by more than the allowed drop, and stop adapting until the next task",
+    "guard_max_drop": "allowed drop of the guard's signal per episode, >= 0, or -1 for the bundle's "
+    "adaptation.guard.max_drop (a bundle that declares no guard is guarded only when this is set)",
+    "adapt_beyond_validated_steps": "keep adapting after the number of adaptation steps meta-training validated "
+    "(adaptation.guard.validated_steps)",
     "max_ee_speed_mps": "cap on the end-effector speed in m/s, >= 0 (0 = the bundle's bounds)",
     "max_grip_force_n": "cap on the grip force magnitude in N, >= 0 (0 = the bundle's bounds)",
     "max_ee_velocity_step_mps": "largest end-effector velocity change per tick in m/s, >= 0 (0 = no rate limit)",
@@ -75,6 +84,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "max_obs_age_s": (0.0, 60.0),
     "joint_state_timeout_s": (0.0, 60.0),
     "adapt_every_n_steps": (0, 1_000_000),
+    "guard_max_drop": (-1.0, 1e9),
     "seed": (-1, 2**31 - 1),
     **{name: (0.0, 1e6) for name in LIMITS},
 }
@@ -100,6 +110,8 @@ def check_parameter(name: str, value: Any) -> str | None:
         if not (math.isfinite(value) and low <= value <= high) or (name == "max_obs_age_s" and value == low):
             opening = "(" if name == "max_obs_age_s" else "["
             return f"{name} must be in {opening}{low:g}, {high:g}], got {value}: {PARAMETER_HELP[name]}"
+    if name == "guard_max_drop" and -1.0 < value < 0.0:
+        return f"guard_max_drop must be >= 0, or -1 for the bundle's threshold; got {value}"
     if name == "trigger" and value not in TRIGGERS:
         return f"trigger must be one of {list(TRIGGERS)}, got {value!r}"
     if name == "executor" and value not in EXECUTORS:

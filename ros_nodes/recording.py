@@ -184,7 +184,7 @@ def replay(path: str | Path, bundle: str | Path | None = None, providers: list[s
     from std_msgs.msg import Bool, Float64
 
     from metarl_robot.contract import RobotInputs
-    from metarl_robot.runtime import LoopSettings, RobotLoop, SafetyLimits
+    from metarl_robot.runtime import GuardSettings, LoopSettings, RobotLoop, SafetyLimits
     from ros_nodes import cdr
 
     path = Path(path)
@@ -214,7 +214,8 @@ def replay(path: str | Path, bundle: str | Path | None = None, providers: list[s
                 str(bundle or session["bundle_path"]), providers or session["providers"],
                 LoopSettings(max_obs_age_s=settings["max_obs_age_s"], limits=SafetyLimits(**settings["limits"]),
                              adaptation_enabled=settings["adaptation_enabled"],
-                             adapt_every_n_steps=settings["adapt_every_n_steps"]),
+                             adapt_every_n_steps=settings["adapt_every_n_steps"],
+                             guard=GuardSettings(**settings.get("guard", {}))),
                 control_rate_hz=session["control_rate_hz"], seed=session["seed"],
             )
             loop.start()

@@ -25,6 +25,7 @@ from metarl_robot.runtime.base import (
 from metarl_robot.runtime.bundle import Bundle, BundleError, GraphSpec, load_bundle
 from metarl_robot.runtime.controller import AdaptiveController
 from metarl_robot.runtime.gradient_controller import GradientController
+from metarl_robot.runtime.guard import AdaptationGuard, GuardError, GuardSettings, GuardSpec
 from metarl_robot.runtime.loop import Hold, HoldKind, LoopSettings, LoopStats, RobotLoop, SafetyLimits
 from metarl_robot.runtime.schedule import CADENCES, AdaptationSchedule
 
@@ -55,6 +56,7 @@ __all__ = [
     "Controller",
     "DEFAULT_PROVIDERS",
     "PROVIDER_ALIASES",
+    "AdaptationGuard",
     "AdaptiveController",
     "AdvantageConfig",
     "Bundle",
@@ -62,6 +64,9 @@ __all__ = [
     "BundleError",
     "GradientController",
     "GraphSpec",
+    "GuardError",
+    "GuardSettings",
+    "GuardSpec",
     "Hold",
     "HoldKind",
     "LatencyStats",

@@ -21,6 +21,7 @@ from typing import Any
 from metarl_robot.families import registry
 from metarl_robot.runtime import integrity
 from metarl_robot.runtime.integrity import BundleError
+from metarl_robot.runtime.guard import GuardError, GuardSpec
 
 FORMAT = "metarl_robot.bundle"
 SCHEMA_VERSION = 2
@@ -211,6 +212,10 @@ def load_bundle(path: str | Path, *, trusted_keys: Sequence[str | Path] | None =
             f"{plugin.adaptation_kind!r}"
         )
     dims = {"obs_dim": obs_dim, "act_dim": act_dim, **plugin.check_adaptation(check, adaptation)}
+    try:
+        GuardSpec.from_adaptation(adaptation)
+    except GuardError as err:
+        raise BundleError(f"{manifest_path}: {err}; re-export the bundle") from None
 
     files = check.key(manifest, "files", dict)
     for name, digest in files.items():

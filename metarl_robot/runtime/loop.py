@@ -43,6 +43,7 @@ from metarl_robot.contract import (
 )
 from metarl_robot.runtime.base import Controller, LatencyStats
 from metarl_robot.runtime.bundle import BundleError
+from metarl_robot.runtime.guard import AdaptationGuard, GuardSettings, GuardSpec
 
 __all__ = [
     "LEVEL_ERROR",
@@ -579,6 +580,9 @@ class LoopSettings:
     """Record transitions and adapt; off freezes the adapted state (``Controller.set_learning``)."""
     adapt_every_n_steps: int = 0
     """Passed to ``Controller.schedule``: also adapt every N transitions (cadence permitting)."""
+    guard: GuardSettings = GuardSettings()
+    """The adaptation guard: roll back adaptations that make the declared signal worse
+    (:mod:`metarl_robot.runtime.guard`)."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_obs_age_s) and self.max_obs_age_s > 0):
@@ -668,6 +672,10 @@ class RobotLoop:
         """The last recoverable error (dropped transition, failed adaptation, rejected reload)."""
         self._steps_since_adapt = 0
         self._last_drop_log_s = -math.inf
+        manifest = getattr(controller, "manifest", None)
+        self.declared_guard = GuardSpec.from_adaptation(manifest["adaptation"]) if manifest else None
+        """The guard the bundle declares (``adaptation.guard``), ``None`` if none."""
+        self.guard = AdaptationGuard(settings.guard.resolve(self.declared_guard), settings.guard.beyond_validated)
         self.apply_settings(settings)
 
     @classmethod
@@ -721,7 +729,16 @@ class RobotLoop:
         self.settings = settings
         self.filter.set_limits(settings.limits)
         self.assembler.max_obs_age_s = settings.max_obs_age_s
+        self.guard.spec = settings.guard.resolve(self.declared_guard)
+        self.guard.beyond_validated = settings.guard.beyond_validated
+        if self.guard.spec is None:
+            self.guard.stopped = None
         self.controller.set_learning(settings.adaptation_enabled)
+
+    @property
+    def learning(self) -> bool:
+        """Transitions are recorded and adaptations run: enabled by the deployer and not stopped by the guard."""
+        return self.settings.adaptation_enabled and self.guard.stopped is None
 
     @property
     def control_period_s(self) -> float:
@@ -800,7 +817,7 @@ class RobotLoop:
         missing = self.recorder.rewards_missing
         closed = self.recorder.close(fresh)
         stats.rewards_missing += self.recorder.rewards_missing - missing
-        learn = self.settings.adaptation_enabled
+        learn = self.learning
         # Before act(): a controller may pair a transition with the action it last sent, or read it in
         # the next act (a recurrent memory). One whose observe() only stores the transition says so
         # (``observe_may_follow_act``), and the loop records it after the command is out.
@@ -886,27 +903,44 @@ class RobotLoop:
         at_end = episode_ended and schedule.at_episode_end(self.controller.episodes_ready)
         if not (at_end or schedule.after_step(self._steps_since_adapt)):
             return
+        self._steps_since_adapt = 0
+        guard = self.guard
+        rollbacks = guard.rollbacks
+        if not guard.permits(self.controller):
+            # Rolled back, or the validated steps have run: no more transitions or adaptations for this
+            # task. The controller acts as it did while the guard measured it (a gradient bundle keeps its
+            # exploration noise: the return it was judged on was earned with it).
+            self.recorder.reset()
+            if guard.rollbacks != rollbacks:
+                self.last_error = guard.last_event
+                self.log.warning(guard.last_event)
+            else:
+                self.log.info(guard.last_event)
+            return
         start = time.perf_counter()
         try:
             self.controller.adapt()
         except ValueError as err:
+            guard.adapt_failed()
             self.last_error = f"adaptation failed: {err}"
             self.log.warning(self.last_error)
         else:
+            guard.adapted()
             self.adapt_latency.record(time.perf_counter() - start)
             self.adaptation_steps += 1
             self.stats.adaptations_since_reset += 1
-        self._steps_since_adapt = 0
 
     # ----------------------------------------------------------------------------- events, services
     def add_reward(self, reward: float) -> None:
         """A reward for the command last sent (rewards until the next tick add up)."""
         self.recorder.add_reward(reward)
+        self.guard.add_reward(reward)
 
     def end_episode(self, success: bool, now_s: float, inputs: RobotInputs) -> None:
         """The episode ended: its last transition closes as ``done`` at the next tick."""
         self.stats.episodes += 1
         self.stats.successes += int(bool(success))
+        self.guard.end_episode(success)
         if self.active:
             obs = self.observe(now_s, inputs)
             self.recorder.end_episode(obs if isinstance(obs, np.ndarray) else None)
@@ -917,6 +951,7 @@ class RobotLoop:
         adaptations = self.stats.adaptations_since_reset
         self.controller.reset()
         self.recorder.reset()
+        self.guard.reset()
         self.stats.adaptations_since_reset = 0
         self._steps_since_adapt = 0
         return adaptations
@@ -949,6 +984,7 @@ class RobotLoop:
             "adaptation_steps": str(self.adaptation_steps),
             "adaptations_since_reset": str(stats.adaptations_since_reset),
             **self.controller.status(),
+            **self.guard.status(),
             "episodes": str(stats.episodes),
             "episode_successes": str(stats.successes),
             "control_ticks": str(stats.ticks),

@@ -81,6 +81,10 @@ VARIANTS = {
     "cavia": Variant(
         "cavia_trpo", NAV_INTERFACE, context_dim=3, inner_lr=0.5, episodes_per_step=3, max_episode_steps=10
     ),
+    # An inner step twenty times too long: each adaptation overshoots (tests/runtime/test_guard.py).
+    "cavia_overshoot": Variant(
+        "cavia_trpo", NAV_INTERFACE, context_dim=3, inner_lr=5.0, episodes_per_step=3, max_episode_steps=10
+    ),
     "meta_sgd": Variant(
         "meta_sgd_trpo",
         NAV_INTERFACE,

@@ -31,7 +31,7 @@ from .test_loop import NOW, _joint_spec, _OrderController, grasp_manifest, input
 STATUS_KEYS = [
     "bundle_path", "execution_provider", "control_rate_hz", "inference_latency_p50_ms", "inference_latency_p99_ms",
     "step_latency_p50_ms", "step_latency_p99_ms", "loop_period_p50_ms", "loop_period_p99_ms", "adapt_latency_p99_ms",
-    "adaptation_enabled", "adaptation_steps", "adaptations_since_reset", "adaptation_family", "buffer_len", "episodes",
+    "adaptation_enabled", "adaptation_steps", "adaptations_since_reset", "adaptation_family", "buffer_len", "guard", "episodes",
     "episode_successes", "control_ticks", "hold_ticks", "rewards_missing", "hold_reason", "last_error",
 ]
 """The diagnostics every deployment dashboard reads (docs/ros.md), in the order they are published."""
@@ -57,6 +57,7 @@ def test_a_loaded_loop_reports_every_diagnostic_key_in_order(bundle_dir):
                                 "episode_successes", "control_ticks", "hold_ticks", "rewards_missing")] == \
         ["true", "0", "0", "0", "0", "0", "0", "0"]
     assert (values["hold_reason"], values["last_error"]) == ("", "")
+    assert values["guard"] == "off"  # the test bundle declares no guard and no guard_max_drop is set
     assert loop.active is False and loop.joints_checked is False and loop.last_error is None
 
 
