@@ -51,6 +51,8 @@ class Variant:
     max_episode_steps: int = 12
     steps: int = 1
     gae_lambda: float = 1.0
+    guard: dict[str, Any] | None = None
+    """The ``adaptation.guard`` section to declare (none when ``None``)."""
 
     @property
     def obs_dim(self) -> int:
@@ -73,6 +75,7 @@ class Variant:
             "cadence": "episodes",
             "reward_source": {"type": "topic", "topic": "reward"},
             "advantages": {"gamma": 0.99, "gae_lambda": self.gae_lambda, "normalize": True, "baseline_ridge": 1e-5},
+            **({"guard": dict(self.guard)} if self.guard is not None else {}),
         }
 
 
@@ -81,9 +84,11 @@ VARIANTS = {
     "cavia": Variant(
         "cavia_trpo", NAV_INTERFACE, context_dim=3, inner_lr=0.5, episodes_per_step=3, max_episode_steps=10
     ),
-    # An inner step twenty times too long: each adaptation overshoots (tests/runtime/test_guard.py).
+    # An inner step ten times too long, so adaptation overshoots, and a guard against it
+    # (tests/runtime/test_guard.py, tests/ros/test_guard_node.py).
     "cavia_overshoot": Variant(
-        "cavia_trpo", NAV_INTERFACE, context_dim=3, inner_lr=5.0, episodes_per_step=3, max_episode_steps=10
+        "cavia_trpo", NAV_INTERFACE, context_dim=3, inner_lr=5.0, episodes_per_step=3, max_episode_steps=10,
+        guard={"signal": "return", "max_drop": 0.3, "validated_steps": 3},
     ),
     "meta_sgd": Variant(
         "meta_sgd_trpo",

@@ -17,7 +17,7 @@ from metarl_robot.runtime.guard import AdaptationGuard, GuardError, GuardSpec
 from metarl_robot.runtime.integrity import write_manifest
 from metarl_robot.runtime.loop import LEVEL_OK, LEVEL_WARN
 
-from .gradient_fixtures import VARIANTS, make_gradient_checkpoint
+from .gradient_fixtures import VARIANTS, exported_gradient_bundle, make_gradient_checkpoint
 
 NOW = 100.0
 
@@ -168,18 +168,13 @@ def test_the_deployer_settings_pick_the_spec_in_force():
 
 
 # ------------------------------------------------------------------------------------------- bundles
-GUARD = {"signal": "return", "max_drop": 0.3, "validated_steps": 3}
+GUARD = VARIANTS["cavia_overshoot"].guard
 
 
 @pytest.fixture(scope="module")
 def overshooting_bundle(tmp_path_factory) -> Path:
-    """A CAVIA bundle whose inner step is twenty times too long, declaring a guard."""
-    from metarl_robot.export import export_bundle
-
-    root = tmp_path_factory.mktemp("overshoot")
-    adaptation = {**VARIANTS["cavia_overshoot"].adaptation(), "guard": GUARD}
-    checkpoint = make_gradient_checkpoint(root / "c.safetensors", "cavia_overshoot", adaptation=adaptation)
-    return export_bundle(checkpoint, root / "bundle")
+    """A CAVIA bundle whose inner step is ten times too long, declaring a guard."""
+    return exported_gradient_bundle(tmp_path_factory, "cavia_overshoot")
 
 
 def test_export_carries_the_guard_into_the_manifest_and_load_checks_it(overshooting_bundle, tmp_path):
