@@ -63,6 +63,46 @@ def test_maml_with_several_inner_steps_trains_with_either_outer_optimiser(outer,
     assert {f"return/step_{k}" for k in range(4)} <= set(metrics) and data["method"] == f"maml_{outer}"
 
 
+@pytest.mark.parametrize("every_step", [False, True])
+def test_the_outer_objective_scores_the_last_step_or_every_step(every_step, tmp_path):
+    """With ``loss_every_step`` the outer surrogate is the mean over k = 1..3 of the policy adapted k
+    times, each on the episodes it collected (inner batch k, then the post batch); otherwise only the
+    policy adapted 3 times on the post batch."""
+    config = tiny(iterations=1, inner={"episodes_per_step": 3, "steps": 3, "loss_every_step": every_step})
+    algo = GradientMetaRL(config, tmp_path)
+    try:
+        _, inner, post = algo.collect_iteration()
+        batches = algo.outer_batches(inner, post)
+        expected = [(1, inner[1]), (2, inner[2]), (3, post)] if every_step else [(3, post)]
+        assert [k for k, _ in batches] == [k for k, _ in expected]
+        assert all(b is e for (_, b), (_, e) in zip(batches, expected))
+        dists = algo.post_distributions(inner, post, create_graph=False)
+        by_hand = []
+        for k, batch in expected:
+            per_task = []
+            for m in range(post.obs.shape[0]):
+                phi = algo.adapt(algo.policy.initial_adapted(), inner, m, create_graph=False)[k]
+                per_task.append(algo.policy.mean_log_std(phi, batch.obs[m]))
+            by_hand.append(float(algo.surrogate(per_task, batch).detach()))
+        assert float(algo.outer_surrogate(dists, inner, post)) == pytest.approx(np.mean(by_hand), rel=1e-5)
+        assert float(algo.outer_kl(dists, dists, inner, post)) == pytest.approx(0.0, abs=1e-7)
+    finally:
+        algo.close()
+
+
+def test_training_records_the_guard_the_robot_adapts_under(tmp_path):
+    """validated_steps is the number of inner steps meta-training took; max_drop is three standard
+    errors of the difference of two windows' means, from the spread of returns within a task."""
+    config = tiny(inner={"episodes_per_step": 3, "steps": 2})
+    _, data = load_checkpoint(train(config, tmp_path, progress=False))
+    sd = data["metrics"]["return/within_task_sd"]
+    assert sd > 0
+    assert data["adaptation"]["guard"] == {"signal": "return", "max_drop": pytest.approx(3.0 * sd * np.sqrt(2 / 3)),
+                                           "validated_steps": 2}
+    _, baseline = load_checkpoint(train(tiny(method="multitask_ppo"), tmp_path / "mt", progress=False))
+    assert baseline["adaptation"]["guard"]["validated_steps"] is None  # it never adapted in training
+
+
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
     train(tiny(iterations=1), tmp_path, progress=False)
     _, data = load_checkpoint(train(tiny(iterations=2), tmp_path, resume=True, progress=False))

@@ -82,6 +82,11 @@ def to_rollouts(policy: GradientPolicy, episodes: list[Episode], phis: torch.Ten
     return Rollouts(obs_t, actions_t, t(rewards), t(mask), log_probs * t(mask), t(advantages), returns, success)
 
 
+GUARD_STANDARD_ERRORS = 3.0
+"""The robot's guard rolls back an adaptation that lowered a window's mean return by more than this
+many standard errors of the difference of two windows' means (a false rollback about 1 time in 700)."""
+
+
 class GradientMetaRL:
     """The meta-training loop; :func:`train` is the entry point."""
 
@@ -113,8 +118,9 @@ class GradientMetaRL:
         return self.run_dir / "checkpoints" / "last.safetensors"
 
     def adaptation_spec(self) -> dict[str, Any]:
-        """The checkpoint's ``adaptation`` section: how the robot adapts this policy."""
-        return {
+        """The checkpoint's ``adaptation`` section: how the robot adapts this policy, and the guard
+        against an adaptation that makes it worse (:mod:`metarl_robot.runtime.guard`)."""
+        spec = {
             "kind": "gradient_step",
             "steps": 1,
             "episodes_per_step": self.config.inner.episodes_per_step,
@@ -122,6 +128,25 @@ class GradientMetaRL:
             "cadence": "episodes",
             "reward_source": dict(self.config.reward_source),
             "advantages": to_dict(self.config.advantages),
+        }
+        guard = self.guard_spec()
+        if guard is not None:
+            spec["guard"] = guard
+        return spec
+
+    def guard_spec(self) -> dict[str, Any] | None:
+        """The robot's adaptation guard from what training measured: it may adapt as many times as
+        meta-training did (``validated_steps``), and rolls back an adaptation whose window lost more
+        than three standard errors of the difference of two windows' mean return, with the spread of
+        episode returns within a task measured on the last iteration's post-adaptation episodes."""
+        sd = self.metrics.get("return/within_task_sd")
+        if sd is None or not np.isfinite(sd):
+            return None
+        n = self.config.inner.episodes_per_step
+        return {
+            "signal": "return",
+            "max_drop": float(GUARD_STANDARD_ERRORS * sd * np.sqrt(2.0 / n)),
+            "validated_steps": self.config.inner_steps or None,
         }
 
     def save(self) -> Path:
@@ -188,14 +213,36 @@ class GradientMetaRL:
         return tasks, inner, self.rollout(tasks, phis)
 
     # ------------------------------------------------------------------------------ outer losses
+    def outer_batches(self, inner: list[Rollouts], post: Rollouts) -> list[tuple[int, Rollouts]]:
+        """``(k, batch)`` pairs the outer objective scores: the policy adapted ``k`` times on the episodes
+        it collected. Only the last step's, unless ``inner.loss_every_step``: then every step's (the
+        inner batch ``k`` was collected by the policy adapted ``k`` times)."""
+        last = (len(inner), post)
+        if not self.config.inner.loss_every_step:
+            return [last]
+        return [(k, inner[k]) for k in range(1, len(inner))] + [last]
+
     def post_distributions(self, inner: list[Rollouts], post: Rollouts, *, create_graph: bool):
-        """Per task: ``(mean, log_std)`` of the adapted policy on the post-adaptation observations."""
+        """Per outer batch (:meth:`outer_batches`), per task: ``(mean, log_std)`` of the policy adapted
+        ``k`` times on that batch's observations."""
         phi0 = self.policy.initial_adapted()
-        out = []
+        batches = self.outer_batches(inner, post)
+        out: list[list] = [[] for _ in batches]
         for m in range(post.obs.shape[0]):
-            phi = self.adapt(phi0, inner, m, create_graph=create_graph)[-1]
-            out.append(self.policy.mean_log_std(phi, post.obs[m]))
+            phis = self.adapt(phi0, inner, m, create_graph=create_graph)
+            for i, (k, batch) in enumerate(batches):
+                out[i].append(self.policy.mean_log_std(phis[k], batch.obs[m]))
         return out
+
+    def outer_surrogate(self, dists, inner: list[Rollouts], post: Rollouts, clip: float | None = None) -> torch.Tensor:
+        """:meth:`surrogate` averaged over the outer batches."""
+        batches = self.outer_batches(inner, post)
+        return torch.stack([self.surrogate(d, batch, clip) for d, (_, batch) in zip(dists, batches)]).mean()
+
+    def outer_kl(self, old, new, inner: list[Rollouts], post: Rollouts) -> torch.Tensor:
+        """:meth:`mean_kl` averaged over the outer batches."""
+        batches = self.outer_batches(inner, post)
+        return torch.stack([self.mean_kl(o, n, batch) for o, n, (_, batch) in zip(old, new, batches)]).mean()
 
     def surrogate(self, dists, post: Rollouts, clip: float | None = None) -> torch.Tensor:
         """Minus the mean over tasks of the (clipped) importance-weighted advantage."""
@@ -229,11 +276,11 @@ class GradientMetaRL:
         second_order = not self.config.inner.first_order
         params = self.policy.meta_parameters()
         with torch.no_grad():
-            old = [(m.clone(), s.clone()) for m, s in self.post_distributions(inner, post, create_graph=False)]
+            old = [[(m.clone(), s.clone()) for m, s in d] for d in self.post_distributions(inner, post, create_graph=False)]
         dists = self.post_distributions(inner, post, create_graph=second_order)
-        loss = self.surrogate(dists, post)
+        loss = self.outer_surrogate(dists, inner, post)
         grad = flat_grad(loss, params, retain_graph=True)
-        kl = self.mean_kl(old, dists, post)
+        kl = self.outer_kl(old, dists, inner, post)
         kl_grad = flat_grad(kl, params, create_graph=True)
 
         def fisher_vector(v: torch.Tensor) -> torch.Tensor:
@@ -250,7 +297,8 @@ class GradientMetaRL:
             _assign(params, candidate)
             with torch.no_grad():
                 trial = self.post_distributions(inner, post, create_graph=False)
-                trial_loss, trial_kl = float(self.surrogate(trial, post)), float(self.mean_kl(old, trial, post))
+                trial_loss = float(self.outer_surrogate(trial, inner, post))
+                trial_kl = float(self.outer_kl(old, trial, inner, post))
             if trial_loss < old_loss and trial_kl <= cfg.max_kl:
                 accepted, new_loss, new_kl = cfg.backtrack_ratio**i, trial_loss, trial_kl
                 break
@@ -277,7 +325,7 @@ class GradientMetaRL:
         losses, kls = [], []
         for _ in range(epochs):
             dists = self.post_distributions(inner, post, create_graph=second_order)
-            loss = self.surrogate(dists, post, clip=clip)
+            loss = self.outer_surrogate(dists, inner, post, clip=clip)
             if pre_old is not None:
                 pre_new = [self.policy.mean_log_std(self.policy.initial_adapted(), inner[0].obs[m]) for m in range(post.obs.shape[0])]
                 inner_kl = self.mean_kl(pre_old, pre_new, inner[0])
@@ -354,6 +402,8 @@ class GradientMetaRL:
             out[f"success/step_{k}"] = float(batch.success.mean())
         out["return/before_adaptation"] = out["return/step_0"]
         out["return/after_adaptation"] = out[f"return/step_{len(inner)}"]
+        if post.returns.shape[1] > 1:  # the spread the robot's adaptation guard measures windows against
+            out["return/within_task_sd"] = float(post.returns.std(axis=1, ddof=1).mean())
         return out
 
     def train_iteration(self) -> dict[str, float]:

@@ -30,6 +30,10 @@ class InnerConfig:
     """Trajectories collected per task for each inner step (and for the post-adaptation batch)."""
     first_order: bool = False
     """Treat the inner gradient as a constant in the meta-gradient (FOMAML); second order otherwise."""
+    loss_every_step: bool = False
+    """With several inner steps, the outer objective is the mean over every step ``k = 1..steps`` of the
+    return of the policy adapted ``k`` times (on the episodes it collected), not only the last: the
+    robot adapts one step at a time and acts between steps, so every step must help."""
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.episodes_per_step < 1:
