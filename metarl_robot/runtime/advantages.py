@@ -42,41 +42,79 @@ class AdvantageConfig:
             raise ValueError(f"baseline_ridge must be positive, got {self.baseline_ridge}")
 
 
-def discounted_returns(rewards: np.ndarray, mask: np.ndarray, gamma: float) -> np.ndarray:
-    """Reward-to-go ``[N, T]`` of episodes ``[N, T]`` whose valid steps (``mask`` 1) come first."""
-    rewards = np.asarray(rewards, np.float64) * mask
-    out = np.zeros_like(rewards)
-    running = np.zeros(rewards.shape[0])
-    for t in range(rewards.shape[1] - 1, -1, -1):
-        running = rewards[:, t] + gamma * running * mask[:, t]
+MAX_MATRIX_STEPS = 2048
+"""Episodes up to this long sum discounted tails with one cached ``[T, T]`` matrix product (32 MB at
+most in float64); longer ones with a loop over steps."""
+_TAIL_MATRICES: dict[tuple[int, float], np.ndarray] = {}
+
+
+def _tail_matrix(steps: int, factor: float) -> np.ndarray:
+    """``M [T, T]`` with ``M[k, t] = factor**(k - t)`` for ``k >= t``, else 0: ``x @ M`` is the
+    discounted sum of each row's tail, ``sum_{k >= t} factor**(k - t) x[k]`` (one per (T, factor), kept)."""
+    key = (steps, float(factor))
+    matrix = _TAIL_MATRICES.get(key)
+    if matrix is None:
+        lag = np.arange(steps)[:, None] - np.arange(steps)[None, :]
+        matrix = np.where(lag >= 0, float(factor) ** np.maximum(lag, 0), 0.0)  # 0**0 = 1: factor 0 is the identity
+        if len(_TAIL_MATRICES) >= 8:
+            _TAIL_MATRICES.clear()
+        _TAIL_MATRICES[key] = matrix
+    return matrix
+
+
+def discounted_tails(values: np.ndarray, mask: np.ndarray, factor: float) -> np.ndarray:
+    """``sum_{k >= t} factor**(k - t) values[:, k]`` over the valid steps of episodes ``[N, T]`` whose
+    valid steps (``mask`` 1) come first; 0 on invalid steps. Float64."""
+    values = np.asarray(values, np.float64) * mask
+    steps = values.shape[1]
+    if steps <= MAX_MATRIX_STEPS:
+        return (values @ _tail_matrix(steps, factor)) * mask
+    out = np.zeros_like(values)
+    running = np.zeros(values.shape[0])
+    for t in range(steps - 1, -1, -1):
+        running = values[:, t] + factor * running * mask[:, t]
         out[:, t] = running
     return out * mask
 
 
+def discounted_returns(rewards: np.ndarray, mask: np.ndarray, gamma: float) -> np.ndarray:
+    """Reward-to-go ``[N, T]`` of episodes ``[N, T]`` whose valid steps (``mask`` 1) come first."""
+    return discounted_tails(rewards, np.asarray(mask, np.float64), gamma)
+
+
 def baseline_features(obs: np.ndarray) -> np.ndarray:
     """Regression features ``[N, T, 2*obs_dim + 4]`` of observations ``[N, T, obs_dim]``."""
-    obs = np.clip(np.asarray(obs, np.float64), -10.0, 10.0)
-    n, t = obs.shape[:2]
-    time = np.broadcast_to((np.arange(t, dtype=np.float64) / 100.0)[None, :, None], (n, t, 1))
-    return np.concatenate([obs, obs**2, time, time**2, time**3, np.ones((n, t, 1))], axis=-1)
+    obs = np.asarray(obs)
+    n, t, d = obs.shape
+    out = np.empty((n, t, 2 * d + 4))
+    np.clip(obs, -10.0, 10.0, out=out[..., :d])
+    np.square(out[..., :d], out=out[..., d : 2 * d])
+    time = np.arange(t, dtype=np.float64) / 100.0
+    out[..., 2 * d] = time
+    out[..., 2 * d + 1] = time**2
+    out[..., 2 * d + 2] = time**3
+    out[..., 2 * d + 3] = 1.0
+    return out
 
 
 def linear_feature_baseline(obs: np.ndarray, returns: np.ndarray, mask: np.ndarray, ridge: float = 1e-5) -> np.ndarray:
     """Value estimates ``[N, T]`` from a ridge regression of ``returns`` on :func:`baseline_features`."""
     features = baseline_features(obs)
-    valid = np.asarray(mask, bool)
-    x, y = features[valid], np.asarray(returns, np.float64)[valid]
-    if len(y) == 0:
+    weight = np.asarray(mask, np.float64)
+    if not weight.any():
         return np.zeros(np.shape(returns))
-    gram, target = x.T @ x, x.T @ y
+    x = features.reshape(-1, features.shape[-1])
+    masked = x * weight.reshape(-1, 1)  # invalid rows drop out of the normal equations
+    gram, target = masked.T @ x, masked.T @ np.asarray(returns, np.float64).reshape(-1)
     eye = np.eye(gram.shape[0])
-    coef = np.zeros(gram.shape[0])
-    for _ in range(5):
+    try:  # well posed with the ridge as a rule: one solve
+        coef = np.linalg.solve(gram + ridge * eye, target)
+    except np.linalg.LinAlgError:
+        coef = np.full(gram.shape[0], np.nan)
+    while not np.isfinite(coef).all() and ridge < 1e6:
         coef = np.linalg.lstsq(gram + ridge * eye, target, rcond=None)[0]
-        if np.isfinite(coef).all():
-            break
         ridge *= 10.0
-    return (features @ coef) * valid
+    return (features @ coef) * weight
 
 
 def gae(rewards: np.ndarray, values: np.ndarray, mask: np.ndarray, gamma: float, lam: float) -> np.ndarray:
@@ -90,12 +128,7 @@ def gae(rewards: np.ndarray, values: np.ndarray, mask: np.ndarray, gamma: float,
     rewards, values = np.asarray(rewards, np.float64), np.asarray(values, np.float64)
     next_values = np.concatenate([values[:, 1:] * mask[:, 1:], np.zeros((values.shape[0], 1))], axis=1)
     deltas = (rewards + gamma * next_values - values) * mask
-    advantages = np.zeros_like(deltas)
-    running = np.zeros(deltas.shape[0])
-    for t in range(deltas.shape[1] - 1, -1, -1):
-        running = deltas[:, t] + gamma * lam * running * mask[:, t]
-        advantages[:, t] = running
-    return advantages * mask
+    return discounted_tails(deltas, mask, gamma * lam)
 
 
 def compute_advantages(

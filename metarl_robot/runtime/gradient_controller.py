@@ -95,6 +95,13 @@ class GradientController(BundleController):
         self._stage_obs = np.zeros(self.obs_dim, dtype=np.float32)
         self._stage_command = np.zeros(self.act_dim, dtype=np.float32)
         self._stage_next_obs = np.zeros(self.obs_dim, dtype=np.float32)
+        # The adapt graph's batch, allocated once: adapt() fills it from the closed episodes.
+        shape = (self.episodes_per_step, self.max_episode_steps)
+        self._batch_obs = np.zeros((*shape, self.obs_dim), dtype=np.float32)
+        self._batch_action = np.zeros((*shape, self.act_dim), dtype=np.float32)
+        self._batch_reward = np.zeros(shape, dtype=np.float32)
+        self._batch_mask = np.zeros(shape, dtype=np.float32)
+        self._steps = np.arange(self.max_episode_steps)
 
     # ------------------------------------------------------------------------------ state
     @property
@@ -231,16 +238,15 @@ class GradientController(BundleController):
             return self.params
         start = time.perf_counter()
         rows = list(self._closed)
-        shape = (self.episodes_per_step, self.max_episode_steps)
-        obs = np.zeros((*shape, self.obs_dim), dtype=np.float32)
-        action = np.zeros((*shape, self.act_dim), dtype=np.float32)
-        reward = np.zeros(shape, dtype=np.float32)
-        obs[: len(rows)] = self._ep_obs[rows]
-        action[: len(rows)] = self._ep_action[rows]
-        reward[: len(rows)] = self._ep_reward[rows]
-        lengths = np.zeros(self.episodes_per_step, dtype=np.int64)
-        lengths[: len(rows)] = self._ep_len[rows]
-        mask = (np.arange(self.max_episode_steps)[None, :] < lengths[:, None]).astype(np.float32)
+        count = len(rows)
+        obs, action, reward, mask = self._batch_obs, self._batch_action, self._batch_reward, self._batch_mask
+        # Slots are zeroed when an episode starts, so past each episode's length they hold zeros.
+        np.take(self._ep_obs, rows, axis=0, out=obs[:count])
+        np.take(self._ep_action, rows, axis=0, out=action[:count])
+        np.take(self._ep_reward, rows, axis=0, out=reward[:count])
+        np.less(self._steps[None, :], self._ep_len[rows][:, None], out=mask[:count])
+        for batch in (obs, action, reward, mask):
+            batch[count:] = 0.0
         advantage = compute_advantages(obs, reward, mask, self.advantage_config)
 
         params = self._params.copy()
