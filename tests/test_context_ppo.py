@@ -35,6 +35,10 @@ def test_tiny_budget_run_writes_checkpoint_config_and_tensorboard(tmp_path):
     assert "success/before_adaptation" in data["metrics"] and "loss/reward_prediction" in data["metrics"]
     assert (tmp_path / "config.yaml").exists() and list((tmp_path / "tb").glob("events.*"))
     assert policy.obs_norm.count > 1  # the normaliser saw the collected observations
+    # The guard the robot runs it under: one-episode windows, three standard errors of a difference.
+    sd = data["metrics"]["return/episode_sd"]
+    assert sd > 0 and data["adaptation"]["guard"] == {
+        "signal": "return", "max_drop": pytest.approx(3.0 * sd * 2**0.5), "validated_steps": None}
 
 
 def test_resume_continues_from_last_checkpoint(tmp_path):

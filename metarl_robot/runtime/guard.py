@@ -33,6 +33,17 @@ import numpy as np
 
 SIGNALS = ("return", "success")
 
+STANDARD_ERRORS = 3.0
+"""Training sets a guard's allowed drop to this many standard errors of the difference of two windows'
+mean return (:func:`allowed_drop`): with normally distributed window means, an adaptation that changed
+nothing is rolled back about once in 740 times."""
+
+
+def allowed_drop(episode_sd: float, window_episodes: int) -> float:
+    """The ``max_drop`` training declares: :data:`STANDARD_ERRORS` standard errors of the difference of
+    two means of ``window_episodes`` episodes whose returns spread with standard deviation ``episode_sd``."""
+    return float(STANDARD_ERRORS * episode_sd * math.sqrt(2.0 / window_episodes))
+
 
 class GuardError(ValueError):
     """An ``adaptation.guard`` section or guard setting that cannot be used; the message says why."""

@@ -17,6 +17,7 @@ import torch
 
 from metarl_robot.algos.common import DemonstratorLabels, build_task_distribution, open_sampler, resolve, run_dagger
 from metarl_robot.algos.common.ppo import actor_critic_loss, approx_kl_terms, clipped_surrogate
+from metarl_robot.runtime.guard import allowed_drop
 from metarl_robot.algos.context_ppo.config import TrainConfig
 from metarl_robot.algos.context_ppo.rollout import ContextTrials, encode_window, stack_windows, trial_windows
 from metarl_robot.checkpoint import save_checkpoint
@@ -76,7 +77,7 @@ class ContextPPO:
             self.policy,
             method=METHOD,
             interface=self.interface,
-            adaptation=to_dict(self.config.adaptation),
+            adaptation=self.adaptation_spec(),
             config=to_dict(self.config),
             seed=self.config.seed,
             iteration=self.iteration,
@@ -87,6 +88,19 @@ class ContextPPO:
 
     def restore(self) -> bool:
         return restore_checkpoint(self, METHOD) is not None
+
+    def adaptation_spec(self) -> dict:
+        """The checkpoint's ``adaptation`` section, with the robot's adaptation guard when training has
+        measured the spread of episode returns (:mod:`metarl_robot.runtime.guard`)."""
+        spec = to_dict(self.config.adaptation)
+        sd = self.metrics.get("return/episode_sd")
+        if sd is not None and np.isfinite(sd):
+            # A window is one episode (cadence "episode"), so the allowed drop is three standard errors
+            # of the difference of two single episodes, with the spread over every episode of the last
+            # iteration (tasks included: a conservative threshold that catches collapses, not nuances).
+            # The encoder reads a sliding window of transitions, so no number of adaptations is validated.
+            spec["guard"] = {"signal": "return", "max_drop": allowed_drop(sd, 1), "validated_steps": None}
+        return spec
 
     # -- one iteration: act -> step -> store -> returns -> update
     def collect(self, trials, episodes: int) -> list[Episode]:
@@ -168,6 +182,8 @@ class ContextPPO:
         for k in range(episodes_per_task):
             out[f"return/episode_{k}"] = float(returns[k * per_episode : (k + 1) * per_episode].mean())
             out[f"success/episode_{k}"] = float(success[k * per_episode : (k + 1) * per_episode].mean())
+        if len(returns) > 1:
+            out["return/episode_sd"] = float(np.std(returns, ddof=1))
         out["success/before_adaptation"] = out["success/episode_0"]
         if episodes_per_task > 1:
             out["success/after_adaptation"] = float(success[per_episode:].mean())

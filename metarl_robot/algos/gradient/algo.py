@@ -39,6 +39,7 @@ from metarl_robot.algos.loop import restore_checkpoint, run_training
 from metarl_robot.config import to_dict
 from metarl_robot.gradient_policy import GradientPolicy, flat_grad, gaussian_kl, gaussian_log_prob, masked_mean
 from metarl_robot.runtime.advantages import compute_advantages
+from metarl_robot.runtime.guard import allowed_drop
 from metarl_robot.sampling import Episode, EpisodeBatch, EpisodePolicy, make_requests
 
 
@@ -80,11 +81,6 @@ def to_rollouts(policy: GradientPolicy, episodes: list[Episode], phis: torch.Ten
     with torch.no_grad():
         log_probs = torch.stack([policy.log_prob(phis[m].detach(), obs_t[m], actions_t[m]) for m in range(num_tasks)])
     return Rollouts(obs_t, actions_t, t(rewards), t(mask), log_probs * t(mask), t(advantages), returns, success)
-
-
-GUARD_STANDARD_ERRORS = 3.0
-"""The robot's guard rolls back an adaptation that lowered a window's mean return by more than this
-many standard errors of the difference of two windows' means (a false rollback about 1 time in 700)."""
 
 
 class GradientMetaRL:
@@ -142,10 +138,9 @@ class GradientMetaRL:
         sd = self.metrics.get("return/within_task_sd")
         if sd is None or not np.isfinite(sd):
             return None
-        n = self.config.inner.episodes_per_step
         return {
             "signal": "return",
-            "max_drop": float(GUARD_STANDARD_ERRORS * sd * np.sqrt(2.0 / n)),
+            "max_drop": allowed_drop(sd, self.config.inner.episodes_per_step),
             "validated_steps": self.config.inner_steps or None,
         }
 
