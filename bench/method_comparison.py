@@ -1,7 +1,7 @@
 """Every gradient-based method of the toolkit on 2D navigation, same budget, same meta-test protocol.
 
-Each method starts from configs/maml_navigation.yaml (the MAML paper's setup) with only what makes it
-that method changed, trains for ``--iterations`` meta-iterations, and is evaluated on the same
+Each method starts from configs/maml_navigation.yaml in the MAML paper's one-step setup (``BASE``)
+with only what makes it that method changed, trains for ``--iterations`` meta-iterations, and is evaluated on the same
 held-out goals before and after one and two adaptation steps of 20 episodes. Runs resume from
 ``--out``, so a finished method is only evaluated again.
 
@@ -18,6 +18,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+BASE = ["inner.steps=1", "inner.loss_every_step=false"]
+"""The MAML paper's one-step setup; configs/maml_navigation.yaml itself trains three steps (a method's
+own overrides come after these)."""
 
 METHODS: dict[str, list[str]] = {
     "MAML-TRPO": [],
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, curves, report = [], {}, {}
     for name in args.methods:
         config = load_config(TrainConfig, ROOT / "configs" / "maml_navigation.yaml",
-                             [*METHODS[name], f"iterations={args.iterations}", f"seed={args.seed}"])
+                             [*BASE, *METHODS[name], f"iterations={args.iterations}", f"seed={args.seed}"])
         run_dir = out / name.split(" ")[0].lower()
         start = time.perf_counter()
         path = train(config, run_dir, resume=True, progress=False)
