@@ -18,14 +18,14 @@ from std_msgs.msg import Bool, Float64, Float64MultiArray  # noqa: E402
 from ros_nodes import POLICY_NODE_NAME  # noqa: E402
 from ros_nodes.graph import DEFAULT_PARAMS_FILE, NodeGraph  # noqa: E402
 
-from ..runtime.gradient_fixtures import VARIANTS, exported_gradient_bundle  # noqa: E402
+from ..runtime.gradient_fixtures import OVERSHOOT, exported_gradient_bundle  # noqa: E402
 from .test_nodes import policy_diagnostics  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.filterwarnings("ignore::DeprecationWarning:lark.*")]
 
 WARN = DiagnosticStatus.WARN[0]
 GOAL = np.array([0.3, -0.2])
-EPISODE_STEPS = VARIANTS["cavia_overshoot"].max_episode_steps
+EPISODE_STEPS = OVERSHOOT.max_episode_steps
 
 
 class PointMass:
@@ -76,7 +76,7 @@ class PointMass:
 
 def test_the_node_rolls_back_an_adaptation_that_made_the_robot_worse(tmp_path_factory, tmp_path):
     bundle = exported_gradient_bundle(tmp_path_factory, "cavia_overshoot")
-    size = VARIANTS["cavia_overshoot"].episodes_per_step
+    size = OVERSHOOT.episodes_per_step
     overrides = {POLICY_NODE_NAME: {"trigger": "joint_states", "control_rate_hz": 10.0, "max_obs_age_s": 1.0,
                                     "joint_state_timeout_s": 3.0, "seed": 0, "execution_providers": ["cpu"]}}
     with NodeGraph(DEFAULT_PARAMS_FILE, bundle_path=bundle, overrides=overrides, start_robot=False,

@@ -84,12 +84,6 @@ VARIANTS = {
     "cavia": Variant(
         "cavia_trpo", NAV_INTERFACE, context_dim=3, inner_lr=0.5, episodes_per_step=3, max_episode_steps=10
     ),
-    # An inner step ten times too long, so adaptation overshoots, and a guard against it
-    # (tests/runtime/test_guard.py, tests/ros/test_guard_node.py).
-    "cavia_overshoot": Variant(
-        "cavia_trpo", NAV_INTERFACE, context_dim=3, inner_lr=5.0, episodes_per_step=3, max_episode_steps=10,
-        guard={"signal": "return", "max_drop": 0.3, "validated_steps": 3},
-    ),
     "meta_sgd": Variant(
         "meta_sgd_trpo",
         NAV_INTERFACE,
@@ -102,6 +96,16 @@ VARIANTS = {
 }
 
 
+OVERSHOOT = Variant(
+    "cavia_trpo", NAV_INTERFACE, context_dim=3, inner_lr=5.0, episodes_per_step=3, max_episode_steps=10,
+    guard={"signal": "return", "max_drop": 0.3, "validated_steps": 3},
+)
+"""CAVIA with an inner step ten times too long, so adaptation overshoots, and a guard against it
+(tests/runtime/test_guard.py, tests/ros/test_guard_node.py); not one of the VARIANTS every gradient test covers."""
+
+_ALL_VARIANTS = {**VARIANTS, "cavia_overshoot": OVERSHOOT}
+
+
 def make_gradient_policy(variant: str = "maml", seed: int = 0):
     """A GradientPolicy with skewed normaliser statistics, perturbed weights (the mean reaches the action
     clip), a non-uniform log std, and for Meta-SGD non-uniform step sizes."""
@@ -109,7 +113,7 @@ def make_gradient_policy(variant: str = "maml", seed: int = 0):
 
     from metarl_robot.gradient_policy import GradientPolicy, GradientPolicyConfig
 
-    v = VARIANTS[variant]
+    v = _ALL_VARIANTS[variant]
     torch.manual_seed(seed)
     config = GradientPolicyConfig(
         hidden_sizes=v.hidden_sizes, context_dim=v.context_dim, inner_lr=v.inner_lr, learn_inner_lr=v.learn_inner_lr
@@ -129,7 +133,7 @@ def make_gradient_checkpoint(path: Path, variant: str = "maml", *, seed: int = 0
     """Save a checkpoint of :func:`make_gradient_policy` with the fields gradient training writes."""
     from metarl_robot.checkpoint import save_checkpoint
 
-    v = VARIANTS[variant]
+    v = _ALL_VARIANTS[variant]
     fields: dict[str, Any] = {
         "method": v.method,
         "interface": copy.deepcopy(v.interface),

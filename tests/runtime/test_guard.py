@@ -17,7 +17,7 @@ from metarl_robot.runtime.guard import AdaptationGuard, GuardError, GuardSpec
 from metarl_robot.runtime.integrity import write_manifest
 from metarl_robot.runtime.loop import LEVEL_OK, LEVEL_WARN
 
-from .gradient_fixtures import VARIANTS, exported_gradient_bundle, make_gradient_checkpoint
+from .gradient_fixtures import OVERSHOOT, VARIANTS, exported_gradient_bundle, make_gradient_checkpoint
 
 NOW = 100.0
 
@@ -168,7 +168,7 @@ def test_the_deployer_settings_pick_the_spec_in_force():
 
 
 # ------------------------------------------------------------------------------------------- bundles
-GUARD = VARIANTS["cavia_overshoot"].guard
+GUARD = OVERSHOOT.guard
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +233,7 @@ def window_means(returns: list[float], size: int) -> list[float]:
 def test_the_loop_rolls_back_an_overshooting_adaptation_and_holds_the_better_parameters(overshooting_bundle, seed):
     """An adaptation falls due at the first tick after a window's last episode ends (the episode's last
     transition closes there), after that tick's command is out."""
-    size = VARIANTS["cavia_overshoot"].episodes_per_step
+    size = OVERSHOOT.episodes_per_step
     loop = RobotLoop.load(overshooting_bundle, ["cpu"], seed=seed)
     prior = loop.controller.get_state()
     loop.start()
@@ -261,7 +261,7 @@ def test_the_loop_rolls_back_an_overshooting_adaptation_and_holds_the_better_par
 
 
 def test_without_the_guard_the_same_bundle_keeps_getting_worse(overshooting_bundle):
-    size = VARIANTS["cavia_overshoot"].episodes_per_step
+    size = OVERSHOOT.episodes_per_step
     guarded = RobotLoop.load(overshooting_bundle, ["cpu"], seed=0)
     free = RobotLoop.load(overshooting_bundle, ["cpu"], LoopSettings(guard=GuardSettings(enabled=False)), seed=0)
     results = {}
