@@ -95,6 +95,8 @@ def export_bundle(
             "files": files,
             "provenance": _provenance(ckpt, checkpoint_path, opset=max(opsets), parity=diffs),
         }
+        if built.internal_dtypes:  # graphs that compute in float64 between float32 inputs and outputs
+            manifest["provenance"]["graph_internal_dtype"] = dict(built.internal_dtypes)
         write_manifest(staging / MANIFEST_FILE, manifest)  # sealed with the digest over it and so every file
         try:
             load_bundle(staging)

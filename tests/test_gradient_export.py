@@ -335,3 +335,34 @@ def test_verify_without_torch_checks_a_gradient_bundle_against_its_test_vectors(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[PASS] onnxruntime vs test vectors" in result.stdout
     assert "[SKIP] onnxruntime vs PyTorch checkpoint" in result.stdout
+
+
+def test_a_step_float32_cannot_reproduce_is_exported_computing_in_float64(tmp_path: Path) -> None:
+    """With log std -4 the inner step divides by a variance of 3e-4 and float32 misses the 1e-5 parity
+    gate; export then writes the adapt graph computing in float64 between float32 inputs and outputs,
+    says so in the provenance, and the bundle passes export's gate, verify and the runtime's step."""
+    from metarl_robot.checkpoint import save_checkpoint
+    from metarl_robot.runtime import GradientController
+    from tests.runtime.gradient_fixtures import make_gradient_policy
+
+    policy = make_gradient_policy("maml")
+    with torch.no_grad():
+        policy.weights[-policy.act_dim :] = -4.0
+    v = VARIANTS["maml"]
+    checkpoint = save_checkpoint(tmp_path / "tiny_std.safetensors", policy, method=v.method, interface=v.interface,
+                                 adaptation=v.adaptation(), config={}, seed=0, iteration=1, metrics={})
+    bundle = export_bundle(checkpoint, tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["provenance"]["graph_internal_dtype"] == {"adapt": "float64"}
+    assert max(manifest["provenance"]["parity_max_abs_diff"].values()) <= PARITY_TOLERANCE
+    graph = onnx.load(str(bundle / "adapt.onnx"))
+    assert [i.type.tensor_type.elem_type for i in graph.graph.input] == [onnx.TensorProto.FLOAT] * 5
+    assert any(n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.DOUBLE for n in graph.graph.node)
+    assert verify_bundle(bundle, checkpoint=checkpoint).ok
+
+    controller = GradientController.load(bundle, ["cpu"], seed=0)
+    inputs = gradient_export.sample_inputs(policy, "adapt", np.random.default_rng(1), episodes=v.episodes_per_step,
+                                           max_episode_steps=v.max_episode_steps)
+    (exact,) = gradient_export.reference_outputs(gradient_export.float64_copy(policy), "adapt", inputs)
+    (step,) = controller._adapt_session.run(None, inputs)
+    assert np.max(np.abs(step - exact)) <= 1e-6

@@ -40,6 +40,9 @@ class BuiltGraphs:
     """Every file written (graphs included), to be listed in the manifest with its sha256."""
     parity: Mapping[str, float]
     """Largest onnxruntime-vs-PyTorch difference per check, as :func:`metarl_robot.parity.max_abs_diff`."""
+    internal_dtypes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Graphs that compute in another precision than their float32 inputs and outputs (``{"adapt":
+    "float64"}``), recorded in the provenance; empty when every graph computes in float32."""
 
 
 class Family:

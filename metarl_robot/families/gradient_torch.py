@@ -31,7 +31,7 @@ from metarl_robot.export import ExportError, cpu_session, float32_list, jsonable
 from metarl_robot.families import registry
 from metarl_robot.families.base import BuiltGraphs, TorchControllerBase
 from metarl_robot.gradient_policy import GradientPolicy, adaptation_step
-from metarl_robot.parity import max_abs_diff
+from metarl_robot.parity import PARITY_TOLERANCE, max_abs_diff
 from metarl_robot.runtime.advantages import AdvantageConfig, compute_advantages
 
 CHAINED_STEPS = 3
@@ -92,9 +92,12 @@ def _slice_backward_as_pad(default: Callable[..., torch.Tensor]) -> Callable[...
     return decompose
 
 
-def trace_adaptation_step(policy: GradientPolicy, episodes: int, max_episode_steps: int) -> torch.fx.GraphModule:
+def trace_adaptation_step(
+    policy: GradientPolicy, episodes: int, max_episode_steps: int, internal: torch.dtype = torch.float32
+) -> torch.fx.GraphModule:
     """:func:`~metarl_robot.gradient_policy.adaptation_step` of ``policy`` traced to core aten operations
-    for float32 inputs of shape ``[episodes, max_episode_steps]``."""
+    for float32 inputs of shape ``[episodes, max_episode_steps]``; with ``internal=torch.float64`` the
+    step is computed in float64 (a float64 copy of the policy, inputs cast up, the result cast down)."""
     from torch._decomp import core_aten_decompositions
     from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -103,7 +106,25 @@ def trace_adaptation_step(policy: GradientPolicy, episodes: int, max_episode_ste
     if slice_backward in table:
         table[slice_backward] = _slice_backward_as_pad(table[slice_backward])
     example = _example_inputs(policy, episodes, max_episode_steps)
-    return make_fx(adaptation_step(policy), decomposition_table=table)(*example)
+    if internal == torch.float32:
+        return make_fx(adaptation_step(policy), decomposition_table=table)(*example)
+    step = adaptation_step(copy.deepcopy(policy).to(internal).eval())
+
+    def cast_step(*inputs: torch.Tensor) -> torch.Tensor:
+        return step(*(x.to(internal) for x in inputs)).to(torch.float32)
+
+    return make_fx(cast_step, decomposition_table=table)(*example)
+
+
+class CastGraph(nn.Module):
+    """``module`` computed in ``internal`` precision between float32 inputs and outputs."""
+
+    def __init__(self, module: nn.Module, internal: torch.dtype) -> None:
+        super().__init__()
+        self.module, self.internal = module, internal
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(out.to(torch.float32) for out in self.module(*(x.to(self.internal) for x in inputs)))
 
 
 def _example_inputs(policy: GradientPolicy, episodes: int, max_episode_steps: int) -> tuple[torch.Tensor, ...]:
@@ -118,13 +139,23 @@ def _example_inputs(policy: GradientPolicy, episodes: int, max_episode_steps: in
 
 
 def export_graph(
-    policy: GradientPolicy, graph: str, path: Path, opset: int | None, *, episodes: int, max_episode_steps: int
+    policy: GradientPolicy,
+    graph: str,
+    path: Path,
+    opset: int | None,
+    *,
+    episodes: int,
+    max_episode_steps: int,
+    internal: torch.dtype = torch.float32,
 ) -> None:
-    """Write ``graph`` ("policy" or "adapt") of ``policy`` to ``path`` as ONNX."""
+    """Write ``graph`` ("policy" or "adapt") of ``policy`` to ``path`` as ONNX, with float32 inputs and
+    outputs, computing in ``internal`` precision."""
     inputs, outputs = IO[graph]
     if graph == "policy":
         batch = torch.export.Dim("batch")
         module: nn.Module = GradientPolicyGraph(policy).eval()
+        if internal != torch.float32:
+            module = CastGraph(GradientPolicyGraph(copy.deepcopy(policy).to(internal)).eval(), internal)
         args: tuple[torch.Tensor, ...] = (
             torch.zeros(2, policy.obs_dim),
             policy.initial_adapted().detach().clone(),
@@ -133,7 +164,7 @@ def export_graph(
         dynamic_shapes: dict[str, Any] | None = {"obs": {0: batch}, "params": None, "noise": {0: batch}}
     else:
         try:
-            module = TracedGraph(trace_adaptation_step(policy, episodes, max_episode_steps))
+            module = TracedGraph(trace_adaptation_step(policy, episodes, max_episode_steps, internal))
         except Exception as err:  # tracing raises a variety of types
             raise ExportError(f"tracing the adaptation step (make_fx) failed: {err}") from err
         args, dynamic_shapes = _example_inputs(policy, episodes, max_episode_steps), None
@@ -141,17 +172,31 @@ def export_graph(
 
 
 def build_graphs(policy: GradientPolicy, adaptation: Mapping[str, Any], staging: Path, opset: int | None) -> BuiltGraphs:
-    """Write the graphs, ``params.npy`` and test vectors into ``staging``; return parity, sizes and files."""
+    """Write the graphs, ``params.npy`` and test vectors into ``staging``; return parity, sizes and files.
+
+    Each graph computes in float32 unless that misses the parity tolerance: then it is exported again
+    computing in float64 between its float32 inputs and outputs. A policy with a tiny action std divides
+    by its variance, and float32 cannot reproduce such a step (nor a chain of them) to 1e-5."""
     sizes = {"episodes": adaptation["episodes_per_step"], "max_episode_steps": adaptation["max_episode_steps"]}
     for graph in GRAPH_FILES:
         export_graph(policy, graph, staging / GRAPH_FILES[graph], opset, **sizes)
     sessions = {graph: cpu_session(staging / GRAPH_FILES[graph]) for graph in GRAPH_FILES}
     diffs = parity_max_abs_diff(policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0), **sizes)
+    internal: dict[str, str] = {}
+    for graph, checks in (("policy", ("policy",)), ("adapt", ("adapt", "adapt_chained"))):
+        if all(diffs[check] <= PARITY_TOLERANCE for check in checks):
+            continue
+        export_graph(policy, graph, staging / GRAPH_FILES[graph], opset, internal=torch.float64, **sizes)
+        sessions[graph] = cpu_session(staging / GRAPH_FILES[graph])
+        internal[graph] = "float64"
+    if internal:
+        diffs = parity_max_abs_diff(policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0), **sizes)
     write_test_vectors(policy, staging / TEST_VECTORS_FILE, **sizes)
     with open(staging / PARAMS_FILE, "wb") as f:
         np.save(f, initial_params(policy), allow_pickle=False)
     dims = {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "num_params": policy.num_adapted, **sizes}
-    return BuiltGraphs(dims=dims, files=[*GRAPH_FILES.values(), PARAMS_FILE, TEST_VECTORS_FILE], parity=diffs)
+    return BuiltGraphs(dims=dims, files=[*GRAPH_FILES.values(), PARAMS_FILE, TEST_VECTORS_FILE], parity=diffs,
+                       internal_dtypes=internal)
 
 
 def checkpoint_parity(policy: GradientPolicy, bundle, sessions, rng: np.random.Generator, batches: int):
