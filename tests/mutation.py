@@ -51,6 +51,10 @@ GROUPS: dict[str, dict[str, Any]] = {
         "tests": ["tests/runtime/test_loop.py", "tests/runtime/test_loop_exact.py", "tests/test_contract.py",
                   "tests/test_contract_exact.py", "tests/test_fuzz.py"],
     },
+    "guard": {
+        "mutate": ["metarl_robot/runtime/guard.py"],
+        "tests": ["tests/runtime/test_guard.py"],
+    },
     "export": {
         "sample": 100,  # every mutant: about a day on two cores (docs/testing.md)
         "mutate": ["metarl_robot/export.py", "metarl_robot/verify.py", "metarl_robot/parity.py"],
@@ -76,7 +80,7 @@ GROUPS: dict[str, dict[str, Any]] = {
 
 ALSO_COPY = ["sim/", "ros_nodes/", "configs/", "models/", "pytest.ini"]
 
-EXPORTS_CACHED = {"runtime": "", "loop": "", "evaluation": "", "algorithms": "",
+EXPORTS_CACHED = {"runtime": "", "loop": "", "guard": "", "evaluation": "", "algorithms": "",
                   "export": "tests/test_verify.py,tests/test_verify_meaning.py,tests/test_sign.py",
                   "integrity": ""}
 """Groups whose tests are served exported bundles from a cache (see ``tests/conftest.py``), filled by
@@ -212,8 +216,10 @@ def run_group(name: str, jobs: int, fresh: bool, again: bool = False, sample: in
         if sample:
             sampled = _draw_sample(work, mutmut, env, out, sample)
             (OUT / f"{name}.sample.json").write_text(json.dumps(sorted(sampled), indent=1))
-            # --again: only the sampled mutants that survived or timed out (the others are done)
-            names = sorted(sampled & set(_not_killed(work, mutmut))) if again else sorted(sampled)
+            # --again: only the sampled mutants that survived, timed out, or were never run (new, or their
+            # function changed since); the others are done
+            pending = {n for n, status in _statuses(work, mutmut).items() if status == "not checked"}
+            names = sorted(sampled & (set(_not_killed(work, mutmut)) | pending)) if again else sorted(sampled)
             code = run(*names) if names else 0
         else:
             code = run()
