@@ -126,7 +126,10 @@ def _copy_tracked(dest: Path, fresh: bool) -> None:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists() or target.read_bytes() != source.read_bytes():
-            shutil.copy2(source, target)
+            # A fresh modification time: mutmut regenerates a file's mutants only when the source is newer
+            # than them, and a source edited while an earlier run was generating would look older.
+            shutil.copyfile(source, target)
+            shutil.copymode(source, target)
 
 
 def _statuses(work: Path, mutmut: str) -> dict[str, str]:
