@@ -169,6 +169,27 @@ def _not_killed(work: Path, mutmut: str) -> list[str]:
     return [name for name, status in _statuses(work, mutmut).items() if status in ("survived", "timeout")]
 
 
+def _broaden_test_selection(work: Path) -> None:
+    """Run, for each mutated function, every test of each test module that mutmut saw calling it.
+
+    mutmut runs for a mutant only the tests it saw call the mutated function. A bundle exported in a
+    module- or session-scoped fixture is exported while the first test that asks for it is set up, so
+    mutmut credits that call to the first test alone, and never runs the module's other tests (which
+    check what the fixture built: the manifest's bounds, its provenance) against mutants of export: a
+    mutant that they kill survived. This widens each function's tests to the whole modules."""
+    path = work / "mutants" / "mutmut-stats.json"
+    if not path.exists():
+        return
+    stats = json.loads(path.read_text())
+    by_function = stats["tests_by_mangled_function_name"]
+    by_module: dict[str, set[str]] = collections.defaultdict(set)
+    for test in set(stats.get("duration_by_test", {})).union(*map(set, by_function.values())):
+        by_module[test.split("::")[0]].add(test)
+    for function, tests in by_function.items():
+        by_function[function] = sorted(set(tests).union(*(by_module[t.split("::")[0]] for t in tests)))
+    path.write_text(json.dumps(stats))
+
+
 def _draw_sample(work: Path, mutmut: str, env: dict[str, str], out: Any, size: int) -> set[str]:
     """``size`` of the group's mutants drawn uniformly at random (seed 0), for groups whose every mutant
     would take hours: the score of the sample estimates the group's, with the interval of
@@ -216,6 +237,11 @@ def run_group(name: str, jobs: int, fresh: bool, again: bool = False, sample: in
             return subprocess.run([mutmut, "run", "--max-children", str(jobs), *names], cwd=work, env=env, check=False,
                                   stdout=out, stderr=subprocess.STDOUT).returncode
 
+        # Generate the mutants and collect mutmut's test statistics (a name that matches no mutant makes it
+        # do both and stop), then widen its test selection before any mutant runs.
+        subprocess.run([mutmut, "run", "metarl_robot.no_such_mutant"], cwd=work, env=env, check=False, stdout=out,
+                       stderr=subprocess.STDOUT)
+        _broaden_test_selection(work)
         if sample:
             sampled = _draw_sample(work, mutmut, env, out, sample)
             (OUT / f"{name}.sample.json").write_text(json.dumps(sorted(sampled), indent=1))
