@@ -482,3 +482,14 @@ def test_a_failed_swap_puts_the_old_bundle_back(bundle_dir: Path, tmp_path: Path
         export_module._publish(staging, target)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [".bundle.x.partial", "bundle"]
+
+
+def test_jsonable_writes_what_json_cannot_hold_as_its_text():
+    from metarl_robot.export import jsonable
+
+    class Opaque:
+        def __str__(self) -> str:
+            return "opaque-42"
+
+    assert jsonable({"a": (1, 2.5, float("inf")), "p": Path("/x/y"), 3: Opaque(), "n": np.float32(0.5)}) == \
+        {"a": [1, 2.5, "inf"], "p": "/x/y", "3": "opaque-42", "n": 0.5}
