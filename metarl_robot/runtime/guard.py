@@ -154,6 +154,7 @@ class AdaptationGuard:
         """The score of the last window that was judged."""
         self._episode_return = 0.0
         self._saved: dict[str, np.ndarray] | None = None
+        self._baseline_episodes = 0
 
     @property
     def active(self) -> bool:
@@ -171,28 +172,45 @@ class AdaptationGuard:
         """The mean signal over the episodes of the current window (``None`` without one)."""
         return float(np.mean(self.window)) if self.window else None
 
+    @property
+    def judgeable(self) -> bool:
+        """The last adaptation awaits judgement and its window has as many episodes as the window before
+        it: the loop may judge it at once (:meth:`judge`) instead of waiting for the next adaptation to
+        fall due, which never comes while the robot holds (held ticks are not recorded)."""
+        return self._saved is not None and len(self.window) >= self._baseline_episodes > 0
+
+    def judge(self, controller: Stateful) -> bool:
+        """Judge the last adaptation on the current window: roll it back (and stop) when the window
+        scores lower than the one before it by more than ``max_drop``; returns whether it rolled back."""
+        spec, score = self.spec, self.score()
+        if spec is None or self._saved is None or score is None or self.baseline is None:
+            return False
+        self.last_score = score
+        saved, self._saved = self._saved, None
+        if score >= self.baseline - spec.max_drop:
+            return False
+        controller.set_state(saved)
+        self.rollbacks += 1
+        self.stopped = self.last_event = (
+            f"rolled back adaptation {self.steps}: the {spec.signal} per episode fell from "
+            f"{self.baseline:.4g} to {score:.4g}, more than the allowed drop of {spec.max_drop:.4g}; "
+            "adaptation stops until the next task"
+        )
+        self.steps -= 1
+        return True
+
     def permits(self, controller: Stateful) -> bool:
-        """An adaptation is due: judge the last one on the window that just ended (rolling it back when
-        it made things worse), then say whether to run the next one. Saves the state it would roll back to."""
+        """An adaptation is due: judge the last one on the window that just ended if that was not done
+        (rolling it back when it made things worse), then say whether to run the next one. Saves the
+        state it would roll back to."""
         spec = self.spec
         if spec is None:
             return True
-        score = self.score()
+        if self.judge(controller):
+            self.window = []
+            return False
+        score, episodes = self.score(), len(self.window)
         self.window = []
-        if self._saved is not None and score is not None and self.baseline is not None:
-            self.last_score = score
-            if score < self.baseline - spec.max_drop:
-                controller.set_state(self._saved)
-                self.rollbacks += 1
-                self.stopped = self.last_event = (
-                    f"rolled back adaptation {self.steps}: the {spec.signal} per episode fell from "
-                    f"{self.baseline:.4g} to {score:.4g}, more than the allowed drop of {spec.max_drop:.4g}; "
-                    "adaptation stops until the next task"
-                )
-                self.steps -= 1
-                self._saved = None
-                return False
-            self._saved = None
         if self.stopped is not None:
             return False
         if spec.validated_steps is not None and self.steps >= spec.validated_steps and not self.beyond_validated:
@@ -204,7 +222,7 @@ class AdaptationGuard:
         if score is None:  # no episode ended in the window: nothing to judge the next step against
             self.baseline = self._saved = None
             return True
-        self.baseline = score
+        self.baseline, self._baseline_episodes = score, episodes
         self._saved = controller.get_state()
         return True
 

@@ -907,15 +907,7 @@ class RobotLoop:
         guard = self.guard
         rollbacks = guard.rollbacks
         if not guard.permits(self.controller):
-            # Rolled back, or the validated steps have run: no more transitions or adaptations for this
-            # task. The controller acts as it did while the guard measured it (a gradient bundle keeps its
-            # exploration noise: the return it was judged on was earned with it).
-            self.recorder.reset()
-            if guard.rollbacks != rollbacks:
-                self.last_error = guard.last_event
-                self.log.warning(guard.last_event)
-            else:
-                self.log.info(guard.last_event)
+            self._guard_stopped(rolled_back=guard.rollbacks != rollbacks)
             return
         start = time.perf_counter()
         try:
@@ -930,6 +922,17 @@ class RobotLoop:
             self.adaptation_steps += 1
             self.stats.adaptations_since_reset += 1
 
+    def _guard_stopped(self, rolled_back: bool) -> None:
+        """The guard rolled an adaptation back, or the validated steps have run: no more transitions or
+        adaptations for this task. The controller acts as it did while the guard measured it (a gradient
+        bundle keeps its exploration noise: the return it was judged on was earned with it)."""
+        self.recorder.reset()
+        if rolled_back:
+            self.last_error = self.guard.last_event
+            self.log.warning(self.guard.last_event)
+        else:
+            self.log.info(self.guard.last_event)
+
     # ----------------------------------------------------------------------------- events, services
     def add_reward(self, reward: float) -> None:
         """A reward for the command last sent (rewards until the next tick add up)."""
@@ -940,7 +943,13 @@ class RobotLoop:
         """The episode ended: its last transition closes as ``done`` at the next tick."""
         self.stats.episodes += 1
         self.stats.successes += int(bool(success))
-        self.guard.end_episode(success)
+        guard = self.guard
+        guard.end_episode(success)
+        # Judge the last adaptation as soon as its window is as long as the one before it: waiting for
+        # the next adaptation to fall due would wait forever while the robot holds (held ticks are not
+        # recorded, so the controller's episodes never fill).
+        if self.learning and guard.judgeable and guard.judge(self.controller):
+            self._guard_stopped(rolled_back=True)
         if self.active:
             obs = self.observe(now_s, inputs)
             self.recorder.end_episode(obs if isinstance(obs, np.ndarray) else None)

@@ -232,7 +232,8 @@ def window_means(returns: list[float], size: int) -> list[float]:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_loop_rolls_back_an_overshooting_adaptation_and_holds_the_better_parameters(overshooting_bundle, seed):
     """An adaptation falls due at the first tick after a window's last episode ends (the episode's last
-    transition closes there), after that tick's command is out."""
+    transition closes there), after that tick's command is out; the guard judges the adaptation before
+    it as soon as the window has as many episodes as the one before it."""
     size = OVERSHOOT.episodes_per_step
     loop = RobotLoop.load(overshooting_bundle, ["cpu"], seed=seed)
     prior = loop.controller.get_state()
@@ -241,8 +242,9 @@ def test_the_loop_rolls_back_an_overshooting_adaptation_and_holds_the_better_par
     after = drive(loop, size)  # adapted at its first tick
     assert loop.adaptation_steps == 1 and loop.guard.baseline == pytest.approx(np.mean(before))
     assert np.mean(after) < np.mean(before) - GUARD["max_drop"], (before, after)  # the step overshot
-    assert loop.guard.rollbacks == 0
-    held = drive(loop, 2 * size)  # judged at its first tick: rolled back
+    # Judged at the end of the window's last episode (as long as the window before it): rolled back.
+    assert loop.guard.rollbacks == 1
+    held = drive(loop, 2 * size)
     assert loop.guard.rollbacks == 1 and loop.adaptation_steps == 1  # and no adaptation since
     state = loop.controller.get_state()
     assert all(np.array_equal(state[k], prior[k]) for k in prior)  # the prior's parameters, bit for bit
@@ -275,3 +277,37 @@ def test_without_the_guard_the_same_bundle_keeps_getting_worse(overshooting_bund
     # window after the rollback beats every one of them.
     assert max(results["free"][1:]) < results["free"][0], results
     assert max(results["free"][1:]) < min(results["guarded"][2:]), results
+
+
+def test_a_window_that_only_holds_is_still_judged_at_its_episode_ends():
+    """A wrecked policy can drive the robot out of its trained range, and held ticks are not recorded,
+    so the controller's episodes never fill and no adaptation falls due; the guard judges at the
+    episode ends the robot reports all the same."""
+    from metarl_robot.contract import RobotContract
+
+    from .test_loop_exact import NAV, Scripted
+
+    class Adapting(Scripted):
+        def __init__(self):
+            super().__init__(2, [[0.0, 0.0]])
+            self.state = {"params": np.zeros(1, np.float32)}
+            self.manifest = {"adaptation": {"guard": {"signal": "return", "max_drop": 1.0, "validated_steps": None}}}
+
+        def get_state(self):
+            return {"params": self.state["params"].copy()}
+
+        def set_state(self, state):
+            self.state = {"params": np.asarray(state["params"], np.float32)}
+
+    controller = Adapting()
+    loop = RobotLoop(controller, RobotContract.from_manifest(NAV))
+    # As permits() and adapted() leave the guard after one adaptation from a two-episode window at -1:
+    loop.guard.baseline, loop.guard._baseline_episodes, loop.guard.steps = -1.0, 2, 1
+    loop.guard._saved = {"params": np.full(1, 7.0, np.float32)}
+    loop.start()
+    for k in range(2):  # two held episodes: no inputs, so every tick holds
+        loop.tick(NOW + k, RobotInputs())
+        loop.add_reward(-5.0)
+        loop.end_episode(False, NOW + k, RobotInputs())
+    assert loop.guard.rollbacks == 1 and controller.state["params"].tolist() == [7.0]
+    assert loop.last_error.startswith("rolled back adaptation 1: the return per episode fell from -1 to -5")
