@@ -87,8 +87,8 @@ def bench_bundle(name: str, bundle: Path, checkpoint: Path | None, iterations: i
     from metarl_robot.runtime import GradientController, default_session_options, load_bundle
 
     spec = load_bundle(bundle)
-    n, t = spec.episodes_per_step, spec.max_episode_steps
     controller = GradientController(spec, ["cpu"], seed=0)
+    n, t = controller.episodes_per_step, controller.max_episode_steps
     session = controller._adapt_session  # the session the runtime adapts with
     policy = load_checkpoint(checkpoint)[0] if checkpoint is not None else None
 
@@ -97,13 +97,13 @@ def bench_bundle(name: str, bundle: Path, checkpoint: Path | None, iterations: i
         batch = gradient_export.sample_inputs(policy, "adapt", rng, episodes=n, max_episode_steps=t, on_policy=True)
     else:
         batch = {
-            "params": spec.initial_params,
-            "obs": rng.normal(size=(n, t, spec.obs_dim)).astype(np.float32),
-            "action": rng.normal(size=(n, t, spec.act_dim)).astype(np.float32),
+            "params": controller.initial_params,
+            "obs": rng.normal(size=(n, t, controller.obs_dim)).astype(np.float32),
+            "action": rng.normal(size=(n, t, controller.act_dim)).astype(np.float32),
             "advantage": rng.normal(size=(n, t)).astype(np.float32),
             "mask": np.ones((n, t), np.float32),
         }
-    batch["params"] = spec.initial_params
+    batch["params"] = controller.initial_params
     batch["mask"][:] = 1.0  # full episodes: the largest step the graph takes
     names = ("params", "obs", "action", "advantage", "mask")
     tensors = [torch.from_numpy(batch[k]) for k in names]
@@ -139,7 +139,7 @@ def bench_bundle(name: str, bundle: Path, checkpoint: Path | None, iterations: i
         controller.adapt()
         samples["runtime adapt()"].append(time.perf_counter() - start)
 
-    result = {"name": name, "sizes": (spec.obs_dim, spec.act_dim, n, t, spec.num_params), "times": samples}
+    result = {"name": name, "sizes": (controller.obs_dim, controller.act_dim, n, t, controller.num_params), "times": samples}
     if policy is not None:
         diffs = gradient_export.parity_max_abs_diff(
             policy, {"policy": controller._policy_session, "adapt": session}, batches=5,
