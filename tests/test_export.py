@@ -80,6 +80,7 @@ def test_manifest_carries_the_robot_contract(manifest: dict, policy) -> None:
     assert manifest["digest"] == manifest_digest(manifest)  # over the canonical manifest, so over every file
     assert manifest["method"] == {"family": "context", "name": "context_ppo"}
     bounds = manifest["observation"].pop("bounds")
+    assert bounds["rule"] == "training mean -+ (15 std + 0.5 |mean| + 0.1); outside it the robot holds with an error"
     assert manifest["observation"] == {"dim": 10, "layout": INTERFACE["observation_layout"], "normalization": "baked"}
     # Plausibility bounds from the training statistics: the mean -+ (15 std + 0.5 |mean| + 0.1).
     mean, std = policy.obs_norm.mean.numpy(), np.sqrt(policy.obs_norm.var.numpy())
@@ -418,7 +419,7 @@ def test_export_stages_beside_the_destination_so_publishing_is_one_rename(
         return str(made[-1])
 
     monkeypatch.setattr(export_module.tempfile, "mkdtemp", spy)
-    out = tmp_path / "deep" / "bundle"
+    out = tmp_path / "deep" / "er" / "bundle"  # missing folders are made, as mkdir -p would
     export_bundle(bundle_dir.parent / "grasp.safetensors", out)
     assert [p.parent for p in made] == [out.parent]
     assert made[0].name.startswith(".bundle.") and made[0].name.endswith(".partial")

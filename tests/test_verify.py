@@ -365,3 +365,45 @@ def test_the_probe_search_finds_a_clip_that_random_observations_do_not_reach(
     check = report.checks[0]
     assert check.status == "pass", check.detail  # the manifest's bounds are +-scale: the clip is the bound
     assert "; 8 of 8 bounds reached by a saturated command and equal to the manifest's" in check.detail
+
+
+def test_the_manifest_check_names_the_schema_the_digest_and_the_files(bundle_dir: Path) -> None:
+    from metarl_robot.runtime import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    check = verify_bundle(bundle_dir).checks[0]
+    assert (check.name, check.status) == ("manifest and checksums", "pass")
+    assert check.detail == (f"schema_version 2, the manifest matches its digest {bundle.digest[:19]}..., "
+                            f"{len(bundle.files)} files match their sha256")
+
+
+def test_test_vectors_of_the_first_graph_that_disagree_fail_even_when_the_last_agrees(bundle_copy: Path) -> None:
+    path = bundle_copy / "test_vectors.npz"
+    with np.load(path) as vectors:
+        arrays = dict(vectors)
+    arrays["policy/outputs/command"] = arrays["policy/outputs/command"] * 1.01
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    rehash(bundle_copy)
+    check = next(c for c in verify_bundle(bundle_copy).checks if c.name == "onnxruntime vs test vectors")
+    assert check.status == "fail" and check.detail.startswith("policy max abs diff ")
+    assert ", adapt max abs diff " in check.detail
+
+
+def test_a_named_checkpoint_that_does_not_exist_fails_the_torch_check(bundle_dir: Path, tmp_path: Path) -> None:
+    report = verify_bundle(bundle_dir, checkpoint=tmp_path / "absent.safetensors")
+    check = report.checks[-1]
+    assert (check.name, check.status) == ("onnxruntime vs PyTorch checkpoint", "fail")
+    assert check.detail == f"checkpoint {str(tmp_path / 'absent.safetensors')!r} does not exist"
+    assert not report.ok and report.failures == [check]
+
+
+def test_a_baked_bound_off_the_scale_by_more_than_float32_rounding_fails_the_contract(bundle_copy: Path) -> None:
+    """BOUND_RTOL is 1e-6 (float32 holds about 7 digits); numpy's default rtol of 1e-5 would let a bound
+    0.5e-5 off its scale through."""
+    path = bundle_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["action"]["high"][0] = manifest["action"]["high"][0] * (1 + 5e-6)
+    path.write_text(json.dumps(seal_manifest(manifest)))
+    check = next(c for c in verify_bundle(bundle_copy).checks if c.name == "manifest contract")
+    assert check.status == "fail" and "(+-scale of a baked clip)" in check.detail
