@@ -359,6 +359,15 @@ def test_a_step_float32_cannot_reproduce_is_exported_computing_in_float64(tmp_pa
     assert [i.type.tensor_type.elem_type for i in graph.graph.input] == [onnx.TensorProto.FLOAT] * 5
     assert any(n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.DOUBLE for n in graph.graph.node)
     assert verify_bundle(bundle, checkpoint=checkpoint).ok
+    # The policy graph computes in float64 the same way when float32 misses the gate.
+    gradient_export.export_graph(policy, "policy", tmp_path / "policy64.onnx", None, internal=torch.float64,
+                                 episodes=v.episodes_per_step, max_episode_steps=v.max_episode_steps)
+    session = onnxruntime.InferenceSession(str(tmp_path / "policy64.onnx"), providers=["CPUExecutionProvider"])
+    feed = gradient_export.sample_inputs(policy, "policy", np.random.default_rng(2), episodes=v.episodes_per_step,
+                                         max_episode_steps=v.max_episode_steps)
+    expected = gradient_export.reference_outputs(gradient_export.float64_copy(policy), "policy", feed)
+    for got, want in zip(session.run(None, feed), expected):
+        assert got.dtype == np.float32 and np.max(np.abs(got - want)) <= 1e-6
 
     controller = GradientController.load(bundle, ["cpu"], seed=0)
     inputs = gradient_export.sample_inputs(policy, "adapt", np.random.default_rng(1), episodes=v.episodes_per_step,

@@ -116,15 +116,19 @@ def trace_adaptation_step(
     return make_fx(cast_step, decomposition_table=table)(*example)
 
 
-class CastGraph(nn.Module):
-    """``module`` computed in ``internal`` precision between float32 inputs and outputs."""
+class CastPolicyGraph(nn.Module):
+    """:class:`GradientPolicyGraph` computed in ``internal`` precision between float32 inputs and
+    outputs (the argument names are the graph's input names, which the exporter's dynamic shapes use)."""
 
-    def __init__(self, module: nn.Module, internal: torch.dtype) -> None:
+    def __init__(self, graph: nn.Module, internal: torch.dtype) -> None:
         super().__init__()
-        self.module, self.internal = module, internal
+        self.inner, self.internal = graph, internal  # not "graph": the exporter's graph module has one
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(out.to(torch.float32) for out in self.module(*(x.to(self.internal) for x in inputs)))
+    def forward(
+        self, obs: torch.Tensor, params: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        command, action = self.inner(obs.to(self.internal), params.to(self.internal), noise.to(self.internal))
+        return command.to(torch.float32), action.to(torch.float32)
 
 
 def _example_inputs(policy: GradientPolicy, episodes: int, max_episode_steps: int) -> tuple[torch.Tensor, ...]:
@@ -155,7 +159,7 @@ def export_graph(
         batch = torch.export.Dim("batch")
         module: nn.Module = GradientPolicyGraph(policy).eval()
         if internal != torch.float32:
-            module = CastGraph(GradientPolicyGraph(copy.deepcopy(policy).to(internal)).eval(), internal)
+            module = CastPolicyGraph(GradientPolicyGraph(copy.deepcopy(policy).to(internal)).eval(), internal)
         args: tuple[torch.Tensor, ...] = (
             torch.zeros(2, policy.obs_dim),
             policy.initial_adapted().detach().clone(),
