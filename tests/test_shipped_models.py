@@ -77,6 +77,8 @@ DOCUMENTED = {
                           "configs/grasp_meta_imitation.yaml", []),
     "maml_navigation": ("python bench/gradient_meta.py navigation --seeds 0 --iterations 200",
                         "configs/maml_navigation.yaml", ["iterations=200", "seed=0"]),
+    "maml_grasp": ("python bench/gradient_meta.py grasp --seeds 0 --eval-tasks 16 --export",
+                   "configs/maml_grasp.yaml", ["seed=0"]),
 }
 
 
@@ -107,3 +109,14 @@ def test_each_shipped_checkpoint_was_trained_with_its_documented_command(model):
     differences = {k: (inside.get(k), documented.get(k)) for k in sorted(set(inside) | set(documented))
                    if inside.get(k) != documented.get(k)}
     assert not differences, f"{model}: checkpoint config vs `{command}` (key: (inside, documented)): {differences}"
+
+
+def test_the_shipped_grasp_gradient_bundle_computes_in_float64_and_passes_verify():
+    from metarl_robot.verify import verify_bundle
+
+    bundle = REPO_ROOT / "models" / "maml_grasp" / "bundle"
+    report = verify_bundle(bundle, checkpoint=REPO_ROOT / "models" / "maml_grasp" / "checkpoint.safetensors")
+    assert report.ok, report.format()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["provenance"]["graph_internal_dtype"] == {"policy": "float64", "adapt": "float64"}
+    assert manifest["adaptation"]["guard"]["validated_steps"] == 1
