@@ -407,3 +407,10 @@ def test_a_baked_bound_off_the_scale_by_more_than_float32_rounding_fails_the_con
     path.write_text(json.dumps(seal_manifest(manifest)))
     check = next(c for c in verify_bundle(bundle_copy).checks if c.name == "manifest contract")
     assert check.status == "fail" and "(+-scale of a baked clip)" in check.detail
+
+
+def test_an_unreadable_policy_graph_fails_the_contract_check_with_the_reason(bundle_copy: Path) -> None:
+    (bundle_copy / "policy.onnx").write_bytes(b"\x08\x01garbage")
+    rehash(bundle_copy)
+    check = next(c for c in verify_bundle(bundle_copy).checks if c.name == "manifest contract")
+    assert check.status == "fail" and check.detail.startswith("cannot read the policy graph: ")
