@@ -414,3 +414,15 @@ def test_an_unreadable_policy_graph_fails_the_contract_check_with_the_reason(bun
     rehash(bundle_copy)
     check = next(c for c in verify_bundle(bundle_copy).checks if c.name == "manifest contract")
     assert check.status == "fail" and check.detail.startswith("cannot read the policy graph: ")
+
+
+def test_a_layout_size_of_zero_fails_the_contract_even_when_the_sizes_add_up(bundle_copy: Path) -> None:
+    path = bundle_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    layout = manifest["observation"]["layout"]
+    layout[0]["size"] += layout[2]["size"]
+    layout[2]["size"] = 0  # still adds up to observation.dim
+    path.write_text(json.dumps(seal_manifest(manifest)))
+    check = next(c for c in verify_bundle(bundle_copy).checks if c.name == "manifest contract")
+    sizes = [entry["size"] for entry in layout]
+    assert check.status == "fail" and f"observation.layout sizes must be positive integers, got {sizes}" in check.detail
