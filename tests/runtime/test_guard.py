@@ -311,3 +311,25 @@ def test_a_window_that_only_holds_is_still_judged_at_its_episode_ends():
         loop.end_episode(False, NOW + k, RobotInputs())
     assert loop.guard.rollbacks == 1 and controller.state["params"].tolist() == [7.0]
     assert loop.last_error.startswith("rolled back adaptation 1: the return per episode fell from -1 to -5")
+
+
+def test_the_guard_reports_every_key_and_counts_rollbacks_over_tasks():
+    from metarl_robot.runtime.guard import allowed_drop
+
+    assert allowed_drop(2.0, 8) == pytest.approx(3.0 * 2.0 * (2.0 / 8) ** 0.5)  # three standard errors
+    assert GuardSpec.from_adaptation({"guard": {"validated_steps": 1}}) == GuardSpec("return", 0.0, 1)
+    guard, box = AdaptationGuard(GuardSpec("return", max_drop=0.5, validated_steps=2)), Box()
+    assert guard.status() == {
+        "guard": "watching", "guard_signal": "return", "guard_max_drop": "0.5", "guard_validated_steps": "2",
+        "guard_steps": "0", "guard_baseline": "", "guard_last_score": "", "guard_rollbacks": "0", "guard_event": ""}
+    for task in range(2):  # a rollback on each of two tasks
+        guard.reset()
+        window(guard, [-1.0])
+        assert adapt(guard, box, 1.0)
+        window(guard, [-3.25])
+        assert not guard.permits(box)
+    status = guard.status()
+    assert (status["guard"], status["guard_rollbacks"], status["guard_baseline"], status["guard_last_score"]) == \
+        ("stopped", "2", "-1", "-3.25")
+    assert status["guard_event"] == guard.last_event and guard.last_event.startswith("rolled back adaptation 1")
+    assert AdaptationGuard(GuardSpec("success", 0.1, None)).status()["guard_validated_steps"] == ""
