@@ -237,11 +237,17 @@ def test_a_damaged_signature_file_fails_the_signature_check_without_trusted_keys
     assert check.detail.startswith(f"{bundle_copy / 'signature.json'}: not valid JSON (")
 
 
-def test_an_unreadable_model_fails_its_io_check_with_the_reason(bundle_copy: Path) -> None:
-    (bundle_copy / "adapt.onnx").write_bytes(b"\x08\x01garbage")
+@pytest.mark.parametrize("graph, check_name, reason", [
+    ("adapt.onnx", "inputs/outputs: adapt.onnx", "cannot read the model: "),
+    ("policy.onnx", "manifest contract", "cannot read the policy graph: "),
+])
+def test_an_unreadable_graph_fails_the_checks_that_read_it_with_the_reason(
+    bundle_copy: Path, graph: str, check_name: str, reason: str
+) -> None:
+    (bundle_copy / graph).write_bytes(b"\x08\x01garbage")
     rehash(bundle_copy)
-    check = next(c for c in verify_bundle(bundle_copy).checks if c.name == "inputs/outputs: adapt.onnx")
-    assert check.status == "fail" and check.detail.startswith("cannot read the model: ")
+    check = next(c for c in verify_bundle(bundle_copy).checks if c.name == check_name)
+    assert check.status == "fail" and check.detail.startswith(reason)
 
 
 def test_a_graph_that_fails_shape_inference_fails_the_full_onnx_check(bundle_copy: Path) -> None:
@@ -407,13 +413,6 @@ def test_a_baked_bound_off_the_scale_by_more_than_float32_rounding_fails_the_con
     path.write_text(json.dumps(seal_manifest(manifest)))
     check = next(c for c in verify_bundle(bundle_copy).checks if c.name == "manifest contract")
     assert check.status == "fail" and "(+-scale of a baked clip)" in check.detail
-
-
-def test_an_unreadable_policy_graph_fails_the_contract_check_with_the_reason(bundle_copy: Path) -> None:
-    (bundle_copy / "policy.onnx").write_bytes(b"\x08\x01garbage")
-    rehash(bundle_copy)
-    check = next(c for c in verify_bundle(bundle_copy).checks if c.name == "manifest contract")
-    assert check.status == "fail" and check.detail.startswith("cannot read the policy graph: ")
 
 
 def test_a_layout_size_of_zero_fails_the_contract_even_when_the_sizes_add_up(bundle_copy: Path) -> None:
