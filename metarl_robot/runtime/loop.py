@@ -675,7 +675,7 @@ class RobotLoop:
         manifest = getattr(controller, "manifest", None)
         self.declared_guard = GuardSpec.from_adaptation(manifest["adaptation"]) if manifest else None
         """The guard the bundle declares (``adaptation.guard``), ``None`` if none."""
-        self.guard = AdaptationGuard(settings.guard.resolve(self.declared_guard), settings.guard.beyond_validated)
+        self.guard = AdaptationGuard(None)  # apply_settings gives it the spec in force
         self.apply_settings(settings)
 
     @classmethod
