@@ -8,17 +8,24 @@ navigation (obs 2, act 2, 20 episodes of 100 steps) and two grasp sizes (sim/gra
 on-policy batch, it times in round-robin blocks of 20 back-to-back calls (so machine load hits every
 column alike while each call runs warm):
 
-* onnxruntime running ``adapt.onnx`` with the runtime's session options (CPU EP, all graph
-  optimisations, one thread),
-* PyTorch running the same step eagerly with ``torch.func`` (``adaptation_step(policy)``, float32,
-  ``torch.set_num_threads(1)``), the function the graph was traced from,
-* PyTorch's autograd ``GradientPolicy.inner_step`` (what training calls), for reference,
-* the runtime's whole ``GradientController.adapt()`` (numpy advantages + the graph; no speed-up is
-  given for it, since it computes more than the step),
+* onnxruntime running ``adapt.onnx`` (the advantages from the rewards, then the step) with the
+  runtime's session options (CPU EP, all graph optimisations, one thread),
+* the same computation in PyTorch: the numpy advantages, then the step eagerly with ``torch.func``
+  (``adaptation_step(policy)``, float32, ``torch.set_num_threads(1)``), the function the graph's step
+  was traced from,
+* the ``torch.func`` step alone (advantages given) and PyTorch's autograd ``GradientPolicy.inner_step``
+  alone (what training calls), for reference;
 
-and reports the median and p90 in microseconds, the speed-up over ``torch.func``, and the largest
-difference from float64 PyTorch after ``CHAINED_STEPS`` chained steps (each onnxruntime output fed back as the next
-input). ``--opt-levels`` adds a table of onnxruntime graph optimisation levels.
+and, once per block, each right after a controller collected the batch through ``act``/``observe``
+(as on the robot, where ``adapt()`` follows the control loop, not another ``adapt()``):
+
+* the bare graph on the batch the controller holds,
+* the runtime's whole ``GradientController.adapt()``.
+
+It reports the median and p90 in microseconds, onnxruntime's speed-up over each PyTorch column,
+``adapt()`` over the graph (timed alike, and against the warm graph), and the largest difference
+from float64 PyTorch after ``CHAINED_STEPS`` chained steps (each onnxruntime output fed back as the
+next input). ``--opt-levels`` adds a table of onnxruntime graph optimisation levels.
 """
 
 from __future__ import annotations
@@ -85,10 +92,12 @@ def bench_bundle(name: str, bundle: Path, checkpoint: Path | None, iterations: i
     from metarl_robot.checkpoint import load_checkpoint
     from metarl_robot.gradient_policy import adaptation_step
     from metarl_robot.runtime import GradientController, default_session_options, load_bundle
+    from metarl_robot.runtime.advantages import compute_advantages
 
     spec = load_bundle(bundle)
     controller = GradientController(spec, ["cpu"], seed=0)
     n, t = controller.episodes_per_step, controller.max_episode_steps
+    config = controller.advantage_config
     session = controller._adapt_session  # the session the runtime adapts with
     policy = load_checkpoint(checkpoint)[0] if checkpoint is not None else None
 
@@ -100,33 +109,42 @@ def bench_bundle(name: str, bundle: Path, checkpoint: Path | None, iterations: i
             "params": controller.initial_params,
             "obs": rng.normal(size=(n, t, controller.obs_dim)).astype(np.float32),
             "action": rng.normal(size=(n, t, controller.act_dim)).astype(np.float32),
-            "advantage": rng.normal(size=(n, t)).astype(np.float32),
+            "reward": rng.normal(size=(n, t)).astype(np.float32),
             "mask": np.ones((n, t), np.float32),
         }
     batch["params"] = controller.initial_params
     batch["mask"][:] = 1.0  # full episodes: the largest step the graph takes
     names = ("params", "obs", "action", "advantage", "mask")
-    tensors = [torch.from_numpy(batch[k]) for k in names]
 
     def fill_controller() -> None:
         controller.reset()
         for episode in range(n):
             for step in range(t):
                 obs = batch["obs"][episode, step]
-                reward = float(batch["advantage"][episode, step])
+                reward = float(batch["reward"][episode, step])
                 controller.observe(obs, controller.act(obs), reward, obs, step == t - 1)
 
-    calls = {"onnxruntime": lambda: session.run(None, batch)}
+    calls = {"onnxruntime (advantages + step)": lambda: session.run(None, batch)}
     if policy is not None:
         torch.set_num_threads(1)
         step = adaptation_step(policy)
-        calls["torch.func"] = lambda: step(*tensors)
-        calls["torch autograd inner_step"] = lambda: policy.inner_step(*tensors, create_graph=False)
+        advantage = compute_advantages(batch["obs"], batch["reward"], batch["mask"], config)
+        given = [torch.from_numpy(advantage if k == "advantage" else batch[k]) for k in names]
+
+        def numpy_then_torch_func():
+            adv = torch.from_numpy(compute_advantages(batch["obs"], batch["reward"], batch["mask"], config))
+            return step(given[0], given[1], given[2], adv, given[4])
+
+        calls["numpy advantages + torch.func step"] = numpy_then_torch_func
+        calls["torch.func step alone"] = lambda: step(*given)
+        calls["torch autograd inner_step alone"] = lambda: policy.inner_step(*given, create_graph=False)
     # Round-robin blocks: every call sees the same machine load, and runs warm (back-to-back calls of
     # one kind, as on the robot) rather than with the caches just filled by another library.
     block = 20
     samples: dict[str, list[float]] = {key: [] for key in calls}
-    samples["runtime adapt()"] = []
+    # adapt() runs once per collected batch, right after the control loop filled it, so it is timed
+    # that way, beside the bare graph on the batch the controller holds, timed the same way.
+    cold = {"graph after collecting": [], "runtime adapt()": []}
     for _ in range(max(1, iterations // block)):
         for key, call in calls.items():
             call()
@@ -134,21 +152,27 @@ def bench_bundle(name: str, bundle: Path, checkpoint: Path | None, iterations: i
                 start = time.perf_counter()
                 call()
                 samples[key].append(time.perf_counter() - start)
-        fill_controller()
-        start = time.perf_counter()
-        controller.adapt()
-        samples["runtime adapt()"].append(time.perf_counter() - start)
+        for _ in range(2):
+            fill_controller()
+            start = time.perf_counter()
+            session.run(None, controller._adapt_feed)
+            cold["graph after collecting"].append(time.perf_counter() - start)
+            fill_controller()
+            start = time.perf_counter()
+            controller.adapt()
+            cold["runtime adapt()"].append(time.perf_counter() - start)
 
-    result = {"name": name, "sizes": (controller.obs_dim, controller.act_dim, n, t, controller.num_params), "times": samples}
+    result = {"name": name, "sizes": (controller.obs_dim, controller.act_dim, n, t, controller.num_params),
+              "times": {**samples, **cold}}
     if policy is not None:
         diffs = gradient_export.parity_max_abs_diff(
             policy, {"policy": controller._policy_session, "adapt": session}, batches=5,
-            rng=np.random.default_rng(1), episodes=n, max_episode_steps=t,
+            rng=np.random.default_rng(1), episodes=n, max_episode_steps=t, advantages=config,
         )
         result["parity"] = diffs["adapt_chained"]
         with torch.no_grad():
             ours = session.run(None, batch)[0]
-            theirs = step(*tensors).numpy()
+            theirs = step(*given).numpy()
         result["same_step"] = float(np.max(np.abs(ours - theirs)))
     if opt_levels:
         levels = {}
@@ -201,20 +225,28 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, onnxruntime "
         f"{onnxruntime.__version__}, CPU EP, 1 thread, {args.iterations} calls each in round-robin blocks of 20\n"
     )
-    print("| size (obs, act, N, T, P) | call | median µs | p90 µs | speed-up vs torch.func |")
+    print("| size (obs, act, N, T, P) | call | median µs | p90 µs | onnxruntime's speed-up over it |")
     print("| --- | --- | ---: | ---: | ---: |")
+    graph = "onnxruntime (advantages + step)"
     for r in results:
         o, a, n, t, p = r["sizes"]
-        base = np.median(r["times"]["torch.func"]) if "torch.func" in r["times"] else None
+        ours = np.median(r["times"][graph])
         for call, samples in r["times"].items():
             p50, p90 = percentiles_us(samples)
-            same_step = call != "runtime adapt()"  # adapt() also computes the advantages
-            speedup = f"{base / np.median(samples):.1f}x" if base is not None and same_step else "—"
+            compared = call not in (graph, "graph after collecting", "runtime adapt()")
+            speedup = f"{np.median(samples) / ours:.1f}x" if compared else "—"
             print(f"| {r['name']} ({o}, {a}, {n}, {t}, {p}) | {call} | {p50:.0f} | {p90:.0f} | {speedup} |")
+    print()
+    print("| size | runtime adapt() / the graph, both timed right after the episodes were collected | adapt() / the graph timed warm |")
+    print("| --- | ---: | ---: |")
+    for r in results:
+        adapt = np.median(r["times"]["runtime adapt()"])
+        print(f"| {r['name']} | {adapt / np.median(r['times']['graph after collecting']):.2f}x | "
+              f"{adapt / np.median(r['times'][graph]):.2f}x |")
     print()
     from metarl_robot.families.gradient_torch import CHAINED_STEPS
 
-    print(f"| size | onnxruntime vs torch.func, one step (float32) | vs float64 PyTorch after {CHAINED_STEPS} chained steps |")
+    print(f"| size | onnxruntime vs torch.func, one step (float32; numpy advantages) | vs float64 PyTorch after {CHAINED_STEPS} chained steps |")
     print("| --- | ---: | ---: |")
     for r in results:
         if "parity" in r:

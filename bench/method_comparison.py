@@ -35,14 +35,27 @@ METHODS: dict[str, list[str]] = {
 }
 
 
+def slug(name: str) -> str:
+    """A folder name for a variant: lower case, runs of other characters as one ``-``."""
+    return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split()) or "variant"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-tasks", type=int, default=20)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "OVERRIDE"),
+                        help="one more row: a name, then config overrides after BASE (e.g. --variant "
+                             "'Reptile, 5 steps' method=reptile inner.steps=5); repeatable")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_methods"))
     args = parser.parse_args(argv)
+    variants = {v[0]: v[1:] for v in args.variant}
+    clash = sorted(set(variants) & set(METHODS))
+    if clash:
+        parser.error(f"--variant {clash[0]!r} is the name of a built-in method; give the variant its own name")
+    methods = {**{name: METHODS[name] for name in args.methods}, **variants}
 
     import sim  # noqa: F401  (registers the envs)
     from metarl_robot.algos.context_ppo.algo import build_task_distribution
@@ -55,10 +68,12 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     rows, curves, report = [], {}, {}
-    for name in args.methods:
+    for name, overrides in methods.items():
         config = load_config(TrainConfig, ROOT / "configs" / "maml_navigation.yaml",
-                             [*BASE, *METHODS[name], f"iterations={args.iterations}", f"seed={args.seed}"])
-        run_dir = out / name.split(" ")[0].lower()
+                             [*BASE, *overrides, f"iterations={args.iterations}", f"seed={args.seed}"])
+        # Built-in methods keep their first word as the run folder (earlier runs resume); a variant
+        # gets its whole name, so two variants of one method never share a run.
+        run_dir = out / (name.split(" ")[0].lower() if name in METHODS else slug(name))
         start = time.perf_counter()
         path = train(config, run_dir, resume=True, progress=False)
         train_s = time.perf_counter() - start
@@ -70,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         curves[name] = results
         cells = [f"{r['return_mean']:.1f} ± {r['return_ci95']:.1f}" for r in results["summary"]]
         rows.append(f"| {name} | {' | '.join(cells)} | {train_s:.0f} |")
-        report[name] = {"overrides": METHODS[name], "summary": results["summary"], "train_s_this_run": train_s,
+        report[name] = {"overrides": overrides, "summary": results["summary"], "train_s_this_run": train_s,
                         "wall_s_total": data["metrics"].get("time/wall_s")}
         print(rows[-1], flush=True)
     print(f"\n2D navigation, {args.iterations} meta-iterations of 20 tasks x 20 episodes, seed {args.seed}; "
@@ -78,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| method | 0 steps | 1 step | 2 steps | train s (this run) |\n|---|---|---|---|---|")
     print("\n".join(rows))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report, indent=2))
+    results_path = out / "results.json"  # rows of earlier invocations stay; this run's replace theirs
+    earlier = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results_path.write_text(json.dumps({**earlier, **report}, indent=2))
     print(f"\nplot: {write_comparison(curves, out / 'return.png', '2D navigation: every method, same budget')}")
     return 0
 

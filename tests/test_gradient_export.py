@@ -21,6 +21,7 @@ import metarl_robot.families.gradient_torch as gradient_export
 from metarl_robot.checkpoint import load_checkpoint
 from metarl_robot.export import ExportError, export_bundle
 from metarl_robot.runtime import load_bundle
+from metarl_robot.runtime.advantages import AdvantageConfig, compute_advantages
 from metarl_robot.runtime.bundle import sha256_file
 from metarl_robot.runtime.integrity import seal_manifest
 from metarl_robot.verify import PARITY_TOLERANCE, verify_bundle
@@ -103,7 +104,7 @@ def test_manifest_describes_the_gradient_step(bundle: Path, variant: str, policy
         },
         "adapt": {
             "file": "adapt.onnx",
-            "inputs": {"params": [p], "obs": [n, t, o], "action": [n, t, a], "advantage": [n, t], "mask": [n, t]},
+            "inputs": {"params": [p], "obs": [n, t, o], "action": [n, t, a], "reward": [n, t], "mask": [n, t]},
             "outputs": {"adapted_params": [p]},
         },
     }
@@ -133,6 +134,7 @@ def test_graphs_match_torch_on_50_batches_and_chained_steps(bundle: Path, policy
         episodes=adaptation["episodes_per_step"],
         max_episode_steps=adaptation["max_episode_steps"],
         chained_steps=gradient_export.CHAINED_STEPS,
+        advantages=AdvantageConfig.from_mapping(adaptation["advantages"]),
     )
     assert set(diffs) == {"policy", "adapt", "adapt_chained"}
     assert all(d <= PARITY_TOLERANCE for d in diffs.values()), diffs
@@ -150,8 +152,10 @@ def test_adapt_graph_is_one_inner_step_in_float32_too(bundle: Path, policy) -> N
         on_policy=True,
     )
     (adapted,) = sessions(bundle)["adapt"].run(None, inputs)
+    config = AdvantageConfig.from_mapping(adaptation["advantages"])
+    batch = {**inputs, "advantage": compute_advantages(inputs["obs"], inputs["reward"], inputs["mask"], config)}
     names = ("params", "obs", "action", "advantage", "mask")
-    expected = policy.inner_step(*(torch.from_numpy(inputs[k]) for k in names), create_graph=False).detach().numpy()
+    expected = policy.inner_step(*(torch.from_numpy(batch[k]) for k in names), create_graph=False).detach().numpy()
     np.testing.assert_allclose(adapted, expected, rtol=0, atol=PARITY_TOLERANCE)
     assert np.max(np.abs(adapted - inputs["params"])) > 1e-4
 
@@ -194,7 +198,7 @@ def test_test_vectors_hold_torch_outputs(bundle: Path) -> None:
         "adapt/inputs/params",
         "adapt/inputs/obs",
         "adapt/inputs/action",
-        "adapt/inputs/advantage",
+        "adapt/inputs/reward",
         "adapt/inputs/mask",
         "adapt/outputs/adapted_params",
     }
@@ -372,6 +376,26 @@ def test_a_step_float32_cannot_reproduce_is_exported_computing_in_float64(tmp_pa
     controller = GradientController.load(bundle, ["cpu"], seed=0)
     inputs = gradient_export.sample_inputs(policy, "adapt", np.random.default_rng(1), episodes=v.episodes_per_step,
                                            max_episode_steps=v.max_episode_steps)
-    (exact,) = gradient_export.reference_outputs(gradient_export.float64_copy(policy), "adapt", inputs)
+    (exact,) = gradient_export.reference_outputs(gradient_export.float64_copy(policy), "adapt", inputs,
+                                                 controller.advantage_config)
     (step,) = controller._adapt_session.run(None, inputs)
     assert np.max(np.abs(step - exact)) <= 1e-6
+
+
+def test_a_bundle_whose_adapt_graph_takes_advantages_is_told_to_re_export(maml_bundle: Path, tmp_path: Path) -> None:
+    """Bundles exported before the advantages moved into the adapt graph name 'advantage' where this
+    runtime feeds 'reward': one line saying so and giving the command, not two lists of names."""
+    from metarl_robot.runtime import BundleError
+
+    copy = Path(shutil.copytree(maml_bundle, tmp_path / "bundle"))
+    manifest = manifest_of(copy)
+    inputs = manifest["graphs"]["adapt"]["inputs"]
+    manifest["graphs"]["adapt"]["inputs"] = {("advantage" if k == "reward" else k): v for k, v in inputs.items()}
+    (copy / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
+    with pytest.raises(BundleError, match=r"exported by an earlier metarl_robot: its adapt graph takes advantages.*"
+                                          r"metarl-robot export CHECKPOINT --out DIR --overwrite"):
+        load_bundle(copy)
+    manifest["graphs"]["adapt"]["inputs"] = {("returns" if k == "reward" else k): v for k, v in inputs.items()}
+    (copy / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
+    with pytest.raises(BundleError, match=r"names \['params', 'obs', 'action', 'returns', 'mask'\], expected"):
+        load_bundle(copy)

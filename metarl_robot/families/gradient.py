@@ -33,7 +33,14 @@ class GradientFamily(Family):
     algorithms = ("metarl_robot.algos.gradient",)
     graph_io = {
         "policy": (("obs", "params", "noise"), ("command", "action")),
-        "adapt": (("params", "obs", "action", "advantage", "mask"), ("adapted_params",)),
+        "adapt": (("params", "obs", "action", "reward", "mask"), ("adapted_params",)),
+    }
+    retired_graph_io = {
+        "adapt": (
+            ("params", "obs", "action", "advantage", "mask"),
+            "its adapt graph takes advantages computed outside it; this runtime feeds rewards to an adapt "
+            "graph that computes the advantages itself",
+        )
     }
     params_file = "params.npy"
     parity_labels = {"adapt_chained": "the adapt graph over chained steps (its own output fed back)"}
@@ -103,7 +110,7 @@ class GradientFamily(Family):
             "params": (params,),
             "obs": (n, t, obs),
             "action": (n, t, act),
-            "advantage": (n, t),
+            "reward": (n, t),
             "mask": (n, t),
             "adapted_params": (params,),
         }

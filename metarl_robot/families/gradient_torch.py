@@ -3,11 +3,14 @@
 their parity checks and test vectors, and the runtime controller's semantics in PyTorch.
 
 ``policy.onnx`` computes ``(command, action)`` from a raw observation, the adapted parameters and
-standard-normal noise. ``adapt.onnx`` computes one inner policy-gradient step,
-``params - inner_lr * grad L(params; obs, action, advantage, mask)``: ``torch.func.grad`` does not
-export directly, so the step is traced to plain aten operations with ``make_fx`` (the backward pass
-becomes ordinary forward operations) and that trace is exported. The adapt graph has fixed shapes
-``[episodes_per_step, max_episode_steps]``; the runtime pads shorter batches with ``mask = 0``.
+standard-normal noise. ``adapt.onnx`` computes one inner policy-gradient step from the episodes the
+robot collected, ``params - inner_lr * grad L(params; obs, action, advantage, mask)`` with the
+advantages computed from ``reward`` inside the graph: ``torch.func.grad`` does not export directly, so
+the step is traced to plain aten operations with ``make_fx`` (the backward pass becomes ordinary
+forward operations) and that trace is exported; then
+:func:`~metarl_robot.families.gradient_onnx.add_advantages` puts the robot's advantage code in front
+of it as ONNX nodes. The adapt graph has fixed shapes ``[episodes_per_step, max_episode_steps]``; the
+runtime pads shorter batches with ``mask = 0``.
 
 Imported only through the plug-in in :mod:`metarl_robot.families.gradient`, when torch is needed; the
 bundle format is in docs/bundle.md.
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime
 import torch
 from torch import nn
@@ -30,9 +34,10 @@ from torch import nn
 from metarl_robot.export import ExportError, cpu_session, float32_list, jsonable, onnx_export, single_threaded_torch
 from metarl_robot.families import registry
 from metarl_robot.families.base import BuiltGraphs, TorchControllerBase
+from metarl_robot.families.gradient_onnx import add_advantages
 from metarl_robot.gradient_policy import GradientPolicy, adaptation_step
 from metarl_robot.parity import PARITY_TOLERANCE, max_abs_diff
-from metarl_robot.runtime.advantages import AdvantageConfig, compute_advantages
+from metarl_robot.runtime.advantages import AdvantageConfig, advantages_float64, compute_advantages
 
 CHAINED_STEPS = 3
 """Adapt-graph steps chained (each onnxruntime output fed back as the next input) in the parity check:
@@ -151,9 +156,11 @@ def export_graph(
     episodes: int,
     max_episode_steps: int,
     internal: torch.dtype = torch.float32,
+    advantages: AdvantageConfig = AdvantageConfig(),
 ) -> None:
     """Write ``graph`` ("policy" or "adapt") of ``policy`` to ``path`` as ONNX, with float32 inputs and
-    outputs, computing in ``internal`` precision."""
+    outputs, computing in ``internal`` precision; the adapt graph computes its advantages from rewards
+    with the ``advantages`` settings (in float64)."""
     inputs, outputs = IO[graph]
     if graph == "policy":
         batch = torch.export.Dim("batch")
@@ -172,7 +179,15 @@ def export_graph(
         except Exception as err:  # tracing raises a variety of types
             raise ExportError(f"tracing the adaptation step (make_fx) failed: {err}") from err
         args, dynamic_shapes = _example_inputs(policy, episodes, max_episode_steps), None
+        # The traced step reads advantages; add_advantages turns that input into rewards.
+        inputs = tuple("advantage" if name == "reward" else name for name in inputs)
     onnx_export(module, args, path, graph, inputs, outputs, dynamic_shapes, opset)
+    if graph == "adapt":
+        try:
+            model = add_advantages(onnx.load(str(path)), advantages, float64_step=internal == torch.float64)
+            onnx.save(model, str(path))
+        except ValueError as err:
+            raise ExportError(f"adding the advantage computation to the adapt graph failed: {err}") from err
 
 
 def build_graphs(policy: GradientPolicy, adaptation: Mapping[str, Any], staging: Path, opset: int | None) -> BuiltGraphs:
@@ -181,7 +196,8 @@ def build_graphs(policy: GradientPolicy, adaptation: Mapping[str, Any], staging:
     Each graph computes in float32 unless that misses the parity tolerance: then it is exported again
     computing in float64 between its float32 inputs and outputs. A policy with a tiny action std divides
     by its variance, and float32 cannot reproduce such a step (nor a chain of them) to 1e-5."""
-    sizes = {"episodes": adaptation["episodes_per_step"], "max_episode_steps": adaptation["max_episode_steps"]}
+    sizes = {"episodes": adaptation["episodes_per_step"], "max_episode_steps": adaptation["max_episode_steps"],
+             "advantages": advantage_config(adaptation["advantages"])}
     for graph in GRAPH_FILES:
         export_graph(policy, graph, staging / GRAPH_FILES[graph], opset, **sizes)
     sessions = {graph: cpu_session(staging / GRAPH_FILES[graph]) for graph in GRAPH_FILES}
@@ -198,7 +214,8 @@ def build_graphs(policy: GradientPolicy, adaptation: Mapping[str, Any], staging:
     write_test_vectors(policy, staging / TEST_VECTORS_FILE, **sizes)
     with open(staging / PARAMS_FILE, "wb") as f:
         np.save(f, initial_params(policy), allow_pickle=False)
-    dims = {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "num_params": policy.num_adapted, **sizes}
+    dims = {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "num_params": policy.num_adapted,
+            "episodes": sizes["episodes"], "max_episode_steps": sizes["max_episode_steps"]}
     return BuiltGraphs(dims=dims, files=[*GRAPH_FILES.values(), PARAMS_FILE, TEST_VECTORS_FILE], parity=diffs,
                        internal_dtypes=internal)
 
@@ -214,6 +231,7 @@ def checkpoint_parity(policy: GradientPolicy, bundle, sessions, rng: np.random.G
         rng=rng,
         episodes=int(adaptation["episodes_per_step"]),
         max_episode_steps=int(adaptation["max_episode_steps"]),
+        advantages=advantage_config(adaptation["advantages"]),
     )
     expected = initial_params(policy)
     stored = FAMILY.initial_params(bundle)
@@ -281,6 +299,11 @@ def adaptation_section(
     }
 
 
+def advantage_config(section: "AdvantageConfig | Mapping[str, Any]") -> AdvantageConfig:
+    """The advantage settings of a checkpoint's or manifest's ``adaptation.advantages``."""
+    return section if isinstance(section, AdvantageConfig) else AdvantageConfig.from_mapping(section)
+
+
 def initial_params(policy: GradientPolicy) -> np.ndarray:
     """``policy.initial_adapted()`` as the float32 vector stored in ``params.npy``."""
     return policy.initial_adapted().detach().cpu().numpy().astype(np.float32).reshape(-1)
@@ -305,10 +328,9 @@ def sample_inputs(
     spread 4 standard deviations around the normaliser statistics. Policy graph: ``batch`` (default
     random 1..8) rows, noise of standard deviation 2 (so actions pass the clip) or, one time in five,
     zeros. Adapt graph: masks whose episodes have random lengths (often 1-3 steps, sometimes empty or
-    full), with random holes one time in five; ``on_policy`` (default: a coin flip) batches are what the
-    robot feeds, actions sampled from the policy at ``params`` and advantages computed from random
-    rewards by :func:`~metarl_robot.runtime.advantages.compute_advantages`; otherwise actions of
-    standard deviation 1.5 (normalised units) and standard-normal advantages. ``long_episodes`` draws
+    full), with random holes one time in five, and rewards of random scale and offset; ``on_policy``
+    (default: a coin flip) batches are what the robot feeds, actions sampled from the policy at
+    ``params``; otherwise actions of standard deviation 1.5 (normalised units). ``long_episodes`` draws
     every episode's length from the second half of the horizon, with no holes: the batches a robot
     collects, on which chained steps are checked.
     """
@@ -341,11 +363,11 @@ def sample_inputs(
         noise = torch.from_numpy(rng.normal(size=(*shape, policy.act_dim)).astype(np.float32))
         with torch.no_grad():
             action = policy.sample(torch.from_numpy(params), torch.from_numpy(obs), noise).numpy()
-        advantage = compute_advantages(obs, rng.normal(size=shape), mask)
     else:
         action = rng.normal(0.0, 1.5, size=(*shape, policy.act_dim)).astype(np.float32)
-        advantage = rng.normal(size=shape).astype(np.float32)
-    return {"params": params, "obs": obs, "action": action, "advantage": advantage, "mask": mask}
+    scale = 10.0 ** rng.uniform(-1.0, 1.0)  # rewards of any scale and offset: the advantages normalise them
+    reward = (scale * (rng.normal(0.0, 3.0) + rng.normal(size=shape))).astype(np.float32)
+    return {"params": params, "obs": obs, "action": action, "reward": reward, "mask": mask}
 
 
 def float64_copy(policy: GradientPolicy) -> GradientPolicy:
@@ -353,19 +375,31 @@ def float64_copy(policy: GradientPolicy) -> GradientPolicy:
     return copy.deepcopy(policy).double().eval()
 
 
-def reference_outputs(exact: GradientPolicy, graph: str, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+def reference_outputs(
+    exact: GradientPolicy, graph: str, inputs: Mapping[str, np.ndarray], advantages: AdvantageConfig | None = None
+) -> tuple[np.ndarray, ...]:
     """What PyTorch computes for ``graph`` on ``inputs`` with the float64 policy ``exact``
     (:func:`float64_copy`), returned as float32 in the graph's output order.
 
-    The adapt graph's reference is :meth:`GradientPolicy.inner_step` (autograd, as in training), not
-    the traced ``torch.func`` function the graph was made from.
+    The adapt graph's reference is what training does, all in float64: the advantages of
+    ``inputs["reward"]`` by :func:`~metarl_robot.runtime.advantages.compute_advantages` with
+    ``advantages`` (not rounded to float32), then
+    :meth:`GradientPolicy.inner_step` (autograd), not the traced ``torch.func`` function the graph was
+    made from.
     """
-    tensors = {name: torch.from_numpy(np.ascontiguousarray(inputs[name])).double() for name in IO[graph][0]}
+    if graph == "adapt":
+        if advantages is None:
+            raise TypeError("reference_outputs: the adapt graph's reference needs the bundle's advantage settings")
+        inputs = {**inputs, "advantage": advantages_float64(inputs["obs"], inputs["reward"], inputs["mask"], advantages)}
+        names: Sequence[str] = ("params", "obs", "action", "advantage", "mask")
+    else:
+        names = IO[graph][0]
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(inputs[name])).double() for name in names}
     if graph == "policy":
         with torch.no_grad():
             outputs = GradientPolicyGraph(exact)(tensors["obs"], tensors["params"], tensors["noise"])
     else:
-        stepped = exact.inner_step(*(tensors[name] for name in IO["adapt"][0]), create_graph=False)
+        stepped = exact.inner_step(*(tensors[name] for name in names), create_graph=False)
         outputs = (stepped.detach(),)
     return tuple(out.numpy().astype(np.float32) for out in outputs)
 
@@ -392,17 +426,19 @@ def parity_max_abs_diff(
     max_episode_steps: int,
     chained_steps: int = CHAINED_STEPS,
     chains: int = CHAINS,
+    advantages: AdvantageConfig,
 ) -> dict[str, float]:
     """Largest difference between onnxruntime and float64 PyTorch: ``policy`` and ``adapt`` over
     ``batches`` random batches each, and ``adapt_chained`` over ``chains`` chains of ``chained_steps``
     adapt steps from the initial parameters, each onnxruntime output fed back as the next input while
     PyTorch follows its own chain. Chained batches are on-policy (see :func:`sample_inputs`), as on the
-    robot: off-policy random actions make repeated steps diverge, which says nothing about the export."""
+    robot: off-policy random actions make repeated steps diverge, which says nothing about the export.
+    The adapt graph's reference computes the advantages with ``advantages`` (see :func:`reference_outputs`)."""
     with single_threaded_torch():
-        return _parity(policy, sessions, batches, rng, episodes, max_episode_steps, chained_steps, chains)
+        return _parity(policy, sessions, batches, rng, episodes, max_episode_steps, chained_steps, chains, advantages)
 
 
-def _parity(policy, sessions, batches, rng, episodes, max_episode_steps, chained_steps, chains) -> dict[str, float]:
+def _parity(policy, sessions, batches, rng, episodes, max_episode_steps, chained_steps, chains, advantages) -> dict[str, float]:
     exact = float64_copy(policy)
     scale = policy.action_scale.numpy()
     sizes = {"episodes": episodes, "max_episode_steps": max_episode_steps}
@@ -412,7 +448,7 @@ def _parity(policy, sessions, batches, rng, episodes, max_episode_steps, chained
         for _ in range(batches):
             inputs = sample_inputs(policy, graph, rng, **sizes)
             actual = sessions[graph].run(None, inputs)
-            worst = max(worst, output_diff(graph, actual, reference_outputs(exact, graph, inputs), scale))
+            worst = max(worst, output_diff(graph, actual, reference_outputs(exact, graph, inputs, advantages), scale))
             if not math.isfinite(worst):
                 break
         diffs[graph] = worst
@@ -422,13 +458,15 @@ def _parity(policy, sessions, batches, rng, episodes, max_episode_steps, chained
         for _ in range(chained_steps):
             batch = sample_inputs(policy, "adapt", rng, params=ours, on_policy=True, long_episodes=True, **sizes)
             ours = sessions["adapt"].run(None, batch)[0]
-            (theirs,) = reference_outputs(exact, "adapt", {**batch, "params": theirs})
+            (theirs,) = reference_outputs(exact, "adapt", {**batch, "params": theirs}, advantages)
             worst = max(worst, max_abs_diff("adapt", ours, theirs, scale))
     diffs["adapt_chained"] = worst
     return diffs
 
 
-def write_test_vectors(policy: GradientPolicy, path: Path, *, episodes: int, max_episode_steps: int) -> None:
+def write_test_vectors(
+    policy: GradientPolicy, path: Path, *, episodes: int, max_episode_steps: int, advantages: AdvantageConfig
+) -> None:
     """Store one seeded random batch per graph with the PyTorch outputs (keys in docs/bundle.md)."""
     rng = np.random.default_rng(12345)
     exact = float64_copy(policy)
@@ -437,7 +475,7 @@ def write_test_vectors(policy: GradientPolicy, path: Path, *, episodes: int, max
         inputs = sample_inputs(policy, graph, rng, batch=batch, episodes=episodes, max_episode_steps=max_episode_steps)
         for name, array in inputs.items():
             arrays[f"{graph}/inputs/{name}"] = array
-        for name, array in zip(IO[graph][1], reference_outputs(exact, graph, inputs)):
+        for name, array in zip(IO[graph][1], reference_outputs(exact, graph, inputs, advantages)):
             arrays[f"{graph}/outputs/{name}"] = array
     with open(path, "wb") as f:
         np.savez(f, **arrays)

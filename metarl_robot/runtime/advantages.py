@@ -98,17 +98,22 @@ def baseline_features(obs: np.ndarray) -> np.ndarray:
 
 
 def linear_feature_baseline(obs: np.ndarray, returns: np.ndarray, mask: np.ndarray, ridge: float = 1e-5) -> np.ndarray:
-    """Value estimates ``[N, T]`` from a ridge regression of ``returns`` on :func:`baseline_features`."""
+    """Value estimates ``[N, T]`` from a ridge regression of ``returns`` on :func:`baseline_features`;
+    zeros (no baseline) when the batch has no more valid steps than the regression has features."""
     features = baseline_features(obs)
     weight = np.asarray(mask, np.float64)
-    if not weight.any():
+    if not weight.sum() > features.shape[-1]:
+        # A regression with as many unknowns as samples interpolates the returns: the advantages left
+        # would be rounding noise, which normalisation scales up to unit size.
         return np.zeros(np.shape(returns))
     x = features.reshape(-1, features.shape[-1])
     masked = x * weight.reshape(-1, 1)  # invalid rows drop out of the normal equations
     gram, target = masked.T @ x, masked.T @ np.asarray(returns, np.float64).reshape(-1)
     eye = np.eye(gram.shape[0])
-    try:  # well posed with the ridge as a rule: one solve
-        coef = np.linalg.solve(gram + ridge * eye, target)
+    try:  # well posed with the ridge as a rule: one solve and one step of iterative refinement
+        normal = gram + ridge * eye
+        coef = np.linalg.solve(normal, target)
+        coef += np.linalg.solve(normal, target - normal @ coef)
     except np.linalg.LinAlgError:
         coef = np.full(gram.shape[0], np.nan)
     while not np.isfinite(coef).all() and ridge < 1e6:
@@ -135,6 +140,13 @@ def compute_advantages(
     obs: np.ndarray, rewards: np.ndarray, mask: np.ndarray, config: AdvantageConfig = AdvantageConfig()
 ) -> np.ndarray:
     """Float32 advantages ``[N, T]`` (0 on invalid steps) of episodes ``obs [N, T, D]``, ``rewards [N, T]``."""
+    return advantages_float64(obs, rewards, mask, config).astype(np.float32)
+
+
+def advantages_float64(
+    obs: np.ndarray, rewards: np.ndarray, mask: np.ndarray, config: AdvantageConfig = AdvantageConfig()
+) -> np.ndarray:
+    """:func:`compute_advantages` before its rounding to float32 (what a float64 adapt graph feeds its step)."""
     mask = np.asarray(mask, np.float64)
     rewards = np.asarray(rewards, np.float64)
     returns = discounted_returns(rewards, mask, config.gamma)
@@ -144,4 +156,4 @@ def compute_advantages(
         valid = mask > 0
         mean, std = advantages[valid].mean(), advantages[valid].std()
         advantages = (advantages - mean) / (std + 1e-8) * mask
-    return advantages.astype(np.float32)
+    return advantages

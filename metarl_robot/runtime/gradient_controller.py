@@ -3,14 +3,15 @@ policy-gradient step on the adapted parameters.
 
 :class:`GradientController` runs a ``"gradient"`` bundle (MAML, ProMP, Reptile, CAVIA, Meta-SGD) with
 numpy and onnxruntime only. ``act`` samples a Gaussian action at the current parameters; ``observe``
-records the transition into the current episode; ``adapt`` computes advantages over the collected
-episodes with :func:`~metarl_robot.runtime.advantages.compute_advantages` (the code meta-training
-used) and runs the bundle's adapt graph, one inner policy-gradient step, on them.
+records the transition into the current episode and, when it closes, into the batch the adapt graph
+reads; ``adapt`` runs the bundle's adapt graph, one inner policy-gradient step, on that batch. The
+graph computes the advantages from the rewards itself, with meta-training's code
+(:func:`~metarl_robot.runtime.advantages.compute_advantages`) exported as ONNX nodes, so ``adapt``
+costs the graph and little else.
 """
 
 from __future__ import annotations
 
-import collections
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from metarl_robot.runtime.advantages import AdvantageConfig, compute_advantages
+from metarl_robot.runtime.advantages import AdvantageConfig
 from metarl_robot.runtime.base import BundleController, NormalRows, all_finite, bound_run, check_done, load_vector, scalar
 from metarl_robot.runtime.bundle import Bundle
 
@@ -36,8 +37,9 @@ class GradientController(BundleController):
             controller.adapt()                            # one policy-gradient step, then fresh episodes
 
     An episode closes at ``done`` or after ``max_episode_steps`` transitions; the controller keeps the
-    ``episodes_per_step`` most recent closed episodes. ``adapt`` uses them (padded to the adapt graph's
-    fixed ``[episodes_per_step, max_episode_steps]`` shape with a mask) and then discards every collected
+    ``episodes_per_step`` most recent closed episodes, in the adapt graph's fixed
+    ``[episodes_per_step, max_episode_steps]`` batch (a slot's mask is 0 past its episode's length and
+    on slots not yet filled). ``adapt`` feeds that batch as it is and then discards every collected
     transition, since a policy-gradient step needs data from the current policy.
 
     Attributes: those of :class:`BundleController` (``bundle``, ``manifest``, ``provider``, ``obs_dim``,
@@ -83,25 +85,27 @@ class GradientController(BundleController):
         self._last_command: np.ndarray | None = None
         self._last_action: np.ndarray | None = None
 
-        # Episode slots: up to episodes_per_step closed ones plus the one being collected.
-        slots, steps = self.episodes_per_step + 1, self.max_episode_steps
-        self._ep_obs = np.zeros((slots, steps, self.obs_dim), dtype=np.float32)
-        self._ep_action = np.zeros((slots, steps, self.act_dim), dtype=np.float32)
-        self._ep_reward = np.zeros((slots, steps), dtype=np.float32)
-        self._ep_len = np.zeros(slots, dtype=np.int64)
-        self._closed: collections.deque[int] = collections.deque()
-        self._current = 0
+        # The episode being collected; zeroed when it starts, so past its length it holds zeros.
+        steps = self.max_episode_steps
+        self._ep_obs = np.zeros((steps, self.obs_dim), dtype=np.float32)
+        self._ep_action = np.zeros((steps, self.act_dim), dtype=np.float32)
+        self._ep_reward = np.zeros(steps, dtype=np.float32)
+        self._ep_len = 0
         # Staging rows: a transition is validated completely before it is stored.
         self._stage_obs = np.zeros(self.obs_dim, dtype=np.float32)
         self._stage_command = np.zeros(self.act_dim, dtype=np.float32)
         self._stage_next_obs = np.zeros(self.obs_dim, dtype=np.float32)
-        # The adapt graph's batch, allocated once: adapt() fills it from the closed episodes.
-        shape = (self.episodes_per_step, self.max_episode_steps)
+        # The adapt graph's batch, allocated once: a closed episode is copied into the next slot (the
+        # oldest once all are full), so adapt() feeds these arrays without a copy.
+        shape = (self.episodes_per_step, steps)
         self._batch_obs = np.zeros((*shape, self.obs_dim), dtype=np.float32)
         self._batch_action = np.zeros((*shape, self.act_dim), dtype=np.float32)
         self._batch_reward = np.zeros(shape, dtype=np.float32)
         self._batch_mask = np.zeros(shape, dtype=np.float32)
-        self._steps = np.arange(self.max_episode_steps)
+        self._closed_count = 0
+        self._next_slot = 0
+        self._adapt_feed = {"params": self._params, "obs": self._batch_obs, "action": self._batch_action,
+                            "reward": self._batch_reward, "mask": self._batch_mask}
 
     # ------------------------------------------------------------------------------ state
     @property
@@ -135,12 +139,12 @@ class GradientController(BundleController):
     @property
     def episodes_ready(self) -> int:
         """How many closed episodes the next :meth:`adapt` would use (at most ``episodes_per_step``)."""
-        return len(self._closed)
+        return self._closed_count
 
     @property
     def episode_len(self) -> int:
         """Transitions recorded in the episode being collected."""
-        return int(self._ep_len[self._current])
+        return self._ep_len
 
     def reset(self, seed: int | None = None) -> None:
         """Start a new task: restore the initial parameters and drop every collected transition.
@@ -153,25 +157,27 @@ class GradientController(BundleController):
             self._noise_rows.reseed(seed)
 
     def _clear_episodes(self) -> None:
-        self._closed.clear()
-        self._current = 0
-        self._start_episode(0)
+        self._closed_count = self._next_slot = 0
+        self._batch_mask.fill(0.0)  # stale slots stay, masked out, until an episode replaces them
+        self._start_episode()
         self._last_command = self._last_action = None
 
-    def _start_episode(self, slot: int) -> None:
-        self._ep_obs[slot] = 0.0
-        self._ep_action[slot] = 0.0
-        self._ep_reward[slot] = 0.0
-        self._ep_len[slot] = 0
+    def _start_episode(self) -> None:
+        self._ep_obs.fill(0.0)
+        self._ep_action.fill(0.0)
+        self._ep_reward.fill(0.0)
+        self._ep_len = 0
 
     def _close_episode(self) -> None:
-        self._closed.append(self._current)
-        if len(self._closed) > self.episodes_per_step:
-            free = self._closed.popleft()
-        else:
-            free = min(set(range(self.episodes_per_step + 1)) - set(self._closed))
-        self._current = free
-        self._start_episode(free)
+        slot, length = self._next_slot, self._ep_len
+        self._batch_obs[slot] = self._ep_obs
+        self._batch_action[slot] = self._ep_action
+        self._batch_reward[slot] = self._ep_reward
+        self._batch_mask[slot, :length] = 1.0
+        self._batch_mask[slot, length:] = 0.0
+        self._next_slot = (slot + 1) % self.episodes_per_step
+        self._closed_count = min(self._closed_count + 1, self.episodes_per_step)
+        self._start_episode()
 
     # ------------------------------------------------------------------------------ control
     def act(self, obs: Any) -> np.ndarray:
@@ -216,11 +222,11 @@ class GradientController(BundleController):
             executed = self._last_action
         else:
             executed = self._stage_command / self._scale
-        slot, step = self._current, int(self._ep_len[self._current])
-        self._ep_obs[slot, step] = self._stage_obs
-        self._ep_action[slot, step] = executed
-        self._ep_reward[slot, step] = reward_value
-        self._ep_len[slot] = step + 1
+        step = self._ep_len
+        self._ep_obs[step] = self._stage_obs
+        self._ep_action[step] = executed
+        self._ep_reward[step] = reward_value
+        self._ep_len = step + 1
         self._last_command = self._last_action = None
         if episode_ends or step + 1 == self.max_episode_steps:
             self._close_episode()
@@ -228,37 +234,28 @@ class GradientController(BundleController):
     def adapt(self) -> np.ndarray:
         """One policy-gradient adaptation on the closed episodes; adopt and return the new parameters.
 
-        Computes advantages with the manifest's settings, runs the adapt graph ``adaptation.steps``
-        times on the batch and discards the collected transitions (the next step needs episodes from
-        the adapted policy). Without a closed episode it does nothing and returns the current
-        parameters. Raises ``ValueError`` if the graph returns non-finite parameters; the old ones and
-        the collected episodes are then kept.
+        Runs the adapt graph ``adaptation.steps`` times on the batch (the graph computes the advantages
+        with the manifest's settings) and discards the collected transitions (the next step needs
+        episodes from the adapted policy). Without a closed episode it does nothing and returns the
+        current parameters. Raises ``ValueError`` if the graph returns non-finite parameters; the old
+        ones and the collected episodes are then kept.
         """
-        if not self._closed:
+        if not self._closed_count:
             return self.params
         start = time.perf_counter()
-        rows = list(self._closed)
-        count = len(rows)
-        obs, action, reward, mask = self._batch_obs, self._batch_action, self._batch_reward, self._batch_mask
-        # Slots are zeroed when an episode starts, so past each episode's length they hold zeros.
-        np.take(self._ep_obs, rows, axis=0, out=obs[:count])
-        np.take(self._ep_action, rows, axis=0, out=action[:count])
-        np.take(self._ep_reward, rows, axis=0, out=reward[:count])
-        np.less(self._steps[None, :], self._ep_len[rows][:, None], out=mask[:count])
-        for batch in (obs, action, reward, mask):
-            batch[count:] = 0.0
-        advantage = compute_advantages(obs, reward, mask, self.advantage_config)
-
-        params = self._params.copy()
-        for _ in range(self.adapt_steps):
-            feed = {"params": params, "obs": obs, "action": action, "advantage": advantage, "mask": mask}
-            params = self._adapt_session.run(None, feed)[0]
-            if not np.isfinite(params).all():
-                bad = np.flatnonzero(~np.isfinite(params))
-                raise ValueError(
-                    f"adapt graph returned non-finite parameters (at {bad.size} of {params.size} indices, first "
-                    f"{bad[:5].tolist()}); kept the old ones"
-                )
+        feed, params = self._adapt_feed, self._params
+        try:
+            for _ in range(self.adapt_steps):
+                params = self._adapt_session.run(None, feed)[0]
+                if not np.isfinite(params).all():
+                    bad = np.flatnonzero(~np.isfinite(params))
+                    raise ValueError(
+                        f"adapt graph returned non-finite parameters (at {bad.size} of {params.size} indices, first "
+                        f"{bad[:5].tolist()}); kept the old ones"
+                    )
+                feed["params"] = params
+        finally:
+            feed["params"] = self._params
         self._params[...] = params
         self.num_adapt_steps += self.adapt_steps
         self._clear_episodes()
@@ -276,7 +273,7 @@ class GradientController(BundleController):
             "params": self._params.copy(),
             "obs": np.zeros((*shape, self.obs_dim), dtype=np.float32),
             "action": np.zeros((*shape, self.act_dim), dtype=np.float32),
-            "advantage": np.zeros(shape, dtype=np.float32),
+            "reward": np.zeros(shape, dtype=np.float32),
             "mask": np.zeros(shape, dtype=np.float32),
         }
         return policy_feed, adapt_feed

@@ -167,6 +167,21 @@ def checkpoint_of(bundle: Path, variant: str) -> Path:
     return bundle.parent / f"{variant}.safetensors"
 
 
+def graph_advantages(bundle: Path, feed: dict[str, Any]):
+    """The advantages ``[N, T]`` the bundle's adapt graph computes inside itself for ``feed`` (its
+    intermediate tensor ``adv/advantage`` made an output), float32 as its step reads them."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    from metarl_robot.families.gradient_onnx import PREFIX
+
+    model = onnx.load(str(bundle / "adapt.onnx"))
+    model.graph.output.append(onnx.helper.make_tensor_value_info(PREFIX + "advantage", onnx.TensorProto.FLOAT, None))
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run([PREFIX + "advantage"], feed)[0])
+
+
 def drive_episodes(controller, seed: int, lengths: list[int], *, end_with_done: bool = True) -> list[dict[str, Any]]:
     """Run one episode of ``act -> observe`` per entry of ``lengths`` on ``controller`` with random
     observations and rewards from ``seed``; return what was fed, per episode (``obs``, ``command``,

@@ -352,3 +352,19 @@ def test_runtime_adapts_a_gradient_bundle_with_torch_blocked(maml_bundle: Path, 
     expected = reference_adaptation(maml_policy, dict(adaptation), arrays["params"], episodes, actions)
     np.testing.assert_allclose(arrays["adapted"], expected, rtol=0, atol=PARITY_TOLERANCE)
     assert np.max(np.abs(arrays["adapted"] - arrays["params"])) > 1e-3
+
+
+def test_slots_of_an_earlier_batch_are_masked_out_of_a_smaller_one(maml_bundle: Path, maml_policy) -> None:
+    """adapt() feeds the batch the closed episodes were copied into; after a full batch, a batch of
+    fewer, shorter episodes must step on those alone (the earlier episodes stay in memory, masked)."""
+    controller = GradientController.load(maml_bundle, ["cpu"], seed=17)
+    n, t = controller.episodes_per_step, controller.max_episode_steps
+    noise = np.random.default_rng(17)  # the controller's generator, replayed across both batches
+    first = controller.params
+    executed_actions(maml_policy, first, drive_episodes(controller, 4, [t] * n), noise)
+    controller.adapt()
+    params = controller.params
+    episodes = drive_episodes(controller, 5, [2, 1][: max(1, n - 1)])
+    actions = executed_actions(maml_policy, params, episodes, noise)
+    expected = reference_adaptation(maml_policy, dict(controller.bundle.adaptation), params, episodes, actions)
+    np.testing.assert_allclose(controller.adapt(), expected, rtol=0, atol=PARITY_TOLERANCE)
