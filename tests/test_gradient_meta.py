@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from metarl_robot.algos.gradient import METHODS, GradientMetaRL, TrainConfig, train
-from metarl_robot.algos.gradient.algo import conjugate_gradient
+from metarl_robot.algos.gradient.algo import conjugate_gradient, masked_mean
+from metarl_robot.gradient_policy import gaussian_log_prob
 from metarl_robot.checkpoint import load_checkpoint
 from metarl_robot.config import ConfigError, load_config
 from metarl_robot.evaluation import evaluate
@@ -88,6 +89,41 @@ def test_the_outer_objective_scores_the_last_step_or_every_step(every_step, tmp_
         assert float(algo.outer_kl(dists, dists, inner, post).detach()) == pytest.approx(0.0, abs=1e-7)
     finally:
         algo.close()
+
+
+def test_exploration_credit_raises_the_likelihood_of_what_tasks_that_adapted_well_explored(tmp_path):
+    """E-MAML's term: zero at the current parameters (every likelihood ratio is 1 and the credit is
+    standardised), and one gradient step on it makes the pre-adaptation actions of the task that gained
+    most from adapting more likely and those of the task that gained least less likely."""
+    config = tiny(inner={"episodes_per_step": 3, "steps": 1, "exploration_credit": 1.0})
+    algo = GradientMetaRL(config, tmp_path)
+    try:
+        _, inner, post = algo.collect_iteration()
+        pre = inner[0]
+        term = algo.exploration_term(pre, post)
+        assert float(term) == pytest.approx(0.0, abs=1e-6)
+        dists = algo.post_distributions(inner, post, create_graph=False)
+        plain = float(algo.surrogate(dists[0], post))  # one step: the post batch alone
+        assert float(algo.outer_surrogate(dists, inner, post)) == pytest.approx(plain, abs=1e-6)
+        gain = post.returns.mean(axis=1) - pre.returns.mean(axis=1)
+        best, worst = int(np.argmax(gain)), int(np.argmin(gain))
+
+        def mean_log_prob(m: int) -> float:
+            with torch.no_grad():
+                mean, log_std = algo.policy.mean_log_std(algo.policy.initial_adapted(), pre.obs[m])
+                return float(masked_mean(gaussian_log_prob(mean, log_std, pre.actions[m]), pre.mask[m]))
+
+        before = (mean_log_prob(best), mean_log_prob(worst))
+        params = algo.policy.meta_parameters()
+        grads = torch.autograd.grad(algo.exploration_term(pre, post), params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p -= 1e-3 * g
+        assert mean_log_prob(best) > before[0] and mean_log_prob(worst) < before[1]
+    finally:
+        algo.close()
+    with pytest.raises(ValueError, match="exploration_credit"):
+        tiny(inner={"exploration_credit": -1.0})
 
 
 def test_training_records_the_guard_the_robot_adapts_under(tmp_path):

@@ -230,9 +230,29 @@ class GradientMetaRL:
         return out
 
     def outer_surrogate(self, dists, inner: list[Rollouts], post: Rollouts, clip: float | None = None) -> torch.Tensor:
-        """:meth:`surrogate` averaged over the outer batches."""
+        """:meth:`surrogate` averaged over the outer batches, plus :meth:`exploration_term` when
+        ``inner.exploration_credit`` is set."""
         batches = self.outer_batches(inner, post)
-        return torch.stack([self.surrogate(d, batch, clip) for d, (_, batch) in zip(dists, batches)]).mean()
+        loss = torch.stack([self.surrogate(d, batch, clip) for d, (_, batch) in zip(dists, batches)]).mean()
+        if self.config.inner.exploration_credit > 0 and inner:
+            loss = loss + self.config.inner.exploration_credit * self.exploration_term(inner[0], post)
+        return loss
+
+    def exploration_term(self, pre: Rollouts, post: Rollouts) -> torch.Tensor:
+        """E-MAML's exploration credit as a loss: minus the mean over tasks of the pre-adaptation
+        episodes' likelihood ratio under the current initialisation times the task's improvement
+        from adaptation (mean post- minus pre-adaptation return), standardised over the meta-batch.
+        Its value does not depend on the parameters at the start of an update (every ratio is 1); its
+        gradient makes the pre-adaptation actions of tasks that adapted well more likely."""
+        gain = post.returns.mean(axis=1) - pre.returns.mean(axis=1)
+        credit = torch.as_tensor((gain - gain.mean()) / (gain.std() + 1e-8), dtype=torch.float32)
+        phi0 = self.policy.initial_adapted()
+        terms = []
+        for m in range(pre.obs.shape[0]):
+            mean, log_std = self.policy.mean_log_std(phi0, pre.obs[m])
+            ratio = torch.exp(gaussian_log_prob(mean, log_std, pre.actions[m]) - pre.log_probs[m])
+            terms.append(masked_mean(ratio, pre.mask[m]) * credit[m])
+        return -torch.stack(terms).mean()
 
     def outer_kl(self, old, new, inner: list[Rollouts], post: Rollouts) -> torch.Tensor:
         """:meth:`mean_kl` averaged over the outer batches."""

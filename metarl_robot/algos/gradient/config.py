@@ -9,6 +9,7 @@ TRPO with a KL bound of 0.01 as the outer optimiser, discount 0.99 and a linear 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 from metarl_robot.algos.common.collection import check_num_workers, resolve_sampler
@@ -34,8 +35,16 @@ class InnerConfig:
     """With several inner steps, the outer objective is the mean over every step ``k = 1..steps`` of the
     return of the policy adapted ``k`` times (on the episodes it collected), not only the last: the
     robot adapts one step at a time and acts between steps, so every step must help."""
+    exploration_credit: float = 0.0
+    """Weight of E-MAML's exploration term (Stadie et al., 2018) in the outer objective: the
+    pre-adaptation episodes' likelihood under the initialisation, credited with how much adapting on
+    them improved their task's return (standardised over the meta-batch). MAML's own meta-gradient has
+    no term for how the episodes the inner step learns from depend on the initialisation, so its
+    exploration noise only ever costs it. 0: MAML's objective."""
 
     def __post_init__(self) -> None:
+        if not (self.exploration_credit >= 0 and math.isfinite(self.exploration_credit)):
+            raise ValueError(f"exploration_credit must be a finite number >= 0, got {self.exploration_credit}")
         if self.steps < 0 or self.episodes_per_step < 1:
             raise ValueError(f"steps must be >= 0 and episodes_per_step >= 1, got {self.steps}, {self.episodes_per_step}")
 
