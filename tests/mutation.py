@@ -35,6 +35,10 @@ GROUPS: dict[str, dict[str, Any]] = {
         "mutate": ["metarl_robot/runtime/advantages.py"],
         "tests": ["tests/test_known_answers.py", "tests/test_gradient_meta.py", "tests/test_context_ppo.py"],
     },
+    "advantage_graph": {
+        "mutate": ["metarl_robot/families/gradient_onnx.py"],
+        "tests": ["tests/test_gradient_onnx.py"],
+    },
     "integrity": {
         "mutate": ["metarl_robot/runtime/integrity.py"],
         "tests": ["tests/runtime/test_bundle_integrity.py", "tests/runtime/test_bundle.py", "tests/test_sign.py",

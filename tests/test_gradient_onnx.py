@@ -37,6 +37,7 @@ def batches(rng: np.random.Generator, n: int, t: int, d: int):
         "random": rng.integers(0, t + 1, n),
         "short": rng.integers(1, 3, n),
         "one step": np.array([1] + [0] * (n - 1)),
+        "two steps": np.array([2] + [0] * (n - 1)),  # the fewest that are normalised
         "empty": np.zeros(n, int),
     }
     for kind, length in lengths.items():
@@ -57,7 +58,7 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=["maml", "gae", "unnormalised"])
-@pytest.mark.parametrize("size", [(5, 8, 2), (4, 30, 10), (8, 60, 24)], ids=["small", "grasp", "wide"])
+@pytest.mark.parametrize("size", [(5, 8, 2), (3, 7, 1), (4, 30, 10), (8, 60, 24)], ids=["small", "obs1", "grasp", "wide"])
 def test_graph_advantages_equal_numpy_on_every_kind_of_batch(config: AdvantageConfig, size) -> None:
     n, t, d = size
     session = advantage_session(config, n, t, d)
@@ -134,6 +135,11 @@ def test_add_advantages_replaces_the_input_and_keeps_the_order(float64_step: boo
                                 "reward": reward, "mask": mask})
     advantages = (advantages_float64 if float64_step else compute_advantages)(obs, reward, mask, CONFIGS[0])
     np.testing.assert_allclose(out, np.full(3, advantages.sum()), atol=1e-5)
+    (cast,) = [n for n in model.graph.node if n.output == ["adv/advantage"]]  # what the step reads
+    assert cast.op_type == "Cast" and cast.attribute[0].i == (TensorProto.DOUBLE if float64_step else TensorProto.FLOAT)
+    if not float64_step:  # the default rounds to float32, as numpy's compute_advantages does
+        default = add_advantages(step_model(SHAPES), CONFIGS[0])
+        assert [n for n in default.graph.node if n.output == ["adv/advantage"]][0].attribute[0].i == TensorProto.FLOAT
 
 
 def test_add_advantages_refuses_what_it_cannot_rewrite() -> None:
@@ -145,3 +151,15 @@ def test_add_advantages_refuses_what_it_cannot_rewrite() -> None:
         add_advantages(dynamic, CONFIGS[0])
     with pytest.raises(ValueError, match="does not only cast"):
         add_advantages(step_model(SHAPES, "Identity"), CONFIGS[0], float64_step=True)
+    to_float = step_model(SHAPES, "Cast")
+    to_float.graph.node[0].attribute[0].i = TensorProto.FLOAT  # a cast, but not up to float64
+    with pytest.raises(ValueError, match="does not only cast"):
+        add_advantages(to_float, CONFIGS[0], float64_step=True)
+    for missing in ("obs", "mask"):
+        model = step_model(SHAPES)
+        model.graph.input.remove(next(i for i in model.graph.input if i.name == missing))
+        with pytest.raises(ValueError, match="expected 'obs', 'advantage' and 'mask'"):
+            add_advantages(model, CONFIGS[0])
+    for name, shape in (("advantage", [4, 6, 1]), ("obs", [4, 6])):
+        with pytest.raises(ValueError, match="static shapes"):
+            add_advantages(step_model({**SHAPES, name: shape}), CONFIGS[0])
