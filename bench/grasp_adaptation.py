@@ -201,7 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             per_attempt.append({"mean": float(values.mean()), "ci95_over_seeds": float(ci), "per_seed": values.tolist()})
         across[f"{group} | {kind}"] = per_attempt
         gaps = [(a["mean"] - fixed) / (oracle - fixed) for a in per_attempt] if oracle > fixed else []
-        seed_lines.append(f"| {group}, {kind} ({len(keys)} seeds) | " + " | ".join(f"{a['mean']:.3f} ± {a['ci95_over_seeds']:.3f}" for a in per_attempt)
+        def cell(a: dict) -> str:  # one training seed has no spread to show
+            return f"{a['mean']:.3f}" + (f" ± {a['ci95_over_seeds']:.3f}" if math.isfinite(a["ci95_over_seeds"]) else "")
+
+        seed_lines.append(f"| {group}, {kind} ({len(keys)} seed{'s' if len(keys) > 1 else ''}) | " + " | ".join(map(cell, per_attempt))
                           + " | " + " / ".join(f"{g:+.0%}" for g in gaps) + " |")
     print("\nsuccess per attempt, mean ± 95% CI over tasks x evaluation seeds:\n" + "\n".join(lines))
     print(f"\nfixed {fixed:.3f}, oracle {oracle:.3f} (pooled over attempts); gap closed per row:")
