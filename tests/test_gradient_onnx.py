@@ -163,3 +163,9 @@ def test_add_advantages_refuses_what_it_cannot_rewrite() -> None:
     for name, shape in (("advantage", [4, 6, 1]), ("obs", [4, 6])):
         with pytest.raises(ValueError, match="static shapes"):
             add_advantages(step_model({**SHAPES, name: shape}), CONFIGS[0])
+    dynamic_obs = step_model(SHAPES)
+    dynamic_obs.graph.input[1].type.tensor_type.shape.dim[2].dim_param = "obs_dim"
+    with pytest.raises(ValueError, match="static shapes"):
+        add_advantages(dynamic_obs, CONFIGS[0])
+    one_observation = add_advantages(step_model({**SHAPES, "obs": [4, 6, 1]}), CONFIGS[0])  # a 1-d observation is fine
+    assert [i.name for i in one_observation.graph.input][3] == "reward"
