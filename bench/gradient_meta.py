@@ -73,8 +73,9 @@ def train_run(config_path: str, run_dir: Path, overrides: list[str]) -> tuple[Pa
 
 
 def gap_closed(meta: float, baseline: float, oracle: float) -> float:
-    """Fraction of the baseline-to-oracle gap that the meta-learner closes."""
-    return float((meta - baseline) / (oracle - baseline)) if oracle != baseline else float("nan")
+    """Fraction of the baseline-to-oracle gap that the meta-learner closes; NaN when the oracle does not
+    score above the baseline (there is no gap, and a ratio would say the opposite of what happened)."""
+    return float((meta - baseline) / (oracle - baseline)) if oracle > baseline else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
           f"step, {metric} mean ± 95% CI over tasks x seeds\n")
     print("\n".join(table))
     for name, gap in gaps.items():
-        print(f"\n1-step {metric} closes {gap:.0%} of the gap between the baseline ({name}) and the oracle")
+        if np.isnan(gap):
+            print(f"\nno gap between the baseline ({name}) and the oracle: the oracle does not score above it")
+        else:
+            print(f"\n1-step {metric} closes {gap:.0%} of the gap between the baseline ({name}) and the oracle")
     print(f"\ntraining wall time this run: meta {sum(wall['meta']):.0f} s, baseline {sum(wall['baseline']):.0f} s; "
           f"evaluation {eval_seconds:.0f} s; total {time.perf_counter() - start:.0f} s")
 
