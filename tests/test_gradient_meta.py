@@ -101,7 +101,7 @@ def test_exploration_credit_raises_the_likelihood_of_what_tasks_that_adapted_wel
         _, inner, post = algo.collect_iteration()
         pre = inner[0]
         term = algo.exploration_term(pre, post)
-        assert float(term) == pytest.approx(0.0, abs=1e-6)
+        assert float(term.detach()) == pytest.approx(0.0, abs=1e-6)
         dists = algo.post_distributions(inner, post, create_graph=False)
         plain = float(algo.surrogate(dists[0], post))  # one step: the post batch alone
         assert float(algo.outer_surrogate(dists, inner, post)) == pytest.approx(plain, abs=1e-6)
