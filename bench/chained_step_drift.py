@@ -36,13 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     from metarl_robot.checkpoint import load_checkpoint
     from metarl_robot.export import cpu_session as _cpu_session
     from metarl_robot.gradient_policy import adaptation_step
+    from metarl_robot.runtime.advantages import compute_advantages
 
     torch.set_num_threads(1)
     policy, data = load_checkpoint(args.checkpoint)
     sizes = {"episodes": int(data["adaptation"]["episodes_per_step"]), "max_episode_steps": int(data["adaptation"]["max_episode_steps"])}
+    config = ge.advantage_config(data["adaptation"]["advantages"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "adapt.onnx"
-        ge.export_graph(policy, "adapt", path, None, **sizes)
+        ge.export_graph(policy, "adapt", path, None, advantages=config, **sizes)
         session = _cpu_session(path)
         exact, step32 = ge.float64_copy(policy), adaptation_step(policy)
         rng = np.random.default_rng(args.seed)
@@ -52,10 +54,13 @@ def main(argv: list[str] | None = None) -> int:
             for k in range(args.steps):
                 batch = ge.sample_inputs(policy, "adapt", rng, params=ours, on_policy=True, long_episodes=True, **sizes)
                 ours = session.run(None, batch)[0]
+                # PyTorch's float32 chain reads the advantages numpy computes, as training does.
+                given = {**batch, "params": torch32,
+                         "advantage": compute_advantages(batch["obs"], batch["reward"], batch["mask"], config)}
                 with torch.no_grad():
-                    torch32 = step32(*(torch.from_numpy(np.asarray(batch[n] if n != "params" else torch32))
+                    torch32 = step32(*(torch.from_numpy(np.asarray(given[n]))
                                        for n in ("params", "obs", "action", "advantage", "mask"))).numpy()
-                (theirs,) = ge.reference_outputs(exact, "adapt", {**batch, "params": theirs})
+                (theirs,) = ge.reference_outputs(exact, "adapt", {**batch, "params": theirs}, config)
                 for row, value in enumerate((np.abs(ours - theirs).max(), np.abs(torch32 - theirs).max(), np.abs(ours - torch32).max())):
                     worst[row, k] = max(worst[row, k], value)
     print(f"{args.checkpoint}: largest parameter difference after k chained steps ({args.chains} chains, "
