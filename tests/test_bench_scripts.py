@@ -1,0 +1,37 @@
+"""The gradient family's benchmark scripts run end to end on tiny budgets: they call the export, parity
+and runtime APIs directly, so a change there that they miss (an adapt graph input renamed, a new
+required argument) fails here rather than when someone next measures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "models" / "maml_navigation" / "checkpoint.safetensors"
+
+
+def run_bench(*args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout
+
+
+def test_chained_step_drift_runs_on_the_shipped_checkpoint() -> None:
+    out = run_bench("bench/chained_step_drift.py", "--steps", "2", "--chains", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| onnxruntime vs float64")]
+    assert len(rows) == 1
+    first, second = (float(cell) for cell in rows[0].strip("| ").split("|")[1:3])
+    assert 0 <= first <= 1e-5 and 0 <= second <= 1e-5
+
+
+def test_adaptation_step_speed_prints_every_ratio(tmp_path: Path) -> None:
+    out = run_bench("bench/adaptation_step_speed.py", "--checkpoint", str(CHECKPOINT), "--iterations", "20")
+    assert "| onnxruntime (advantages + step) |" in out and "| runtime adapt() |" in out
+    assert "numpy advantages + torch.func step" in out
+    ratio_rows = [line for line in out.splitlines() if line.startswith(f"| {CHECKPOINT.relative_to(ROOT)} |")
+                  or line.startswith(f"| {CHECKPOINT} |")]
+    assert ratio_rows, out
