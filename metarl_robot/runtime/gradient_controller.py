@@ -237,8 +237,8 @@ class GradientController(BundleController):
         Runs the adapt graph ``adaptation.steps`` times on the batch (the graph computes the advantages
         with the manifest's settings) and discards the collected transitions (the next step needs
         episodes from the adapted policy). Without a closed episode it does nothing and returns the
-        current parameters. Raises ``ValueError`` if the graph returns non-finite parameters; the old
-        ones and the collected episodes are then kept.
+        current parameters. Raises ``ValueError`` if the graph fails or returns non-finite parameters;
+        the old ones and the collected episodes are then kept.
         """
         if not self._closed_count:
             return self.params
@@ -246,7 +246,10 @@ class GradientController(BundleController):
         feed, params = self._adapt_feed, self._params
         try:
             for _ in range(self.adapt_steps):
-                params = self._adapt_session.run(None, feed)[0]
+                try:
+                    params = self._adapt_session.run(None, feed)[0]
+                except Exception as err:  # an execution provider's failure (e.g. CUDA's Inverse on a singular matrix)
+                    raise ValueError(f"adapt graph failed ({type(err).__name__}: {err}); kept the old parameters") from err
                 if not np.isfinite(params).all():
                     bad = np.flatnonzero(~np.isfinite(params))
                     raise ValueError(

@@ -368,3 +368,22 @@ def test_slots_of_an_earlier_batch_are_masked_out_of_a_smaller_one(maml_bundle: 
     actions = executed_actions(maml_policy, params, episodes, noise)
     expected = reference_adaptation(maml_policy, dict(controller.bundle.adaptation), params, episodes, actions)
     np.testing.assert_allclose(controller.adapt(), expected, rtol=0, atol=PARITY_TOLERANCE)
+
+
+def test_a_failing_adapt_graph_is_a_value_error_that_keeps_params_and_episodes(controller: GradientController) -> None:
+    """The control loop turns a ValueError from adapt() into a diagnostic; an execution provider's
+    exception (CUDA's Inverse refuses a singular matrix) must arrive as one, not stop the node."""
+    drive_episodes(controller, 0, [3, 3])
+    before, ready = controller.params, controller.episodes_ready
+
+    class FailingSession:
+        def run(self, outputs, feed):
+            raise RuntimeError("Matrix is singular at batch:0")
+
+    real, controller._adapt_session = controller._adapt_session, FailingSession()  # type: ignore[assignment]
+    with pytest.raises(ValueError, match=r"adapt graph failed \(RuntimeError: Matrix is singular.*kept the old"):
+        controller.adapt()
+    np.testing.assert_array_equal(controller.params, before)
+    assert controller.episodes_ready == ready and controller.num_adapt_steps == 0
+    controller._adapt_session = real
+    assert np.max(np.abs(controller.adapt() - before)) > 0  # and the next adaptation works
