@@ -156,12 +156,15 @@ def export_graph(
     episodes: int,
     max_episode_steps: int,
     internal: torch.dtype = torch.float32,
-    advantages: AdvantageConfig = AdvantageConfig(),
+    advantages: AdvantageConfig | None = None,
 ) -> None:
     """Write ``graph`` ("policy" or "adapt") of ``policy`` to ``path`` as ONNX, with float32 inputs and
     outputs, computing in ``internal`` precision; the adapt graph computes its advantages from rewards
-    with the ``advantages`` settings (in float64)."""
+    with the ``advantages`` settings (in float64), which it requires: a default could not be the
+    checkpoint's."""
     inputs, outputs = IO[graph]
+    if graph == "adapt" and advantages is None:
+        raise TypeError("export_graph: the adapt graph needs the checkpoint's advantage settings (advantages=)")
     if graph == "policy":
         batch = torch.export.Dim("batch")
         module: nn.Module = GradientPolicyGraph(policy).eval()
@@ -196,26 +199,25 @@ def build_graphs(policy: GradientPolicy, adaptation: Mapping[str, Any], staging:
     Each graph computes in float32 unless that misses the parity tolerance: then it is exported again
     computing in float64 between its float32 inputs and outputs. A policy with a tiny action std divides
     by its variance, and float32 cannot reproduce such a step (nor a chain of them) to 1e-5."""
-    sizes = {"episodes": adaptation["episodes_per_step"], "max_episode_steps": adaptation["max_episode_steps"],
-             "advantages": advantage_config(adaptation["advantages"])}
+    sizes = {"episodes": adaptation["episodes_per_step"], "max_episode_steps": adaptation["max_episode_steps"]}
+    settings = {**sizes, "advantages": advantage_config(adaptation["advantages"])}
     for graph in GRAPH_FILES:
-        export_graph(policy, graph, staging / GRAPH_FILES[graph], opset, **sizes)
+        export_graph(policy, graph, staging / GRAPH_FILES[graph], opset, **settings)
     sessions = {graph: cpu_session(staging / GRAPH_FILES[graph]) for graph in GRAPH_FILES}
-    diffs = parity_max_abs_diff(policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0), **sizes)
+    diffs = parity_max_abs_diff(policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0), **settings)
     internal: dict[str, str] = {}
     for graph, checks in (("policy", ("policy",)), ("adapt", ("adapt", "adapt_chained"))):
         if all(diffs[check] <= PARITY_TOLERANCE for check in checks):
             continue
-        export_graph(policy, graph, staging / GRAPH_FILES[graph], opset, internal=torch.float64, **sizes)
+        export_graph(policy, graph, staging / GRAPH_FILES[graph], opset, internal=torch.float64, **settings)
         sessions[graph] = cpu_session(staging / GRAPH_FILES[graph])
         internal[graph] = "float64"
     if internal:
-        diffs = parity_max_abs_diff(policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0), **sizes)
-    write_test_vectors(policy, staging / TEST_VECTORS_FILE, **sizes)
+        diffs = parity_max_abs_diff(policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0), **settings)
+    write_test_vectors(policy, staging / TEST_VECTORS_FILE, **settings)
     with open(staging / PARAMS_FILE, "wb") as f:
         np.save(f, initial_params(policy), allow_pickle=False)
-    dims = {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "num_params": policy.num_adapted,
-            "episodes": sizes["episodes"], "max_episode_steps": sizes["max_episode_steps"]}
+    dims = {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "num_params": policy.num_adapted, **sizes}
     return BuiltGraphs(dims=dims, files=[*GRAPH_FILES.values(), PARAMS_FILE, TEST_VECTORS_FILE], parity=diffs,
                        internal_dtypes=internal)
 

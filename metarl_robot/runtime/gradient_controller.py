@@ -246,24 +246,28 @@ class GradientController(BundleController):
         feed, params = self._adapt_feed, self._params
         try:
             for _ in range(self.adapt_steps):
-                try:
-                    params = self._adapt_session.run(None, feed)[0]
-                except Exception as err:  # an execution provider's failure (e.g. CUDA's Inverse on a singular matrix)
-                    raise ValueError(f"adapt graph failed ({type(err).__name__}: {err}); kept the old parameters") from err
-                if not np.isfinite(params).all():
-                    bad = np.flatnonzero(~np.isfinite(params))
-                    raise ValueError(
-                        f"adapt graph returned non-finite parameters (at {bad.size} of {params.size} indices, first "
-                        f"{bad[:5].tolist()}); kept the old ones"
-                    )
-                feed["params"] = params
+                params = feed["params"] = self._step(feed)
         finally:
-            feed["params"] = self._params
+            feed["params"] = self._params  # the feed reads the controller's parameters between calls
         self._params[...] = params
         self.num_adapt_steps += self.adapt_steps
         self._clear_episodes()
         self.adapt_latency.record(time.perf_counter() - start)
         return self.params
+
+    def _step(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """One run of the adapt graph; ``ValueError`` when it fails or returns non-finite parameters."""
+        try:
+            params = self._adapt_session.run(None, feed)[0]
+        except Exception as err:  # an execution provider's failure (e.g. CUDA's Inverse on a singular matrix)
+            raise ValueError(f"adapt graph failed ({type(err).__name__}: {err}); kept the old parameters") from err
+        if not np.isfinite(params).all():
+            bad = np.flatnonzero(~np.isfinite(params))
+            raise ValueError(
+                f"adapt graph returned non-finite parameters (at {bad.size} of {params.size} indices, first "
+                f"{bad[:5].tolist()}); kept the old ones"
+            )
+        return params
 
     def _warmup_feeds(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         policy_feed = {
