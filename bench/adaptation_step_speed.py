@@ -108,13 +108,14 @@ def bench_bundle(name: str, bundle: Path, checkpoint: Path | None, iterations: i
         batch = {
             "params": controller.initial_params,
             "obs": rng.normal(size=(n, t, controller.obs_dim)).astype(np.float32),
+            "prev_command": np.zeros((n, t, controller.act_dim), np.float32),
             "action": rng.normal(size=(n, t, controller.act_dim)).astype(np.float32),
             "reward": rng.normal(size=(n, t)).astype(np.float32),
             "mask": np.ones((n, t), np.float32),
         }
     batch["params"] = controller.initial_params
     batch["mask"][:] = 1.0  # full episodes: the largest step the graph takes
-    names = ("params", "obs", "action", "advantage", "mask")
+    names = ("params", "obs", "prev_command", "action", "advantage", "mask")
 
     def fill_controller() -> None:
         controller.reset()
@@ -133,11 +134,12 @@ def bench_bundle(name: str, bundle: Path, checkpoint: Path | None, iterations: i
 
         def numpy_then_torch_func():
             adv = torch.from_numpy(compute_advantages(batch["obs"], batch["reward"], batch["mask"], config))
-            return step(given[0], given[1], given[2], adv, given[4])
+            return step(given[0], given[1], given[2], given[3], adv, given[5])
 
+        inputs = policy.policy_inputs(given[1], given[2])
         calls["numpy advantages + torch.func step"] = numpy_then_torch_func
         calls["torch.func step alone"] = lambda: step(*given)
-        calls["torch autograd inner_step alone"] = lambda: policy.inner_step(*given, create_graph=False)
+        calls["torch autograd inner_step alone"] = lambda: policy.inner_step(given[0], inputs, *given[3:], create_graph=False)
     # Round-robin blocks: every call sees the same machine load, and runs warm (back-to-back calls of
     # one kind, as on the robot) rather than with the caches just filled by another library.
     block = 20

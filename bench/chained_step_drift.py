@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                          "advantage": compute_advantages(batch["obs"], batch["reward"], batch["mask"], config)}
                 with torch.no_grad():
                     torch32 = step32(*(torch.from_numpy(np.asarray(given[n]))
-                                       for n in ("params", "obs", "action", "advantage", "mask"))).numpy()
+                                       for n in ("params", "obs", "prev_command", "action", "advantage", "mask"))).numpy()
                 (theirs,) = ge.reference_outputs(exact, "adapt", {**batch, "params": theirs}, config)
                 for row, value in enumerate((np.abs(ours - theirs).max(), np.abs(torch32 - theirs).max(), np.abs(ours - torch32).max())):
                     worst[row, k] = max(worst[row, k], value)

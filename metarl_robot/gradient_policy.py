@@ -16,6 +16,14 @@ own graph (:func:`adaptation_step`). What ``phi`` holds depends on the method:
 The observation normaliser and the action scaling live in the module (frozen into exported graphs),
 and actions are Gaussian in normalised units: the command the robot receives is
 ``clip(action, -1, 1) * action_scale``. Meta-SGD learns ``inner_lr`` per adapted parameter.
+
+A policy may sit on a motion skill (:mod:`metarl_robot.skills`, e.g. ``grasp_force``: scripted
+approach, close and lift, with the grip force and lift speed learned): the command is then what the
+skill makes of the clipped action, and only the action dimensions the skill reads are the policy's
+decisions (the others do not enter the log-probability). A skill reads the previous command (a grip
+force changes by a ratio of the last one), so such a policy's input is the observation followed by the
+previous command, zeros at an episode's first step: :meth:`GradientPolicy.policy_inputs`. Without a
+skill the input is the observation alone, and the previous command is ignored.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from metarl_robot.policies import RunningNormalizer, action_scale_tensor
+from metarl_robot.skills import SKILLS, make_skill
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -50,6 +59,14 @@ class GradientPolicyConfig:
     """Meta-learn one inner step size per adapted parameter (Meta-SGD), initialised to ``inner_lr``."""
     normalize_observations: bool = True
     """Keep running observation statistics and feed normalised observations to the network."""
+    skill: str = ""
+    """A motion skill the policy sits on (:mod:`metarl_robot.skills`, e.g. ``grasp_force``); empty: the
+    clipped action times the action scale is the command."""
+    skill_layout: tuple = ()
+    """The observation layout the skill reads entries from, as ``[name, start, size]`` triples (filled
+    from the env's robot contract by the training algorithm)."""
+    skill_options: dict = dataclasses.field(default_factory=dict)
+    """Keyword arguments of the skill (e.g. ``min_force_n``)."""
 
     def __post_init__(self) -> None:
         if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
@@ -60,6 +77,9 @@ class GradientPolicyConfig:
             raise ValueError(f"context_dim must be >= 0, got {self.context_dim}")
         if not self.inner_lr > 0:
             raise ValueError(f"inner_lr must be positive, got {self.inner_lr}")
+        if self.skill and self.skill not in SKILLS:
+            raise ValueError(f"skill {self.skill!r} is not known; use one of {sorted(SKILLS)} (or leave it empty)")
+        object.__setattr__(self, "skill_layout", tuple(tuple(x) for x in self.skill_layout))
 
 
 class GradientPolicy(nn.Module):
@@ -76,7 +96,16 @@ class GradientPolicy(nn.Module):
         self.obs_dim, self.act_dim, self.config = int(obs_dim), int(act_dim), config
         self.register_buffer("action_scale", action_scale_tensor(action_scale, self.act_dim))
         self.obs_norm = RunningNormalizer(self.obs_dim)
-        sizes = [self.obs_dim + config.context_dim, *config.hidden_sizes, self.act_dim]
+        if config.skill and not config.skill_layout:
+            raise ValueError(f"skill {config.skill!r} needs skill_layout, the observation layout it reads")
+        self.skill = make_skill(config.skill, config.skill_layout, self.action_scale, config.skill_options) if config.skill else None
+        learned = torch.zeros(self.act_dim)
+        learned[list(self.skill.learned) if self.skill is not None else slice(None)] = 1.0
+        # Which action dimensions are the policy's decisions (1) and which the skill ignores (0); derived
+        # from the config, so not stored (checkpoints written before skills existed load unchanged).
+        self.register_buffer("learned_mask", learned, persistent=False)
+        extra = self.skill.feature_dim + self.act_dim if self.skill is not None else 0
+        sizes = [self.obs_dim + extra + config.context_dim, *config.hidden_sizes, self.act_dim]
         self.layer_shapes: list[tuple[tuple[int, int], tuple[int]]] = [
             ((sizes[i + 1], sizes[i]), (sizes[i + 1],)) for i in range(len(sizes) - 1)
         ]
@@ -85,6 +114,9 @@ class GradientPolicy(nn.Module):
             weight = torch.empty(w_shape)
             nn.init.orthogonal_(weight, 0.01 if i == len(self.layer_shapes) - 1 else math.sqrt(2.0))
             chunks += [weight.reshape(-1), torch.zeros(b_shape)]
+        if self.skill is not None:  # the skill's initial means (e.g. "do not release") in the last bias
+            for dim, value in self.skill.initial_mean.items():
+                chunks[-1][dim] = value
         chunks.append(torch.full((self.act_dim,), float(config.init_log_std)))
         self.weights = nn.Parameter(torch.cat(chunks))
         self.register_buffer("initial_context", torch.zeros(config.context_dim))
@@ -95,6 +127,20 @@ class GradientPolicy(nn.Module):
             self.register_buffer("inner_lr", lr)
 
     # ------------------------------------------------------------------------------ layout
+    @property
+    def input_dim(self) -> int:
+        """Size of the policy's input: the observation, then (on a skill) the previous command."""
+        return self.obs_dim + (self.act_dim if self.skill is not None else 0)
+
+    def policy_inputs(self, obs: torch.Tensor, prev_command: torch.Tensor | None) -> torch.Tensor:
+        """What every ``*(phi, inputs, ...)`` method reads: ``obs [..., obs_dim]`` followed, on a skill,
+        by the previous command ``[..., act_dim]`` in physical units (zeros at an episode's start)."""
+        if self.skill is None:
+            return obs
+        if prev_command is None:
+            raise ValueError("a policy on a skill reads the previous command (zeros at an episode's start)")
+        return torch.cat([obs, prev_command.to(obs.dtype)], dim=-1)
+
     @property
     def adapts_context(self) -> bool:
         """True for CAVIA: ``phi`` is a context vector and the weights stay fixed."""
@@ -123,8 +169,13 @@ class GradientPolicy(nn.Module):
 
     # ------------------------------------------------------------------------------ the policy at phi
     def mean_log_std(self, phi: torch.Tensor, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log std (normalised action units) for raw observations ``obs [..., obs_dim]``."""
-        x = self.obs_norm(obs) if self.config.normalize_observations else obs
+        """Mean and log std (normalised action units) for policy inputs ``obs [..., input_dim]``: raw
+        observations, followed on a skill by the previous command (:meth:`policy_inputs`)."""
+        raw = obs[..., : self.obs_dim]
+        x = self.obs_norm(raw) if self.config.normalize_observations else raw
+        if self.skill is not None:
+            prev = obs[..., self.obs_dim :]
+            x = torch.cat([x, self.skill.features(raw), self.skill.prev_features(prev)], dim=-1)
         if self.adapts_context:
             weights = self.weights
             x = torch.cat([x, phi.to(x.dtype).expand(*x.shape[:-1], -1)], dim=-1)
@@ -139,8 +190,10 @@ class GradientPolicy(nn.Module):
         return x, log_std.expand_as(x)
 
     def log_prob(self, phi: torch.Tensor, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Log density of normalised ``action [..., act_dim]`` (summed over action dimensions)."""
-        return gaussian_log_prob(*self.mean_log_std(phi, obs), action)
+        """Log density of normalised ``action [..., act_dim]`` (summed over the action dimensions that
+        are the policy's decisions: all of them, or those its skill reads)."""
+        weights = self.learned_mask if self.skill is not None else None
+        return gaussian_log_prob(*self.mean_log_std(phi, obs), action, weights)
 
     def sample(self, phi: torch.Tensor, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Normalised action ``mean + std * noise`` (``noise`` standard normal; zeros = the mean)."""
@@ -148,9 +201,16 @@ class GradientPolicy(nn.Module):
         return mean + torch.exp(log_std) * noise
 
     def command(self, phi: torch.Tensor, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Command in physical units: ``clip(action, -1, 1) * action_scale``."""
-        action = self.sample(phi, obs, torch.zeros(()) if noise is None else noise)
-        return torch.clamp(action, -1.0, 1.0) * self.action_scale.to(action.dtype)
+        """Command in physical units for policy inputs ``obs``: ``clip(action, -1, 1) * action_scale``,
+        or what the skill makes of the clipped action."""
+        return self.to_command(obs, self.sample(phi, obs, torch.zeros(()) if noise is None else noise))
+
+    def to_command(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The physical command for normalised ``action`` (clipped here) at policy inputs ``obs``."""
+        clipped = torch.clamp(action, -1.0, 1.0)
+        if self.skill is None:
+            return clipped * self.action_scale.to(action.dtype)
+        return self.skill(obs[..., : self.obs_dim], clipped, obs[..., self.obs_dim :])
 
     # ------------------------------------------------------------------------------ adaptation
     def surrogate_loss(self, phi, obs, action, advantage, mask, *, low_variance_curvature: bool = False) -> torch.Tensor:
@@ -184,28 +244,35 @@ class GradientPolicy(nn.Module):
 
 
 def adaptation_step(policy: GradientPolicy) -> Callable[..., torch.Tensor]:
-    """The pure function ``(phi, obs, action, advantage, mask) -> phi'`` of one inner step, written with
-    ``torch.func.grad`` so it can be traced (``make_fx``) and exported as an ONNX graph.
+    """The pure function ``(phi, obs, prev_command, action, advantage, mask) -> phi'`` of one inner
+    step, written with ``torch.func.grad`` so it can be traced (``make_fx``) and exported as an ONNX graph.
 
-    ``obs [N, T, obs_dim]`` raw observations, ``action [N, T, act_dim]`` the normalised actions that were
-    executed (before clipping), ``advantage [N, T]``, ``mask [N, T]`` (1 = valid step).
+    ``obs [N, T, obs_dim]`` raw observations, ``prev_command [N, T, act_dim]`` the command sent the step
+    before each (zeros at an episode's first step; read only by a policy on a skill), ``action [N, T,
+    act_dim]`` the normalised actions the policy drew (before clipping), ``advantage [N, T]``, ``mask
+    [N, T]`` (1 = valid step).
     """
 
-    def loss(phi, obs, action, advantage, mask):
-        return policy.surrogate_loss(phi, obs, action, advantage, mask)
+    def loss(phi, inputs, action, advantage, mask):
+        return policy.surrogate_loss(phi, inputs, action, advantage, mask)
 
     grad = torch.func.grad(loss)
 
-    def step(phi, obs, action, advantage, mask):
-        return phi - policy.inner_lr.to(phi.dtype) * grad(phi, obs, action, advantage, mask)
+    def step(phi, obs, prev_command, action, advantage, mask):
+        inputs = policy.policy_inputs(obs, prev_command)
+        return phi - policy.inner_lr.to(phi.dtype) * grad(phi, inputs, action, advantage, mask)
 
     return step
 
 
-def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """Log density of ``action`` under a diagonal Gaussian, summed over the last dimension."""
+def gaussian_log_prob(
+    mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Log density of ``action`` under a diagonal Gaussian, summed over the last dimension (only over
+    the dimensions where ``weights`` is 1, when given)."""
     z = (action - mean) * torch.exp(-log_std)
-    return (-0.5 * z * z - log_std - _LOG_SQRT_2PI).sum(-1)
+    per_dim = -0.5 * z * z - log_std - _LOG_SQRT_2PI
+    return (per_dim if weights is None else per_dim * weights.to(per_dim.dtype)).sum(-1)
 
 
 def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q) -> torch.Tensor:

@@ -450,7 +450,7 @@ def _check_command_bounds(report: VerifyReport, bundle: Bundle) -> None:
     baked = action.get("clipping_and_scaling") == "baked"
     # A motion skill inside the graph computes the command from the observation: a value many probes
     # share (e.g. no vertical speed before the pads press) is a phase of the skill, not the action clip.
-    skill = "skill" in bundle.adaptation
+    skill = bool(bundle.adaptation.get("skill"))
     problems, unreached = [], []
     if command.shape != (len(obs), bundle.act_dim) or not np.isfinite(command).all():
         report.add(name, "fail", f"the policy graph returned commands of shape {command.shape} or non-finite ones")

@@ -93,18 +93,20 @@ def test_manifest_describes_the_gradient_step(bundle: Path, variant: str, policy
         "advantages": v.adaptation()["advantages"],
         "exploration": "gaussian",
         "reward_source": {"type": "topic", "topic": "reward"},
+        **({"skill": {"name": v.skill, "learned_dims": [0, 2, 3]}} if v.skill else {}),
         "initial_params_file": "params.npy",
     }
     p, n, t, o, a = policy.num_adapted, v.episodes_per_step, v.max_episode_steps, v.obs_dim, v.act_dim
     assert manifest["graphs"] == {
         "policy": {
             "file": "policy.onnx",
-            "inputs": {"obs": [None, o], "params": [p], "noise": [None, a]},
+            "inputs": {"obs": [None, o], "prev_command": [None, a], "params": [p], "noise": [None, a]},
             "outputs": {"command": [None, a], "action": [None, a]},
         },
         "adapt": {
             "file": "adapt.onnx",
-            "inputs": {"params": [p], "obs": [n, t, o], "action": [n, t, a], "reward": [n, t], "mask": [n, t]},
+            "inputs": {"params": [p], "obs": [n, t, o], "prev_command": [n, t, a], "action": [n, t, a], "reward": [n, t],
+                       "mask": [n, t]},
             "outputs": {"adapted_params": [p]},
         },
     }
@@ -154,8 +156,10 @@ def test_adapt_graph_is_one_inner_step_in_float32_too(bundle: Path, policy) -> N
     (adapted,) = sessions(bundle)["adapt"].run(None, inputs)
     config = AdvantageConfig.from_mapping(adaptation["advantages"])
     batch = {**inputs, "advantage": compute_advantages(inputs["obs"], inputs["reward"], inputs["mask"], config)}
-    names = ("params", "obs", "action", "advantage", "mask")
-    expected = policy.inner_step(*(torch.from_numpy(batch[k]) for k in names), create_graph=False).detach().numpy()
+    t = {k: torch.from_numpy(v) for k, v in batch.items()}
+    policy_inputs = policy.policy_inputs(t["obs"], t["prev_command"])
+    expected = policy.inner_step(t["params"], policy_inputs, t["action"], t["advantage"], t["mask"],
+                                 create_graph=False).detach().numpy()
     np.testing.assert_allclose(adapted, expected, rtol=0, atol=PARITY_TOLERANCE)
     assert np.max(np.abs(adapted - inputs["params"])) > 1e-4
 
@@ -176,13 +180,21 @@ def test_policy_graph_samples_then_clips_and_scales(bundle: Path, policy) -> Non
     inputs["noise"] = rng.normal(0.0, 2.0, inputs["noise"].shape).astype(np.float32)
     command, action = sessions(bundle)["policy"].run(None, inputs)
     scale = policy.action_scale.numpy()
-    assert np.all(np.abs(command) <= scale) and np.any(np.abs(action) > 1.0)
-    np.testing.assert_allclose(command, np.clip(action, -1.0, 1.0) * scale, rtol=1e-6, atol=1e-7)
+    assert np.any(np.abs(action) > 1.0)
+    policy_inputs = policy.policy_inputs(torch.from_numpy(inputs["obs"]), torch.from_numpy(inputs["prev_command"]))
+    if policy.skill is None:
+        assert np.all(np.abs(command) <= scale)
+        np.testing.assert_allclose(command, np.clip(action, -1.0, 1.0) * scale, rtol=1e-6, atol=1e-7)
+    else:  # the skill's command for the clipped action, after the previous command
+        exact = gradient_export.float64_copy(policy)
+        with torch.no_grad():
+            expected = exact.to_command(policy_inputs.double(), torch.from_numpy(action).double()).numpy()
+        assert np.max(np.abs(command - expected) / scale) <= PARITY_TOLERANCE
 
     inputs["noise"][:] = 0.0
     command, action = sessions(bundle)["policy"].run(None, inputs)
     with torch.no_grad():
-        mean = policy.command(torch.from_numpy(inputs["params"]), torch.from_numpy(inputs["obs"])).numpy()
+        mean = policy.command(torch.from_numpy(inputs["params"]), policy_inputs).numpy()
     assert np.max(np.abs(command - mean) / scale) <= PARITY_TOLERANCE
 
 
@@ -191,12 +203,14 @@ def test_test_vectors_hold_torch_outputs(bundle: Path) -> None:
         keys = set(vectors.files)
     assert keys == {
         "policy/inputs/obs",
+        "policy/inputs/prev_command",
         "policy/inputs/params",
         "policy/inputs/noise",
         "policy/outputs/command",
         "policy/outputs/action",
         "adapt/inputs/params",
         "adapt/inputs/obs",
+        "adapt/inputs/prev_command",
         "adapt/inputs/action",
         "adapt/inputs/reward",
         "adapt/inputs/mask",
@@ -360,7 +374,7 @@ def test_a_step_float32_cannot_reproduce_is_exported_computing_in_float64(tmp_pa
     assert manifest["provenance"]["graph_internal_dtype"] == {"adapt": "float64"}
     assert max(manifest["provenance"]["parity_max_abs_diff"].values()) <= PARITY_TOLERANCE
     graph = onnx.load(str(bundle / "adapt.onnx"))
-    assert [i.type.tensor_type.elem_type for i in graph.graph.input] == [onnx.TensorProto.FLOAT] * 5
+    assert [i.type.tensor_type.elem_type for i in graph.graph.input] == [onnx.TensorProto.FLOAT] * 6
     assert any(n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.DOUBLE for n in graph.graph.node)
     assert verify_bundle(bundle, checkpoint=checkpoint).ok
     # The policy graph computes in float64 the same way when float32 misses the gate.
@@ -384,18 +398,25 @@ def test_a_step_float32_cannot_reproduce_is_exported_computing_in_float64(tmp_pa
 
 def test_a_bundle_whose_adapt_graph_takes_advantages_is_told_to_re_export(maml_bundle: Path, tmp_path: Path) -> None:
     """Bundles exported before the advantages moved into the adapt graph name 'advantage' where this
-    runtime feeds 'reward': one line saying so and giving the command, not two lists of names."""
+    runtime feeds 'reward', and those exported before the previous command became an input lack
+    'prev_command': one line saying so and giving the command, not two lists of names."""
     from metarl_robot.runtime import BundleError
 
     copy = Path(shutil.copytree(maml_bundle, tmp_path / "bundle"))
     manifest = manifest_of(copy)
-    inputs = manifest["graphs"]["adapt"]["inputs"]
-    manifest["graphs"]["adapt"]["inputs"] = {("advantage" if k == "reward" else k): v for k, v in inputs.items()}
-    (copy / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
-    with pytest.raises(BundleError, match=r"exported by an earlier metarl_robot: its adapt graph takes advantages.*"
-                                          r"metarl-robot export CHECKPOINT --out DIR --overwrite"):
-        load_bundle(copy)
+    inputs = {k: v for k, v in manifest["graphs"]["adapt"]["inputs"].items() if k != "prev_command"}
+    for name, why in (("advantage", "its adapt graph takes advantages"), ("reward", "its adapt graph does not read the previous commands")):
+        manifest["graphs"]["adapt"]["inputs"] = {(name if k == "reward" else k): v for k, v in inputs.items()}
+        (copy / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
+        with pytest.raises(BundleError, match=rf"exported by an earlier metarl_robot: {why}.*"
+                                              r"metarl-robot export CHECKPOINT --out DIR --overwrite"):
+            load_bundle(copy)
     manifest["graphs"]["adapt"]["inputs"] = {("returns" if k == "reward" else k): v for k, v in inputs.items()}
     (copy / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
     with pytest.raises(BundleError, match=r"names \['params', 'obs', 'action', 'returns', 'mask'\], expected"):
+        load_bundle(copy)
+    manifest = manifest_of(Path(maml_bundle))
+    manifest["graphs"]["policy"]["inputs"].pop("prev_command")
+    (copy / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
+    with pytest.raises(BundleError, match=r"earlier metarl_robot: its policy graph does not read the previous command"):
         load_bundle(copy)

@@ -249,7 +249,10 @@ def test_inner_step_lowers_the_inner_loss_and_matches_the_exported_step_function
     phi0 = policy.initial_adapted().detach()
     phi1 = policy.inner_step(phi0, *batch, create_graph=False)
     assert policy.surrogate_loss(phi1, *batch) < policy.surrogate_loss(phi0, *batch)
-    torch.testing.assert_close(adaptation_step(policy)(phi0, *batch), phi1.detach())
+    obs, action, advantage, mask = batch
+    prev = torch.zeros_like(action)  # a policy without a skill reads no previous command
+    torch.testing.assert_close(adaptation_step(policy)(phi0, obs, prev, action, advantage, mask), phi1.detach())
+    torch.testing.assert_close(adaptation_step(policy)(phi0, obs, prev + 3.0, action, advantage, mask), phi1.detach())
 
 
 def test_cavia_adapts_only_a_context_that_starts_at_zero():

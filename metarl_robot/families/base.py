@@ -60,9 +60,9 @@ class Family:
     happens inside the policy step (a recurrent memory) leaves it out of both."""
     policy_class: ClassVar[str]
     """Class name of the family's PyTorch policy, as a checkpoint records it."""
-    retired_graph_io: ClassVar[Mapping[str, tuple[tuple[str, ...], str]]] = {}
-    """Per graph, input names an earlier export wrote and why they changed, so a bundle that still has
-    them is told to re-export rather than shown two name lists."""
+    retired_graph_io: ClassVar[Mapping[str, Sequence[tuple[tuple[str, ...], str]]]] = {}
+    """Per graph, the input names earlier exports wrote, each with why it changed, so a bundle that still
+    has them is told to re-export rather than shown two name lists."""
     parity_labels: ClassVar[Mapping[str, str]] = {}
     """How an export error names a parity check that is not a single graph."""
     algorithms: ClassVar[tuple[str, ...]] = ()

@@ -32,15 +32,29 @@ class GradientFamily(Family):
     policy_class = "GradientPolicy"
     algorithms = ("metarl_robot.algos.gradient",)
     graph_io = {
-        "policy": (("obs", "params", "noise"), ("command", "action")),
-        "adapt": (("params", "obs", "action", "reward", "mask"), ("adapted_params",)),
+        "policy": (("obs", "prev_command", "params", "noise"), ("command", "action")),
+        "adapt": (("params", "obs", "prev_command", "action", "reward", "mask"), ("adapted_params",)),
     }
     retired_graph_io = {
+        "policy": (
+            (
+                ("obs", "params", "noise"),
+                "its policy graph does not read the previous command, which this runtime feeds every gradient "
+                "policy (a policy on a motion skill needs it)",
+            ),
+        ),
         "adapt": (
-            ("params", "obs", "action", "advantage", "mask"),
-            "its adapt graph takes advantages computed outside it; this runtime feeds rewards to an adapt "
-            "graph that computes the advantages itself",
-        )
+            (
+                ("params", "obs", "action", "advantage", "mask"),
+                "its adapt graph takes advantages computed outside it; this runtime feeds rewards to an adapt "
+                "graph that computes the advantages itself",
+            ),
+            (
+                ("params", "obs", "action", "reward", "mask"),
+                "its adapt graph does not read the previous commands, which this runtime feeds every gradient "
+                "policy (a policy on a motion skill needs them)",
+            ),
+        ),
     }
     params_file = "params.npy"
     parity_labels = {"adapt_chained": "the adapt graph over chained steps (its own output fed back)"}
@@ -94,6 +108,10 @@ class GradientFamily(Family):
                 f"{where}: 'adaptation.exploration' is {exploration!r}; this runtime samples {list(EXPLORATION)}"
             )
         check.key(adaptation, "reward_source", dict, "adaptation")
+        if "skill" in adaptation:  # the policy graph sits on a motion skill (the recurrent family's section)
+            skill = check.key(adaptation, "skill", dict, "adaptation")
+            if not isinstance(skill.get("name"), str) or not isinstance(skill.get("learned_dims"), list):
+                raise BundleError(f"{where}: 'adaptation.skill' must have a name and a list learned_dims, got {skill!r}")
         name = check.key(adaptation, "initial_params_file", str, "adaptation")
         check_file_name(where, name)
         return {"num_params": num_params, "episodes": episodes, "max_episode_steps": max_steps}
@@ -105,10 +123,12 @@ class GradientFamily(Family):
         obs, act = dims["obs_dim"], dims["act_dim"]
         params, n, t = dims["num_params"], dims["episodes"], dims["max_episode_steps"]
         if graph == "policy":
-            return {"obs": (None, obs), "params": (params,), "noise": (None, act), "command": (None, act), "action": (None, act)}
+            return {"obs": (None, obs), "prev_command": (None, act), "params": (params,), "noise": (None, act),
+                    "command": (None, act), "action": (None, act)}
         return {
             "params": (params,),
             "obs": (n, t, obs),
+            "prev_command": (n, t, act),
             "action": (n, t, act),
             "reward": (n, t),
             "mask": (n, t),
@@ -131,7 +151,8 @@ class GradientFamily(Family):
     def probe_feed(self, bundle, obs: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """The initial parameters with exploration noise large enough to saturate every action."""
         noise = saturating_noise(rng, len(obs), int(bundle.action["dim"]))
-        return {"obs": obs.astype(np.float32), "params": self.initial_params(bundle), "noise": noise}
+        prev = np.zeros((len(obs), int(bundle.action["dim"])), dtype=np.float32)
+        return {"obs": obs.astype(np.float32), "prev_command": prev, "params": self.initial_params(bundle), "noise": noise}
 
     # ------------------------------------------------------------------ PyTorch half
     def build_policy(self, spec: Mapping[str, Any]) -> Any:

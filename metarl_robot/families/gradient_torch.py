@@ -2,8 +2,8 @@
 (:class:`~metarl_robot.gradient_policy.GradientPolicy`), the policy graph, the adaptation-step graph,
 their parity checks and test vectors, and the runtime controller's semantics in PyTorch.
 
-``policy.onnx`` computes ``(command, action)`` from a raw observation, the adapted parameters and
-standard-normal noise. ``adapt.onnx`` computes one inner policy-gradient step from the episodes the
+``policy.onnx`` computes ``(command, action)`` from a raw observation, the previous command (which
+only a policy on a motion skill reads), the adapted parameters and standard-normal noise. ``adapt.onnx`` computes one inner policy-gradient step from the episodes the
 robot collected, ``params - inner_lr * grad L(params; obs, action, advantage, mask)`` with the
 advantages computed from ``reward`` inside the graph: ``torch.func.grad`` does not export directly, so
 the step is traced to plain aten operations with ``make_fx`` (the backward pass becomes ordinary
@@ -57,17 +57,19 @@ PARITY_BATCHES = 50
 
 class GradientPolicyGraph(nn.Module):
     """What ``policy.onnx`` computes: ``(command, action)`` with ``action = mean + std * noise`` in
-    normalised units and ``command = clip(action, -1, 1) * action_scale`` in physical units."""
+    normalised units and ``command = clip(action, -1, 1) * action_scale`` in physical units, or what the
+    policy's skill makes of the clipped action after ``prev_command``."""
 
     def __init__(self, policy: GradientPolicy) -> None:
         super().__init__()
         self.policy = policy
 
     def forward(
-        self, obs: torch.Tensor, params: torch.Tensor, noise: torch.Tensor
+        self, obs: torch.Tensor, prev_command: torch.Tensor, params: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        action = self.policy.sample(params, obs, noise)
-        return torch.clamp(action, -1.0, 1.0) * self.policy.action_scale.to(action.dtype), action
+        inputs = self.policy.policy_inputs(obs, prev_command)
+        action = self.policy.sample(params, inputs, noise)
+        return self.policy.to_command(inputs, action), action
 
 
 class TracedGraph(nn.Module):
@@ -130,9 +132,9 @@ class CastPolicyGraph(nn.Module):
         self.inner, self.internal = graph, internal  # not "graph": the exporter's graph module has one
 
     def forward(
-        self, obs: torch.Tensor, params: torch.Tensor, noise: torch.Tensor
+        self, obs: torch.Tensor, prev_command: torch.Tensor, params: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        command, action = self.inner(obs.to(self.internal), params.to(self.internal), noise.to(self.internal))
+        command, action = self.inner(*(x.to(self.internal) for x in (obs, prev_command, params, noise)))
         return command.to(torch.float32), action.to(torch.float32)
 
 
@@ -141,6 +143,7 @@ def _example_inputs(policy: GradientPolicy, episodes: int, max_episode_steps: in
     return (
         policy.initial_adapted().detach().clone(),
         torch.zeros(*shape, policy.obs_dim),
+        torch.zeros(*shape, policy.act_dim),
         torch.zeros(*shape, policy.act_dim),
         torch.zeros(shape),
         torch.ones(shape),
@@ -172,10 +175,12 @@ def export_graph(
             module = CastPolicyGraph(GradientPolicyGraph(copy.deepcopy(policy).to(internal)).eval(), internal)
         args: tuple[torch.Tensor, ...] = (
             torch.zeros(2, policy.obs_dim),
+            torch.zeros(2, policy.act_dim),
             policy.initial_adapted().detach().clone(),
             torch.zeros(2, policy.act_dim),
         )
-        dynamic_shapes: dict[str, Any] | None = {"obs": {0: batch}, "params": None, "noise": {0: batch}}
+        dynamic_shapes: dict[str, Any] | None = {"obs": {0: batch}, "prev_command": {0: batch}, "params": None,
+                                                 "noise": {0: batch}}
     else:
         try:
             module = TracedGraph(trace_adaptation_step(policy, episodes, max_episode_steps, internal))
@@ -201,18 +206,22 @@ def build_graphs(policy: GradientPolicy, adaptation: Mapping[str, Any], staging:
     by its variance, and float32 cannot reproduce such a step (nor a chain of them) to 1e-5."""
     sizes = {"episodes": adaptation["episodes_per_step"], "max_episode_steps": adaptation["max_episode_steps"]}
     settings = {**sizes, "advantages": advantage_config(adaptation["advantages"])}
+    # A skill's command (a log-scale force times a ratio of the previous one) reaches about 1.5e-5 of the
+    # scale in float32 on some inputs: its policy graph computes in float64 from the start.
+    internal: dict[str, str] = {"policy": "float64"} if policy.skill is not None else {}
     for graph in GRAPH_FILES:
-        export_graph(policy, graph, staging / GRAPH_FILES[graph], opset, **settings)
+        dtype = torch.float64 if internal.get(graph) == "float64" else torch.float32
+        export_graph(policy, graph, staging / GRAPH_FILES[graph], opset, internal=dtype, **settings)
     sessions = {graph: cpu_session(staging / GRAPH_FILES[graph]) for graph in GRAPH_FILES}
     diffs = parity_max_abs_diff(policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0), **settings)
-    internal: dict[str, str] = {}
+    forced = dict(internal)
     for graph, checks in (("policy", ("policy",)), ("adapt", ("adapt", "adapt_chained"))):
-        if all(diffs[check] <= PARITY_TOLERANCE for check in checks):
+        if graph in forced or all(diffs[check] <= PARITY_TOLERANCE for check in checks):
             continue
         export_graph(policy, graph, staging / GRAPH_FILES[graph], opset, internal=torch.float64, **settings)
         sessions[graph] = cpu_session(staging / GRAPH_FILES[graph])
         internal[graph] = "float64"
-    if internal:
+    if internal != forced:
         diffs = parity_max_abs_diff(policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0), **settings)
     write_test_vectors(policy, staging / TEST_VECTORS_FILE, **settings)
     with open(staging / PARAMS_FILE, "wb") as f:
@@ -297,6 +306,8 @@ def adaptation_section(
         "advantages": jsonable(advantage_config),
         "exploration": "gaussian",
         "reward_source": jsonable(reward_source),
+        **({"skill": {"name": policy.skill.name, "learned_dims": [int(d) for d in policy.skill.learned]}}
+           if policy.skill is not None else {}),
         "initial_params_file": PARAMS_FILE,
     }
 
@@ -346,10 +357,19 @@ def sample_inputs(
         spread = 0.3 if policy.adapts_context else 0.05
         params = initial_params(policy) + rng.normal(0.0, spread, policy.num_adapted).astype(np.float32)
     params = np.asarray(params, dtype=np.float32)
+    scale = policy.action_scale.numpy()
+
+    def previous_commands(*shape: int) -> np.ndarray:
+        """Commands of either sign up to 1.2x the scale (a skill's open gripper is a negative force),
+        zeros (an episode's start) one row in four."""
+        prev = rng.uniform(-1.2, 1.2, size=(*shape, policy.act_dim)) * scale
+        return (prev * (rng.random((*shape, 1)) >= 0.25)).astype(np.float32)
+
     if graph == "policy":
         batch = int(rng.integers(1, 9)) if batch is None else batch
         noise = rng.normal(0.0, 2.0, size=(batch, policy.act_dim)) * (rng.random() >= 0.2)
-        return {"obs": observations(batch), "params": params, "noise": noise.astype(np.float32)}
+        return {"obs": observations(batch), "prev_command": previous_commands(batch), "params": params,
+                "noise": noise.astype(np.float32)}
     shape = (episodes, max_episode_steps)
     short = rng.integers(1, min(3, max_episode_steps) + 1, size=episodes)
     anywhere = rng.integers(0, max_episode_steps + 1, size=episodes)
@@ -361,15 +381,17 @@ def sample_inputs(
         mask &= rng.random(shape) < 0.7
     mask = mask.astype(np.float32)
     obs = observations(*shape)
+    prev = previous_commands(*shape)
     if on_policy if on_policy is not None else rng.random() < 0.5:
         noise = torch.from_numpy(rng.normal(size=(*shape, policy.act_dim)).astype(np.float32))
+        inputs = policy.policy_inputs(torch.from_numpy(obs), torch.from_numpy(prev))
         with torch.no_grad():
-            action = policy.sample(torch.from_numpy(params), torch.from_numpy(obs), noise).numpy()
+            action = policy.sample(torch.from_numpy(params), inputs, noise).numpy()
     else:
         action = rng.normal(0.0, 1.5, size=(*shape, policy.act_dim)).astype(np.float32)
-    scale = 10.0 ** rng.uniform(-1.0, 1.0)  # rewards of any scale and offset: the advantages normalise them
-    reward = (scale * (rng.normal(0.0, 3.0) + rng.normal(size=shape))).astype(np.float32)
-    return {"params": params, "obs": obs, "action": action, "reward": reward, "mask": mask}
+    size = 10.0 ** rng.uniform(-1.0, 1.0)  # rewards of any scale and offset: the advantages normalise them
+    reward = (size * (rng.normal(0.0, 3.0) + rng.normal(size=shape))).astype(np.float32)
+    return {"params": params, "obs": obs, "prev_command": prev, "action": action, "reward": reward, "mask": mask}
 
 
 def float64_copy(policy: GradientPolicy) -> GradientPolicy:
@@ -393,15 +415,17 @@ def reference_outputs(
         if advantages is None:
             raise TypeError("reference_outputs: the adapt graph's reference needs the bundle's advantage settings")
         inputs = {**inputs, "advantage": advantages_float64(inputs["obs"], inputs["reward"], inputs["mask"], advantages)}
-        names: Sequence[str] = ("params", "obs", "action", "advantage", "mask")
+        names: Sequence[str] = ("params", "obs", "prev_command", "action", "advantage", "mask")
     else:
         names = IO[graph][0]
     tensors = {name: torch.from_numpy(np.ascontiguousarray(inputs[name])).double() for name in names}
     if graph == "policy":
         with torch.no_grad():
-            outputs = GradientPolicyGraph(exact)(tensors["obs"], tensors["params"], tensors["noise"])
+            outputs = GradientPolicyGraph(exact)(*(tensors[name] for name in names))
     else:
-        stepped = exact.inner_step(*(tensors[name] for name in names), create_graph=False)
+        t = tensors
+        policy_inputs = exact.policy_inputs(t["obs"], t["prev_command"])
+        stepped = exact.inner_step(t["params"], policy_inputs, t["action"], t["advantage"], t["mask"], create_graph=False)
         outputs = (stepped.detach(),)
     return tuple(out.numpy().astype(np.float32) for out in outputs)
 
@@ -487,7 +511,8 @@ class GradientTorchController(TorchControllerBase):
     """The runtime's gradient-adaptation semantics over a PyTorch :class:`~metarl_robot.gradient_policy.GradientPolicy`.
 
     ``act`` samples a Gaussian action (``explore``; the mean otherwise) and returns the command;
-    ``observe`` stores the episode; ``adapt`` computes advantages over the stored episodes with the
+    ``observe`` stores the episode (with the command sent the step before, zeros at an episode's start,
+    which a policy on a skill reads); ``adapt`` computes advantages over the stored episodes with the
     robot's numpy code and takes ``adaptation["steps"]`` inner policy-gradient steps, then forgets the
     episodes (they were collected by the old parameters).
     """
@@ -511,30 +536,33 @@ class GradientTorchController(TorchControllerBase):
         if seed is not None:
             self._generator.manual_seed(seed)
         self.params = self.policy.initial_adapted().detach().clone()
-        self._episodes: list[list[tuple[np.ndarray, np.ndarray, float]]] = []
-        self._current: list[tuple[np.ndarray, np.ndarray, float]] = []
+        self._episodes: list[list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]] = []
+        self._current: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []
         self._last: tuple[np.ndarray, np.ndarray] | None = None
+        self._prev = np.zeros(self.act_dim, np.float32)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         t = torch
         with t.no_grad():
-            obs_t = t.as_tensor(np.asarray(obs, np.float32)[None])
+            inputs = self.policy.policy_inputs(t.as_tensor(np.asarray(obs, np.float32)[None]), t.as_tensor(self._prev[None]))
             noise = t.randn(1, self.policy.act_dim, generator=self._generator) if self.explore else t.zeros(1, self.policy.act_dim)
-            action = self.policy.sample(self.params, obs_t, noise)[0]
-            command = (t.clamp(action, -1.0, 1.0) * self.policy.action_scale).numpy()
-        self._last = (command, action.numpy())
+            action = self.policy.sample(self.params, inputs, noise)
+            command = self.policy.to_command(inputs, action)[0].numpy()
+        self._last = (command, action[0].numpy())
         return command
 
     def observe(self, obs, action, reward, next_obs, done) -> None:
         command = np.asarray(action, np.float32)
-        if self._last is not None and np.array_equal(command, self._last[0]):
+        if self._last is not None and (np.array_equal(command, self._last[0]) or self.policy.skill is not None):
             normalised = self._last[1]
         else:
             normalised = command / self.policy.action_scale.numpy()
-        self._current.append((np.asarray(obs, np.float32), normalised, float(reward)))
+        self._current.append((np.asarray(obs, np.float32), self._prev.copy(), normalised, float(reward)))
+        self._prev = command.copy()
         if done or len(self._current) >= self.max_episode_steps:
             self._episodes = (self._episodes + [self._current])[-self.episodes_per_step :]
             self._current = []
+            self._prev = np.zeros(self.act_dim, np.float32)
 
     def adapt(self):
         t = torch
@@ -542,15 +570,18 @@ class GradientTorchController(TorchControllerBase):
             return self.params
         n, steps = len(self._episodes), self.max_episode_steps
         obs = np.zeros((n, steps, self.policy.obs_dim), np.float32)
+        prev = np.zeros((n, steps, self.policy.act_dim), np.float32)
         act = np.zeros((n, steps, self.policy.act_dim), np.float32)
         rew = np.zeros((n, steps), np.float32)
         mask = np.zeros((n, steps), np.float32)
         for i, episode in enumerate(self._episodes):
-            for j, (o, a, r) in enumerate(episode):
-                obs[i, j], act[i, j], rew[i, j], mask[i, j] = o, a, r, 1.0
+            for j, (o, c, a, r) in enumerate(episode):
+                obs[i, j], prev[i, j], act[i, j], rew[i, j], mask[i, j] = o, c, a, r, 1.0
         adv = compute_advantages(obs, rew, mask, self.advantages)
-        args = [t.as_tensor(x) for x in (obs, act, adv, mask)]
+        inputs = self.policy.policy_inputs(t.as_tensor(obs), t.as_tensor(prev))
+        args = [t.as_tensor(x) for x in (act, adv, mask)]
         for _ in range(self.steps):
-            self.params = self.policy.inner_step(self.params, *args, create_graph=False).detach()
+            self.params = self.policy.inner_step(self.params, inputs, *args, create_graph=False).detach()
         self._episodes, self._current = [], []
+        self._prev = np.zeros(self.act_dim, np.float32)
         return self.params

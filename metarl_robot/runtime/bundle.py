@@ -321,12 +321,12 @@ class ManifestChecker:
         shapes: dict[str, dict[str, Shape]] = {}
         for kind, names in (("inputs", input_names), ("outputs", output_names)):
             section = self.key(spec, kind, dict, where)
-            retired = plugin.retired_graph_io.get(name)
-            if kind == "inputs" and retired is not None and tuple(section) == retired[0]:
-                raise BundleError(
-                    f"{self.where}: this bundle was exported by an earlier metarl_robot: {retired[1]}. Re-export "
-                    "it from its checkpoint: metarl-robot export CHECKPOINT --out DIR --overwrite"
-                )
+            for retired_names, why in plugin.retired_graph_io.get(name, ()) if kind == "inputs" else ():
+                if tuple(section) == tuple(retired_names):
+                    raise BundleError(
+                        f"{self.where}: this bundle was exported by an earlier metarl_robot: {why}. Re-export "
+                        "it from its checkpoint: metarl-robot export CHECKPOINT --out DIR --overwrite"
+                    )
             if list(section) != list(names):
                 raise BundleError(
                     f"{self.where}: '{where}.{kind}' names {list(section)}, expected {list(names)} "

@@ -2,9 +2,10 @@
 policy-gradient step on the adapted parameters.
 
 :class:`GradientController` runs a ``"gradient"`` bundle (MAML, ProMP, Reptile, CAVIA, Meta-SGD) with
-numpy and onnxruntime only. ``act`` samples a Gaussian action at the current parameters; ``observe``
-records the transition into the current episode and, when it closes, into the batch the adapt graph
-reads; ``adapt`` runs the bundle's adapt graph, one inner policy-gradient step, on that batch. The
+numpy and onnxruntime only. ``act`` samples a Gaussian action at the current parameters (the policy
+graph also reads the command sent the step before, zeros at an episode's start, which a policy on a
+motion skill needs); ``observe`` records the transition, with that previous command, into the current
+episode and, when it closes, into the batch the adapt graph reads; ``adapt`` runs the bundle's adapt graph, one inner policy-gradient step, on that batch. The
 graph computes the advantages from the rewards itself, with meta-training's code
 (:func:`~metarl_robot.runtime.advantages.compute_advantages`) exported as ONNX nodes, so ``adapt``
 costs the graph and little else.
@@ -79,7 +80,11 @@ class GradientController(BundleController):
         self._noise = np.zeros((1, self.act_dim), dtype=np.float32)
         self._noise_row = self._noise[0]
         self._noise_zero = False
-        self._policy_feed = {"obs": self._obs, "params": self._params, "noise": self._noise}
+        self.skill = str(adaptation.get("skill", {}).get("name", ""))
+        """The motion skill inside the policy graph (``""``: none)."""
+        # The command sent the step before (zeros at an episode's start), which the policy graph reads.
+        self._prev = np.zeros((1, self.act_dim), dtype=np.float32)
+        self._policy_feed = {"obs": self._obs, "prev_command": self._prev, "params": self._params, "noise": self._noise}
         self._run_policy = bound_run(self._policy_session, self._policy_feed)
         # What the last act() sent and the normalised, unclipped action it came from.
         self._last_command: np.ndarray | None = None
@@ -88,6 +93,7 @@ class GradientController(BundleController):
         # The episode being collected; zeroed when it starts, so past its length it holds zeros.
         steps = self.max_episode_steps
         self._ep_obs = np.zeros((steps, self.obs_dim), dtype=np.float32)
+        self._ep_prev = np.zeros((steps, self.act_dim), dtype=np.float32)
         self._ep_action = np.zeros((steps, self.act_dim), dtype=np.float32)
         self._ep_reward = np.zeros(steps, dtype=np.float32)
         self._ep_len = 0
@@ -99,13 +105,14 @@ class GradientController(BundleController):
         # oldest once all are full), so adapt() feeds these arrays without a copy.
         shape = (self.episodes_per_step, steps)
         self._batch_obs = np.zeros((*shape, self.obs_dim), dtype=np.float32)
+        self._batch_prev = np.zeros((*shape, self.act_dim), dtype=np.float32)
         self._batch_action = np.zeros((*shape, self.act_dim), dtype=np.float32)
         self._batch_reward = np.zeros(shape, dtype=np.float32)
         self._batch_mask = np.zeros(shape, dtype=np.float32)
         self._closed_count = 0
         self._next_slot = 0
-        self._adapt_feed = {"params": self._params, "obs": self._batch_obs, "action": self._batch_action,
-                            "reward": self._batch_reward, "mask": self._batch_mask}
+        self._adapt_feed = {"params": self._params, "obs": self._batch_obs, "prev_command": self._batch_prev,
+                            "action": self._batch_action, "reward": self._batch_reward, "mask": self._batch_mask}
 
     # ------------------------------------------------------------------------------ state
     @property
@@ -164,6 +171,8 @@ class GradientController(BundleController):
 
     def _start_episode(self) -> None:
         self._ep_obs.fill(0.0)
+        self._ep_prev.fill(0.0)
+        self._prev.fill(0.0)
         self._ep_action.fill(0.0)
         self._ep_reward.fill(0.0)
         self._ep_len = 0
@@ -171,6 +180,7 @@ class GradientController(BundleController):
     def _close_episode(self) -> None:
         slot, length = self._next_slot, self._ep_len
         self._batch_obs[slot] = self._ep_obs
+        self._batch_prev[slot] = self._ep_prev
         self._batch_action[slot] = self._ep_action
         self._batch_reward[slot] = self._ep_reward
         self._batch_mask[slot, :length] = 1.0
@@ -210,20 +220,24 @@ class GradientController(BundleController):
 
         When ``action`` is the command the last :meth:`act` returned, the normalised action that
         produced it (before clipping) is stored; any other command (e.g. one a safety layer changed) is
-        stored as ``command / scale``. The episode closes at ``done`` or after ``max_episode_steps``
-        transitions. Raises ``ValueError`` for a wrong size or non-finite value; nothing is stored then.
+        stored as ``command / scale``, except on a skill, whose action cannot be read back from a command:
+        there the action the policy drew is kept. ``action`` is the previous command the next step reads.
+        The episode closes at ``done`` or after ``max_episode_steps`` transitions. Raises ``ValueError``
+        for a wrong size or non-finite value; nothing is stored then.
         """
         load_vector(self._stage_obs, obs, "obs")
         load_vector(self._stage_command, action, "action")
         load_vector(self._stage_next_obs, next_obs, "next_obs")
         reward_value = scalar(reward, "reward")
         episode_ends = check_done(done)
-        if self._last_command is not None and np.array_equal(self._stage_command, self._last_command):
+        if self._last_command is not None and (self.skill or np.array_equal(self._stage_command, self._last_command)):
             executed = self._last_action
         else:
             executed = self._stage_command / self._scale
         step = self._ep_len
         self._ep_obs[step] = self._stage_obs
+        self._ep_prev[step] = self._prev[0]
+        self._prev[0] = self._stage_command
         self._ep_action[step] = executed
         self._ep_reward[step] = reward_value
         self._ep_len = step + 1
@@ -272,6 +286,7 @@ class GradientController(BundleController):
     def _warmup_feeds(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         policy_feed = {
             "obs": np.zeros_like(self._obs),
+            "prev_command": np.zeros_like(self._prev),
             "params": self._params.copy(),
             "noise": np.zeros_like(self._noise),
         }
@@ -279,6 +294,7 @@ class GradientController(BundleController):
         adapt_feed = {
             "params": self._params.copy(),
             "obs": np.zeros((*shape, self.obs_dim), dtype=np.float32),
+            "prev_command": np.zeros((*shape, self.act_dim), dtype=np.float32),
             "action": np.zeros((*shape, self.act_dim), dtype=np.float32),
             "reward": np.zeros(shape, dtype=np.float32),
             "mask": np.zeros(shape, dtype=np.float32),

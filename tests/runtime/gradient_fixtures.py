@@ -1,9 +1,10 @@
 """Tiny gradient-based (GradientPolicy) checkpoints and their exported bundles, shared by the gradient
 export, verify and runtime tests.
 
-Three variants cover what the adapt graph can adapt: every weight (``maml``, on the grasp-like
-interface of conftest.py), a context vector (``cavia``) and every weight with learned per-parameter
-step sizes (``meta_sgd``), the last two on a 2-D navigation interface. Each bundle is exported once per
+Four variants cover what the adapt graph can adapt: every weight (``maml``, on the grasp-like
+interface of conftest.py), every weight of a policy on the ``grasp_force`` motion skill, which reads the
+previous command (``maml_skill``, same interface), a context vector (``cavia``) and every weight with
+learned per-parameter step sizes (``meta_sgd``), the last two on a 2-D navigation interface. Each bundle is exported once per
 test session.
 """
 
@@ -53,6 +54,7 @@ class Variant:
     gae_lambda: float = 1.0
     guard: dict[str, Any] | None = None
     """The ``adaptation.guard`` section to declare (none when ``None``)."""
+    skill: str = ""
 
     @property
     def obs_dim(self) -> int:
@@ -81,6 +83,7 @@ class Variant:
 
 VARIANTS = {
     "maml": Variant("maml_trpo", GRASP_INTERFACE, episodes_per_step=4, max_episode_steps=12),
+    "maml_skill": Variant("maml_trpo", GRASP_INTERFACE, episodes_per_step=3, max_episode_steps=9, skill="grasp_force"),
     "cavia": Variant(
         "cavia_trpo", NAV_INTERFACE, context_dim=3, inner_lr=0.5, episodes_per_step=3, max_episode_steps=10
     ),
@@ -115,8 +118,12 @@ def make_gradient_policy(variant: str = "maml", seed: int = 0):
 
     v = _ALL_VARIANTS[variant]
     torch.manual_seed(seed)
+    layout = []
+    for entry in v.interface["observation_layout"]:
+        layout.append((entry["name"], sum(size for _, _, size in layout), entry["size"]))
     config = GradientPolicyConfig(
-        hidden_sizes=v.hidden_sizes, context_dim=v.context_dim, inner_lr=v.inner_lr, learn_inner_lr=v.learn_inner_lr
+        hidden_sizes=v.hidden_sizes, context_dim=v.context_dim, inner_lr=v.inner_lr, learn_inner_lr=v.learn_inner_lr,
+        skill=v.skill, skill_layout=tuple(layout) if v.skill else (),
     )
     policy = GradientPolicy(v.obs_dim, v.act_dim, v.action_scale, config)
     with torch.no_grad():
@@ -138,7 +145,7 @@ def make_gradient_checkpoint(path: Path, variant: str = "maml", *, seed: int = 0
         "method": v.method,
         "interface": copy.deepcopy(v.interface),
         "adaptation": v.adaptation(),
-        "config": {"method": v.method.split("_trpo")[0], "policy": {"hidden_sizes": v.hidden_sizes}},
+        "config": {"method": v.method.split("_trpo")[0], "policy": {"hidden_sizes": v.hidden_sizes, "skill": v.skill}},
         "seed": seed,
         "iteration": 1,
         "metrics": {},
@@ -218,17 +225,20 @@ def reference_adaptation(policy, adaptation: dict[str, Any], params, episodes: l
 
     n, t = adaptation["episodes_per_step"], adaptation["max_episode_steps"]
     obs = np.zeros((n, t, policy.obs_dim), np.float32)
+    prev = np.zeros((n, t, policy.act_dim), np.float32)
     action = np.zeros((n, t, policy.act_dim), np.float32)
     reward = np.zeros((n, t), np.float32)
     mask = np.zeros((n, t), np.float32)
     for i, (episode, executed) in enumerate(zip(episodes, actions)):
         length = len(episode["reward"])
         obs[i, :length], action[i, :length], reward[i, :length] = episode["obs"], executed, episode["reward"]
+        prev[i, 1:length] = episode["command"][: length - 1]  # what was sent the step before; zeros first
         mask[i, :length] = 1.0
     fields = {f.name: adaptation["advantages"][f.name] for f in dc.fields(AdvantageConfig)}
     advantage = compute_advantages(obs, reward, mask, AdvantageConfig(**fields))
     phi = torch.as_tensor(np.asarray(params, np.float32))
-    batch = [torch.from_numpy(x) for x in (obs, action, advantage, mask)]
+    inputs = policy.policy_inputs(torch.from_numpy(obs), torch.from_numpy(prev))
+    batch = [torch.from_numpy(x) for x in (action, advantage, mask)]
     for _ in range(adaptation["steps"]):
-        phi = policy.inner_step(phi, *batch, create_graph=False).detach()
+        phi = policy.inner_step(phi, inputs, *batch, create_graph=False).detach()
     return phi.numpy()

@@ -66,8 +66,11 @@ def executed_actions(policy, params: np.ndarray, episodes: list[dict], seed: int
     actions = []
     for episode in episodes:
         noise = np.stack([rng.standard_normal(policy.act_dim, dtype=np.float32) for _ in episode["reward"]])
+        prev = np.zeros_like(episode["command"])
+        prev[1:] = episode["command"][:-1]  # the command sent the step before (zeros first), read on a skill
+        inputs = policy.policy_inputs(torch.from_numpy(episode["obs"]), torch.from_numpy(prev))
         with torch.no_grad():
-            action = policy.sample(torch.from_numpy(params), torch.from_numpy(episode["obs"]), torch.from_numpy(noise))
+            action = policy.sample(torch.from_numpy(params), inputs, torch.from_numpy(noise))
         actions.append(action.numpy())
     return actions
 

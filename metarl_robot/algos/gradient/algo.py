@@ -36,12 +36,25 @@ from metarl_robot.algos.gradient.config import TrainConfig
 from metarl_robot.algos.gradient.rollout import GradientTrials
 from metarl_robot.checkpoint import save_checkpoint
 from metarl_robot.algos.loop import restore_checkpoint, run_training
+from metarl_robot.algos.common.teacher import DaggerTrials, TeacherTrials
 from metarl_robot.config import to_dict
 from metarl_robot.gradient_policy import GradientPolicy, flat_grad, gaussian_kl, gaussian_log_prob, masked_mean
 from metarl_robot.runtime.advantages import compute_advantages
 from metarl_robot.runtime.guard import allowed_drop
 from metarl_robot.sampling import Episode, EpisodeBatch, EpisodePolicy, make_requests
+from metarl_robot.skills import layout_slices
 
+
+
+PLAUSIBLE_OBS = 1e3
+"""An episode with an observation entry beyond this magnitude is a simulator failure, not data: PyBullet
+reports a body whose state blew up at Bullet's 1e30 sentinel (seen on the grasp suite, about one teacher
+episode in a few hundred). Such episodes are masked out of training, never learned from."""
+
+
+def plausible(obs: np.ndarray) -> np.ndarray:
+    """Per episode of ``obs [..., T, D]``: every entry finite and within :data:`PLAUSIBLE_OBS`."""
+    return np.all(np.isfinite(obs) & (np.abs(obs) <= PLAUSIBLE_OBS), axis=(-2, -1))
 
 
 @dataclasses.dataclass
@@ -73,7 +86,16 @@ def to_rollouts(policy: GradientPolicy, episodes: list[Episode], phis: torch.Ten
 
     obs, actions, rewards = regroup(batch.obs), regroup(batch.actions), regroup(batch.rewards)
     mask = regroup(batch.valid).astype(np.float32)
+    broken = ~plausible(obs)  # [M, N]: simulator failures, masked out (see PLAUSIBLE_OBS)
+    if broken.any():
+        mask[broken] = 0.0
+        obs = np.where(broken[..., None, None], 0.0, obs).astype(np.float32)
     advantages = np.stack([compute_advantages(obs[m], rewards[m], mask[m], config.advantages) for m in range(num_tasks)])
+    if policy.skill is not None:
+        # The env ran the skill's command; the policy's decision is the Gaussian sample, and its input
+        # the observation with the command sent the step before.
+        actions = np.where(broken[..., None, None], 0.0, regroup(batch.extras["raw_action"])).astype(np.float32)
+        obs = np.concatenate([obs, regroup(batch.extras["prev_command"])], axis=-1)
     returns = (rewards * mask).sum(-1)
     success = regroup(batch.success).any(-1)
     t = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)  # noqa: E731
@@ -99,7 +121,11 @@ class GradientMetaRL:
         if env.max_episode_steps is None:
             raise ValueError(f"{config.env_id} has no max_episode_steps; gradient methods need episodes of bounded length")
         self.max_episode_steps = env.max_episode_steps
-        self.policy = GradientPolicy(self.obs_dim, self.act_dim, self.interface["action"]["scale"], config.policy)
+        policy_config = config.policy
+        if policy_config.skill and not policy_config.skill_layout:
+            layout = tuple((name, start, size) for name, (start, size) in layout_slices(self.interface["observation_layout"]).items())
+            policy_config = dataclasses.replace(policy_config, skill_layout=layout)  # the policy's own config keeps it
+        self.policy = GradientPolicy(self.obs_dim, self.act_dim, self.interface["action"]["scale"], policy_config)
         self.optimizer: torch.optim.Optimizer | None = None
         if config.method in ("promp", "multitask_ppo") or (config.method in ("maml", "cavia", "meta_sgd") and config.outer == "ppo"):
             lr = config.promp.lr if config.method == "promp" else config.ppo.lr
@@ -373,33 +399,42 @@ class GradientMetaRL:
 
     # ------------------------------------------------------------------------------ warm start
     def warm_start(self) -> dict[str, float]:
-        """Clone ``warm_start.demonstrator`` (which knows each task) into the unadapted policy.
+        """Clone ``warm_start.demonstrator`` (which knows each task) or ``warm_start.teacher`` (a
+        controller that does not) into the unadapted policy.
 
-        Round 0 records the demonstrator; each of the ``dagger_iterations`` after it lets the clone
-        act (its mean action) and has the demonstrator label the states it reaches (DAgger), so the
-        clone learns to recover from its own mistakes. A policy that cannot see the task learns the
-        demonstrator's average behaviour over tasks: a starting point from which the meta-objective
-        only has to learn what to change per task.
+        Round 0 records the demonstrator or teacher; each of the ``dagger_iterations`` after it lets
+        the clone act (its mean action) and has the demonstrator or teacher label the states it reaches
+        (DAgger), so the clone learns to recover from its own mistakes. A policy cannot see the task:
+        cloned from a demonstrator it learns the demonstrator's average behaviour over tasks, a
+        starting point from which the meta-objective has to learn what to change per task; cloned from
+        a teacher it learns what the teacher does with the same observations.
         """
         ws = self.config.warm_start
         optimizer = torch.optim.Adam([self.policy.weights], lr=ws.lr)
+        episodes = self.config.inner.episodes_per_step
 
         def collect(learner_acts: bool) -> list[Episode]:
             # The learner is frozen at this round's weights and observation statistics.
             learner = GradientTrials(self.policy, explore=False) if learner_acts else None
             tasks = self.tasks.sample(self.config.meta_batch_size, self.rng, "train")
-            return self.collect(DemonstratorLabels(ws.demonstrator, learner), tasks, self.config.inner.episodes_per_step)
+            if ws.teacher:
+                trials: EpisodePolicy = (
+                    TeacherTrials(ws.teacher, ws.teacher_kwargs, self.interface) if learner is None
+                    else DaggerTrials(ws.teacher, ws.teacher_kwargs, self.interface, learner)
+                )
+                return self.collect(trials, tasks, episodes)
+            return self.collect(DemonstratorLabels(ws.demonstrator, learner), tasks, episodes)
 
-        def imitate(episodes: list[Episode], first: bool) -> float:
-            obs = torch.as_tensor(np.concatenate([e.obs for e in episodes]), dtype=torch.float32)
-            labels = torch.as_tensor(np.concatenate([e.extras["label"] for e in episodes]))
+        def imitate(data: list[Episode], first: bool) -> float:
+            inputs, labels, weights = self.imitation_targets(data)
             if first:
-                self.policy.obs_norm.update(obs)
+                self.policy.obs_norm.update(inputs[:, : self.obs_dim])
             losses = []
             for _ in range(ws.epochs):
-                for idx in torch.randperm(len(obs)).split(256):
-                    mean, _ = self.policy.mean_log_std(self.policy.initial_adapted(), obs[idx])
-                    loss = ((mean - labels[idx]) ** 2).mean()
+                for idx in torch.randperm(len(inputs)).split(256):
+                    mean, _ = self.policy.mean_log_std(self.policy.initial_adapted(), inputs[idx])
+                    w = weights[idx]
+                    loss = (((mean - labels[idx]) ** 2) * w).sum() / w.sum().clamp(min=1.0)
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
@@ -407,6 +442,38 @@ class GradientMetaRL:
             return float(np.mean(losses[-20:]))
 
         return run_dagger(ws, collect, imitate)
+
+    def imitation_targets(self, episodes: list[Episode]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(policy inputs [S, input_dim], labels [S, A], weights [S, A])`` over every step of
+        ``episodes``. A demonstrator's extra ``label`` is the label. A teacher's physical command (extra
+        ``teacher_command``) becomes the action that makes the policy's skill send it after the command
+        that was really sent before (:meth:`~metarl_robot.skills.GraspForceSkill.imitation_labels`, with
+        weight 0 where it is undefined), or without a skill the command divided by the action scale."""
+        policy = self.policy
+        inputs, labels, weights = [], [], []
+        for e in episodes:
+            if not plausible(np.asarray(e.obs, np.float32)):
+                continue  # a simulator failure (see PLAUSIBLE_OBS)
+            obs = torch.as_tensor(np.asarray(e.obs, np.float32))
+            if "label" in e.extras:
+                lab = torch.as_tensor(e.extras["label"])
+                prev = torch.zeros(len(obs), self.act_dim)
+                w = torch.ones_like(lab)
+            else:
+                commands = torch.as_tensor(e.extras["teacher_command"])
+                if "prev_command" in e.extras:  # the learner acted (DAgger)
+                    prev = torch.as_tensor(e.extras["prev_command"])
+                else:  # the teacher acted: what it sent the step before
+                    prev = torch.cat([torch.zeros(1, self.act_dim), commands[:-1]])
+                if policy.skill is not None:
+                    lab, w = policy.skill.imitation_labels(obs, commands, prev)
+                else:
+                    lab = torch.clamp(commands / policy.action_scale, -1.0, 1.0)
+                    w = torch.ones_like(lab)
+            inputs.append(policy.policy_inputs(obs, prev))
+            labels.append(lab.to(torch.float32))
+            weights.append(w.to(torch.float32))
+        return torch.cat(inputs), torch.cat(labels), torch.cat(weights)
 
     # ------------------------------------------------------------------------------ metrics
     @staticmethod
@@ -427,7 +494,7 @@ class GradientMetaRL:
         # The normaliser moves after the update, so the update saw the statistics the data were collected with.
         if self.config.update_obs_normalizer:
             first = inner[0] if inner else post
-            self.policy.obs_norm.update(first.obs[first.mask > 0])
+            self.policy.obs_norm.update(first.obs[first.mask > 0][:, : self.obs_dim])
         self.iteration += 1
         return {**self.batch_metrics(inner, post), **losses}
 

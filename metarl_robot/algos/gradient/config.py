@@ -19,6 +19,27 @@ from metarl_robot.algos.common.warm_start import WarmStartConfig
 from metarl_robot.gradient_policy import GradientPolicyConfig
 from metarl_robot.runtime.advantages import AdvantageConfig
 
+@dataclasses.dataclass(frozen=True)
+class GradientWarmStartConfig(WarmStartConfig):
+    """Behaviour cloning, then DAgger, before meta-training: of a ``demonstrator`` told the task (the
+    common warm start), or of a ``teacher`` controller that is never told it (a ``module:Class`` of the
+    runtime Controller protocol, built as ``Class(interface, **teacher_kwargs)``, e.g. the classical
+    grip-force ramp of ``sim.grasp_baselines``). A policy that imitates a demonstrator who knows each
+    task learns to act as if it knew it; one cloned from a teacher acts on what it can observe."""
+
+    teacher: str = ""
+    teacher_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0 or self.epochs < 0 or self.dagger_iterations < 0 or not self.lr > 0:
+            raise ValueError("rounds, epochs and dagger_iterations must be >= 0 and lr > 0")
+        if self.demonstrator and self.teacher:
+            raise ValueError("warm_start: give a demonstrator (told the task) or a teacher (not told it), not both")
+        if self.rounds and not (self.demonstrator or self.teacher):
+            raise ValueError("warm_start.rounds > 0 needs warm_start.demonstrator ('module:function') or "
+                             "warm_start.teacher ('module:Class' of a controller)")
+
+
 Method = Literal["maml", "promp", "reptile", "cavia", "meta_sgd", "multitask_ppo"]
 METHODS: tuple[str, ...] = ("maml", "promp", "reptile", "cavia", "meta_sgd", "multitask_ppo")
 
@@ -131,9 +152,9 @@ class TrainConfig:
     reptile: ReptileConfig = ReptileConfig()
     reward_source: dict[str, Any] = dataclasses.field(default_factory=lambda: {"type": "topic", "topic": "reward"})
     """Where the deployed policy gets the rewards its adaptation step needs (written into the bundle)."""
-    warm_start: WarmStartConfig = WarmStartConfig()
-    """Optional behaviour cloning (then DAgger) of a demonstrator's actions into the unadapted policy
-    before meta-training (fresh runs only)."""
+    warm_start: GradientWarmStartConfig = GradientWarmStartConfig()
+    """Optional behaviour cloning (then DAgger) of a demonstrator's or a teacher's actions into the
+    unadapted policy before meta-training (fresh runs only)."""
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.meta_batch_size < 1:

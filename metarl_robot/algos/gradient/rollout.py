@@ -65,22 +65,57 @@ class GaussianActor:
 
 class GradientTrials(BasePolicy):
     """Episodes of the Gaussian policy at ``options["params"]``: sampled with the trial's generator
-    (``explore``) or its mean (a DAgger learner). Never reads the task."""
+    (``explore``) or its mean (a DAgger learner). Never reads the task.
+
+    A policy on a motion skill acts through PyTorch (the skill is PyTorch code): the env receives the
+    skill's command divided by the action scale, and the extras ``raw_action`` (the Gaussian sample the
+    log-probability is of) and ``prev_command`` (the command sent the step before, zeros at an
+    episode's start) are what the learner recomputes the policy from."""
 
     def __init__(self, policy: GradientPolicy, *, explore: bool = True) -> None:
         self.actor, self.explore = GaussianActor(policy), bool(explore)
+        self.policy = policy if policy.skill is not None else None
 
     def reset(self, task: TaskSpec, rng: np.random.Generator, options: Mapping[str, Any]) -> None:
         super().reset(task, rng, options)
         self._params = np.asarray(options.get("params", self.actor.initial_params), np.float32)
         self._layers, log_std = self.actor.layers(self._params)
         self._std = np.exp(log_std)
+        if self.policy is not None:
+            self._params_t = torch.as_tensor(self._params)
+            self._prev = np.zeros(self.policy.act_dim, np.float32)
+            self._command = self._prev
 
     def act(self, obs: Any) -> tuple[np.ndarray, Mapping[str, np.ndarray]]:
+        if self.policy is not None:
+            return self._act_on_skill(obs)
         mean = self.actor.mean(self._layers, self._params, obs)
         if not self.explore:
             return mean, {}
         return (mean + self._std * self.rng.standard_normal(mean.shape, dtype=np.float32)).astype(np.float32), {}
 
+    def _act_on_skill(self, obs: Any) -> tuple[np.ndarray, Mapping[str, np.ndarray]]:
+        p = self.policy
+        with torch.no_grad():
+            inputs = p.policy_inputs(torch.as_tensor(np.asarray(obs, np.float32).reshape(1, p.obs_dim)),
+                                     torch.as_tensor(self._prev[None]))
+            mean, log_std = p.mean_log_std(self._params_t, inputs)
+            raw = mean
+            if self.explore:
+                noise = torch.as_tensor(self.rng.standard_normal(p.act_dim, dtype=np.float32))
+                raw = mean + torch.exp(log_std) * noise
+            command = p.to_command(inputs, raw)[0].numpy()
+        self._command = command
+        return command / p.action_scale.numpy(), {"raw_action": raw[0].numpy(), "prev_command": self._prev.copy()}
+
+    def observe(self, obs: Any, action: Any, reward: float, next_obs: Any, done: bool) -> None:
+        if self.policy is not None:
+            self._prev = self._command
+
+    def end_episode(self) -> None:
+        if self.policy is not None:
+            self._prev = np.zeros(self.policy.act_dim, np.float32)
+
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in super().__getstate__().items() if k not in ("_params", "_layers", "_std")}
+        trial = ("_params", "_layers", "_std", "_params_t", "_prev", "_command")
+        return {k: v for k, v in super().__getstate__().items() if k not in trial}

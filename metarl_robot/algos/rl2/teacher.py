@@ -23,11 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl_robot.algos.common.tasks import resolve
-from metarl_robot.evaluation import reset_controller
+from metarl_robot.algos.common.teacher import DaggerTrials, TeacherTrials
 from metarl_robot.runtime.advantages import gae
-from metarl_robot.sampling import BasePolicy
-from metarl_robot.tasks import TaskSpec
+
+__all__ = ["DaggerTrials", "TeacherTrials", "TeacherWarmStartConfig", "clone", "imitation_loss", "imitation_targets", "teacher_tensors"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,65 +56,6 @@ class TeacherWarmStartConfig:
         if self.rounds and not self.teacher:
             raise ValueError("warm_start.rounds > 0 needs warm_start.teacher ('module:Class' of a controller)")
 
-
-class TeacherTrials(BasePolicy):
-    """A trial run by the teacher controller (see the module docstring). The env action is the teacher's
-    command divided by the action scale; ``adapt()`` is called after every episode but the last, as in
-    the meta-test protocol. The extra ``raw_action`` is that same normalised command (the labels are
-    derived from the whole trial afterwards)."""
-
-    def __init__(self, teacher: str, teacher_kwargs: Mapping[str, Any], interface: Mapping[str, Any]) -> None:
-        self.teacher, self.teacher_kwargs, self.interface = teacher, dict(teacher_kwargs), interface
-        self.scale = np.asarray(interface["action"]["scale"], dtype=np.float32)
-        self._controller: Any = None
-
-    def reset(self, task: TaskSpec, rng: np.random.Generator, options: Mapping[str, Any]) -> None:
-        super().reset(task, rng, options)
-        self._controller = resolve(self.teacher)(self.interface, **self.teacher_kwargs)
-        reset_controller(self._controller, int(rng.integers(2**31)))
-        self._command = None
-
-    def act(self, obs: Any) -> tuple[np.ndarray, Mapping[str, np.ndarray]]:
-        self._command = np.asarray(self._controller.act(obs), dtype=np.float32)
-        action = self._command / self.scale
-        return action, {"raw_action": action.copy(), "teacher_command": self._command.copy()}
-
-    def observe(self, obs: Any, action: Any, reward: float, next_obs: Any, done: bool) -> None:
-        self._controller.observe(obs, self._command, reward, next_obs, done)
-
-    def end_episode(self) -> None:
-        self._controller.adapt()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "_controller": None, "_command": None}
-
-
-class DaggerTrials(TeacherTrials):
-    """The learner (an :class:`~metarl_robot.algos.rl2.rollout.RL2Trials`) acts; the teacher follows
-    along on the same observations, is handed the command that was really sent, adapts between
-    attempts as it would, and its own command at every step is the label (extra ``teacher_command``)."""
-
-    def __init__(self, teacher: str, teacher_kwargs: Mapping[str, Any], interface: Mapping[str, Any], learner) -> None:
-        super().__init__(teacher, teacher_kwargs, interface)
-        self.learner = learner
-
-    def reset(self, task: TaskSpec, rng: np.random.Generator, options: Mapping[str, Any]) -> None:
-        super().reset(task, rng, options)
-        self.learner.reset(task, rng, options)
-
-    def act(self, obs: Any) -> tuple[np.ndarray, Mapping[str, np.ndarray]]:
-        teacher = np.asarray(self._controller.act(obs), dtype=np.float32)
-        action, extras = self.learner.act(obs)
-        self._command = np.asarray(action, dtype=np.float32) * self.scale
-        return action, {**extras, "teacher_command": teacher}
-
-    def observe(self, obs: Any, action: Any, reward: float, next_obs: Any, done: bool) -> None:
-        self._controller.observe(obs, self._command, reward, next_obs, done)
-        self.learner.observe(obs, action, reward, next_obs, done)
-
-    def end_episode(self) -> None:
-        self._controller.adapt()
-        self.learner.end_episode()
 
 def imitation_targets(policy, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """``(labels [N, L, A], weights [N, L, A])`` for trials in ``batch`` whose extra ``teacher_command``
