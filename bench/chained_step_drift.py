@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--chains", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--float64", action="store_true",
+                        help="export the adapt graph computing in float64 between float32 inputs and outputs (as export "
+                             "does when float32 misses the parity gate)")
     args = parser.parse_args(argv)
 
     import torch
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     config = ge.advantage_config(data["adaptation"]["advantages"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "adapt.onnx"
-        ge.export_graph(policy, "adapt", path, None, advantages=config, **sizes)
+        internal = torch.float64 if args.float64 else torch.float32
+        ge.export_graph(policy, "adapt", path, None, advantages=config, internal=internal, **sizes)
         session = _cpu_session(path)
         exact, step32 = ge.float64_copy(policy), adaptation_step(policy)
         rng = np.random.default_rng(args.seed)

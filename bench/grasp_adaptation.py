@@ -5,7 +5,8 @@ controller per task, the same tasks and evaluation seeds for every row), one sub
 
 * **best fixed force**, chosen by a sweep on the *train* split; **oracle** (told each task);
 * the classical feedback controllers of ``sim.grasp_baselines``: **ramp** (within an attempt; its
-  starting force chosen on the train split), **bisection** (across attempts), **ramp + bisection**;
+  starting force chosen on the train split), **bisection** (across attempts), **ramp + bisection**,
+  and with ``--slip-law`` the memoryless **slip-law ramp** (a gradient policy's teacher);
 * for every learned policy given (``--checkpoints`` and/or ``--bundles``, e.g. one per training seed):
   **adapting** (memory carried across the attempts of a trial), **memory within an attempt only**
   (:class:`metarl_robot.evaluation.ForgetBetweenAttempts`) and **frozen** (``adapt=False``: the memory
@@ -54,6 +55,7 @@ from sim.grasp_baselines import (  # noqa: E402
     ForceBisectionController,
     ForceRampController,
     RampBisectionController,
+    SlipLawRampController,
 )
 from sim.grasp_task import grasp_distribution  # noqa: E402
 
@@ -123,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fixed-force", type=float, help="skip the fixed-force sweep and use this force")
     parser.add_argument("--ramp-start", type=float, help="skip the ramp-start sweep and use this force")
     parser.add_argument("--no-classical", action="store_true", help="only the fixed force, the oracle and the learned rows")
+    parser.add_argument("--slip-law", action="store_true",
+                        help="also the memoryless slip-law ramp (the teacher of configs/maml_grasp_skill.yaml)")
     parser.add_argument("--adapting-only", action="store_true", help="learned policies: only the adapting row (development)")
     parser.add_argument("--max-episode-steps", type=int, default=EPISODE_STEPS)
     parser.add_argument("--out", default="runs/grasp_adaptation.json")
@@ -162,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "bisection": (f"bisection (first {force:g} N)", ForceBisectionController(interface, first_n=force), True),
                 "combined": (f"ramp + bisection (from {start_n:g} N)", RampBisectionController(interface, start_n=start_n), True),
             })
+            if args.slip_law:
+                controllers["slip_law"] = (f"slip-law ramp (from {start_n:g} N; memoryless)",
+                                           SlipLawRampController(interface, start_n=start_n), True)
         full = [(p, False) for p in args.full_checkpoints] + [(p, args.adapting_only) for p in args.checkpoints]
         sources = [(f"checkpoint {i} ({Path(p).parent.parent.name})", *checkpoint_source(p), only) for i, (p, only) in enumerate(full)]
         sources += [(f"bundle {i} ({Path(p).name})", bundle_factory(p), bundle_group(p), args.adapting_only)

@@ -58,6 +58,7 @@ __all__ = [
     "ForceRampController",
     "GripForceController",
     "RampBisectionController",
+    "SlipLawRampController",
 ]
 
 OBSERVED = ("ee_position", "object_position", "finger_position", "finger_effort")
@@ -456,6 +457,31 @@ class ForceRampController(GripForceController):
 
     def get_state(self) -> dict[str, float]:
         return {"start_n": self.next_start_n}
+
+
+class SlipLawRampController(ForceRampController):
+    """The ramp with a raise rule a controller without memory can follow: during the lift the force is
+    raised, by at most ``ratio`` per control step, towards ``start_n * ratio ** floor(slip / slip_m)``
+    and never lowered. The target is a function of how far the object has slipped in the hand and of
+    the force already commanded, both of which a policy that reads its previous command can observe
+    (the slip is the drop of the object below its grasp position in the hand), where the plain ramp's
+    rule needs the slip at its last raise. Everything else is the ramp's (approach, close, probe lift,
+    regrasp). Attempts are independent: :meth:`adapt` changes nothing."""
+
+    def _raise(self, outcome: AttemptOutcome) -> None:
+        """Replaced by the slip law in :meth:`_command`."""
+
+    def _command(self) -> tuple[np.ndarray, float]:
+        velocity, force = super()._command()
+        if self._phase == "lift" and force > 0:
+            slip = (float(self._ee[2]) - self._contact_ee_z) - (float(self._obj[2]) - self._contact_obj_z)
+            step_m = self._threshold * (self.held_slip_factor if self._held else 1.0)
+            target = min(self.start_n * self.ratio ** math.floor(max(slip, 0.0) / step_m), self.max_n)
+            if target > self.force_n:
+                self.force_n = min(target, self.force_n * self.ratio)
+                self.attempts[-1].raises += 1
+            force = self.force_n
+        return velocity, force
 
 
 class RampBisectionController(ForceRampController):

@@ -420,3 +420,11 @@ def test_a_bundle_whose_adapt_graph_takes_advantages_is_told_to_re_export(maml_b
     (copy / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
     with pytest.raises(BundleError, match=r"earlier metarl_robot: its policy graph does not read the previous command"):
         load_bundle(copy)
+
+
+def test_chained_parity_covers_the_steps_the_guard_validated() -> None:
+    """Chains are as long as the robot adapts under its guard, 3 steps when no guard is declared."""
+    assert gradient_export.chained_steps({"guard": {"validated_steps": 2}}) == 2
+    assert gradient_export.chained_steps({"guard": {"validated_steps": 5}}) == 5
+    for adaptation in ({}, {"guard": None}, {"guard": {"validated_steps": None}}, {"guard": {"validated_steps": True}}):
+        assert gradient_export.chained_steps(adaptation) == gradient_export.CHAINED_STEPS == 3

@@ -14,7 +14,7 @@ import torch
 import pybullet  # noqa: F401  (a dependency: an import error fails these tests)
 
 from metarl_robot.algos import gradient
-from metarl_robot.algos.gradient.algo import GradientMetaRL, plausible, to_rollouts
+from metarl_robot.algos.gradient.algo import plausible, to_rollouts
 from metarl_robot.algos.gradient.rollout import GradientTrials
 from metarl_robot.checkpoint import load_checkpoint
 from metarl_robot.config import load_config
@@ -43,7 +43,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
 def test_shipped_config_clones_a_teacher_that_is_never_told_the_task() -> None:
     config = load_config(gradient.TrainConfig, CONFIG)
     assert config.policy.skill == "grasp_force" and config.env_kwargs["max_episode_steps"] == 60
-    assert config.warm_start.teacher == "sim.grasp_baselines:ForceRampController" and not config.warm_start.demonstrator
+    assert config.warm_start.teacher == "sim.grasp_baselines:SlipLawRampController" and not config.warm_start.demonstrator
     assert config.tasks.distribution.endswith("grasp_distribution") and config.inner.steps >= 2
 
 

@@ -79,6 +79,8 @@ DOCUMENTED = {
                         "configs/maml_navigation.yaml", ["iterations=200", "seed=0"]),
     "maml_grasp": ("python bench/gradient_meta.py grasp --seeds 0 --eval-tasks 16 --export",
                    "configs/maml_grasp.yaml", ["seed=0"]),
+    "maml_grasp_skill": ("metarl-robot train --config configs/maml_grasp_skill.yaml --run-dir runs/maml_grasp_skill",
+                         "configs/maml_grasp_skill.yaml", []),
 }
 
 
@@ -120,3 +122,20 @@ def test_the_shipped_grasp_gradient_bundle_computes_in_float64_and_passes_verify
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["provenance"]["graph_internal_dtype"] == {"policy": "float64", "adapt": "float64"}
     assert manifest["adaptation"]["guard"]["validated_steps"] == 1
+
+
+def test_the_shipped_grasp_skill_bundle_passes_parity_over_its_validated_steps():
+    """The gradient grasp policy on the grasp_force skill: both graphs compute in float64, the skill and
+    the previous command are inside them, and the chained parity covers the two steps the guard allows."""
+    from metarl_robot.families.gradient_torch import chained_steps
+    from metarl_robot.verify import verify_bundle
+
+    root = REPO_ROOT / "models" / "maml_grasp_skill"
+    report = verify_bundle(root / "bundle", checkpoint=root / "checkpoint.safetensors")
+    assert report.ok, report.format()
+    manifest = json.loads((root / "bundle" / "manifest.json").read_text())
+    adaptation = manifest["adaptation"]
+    assert adaptation["skill"] == {"name": "grasp_force", "learned_dims": [0, 2, 3]}
+    assert adaptation["guard"]["validated_steps"] == 2 and chained_steps(adaptation) == 2
+    assert manifest["provenance"]["graph_internal_dtype"] == {"policy": "float64", "adapt": "float64"}
+    assert "prev_command" in manifest["graphs"]["policy"]["inputs"] and "prev_command" in manifest["graphs"]["adapt"]["inputs"]

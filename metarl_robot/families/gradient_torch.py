@@ -45,7 +45,19 @@ the most adaptation steps the benchmarks evaluate. A policy-gradient step amplif
 its input parameters severalfold, so any float32 chain, PyTorch's own included, drifts from the exact
 float64 chain by about 1e-5 after four or five steps (``bench/chained_step_drift.py``, BENCHMARKS.md)."""
 CHAINS = 3
-"""Independent chains of :data:`CHAINED_STEPS` steps in the parity check."""
+"""Independent chains of :func:`chained_steps` steps in the parity check."""
+
+
+def chained_steps(adaptation: Mapping[str, Any]) -> int:
+    """Adapt-graph steps chained in the parity check: as many as the robot takes under its guard
+    (``adaptation.guard.validated_steps``, what meta-training validated), or :data:`CHAINED_STEPS` when
+    the bundle declares none. Past the validated steps the step map of a policy with a small action std
+    amplifies float32 rounding of its input parameters faster than any export can follow: a grasp policy
+    validated for two steps stays within 3e-7 of float64 over two chained steps and leaves it by 2e-5
+    on the third, where PyTorch's own float32 chain is off by 7e-3 (``bench/chained_step_drift.py``)."""
+    guard = adaptation.get("guard") or {}
+    steps = guard.get("validated_steps") if isinstance(guard, Mapping) else None
+    return int(steps) if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1 else CHAINED_STEPS
 FAMILY = registry.get("gradient")
 IO = FAMILY.graph_io
 GRAPH_FILES = FAMILY.graph_files
@@ -206,6 +218,7 @@ def build_graphs(policy: GradientPolicy, adaptation: Mapping[str, Any], staging:
     by its variance, and float32 cannot reproduce such a step (nor a chain of them) to 1e-5."""
     sizes = {"episodes": adaptation["episodes_per_step"], "max_episode_steps": adaptation["max_episode_steps"]}
     settings = {**sizes, "advantages": advantage_config(adaptation["advantages"])}
+    chained = chained_steps(adaptation)
     # A skill's command (a log-scale force times a ratio of the previous one) reaches about 1.5e-5 of the
     # scale in float32 on some inputs: its policy graph computes in float64 from the start.
     internal: dict[str, str] = {"policy": "float64"} if policy.skill is not None else {}
@@ -213,7 +226,8 @@ def build_graphs(policy: GradientPolicy, adaptation: Mapping[str, Any], staging:
         dtype = torch.float64 if internal.get(graph) == "float64" else torch.float32
         export_graph(policy, graph, staging / GRAPH_FILES[graph], opset, internal=dtype, **settings)
     sessions = {graph: cpu_session(staging / GRAPH_FILES[graph]) for graph in GRAPH_FILES}
-    diffs = parity_max_abs_diff(policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0), **settings)
+    diffs = parity_max_abs_diff(policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0),
+                                chained_steps=chained, **settings)
     forced = dict(internal)
     for graph, checks in (("policy", ("policy",)), ("adapt", ("adapt", "adapt_chained"))):
         if graph in forced or all(diffs[check] <= PARITY_TOLERANCE for check in checks):
@@ -222,7 +236,8 @@ def build_graphs(policy: GradientPolicy, adaptation: Mapping[str, Any], staging:
         sessions[graph] = cpu_session(staging / GRAPH_FILES[graph])
         internal[graph] = "float64"
     if internal != forced:
-        diffs = parity_max_abs_diff(policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0), **settings)
+        diffs = parity_max_abs_diff(policy, sessions, batches=PARITY_BATCHES, rng=np.random.default_rng(0),
+                                chained_steps=chained, **settings)
     write_test_vectors(policy, staging / TEST_VECTORS_FILE, **settings)
     with open(staging / PARAMS_FILE, "wb") as f:
         np.save(f, initial_params(policy), allow_pickle=False)
@@ -243,6 +258,7 @@ def checkpoint_parity(policy: GradientPolicy, bundle, sessions, rng: np.random.G
         episodes=int(adaptation["episodes_per_step"]),
         max_episode_steps=int(adaptation["max_episode_steps"]),
         advantages=advantage_config(adaptation["advantages"]),
+        chained_steps=chained_steps(adaptation),
     )
     expected = initial_params(policy)
     stored = FAMILY.initial_params(bundle)

@@ -17,6 +17,7 @@ from sim.grasp_baselines import (  # noqa: E402
     FixedForceController,
     ForceBisectionController,
     ForceRampController,
+    SlipLawRampController,
     GripForceController,
     RampBisectionController,
 )
@@ -84,10 +85,11 @@ CONTROLLERS = [
     lambda interface: ForceBisectionController(interface),
     lambda interface: ForceRampController(interface, start_n=1.0),
     lambda interface: RampBisectionController(interface, start_n=1.0),
+    lambda interface: SlipLawRampController(interface, start_n=1.0),
 ]
 
 
-@pytest.mark.parametrize("make", CONTROLLERS, ids=["fixed", "bisection", "ramp", "combined"])
+@pytest.mark.parametrize("make", CONTROLLERS, ids=["fixed", "bisection", "ramp", "combined", "slip_law"])
 def test_controllers_never_hold_the_task_and_read_the_observation_by_name(env, make) -> None:
     controller = make(env.interface)
     assert not hasattr(controller, "set_task")  # evaluate() tells the task only to controllers that have it
@@ -164,6 +166,23 @@ def test_ramp_raises_the_force_while_the_object_slips_during_the_lift(env) -> No
     outcome = controller.attempts[-1]
     assert info["success"] and outcome.lifted and 1 <= outcome.raises <= 3
     assert 1.41 * 0.9 <= outcome.final_force_n < 1.41 * 1.35**2
+
+
+def test_slip_law_ramp_raises_towards_a_force_set_by_the_slip_one_ratio_per_step_at_most(env) -> None:
+    """The memoryless ramp: while the object slips, the force climbs (never more than 1.35x per step,
+    never down) towards start * 1.35 ** (slip / step); the heavy, slippery object is still lifted without
+    a crush, and the easy one is lifted near its holding force."""
+    controller = SlipLawRampController(env.interface, start_n=1.0)
+    commands, info = attempt(env, controller, HEAVY_SLIPPERY)
+    outcome = controller.attempts[-1]
+    squeezing = np.array([c[3] for c in commands if c[3] > 0])
+    assert outcome.grasped and outcome.raises >= 2 and squeezing[0] == pytest.approx(1.0)
+    steps = squeezing[1:] / squeezing[:-1]
+    assert np.all(steps >= 1.0 - 1e-6) and np.all(steps <= 1.35 + 1e-5)
+    assert not info["crushed"]
+    controller = SlipLawRampController(env.interface, start_n=1.0)
+    _, info = attempt(env, controller, EASY)
+    assert info["success"] and controller.attempts[-1].final_force_n < 1.41 * 1.35**3
 
 
 def test_ramp_with_bisection_starts_the_next_attempt_above_the_force_that_slipped() -> None:
