@@ -171,7 +171,7 @@ class GradientPolicy(nn.Module):
     def mean_log_std(self, phi: torch.Tensor, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log std (normalised action units) for policy inputs ``obs [..., input_dim]``: raw
         observations, followed on a skill by the previous command (:meth:`policy_inputs`)."""
-        raw = obs[..., : self.obs_dim]
+        raw = obs[..., : self.obs_dim] if self.skill is not None else obs
         x = self.obs_norm(raw) if self.config.normalize_observations else raw
         if self.skill is not None:
             prev = obs[..., self.obs_dim :]
