@@ -35,3 +35,8 @@ def test_adaptation_step_speed_prints_every_ratio(tmp_path: Path) -> None:
     ratio_rows = [line for line in out.splitlines() if line.startswith(f"| {CHECKPOINT.relative_to(ROOT)} |")
                   or line.startswith(f"| {CHECKPOINT} |")]
     assert ratio_rows, out
+
+
+def test_grasp_step_direction_runs_on_the_shipped_skill_checkpoint() -> None:
+    out = run_bench("bench/grasp_step_direction.py", "--tasks", "2")
+    assert "2 test objects" in out and "moved the oracle's way" in out
