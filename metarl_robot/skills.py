@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["SKILLS", "GraspForceSkill", "Skill", "layout_slices", "make_skill"]
+__all__ = ["SKILLS", "GraspForceSkill", "Skill", "layout_slices", "make_skill", "manifest_section"]
 
 
 def layout_slices(layout: Sequence[Any]) -> dict[str, tuple[int, int]]:
@@ -226,6 +226,12 @@ class GraspForceSkill(Skill):
 
 
 SKILLS: dict[str, type[Skill]] = {GraspForceSkill.name: GraspForceSkill}
+
+
+def manifest_section(skill: Skill) -> dict[str, Any]:
+    """The bundle manifest's ``adaptation.skill``: the skill's name and the action dimensions that are
+    the policy's decisions (the others do not enter its log-probability)."""
+    return {"name": skill.name, "learned_dims": [int(d) for d in skill.learned]}
 
 
 def make_skill(name: str, layout: Sequence[Any], action_scale: torch.Tensor, options: Mapping[str, Any] | None = None) -> Skill:

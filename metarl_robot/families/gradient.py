@@ -108,10 +108,7 @@ class GradientFamily(Family):
                 f"{where}: 'adaptation.exploration' is {exploration!r}; this runtime samples {list(EXPLORATION)}"
             )
         check.key(adaptation, "reward_source", dict, "adaptation")
-        if "skill" in adaptation:  # the policy graph sits on a motion skill (the recurrent family's section)
-            skill = check.key(adaptation, "skill", dict, "adaptation")
-            if not isinstance(skill.get("name"), str) or not isinstance(skill.get("learned_dims"), list):
-                raise BundleError(f"{where}: 'adaptation.skill' must have a name and a list learned_dims, got {skill!r}")
+        check.optional_skill(adaptation)
         name = check.key(adaptation, "initial_params_file", str, "adaptation")
         check_file_name(where, name)
         return {"num_params": num_params, "episodes": episodes, "max_episode_steps": max_steps}

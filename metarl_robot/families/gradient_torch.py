@@ -36,6 +36,7 @@ from metarl_robot.families import registry
 from metarl_robot.families.base import BuiltGraphs, TorchControllerBase
 from metarl_robot.families.gradient_onnx import add_advantages
 from metarl_robot.gradient_policy import GradientPolicy, adaptation_step
+from metarl_robot.skills import manifest_section
 from metarl_robot.parity import PARITY_TOLERANCE, max_abs_diff
 from metarl_robot.runtime.advantages import AdvantageConfig, advantages_float64, compute_advantages
 
@@ -322,8 +323,7 @@ def adaptation_section(
         "advantages": jsonable(advantage_config),
         "exploration": "gaussian",
         "reward_source": jsonable(reward_source),
-        **({"skill": {"name": policy.skill.name, "learned_dims": [int(d) for d in policy.skill.learned]}}
-           if policy.skill is not None else {}),
+        **({"skill": manifest_section(policy.skill)} if policy.skill is not None else {}),
         "initial_params_file": PARAMS_FILE,
     }
 

@@ -109,10 +109,7 @@ class RecurrentFamily(Family):
             raise BundleError(f"{where}: 'adaptation.steps' must be 0 (a recurrent bundle has no adapt graph), got {steps}")
         check.key(adaptation, "cadence", str, "adaptation")
         check.key(adaptation, "reward_source", dict, "adaptation")
-        if "skill" in adaptation:
-            skill = check.key(adaptation, "skill", dict, "adaptation")
-            if not isinstance(skill.get("name"), str) or not isinstance(skill.get("learned_dims"), list):
-                raise BundleError(f"{where}: 'adaptation.skill' must have a name and a list learned_dims, got {skill!r}")
+        check.optional_skill(adaptation)
         noise_size = check.positive_int(adaptation, "noise_size", "adaptation") if cell == "pearl" else None
         return {"state_size": state_size, **({"noise_size": noise_size} if noise_size else {})}
 

@@ -29,6 +29,7 @@ from metarl_robot.families import registry
 from metarl_robot.families.base import BuiltGraphs, TorchControllerBase
 from metarl_robot.parity import max_abs_diff
 from metarl_robot.recurrent_policy import RecurrentPolicy
+from metarl_robot.skills import manifest_section
 
 FAMILY = registry.get("recurrent")
 INPUTS, OUTPUTS = FAMILY.graph_io["policy"]
@@ -97,7 +98,7 @@ def adaptation_section(
     if policy.skill is not None:
         # The command is computed by a motion skill inside the graph (metarl_robot.skills), from the
         # observation and the dimensions the policy learned; the others are not the policy's decisions.
-        section["skill"] = {"name": policy.skill.name, "learned_dims": [int(d) for d in policy.skill.learned]}
+        section["skill"] = manifest_section(policy.skill)
     return section
 
 

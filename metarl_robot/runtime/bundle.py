@@ -287,6 +287,14 @@ class ManifestChecker:
             raise BundleError(f"{self.where}: '{parent}.{key}' must be a positive integer, got {value}")
         return value
 
+    def optional_skill(self, adaptation: Mapping[str, Any]) -> None:
+        """``adaptation.skill``, when present: the motion skill inside the policy graph, a name and the
+        list of action dimensions it learns (any family whose policy may sit on a skill)."""
+        if "skill" in adaptation:
+            skill = self.key(adaptation, "skill", dict, "adaptation")
+            if not isinstance(skill.get("name"), str) or not isinstance(skill.get("learned_dims"), list):
+                raise BundleError(f"{self.where}: 'adaptation.skill' must have a name and a list learned_dims, got {skill!r}")
+
     def strings(self, section: Mapping[str, Any], key: str, parent: str, length: int | None = None) -> list[str]:
         values = self._list(section, key, parent, length)
         if not all(isinstance(v, str) for v in values):

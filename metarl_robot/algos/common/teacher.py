@@ -13,13 +13,26 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 
 from metarl_robot.algos.common.tasks import resolve
 from metarl_robot.evaluation import reset_controller
 from metarl_robot.sampling import BasePolicy
 from metarl_robot.tasks import TaskSpec
 
-__all__ = ["DaggerTrials", "TeacherTrials"]
+__all__ = ["DaggerTrials", "TeacherTrials", "teacher_labels"]
+
+
+def teacher_labels(policy, obs: torch.Tensor, commands: torch.Tensor, prev_commands: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labels [T, A], weights [T, A])`` for one stretch of steps: the action that makes ``policy``
+    send the teacher's physical ``commands`` after ``prev_commands`` (what was really sent the step
+    before). On a skill, the skill's :meth:`~metarl_robot.skills.GraspForceSkill.imitation_labels`
+    (weight 0 where undefined); otherwise the command divided by the action scale, clipped."""
+    if policy.skill is not None:
+        return policy.skill.imitation_labels(obs, commands, prev_commands)
+    labels = torch.clamp(commands / policy.action_scale, -1.0, 1.0)
+    return labels, torch.ones_like(labels)
 
 
 class TeacherTrials(BasePolicy):

@@ -36,7 +36,7 @@ from metarl_robot.algos.gradient.config import TrainConfig
 from metarl_robot.algos.gradient.rollout import GradientTrials
 from metarl_robot.checkpoint import save_checkpoint
 from metarl_robot.algos.loop import restore_checkpoint, run_training
-from metarl_robot.algos.common.teacher import DaggerTrials, TeacherTrials
+from metarl_robot.algos.common.teacher import DaggerTrials, TeacherTrials, teacher_labels
 from metarl_robot.config import to_dict
 from metarl_robot.gradient_policy import GradientPolicy, flat_grad, gaussian_kl, gaussian_log_prob, masked_mean
 from metarl_robot.runtime.advantages import compute_advantages
@@ -465,11 +465,7 @@ class GradientMetaRL:
                     prev = torch.as_tensor(e.extras["prev_command"])
                 else:  # the teacher acted: what it sent the step before
                     prev = torch.cat([torch.zeros(1, self.act_dim), commands[:-1]])
-                if policy.skill is not None:
-                    lab, w = policy.skill.imitation_labels(obs, commands, prev)
-                else:
-                    lab = torch.clamp(commands / policy.action_scale, -1.0, 1.0)
-                    w = torch.ones_like(lab)
+                lab, w = teacher_labels(policy, obs, commands, prev)
             inputs.append(policy.policy_inputs(obs, prev))
             labels.append(lab.to(torch.float32))
             weights.append(w.to(torch.float32))

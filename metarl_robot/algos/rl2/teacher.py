@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl_robot.algos.common.teacher import DaggerTrials, TeacherTrials
+from metarl_robot.algos.common.teacher import DaggerTrials, TeacherTrials, teacher_labels
 from metarl_robot.runtime.advantages import gae
 
 __all__ = ["DaggerTrials", "TeacherTrials", "TeacherWarmStartConfig", "clone", "imitation_loss", "imitation_targets", "teacher_tensors"]
@@ -66,11 +66,7 @@ def imitation_targets(policy, batch) -> tuple[torch.Tensor, torch.Tensor]:
     weights = torch.zeros_like(commands)
     for i in range(batch.num_trials):
         steps = torch.as_tensor(np.flatnonzero(batch.valid[i] > 0))
-        if policy.skill is not None:
-            lab, w = policy.skill.imitation_labels(torch.as_tensor(batch.obs[i, steps]), commands[i, steps], sent_before[i, steps])
-        else:
-            lab = torch.clamp(commands[i, steps] / policy.action_scale, -1, 1)
-            w = torch.ones_like(lab)
+        lab, w = teacher_labels(policy, torch.as_tensor(batch.obs[i, steps]), commands[i, steps], sent_before[i, steps])
         labels[i, steps], weights[i, steps] = lab, w
     return labels, weights
 
