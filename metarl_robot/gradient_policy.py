@@ -189,11 +189,20 @@ class GradientPolicy(nn.Module):
                 x = act(x)
         return x, log_std.expand_as(x)
 
+    def decision_weights(self, obs: torch.Tensor) -> torch.Tensor | None:
+        """``[..., act_dim]`` for policy inputs ``obs``: 1 where an action dimension is a decision the
+        policy took at that step, 0 where the skill ignored it (a dimension it never reads, or one it
+        does not read at that step: :meth:`Skill.used`); ``None`` without a skill (every dimension is a
+        decision). Every log-probability and KL of the policy's actions is weighted by it."""
+        if self.skill is None:
+            return None
+        raw = obs[..., : self.obs_dim]
+        return self.skill.used(raw, obs[..., self.obs_dim :]) * self.learned_mask.to(raw.dtype)
+
     def log_prob(self, phi: torch.Tensor, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Log density of normalised ``action [..., act_dim]`` (summed over the action dimensions that
-        are the policy's decisions: all of them, or those its skill reads)."""
-        weights = self.learned_mask if self.skill is not None else None
-        return gaussian_log_prob(*self.mean_log_std(phi, obs), action, weights)
+        are the policy's decisions at each step: :meth:`decision_weights`)."""
+        return gaussian_log_prob(*self.mean_log_std(phi, obs), action, self.decision_weights(obs))
 
     def sample(self, phi: torch.Tensor, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Normalised action ``mean + std * noise`` (``noise`` standard normal; zeros = the mean)."""
@@ -275,10 +284,12 @@ def gaussian_log_prob(
     return (per_dim if weights is None else per_dim * weights.to(per_dim.dtype)).sum(-1)
 
 
-def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q) -> torch.Tensor:
-    """KL(p || q) of diagonal Gaussians, summed over the last dimension."""
+def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(p || q) of diagonal Gaussians, summed over the last dimension (only over the dimensions
+    where ``weights`` is 1, when given)."""
     var_p, var_q = torch.exp(2 * log_std_p), torch.exp(2 * log_std_q)
-    return (log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2 * var_q) - 0.5).sum(-1)
+    per_dim = log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2 * var_q) - 0.5
+    return (per_dim if weights is None else per_dim * weights.to(per_dim.dtype)).sum(-1)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,14 @@ class Skill(nn.Module):
         """Extra inputs of the core computed from the raw observation ``[..., feature_dim]``."""
         return obs[..., :0]
 
+    def used(self, obs: torch.Tensor, prev_command: torch.Tensor) -> torch.Tensor:
+        """``[..., A]``, 1 where the skill's command at this step depends on that action dimension (a
+        decision the policy took) and 0 where it is ignored at this step (e.g. the grip force while the
+        gripper is held open during the approach). A policy-gradient loss counts only the former: the
+        noise drawn on an ignored dimension changes nothing, so its log-probability would only add noise
+        to the gradient. Default: every dimension at every step."""
+        return torch.ones(*obs.shape[:-1], int(self.action_scale.numel()), dtype=obs.dtype, device=obs.device)
+
     def __init__(self, layout: Sequence[Any], action_scale: torch.Tensor) -> None:
         super().__init__()
         slices = layout_slices(layout)
@@ -161,6 +169,26 @@ class GraspForceSkill(Skill):
         velocity = torch.where(release.unsqueeze(-1), torch.zeros_like(velocity), velocity)
         grip = torch.where(release, open_n, grip)
         return torch.cat([velocity, grip.unsqueeze(-1)], dim=-1)
+
+    def used(self, obs: torch.Tensor, prev_command: torch.Tensor) -> torch.Tensor:
+        """The grip dimension counts where the gripper is commanded to squeeze (closing, or in place to
+        close); the lift dimension where the hand lifts (closing, and the pads pressed with the previous
+        command's force or the hand is already above the grasp height); the release dimension at every
+        step (releasing also stops the approach). Decided from the observation and the previous command
+        only, so that the same steps count whatever action was drawn."""
+        ee, obj = self.entry(obs, "ee_position"), self.entry(obs, "object_position")
+        fingers, effort = self.entry(obs, "finger_position"), self.entry(obs, "finger_effort")
+        prev_force = prev_command[..., 3].to(obs.dtype)
+        grasp_height = torch.clamp(obj[..., 2] + self.grasp_above_centre_m, min=self.min_grasp_height_m)
+        distance = torch.linalg.vector_norm(obj[..., :2] - ee[..., :2], dim=-1)
+        closing = fingers.sum(-1) < 2 * self.finger_open_m - self.closed_by_m
+        in_place = (distance < self.aligned_m) & (ee[..., 2] <= grasp_height + 0.003)
+        pressing = (prev_force > 0) & torch.all(-effort >= self.pressing_fraction * prev_force.unsqueeze(-1), dim=-1)
+        lifting = closing & (pressing | (ee[..., 2] > grasp_height + 0.01))
+        one = torch.ones_like(prev_force)
+        zero = torch.zeros_like(prev_force)
+        grip = (closing | in_place).to(obs.dtype)
+        return torch.stack([one, zero, lifting.to(obs.dtype), grip], dim=-1)
 
     def prev_features(self, command: torch.Tensor) -> torch.Tensor:
         """Velocities divided by their scale; the grip force on the same log scale as the action (an open

@@ -149,3 +149,90 @@ def test_a_simulator_blow_up_is_masked_out_of_the_inner_step(tiny_run) -> None:
     assert rollouts.mask[0, 0].sum() == 5 and rollouts.mask[0, 1].sum() == 0
     assert torch.isfinite(rollouts.obs).all() and torch.isfinite(rollouts.log_probs).all()
     assert torch.isfinite(rollouts.advantages).all()
+
+
+def _grasp_rollouts(policy, episodes: int = 2, steps: int = 40):
+    """Rollouts of ``episodes`` real grasp attempts by the policy with exploration noise (one task)."""
+    from metarl_robot.algos.common import build_task_distribution
+    from metarl_robot.envs import make_meta_env
+
+    config = load_config(gradient.TrainConfig, CONFIG, TINY)
+    env = make_meta_env("sim:metarl/PandaGrasp-v0", {"max_episode_steps": steps})
+    task = build_task_distribution({"distribution": "sim:grasp_distribution", "seed": 0, "num_train": 8, "num_test": 2}).split("train")[0]
+    env.unwrapped.set_task(task)
+    trials = GradientTrials(policy)
+    trials.reset(task, np.random.default_rng(1), {})
+    recorded = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=i)
+        rows = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "raw_action", "prev_command")}
+        done = False
+        while not done:
+            action, extras = trials.act(obs)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            trials.observe(obs, action, reward, next_obs, terminated or truncated)
+            for key, value in (("obs", obs), ("actions", action), ("rewards", reward), ("next_obs", next_obs)):
+                rows[key].append(value)
+            rows["raw_action"].append(extras["raw_action"])
+            rows["prev_command"].append(extras["prev_command"])
+            obs, done = next_obs, terminated or truncated
+        trials.end_episode()
+        n = len(rows["rewards"])
+        recorded.append(Episode(
+            task=task, seed=i, request_index=0, episode_in_trial=i, obs=np.asarray(rows["obs"], np.float32),
+            actions=np.asarray(rows["actions"], np.float32), rewards=np.asarray(rows["rewards"], np.float32),
+            next_obs=np.asarray(rows["next_obs"], np.float32), terminated=np.zeros(n, bool), truncated=np.eye(1, n, n - 1, dtype=bool)[0],
+            success=np.zeros(n, bool), extras={"raw_action": np.asarray(rows["raw_action"], np.float32),
+                                              "prev_command": np.asarray(rows["prev_command"], np.float32)}))
+    env.close()
+    return to_rollouts(policy, recorded, policy.initial_adapted().detach()[None], config)
+
+
+def test_only_the_steps_where_the_skill_read_a_dimension_count_as_decisions(tiny_run) -> None:
+    """During the approach the gripper is held open whatever the grip action says, and the hand does not
+    lift whatever the lift action says: those draws are not decisions, so they carry no gradient."""
+    checkpoint, _ = tiny_run
+    policy, _ = load_checkpoint(checkpoint)
+    post = _grasp_rollouts(policy)
+    weights = policy.decision_weights(post.obs[0])
+    valid = post.mask[0] > 0
+    assert torch.all(weights[..., 1] == 0) and torch.all(weights[..., 0] == 1)
+    grip, lift = weights[..., 3][valid], weights[..., 2][valid]
+    assert 0 < grip.sum() < grip.numel()  # the approach ignores the grip; the close reads it
+    assert lift.sum() < grip.sum()  # the hand lifts only once the gripper has closed
+    # The first step of every attempt is an approach step: the grip draw there has no gradient.
+    action = post.actions[0].clone().requires_grad_(True)
+    logp = policy.log_prob(policy.initial_adapted().detach(), post.obs[0], action)
+    (grad,) = torch.autograd.grad(logp.sum(), action)
+    assert torch.all(grad[:, 0, 3] == 0) and torch.all(grad[..., 1] == 0)
+    assert torch.any(grad[..., 3] != 0)
+    # The same steps count whatever was drawn: the weights read only the observation and the previous command.
+    assert torch.equal(policy.decision_weights(post.obs[0]), weights)
+
+
+def test_the_outer_objective_starts_at_ratio_one_on_a_skill(tiny_run) -> None:
+    """At the parameters that collected the batch, every importance ratio of the outer surrogate is 1
+    and the KL to itself 0: the recomputed log-probabilities weigh the same decisions as the recorded
+    ones (they once also counted the dimension the skill never reads, so the ratio started far from 1)."""
+    import types
+
+    from metarl_robot.algos.gradient.algo import GradientMetaRL
+    from metarl_robot.gradient_policy import masked_mean
+
+    checkpoint, _ = tiny_run
+    policy, _ = load_checkpoint(checkpoint)
+    post = _grasp_rollouts(policy)
+    algo = types.SimpleNamespace(policy=policy)
+    with torch.no_grad():
+        dists = [policy.mean_log_std(policy.initial_adapted(), post.obs[0])]
+        loss = GradientMetaRL.surrogate(algo, dists, post)
+        expected = -masked_mean(post.advantages[0], post.mask[0])
+        assert abs(float(loss) - float(expected)) <= 1e-5 * max(1.0, abs(float(expected)))
+        assert float(GradientMetaRL.mean_kl(algo, dists, dists, post)) == 0.0
+        # Moving only the mean of the dimension the skill never reads changes no decision: KL 0.
+        mean, log_std = dists[0]
+        moved = mean.clone()
+        moved[..., 1] += 0.5
+        assert float(GradientMetaRL.mean_kl(algo, dists, [(moved, log_std)], post)) == 0.0
+        moved[..., 3] += 0.5
+        assert float(GradientMetaRL.mean_kl(algo, dists, [(moved, log_std)], post)) > 0.0

@@ -276,7 +276,8 @@ class GradientMetaRL:
         terms = []
         for m in range(pre.obs.shape[0]):
             mean, log_std = self.policy.mean_log_std(phi0, pre.obs[m])
-            ratio = torch.exp(gaussian_log_prob(mean, log_std, pre.actions[m]) - pre.log_probs[m])
+            logp = gaussian_log_prob(mean, log_std, pre.actions[m], self.policy.decision_weights(pre.obs[m]))
+            ratio = torch.exp(logp - pre.log_probs[m])
             terms.append(masked_mean(ratio, pre.mask[m]) * credit[m])
         return -torch.stack(terms).mean()
 
@@ -289,7 +290,8 @@ class GradientMetaRL:
         """Minus the mean over tasks of the (clipped) importance-weighted advantage."""
         losses = []
         for m, (mean, log_std) in enumerate(dists):
-            ratio = torch.exp(gaussian_log_prob(mean, log_std, post.actions[m]) - post.log_probs[m])
+            logp = gaussian_log_prob(mean, log_std, post.actions[m], self.policy.decision_weights(post.obs[m]))
+            ratio = torch.exp(logp - post.log_probs[m])
             adv = post.advantages[m]
             objective = ratio * adv
             if clip is not None:
@@ -297,11 +299,13 @@ class GradientMetaRL:
             losses.append(-masked_mean(objective, post.mask[m]))
         return torch.stack(losses).mean()
 
-    @staticmethod
-    def mean_kl(old, new, post: Rollouts) -> torch.Tensor:
-        return torch.stack(
-            [masked_mean(gaussian_kl(om, ol, nm, nl), post.mask[m]) for m, ((om, ol), (nm, nl)) in enumerate(zip(old, new))]
-        ).mean()
+    def mean_kl(self, old, new, post: Rollouts) -> torch.Tensor:
+        """Mean over tasks and valid steps of KL(old || new), over the action dimensions that were the
+        policy's decisions at each step (:meth:`GradientPolicy.decision_weights`)."""
+        return torch.stack([
+            masked_mean(gaussian_kl(om, ol, nm, nl, self.policy.decision_weights(post.obs[m])), post.mask[m])
+            for m, ((om, ol), (nm, nl)) in enumerate(zip(old, new))
+        ]).mean()
 
     # ------------------------------------------------------------------------------ outer updates
     def update(self, inner: list[Rollouts], post: Rollouts) -> dict[str, float]:
