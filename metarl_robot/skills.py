@@ -99,6 +99,15 @@ class GraspForceSkill(Skill):
     height): ``-1`` holds still, ``+1`` is full speed. Dimension 0 > 0 **releases**: the gripper opens and
     the hand holds still, so that once the fingers are open the skill centres, descends and grasps again
     (what to do when the pads closed on nothing). Dimension 1 is not read.
+
+    With ``grip="slip_law"`` the within-attempt feedback is the skill's, not the policy's: dimension 3
+    is the **starting force** at every step (the same log scale), and while the fingers close the skill
+    commands ``start * max_step_ratio ** floor(slip / slip_step_m)``, where ``slip`` is how far the
+    object has dropped in the hand below where the skill grasps it (``grasp_above_centre_m`` under the
+    grasp frame), moving the previous command's force towards it by at most one ``max_step_ratio`` per
+    step. That is the classical ramp's law (:class:`sim.grasp_baselines.SlipLawRampController`) written
+    without memory; the policy then decides only what one attempt can teach about an object, the force
+    to start from (and the lift speed and the release), and an adaptation step moves that.
     """
 
     name = "grasp_force"
@@ -124,10 +133,15 @@ class GraspForceSkill(Skill):
     """Each finger's opening when the gripper is open (the suite's parallel-jaw grippers)."""
 
     def __init__(self, layout: Sequence[Any], action_scale: torch.Tensor, min_force_n: float = 0.2,
-                 max_step_ratio: float = 1.35) -> None:
+                 max_step_ratio: float = 1.35, grip: str = "ratio", slip_step_m: float = 0.004) -> None:
         super().__init__(layout, action_scale)
         if not 1.0 < max_step_ratio < 2.0:
             raise ValueError(f"max_step_ratio={max_step_ratio} must lie in (1, 2)")
+        if grip not in GRIP_MODES:
+            raise ValueError(f"grip={grip!r} is not a grip mode of the grasp_force skill; use one of {list(GRIP_MODES)}")
+        if not slip_step_m > 0:
+            raise ValueError(f"slip_step_m={slip_step_m} must be > 0 (metres of slip per force raise)")
+        self.grip, self.slip_step_m = grip, float(slip_step_m)
         self.log_step = math.log(max_step_ratio)
         if action_scale.numel() != 4:
             raise ValueError(f"the grasp_force skill drives [vx, vy, vz, grip_force]; the action has {action_scale.numel()} dimensions")
@@ -137,19 +151,37 @@ class GraspForceSkill(Skill):
         self.log_min = math.log(min_force_n)
         self.log_max = math.log(max_force)
 
-    def force_n(self, action: torch.Tensor, prev_command: torch.Tensor) -> torch.Tensor:
-        """The grip force ``[...]`` a clipped action asks for after ``prev_command``."""
+    def force_n(self, action: torch.Tensor, prev_command: torch.Tensor, obs: torch.Tensor | None = None) -> torch.Tensor:
+        """The grip force ``[...]`` a clipped action asks for after ``prev_command`` (``obs``, the raw
+        observation, is read by the ``slip_law`` grip mode only)."""
         start = torch.exp(self.log_min + (action[..., 3] + 1.0) * 0.5 * (self.log_max - self.log_min))
         prev = prev_command[..., 3]
-        changed = torch.clamp(prev * torch.exp(self.log_step * action[..., 3]), math.exp(self.log_min), math.exp(self.log_max))
-        return torch.where(prev > 0, changed, start)
+        if self.grip == "slip_law":
+            if obs is None:
+                raise ValueError("the slip_law grip mode reads the observation (the slip of the object in the hand)")
+            target = start * torch.exp(self.log_step * torch.floor(self.slip_m(obs) / self.slip_step_m))
+            changed = torch.minimum(torch.maximum(target, prev * math.exp(-self.log_step)), prev * math.exp(self.log_step))
+            first = torch.clamp(target, max=math.exp(self.log_max))
+        else:
+            changed = prev * torch.exp(self.log_step * action[..., 3])
+            first = start
+        changed = torch.clamp(changed, math.exp(self.log_min), math.exp(self.log_max))
+        return torch.where(prev > 0, changed, first)
+
+    def slip_m(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[...]``: how far the object sits below where the skill grasps it, while the fingers close
+        (0 otherwise and when it sits higher): the slip of the object in the hand."""
+        ee, obj = self.entry(obs, "ee_position"), self.entry(obs, "object_position")
+        closing = self.entry(obs, "finger_position").sum(-1) < 2 * self.finger_open_m - self.closed_by_m
+        slip = torch.clamp(ee[..., 2] - obj[..., 2] - self.grasp_above_centre_m, min=0.0)
+        return torch.where(closing, slip, torch.zeros_like(slip))
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, prev_command: torch.Tensor) -> torch.Tensor:
         scale = self.action_scale.to(obs.dtype)
         v_max = scale[:3]
         ee, obj = self.entry(obs, "ee_position"), self.entry(obs, "object_position")
         fingers, effort = self.entry(obs, "finger_position"), self.entry(obs, "finger_effort")
-        force = self.force_n(action, prev_command.to(obs.dtype))
+        force = self.force_n(action, prev_command.to(obs.dtype), obs)
         lift = (action[..., 2] + 1.0) * 0.5 * v_max[2]
         grasp_height = torch.clamp(obj[..., 2] + self.grasp_above_centre_m, min=self.min_grasp_height_m)
         offset = obj[..., :2] - ee[..., :2]
@@ -213,7 +245,8 @@ class GraspForceSkill(Skill):
         ``(labels [T, 4], weights [T, 4])``: the grip dimension is the starting force (log scale) where
         the previous command opened the gripper (during the approach: the force of the teacher's next
         squeeze in the episode) and the force ratio to the previous command otherwise (clipped to one
-        step); the lift dimension is the teacher's vertical speed while the fingers close or hold; the
+        step; with ``grip="slip_law"`` the starting force of the squeeze the step belongs to, or of the
+        next one); the lift dimension is the teacher's vertical speed while the fingers close or hold; the
         release dimension is +1 where the teacher opens a closed gripper (to grasp again), else -1.
         Weight 0 marks what is undefined (the grip while releasing, the lift outside the lift) and the
         dimensions the skill ignores.
@@ -236,6 +269,21 @@ class GraspForceSkill(Skill):
         start_label = (torch.log(torch.clamp(start, min=math.exp(self.log_min))) - self.log_min) / (self.log_max - self.log_min) * 2 - 1
         ratio_label = torch.log(torch.clamp(force, min=1e-9) / torch.clamp(prev, min=1e-9)) / self.log_step
         grip = torch.where(prev > 0, ratio_label, start_label)
+        if self.grip == "slip_law":
+            # The starting force of the squeeze a step belongs to (or, before it, of the next one).
+            own = torch.full_like(force, float("nan"))
+            current = float("nan")
+            for t in range(steps):
+                if force[t] > 0 and (t == 0 or force[t - 1] <= 0):
+                    current = float(force[t])
+                own[t] = current if force[t] > 0 else float("nan")
+            nxt = float("nan")
+            for t in range(steps - 1, -1, -1):
+                if force[t] > 0:
+                    nxt = float(own[t])
+                else:
+                    own[t] = nxt
+            grip = (torch.log(torch.clamp(own, min=math.exp(self.log_min))) - self.log_min) / (self.log_max - self.log_min) * 2 - 1
         fingers = self.entry(obs.to(torch.float64), "finger_position").sum(-1)
         closing = fingers < 2 * self.finger_open_m - self.closed_by_m
         releasing = closing & (force <= 0)
@@ -252,6 +300,10 @@ class GraspForceSkill(Skill):
         weights[:, 2] = lift_ok.to(torch.float64)
         return labels.to(torch.float32), weights.to(torch.float32)
 
+
+GRIP_MODES = ("ratio", "slip_law")
+"""How :class:`GraspForceSkill` reads the grip action (its ``grip`` option): a change of the previous
+force while squeezing, or the starting force of the skill's own slip law."""
 
 SKILLS: dict[str, type[Skill]] = {GraspForceSkill.name: GraspForceSkill}
 

@@ -39,6 +39,54 @@ def test_grip_force_is_a_start_force_after_an_open_command_and_a_bounded_ratio_a
     assert float(skill.force_n(a[0:1], torch.tensor([[0.0, 0.0, 0.0, 0.21]]))) == pytest.approx(0.2)
 
 
+
+def test_slip_law_grip_raises_the_force_with_the_slip_in_the_hand_from_the_policys_starting_force() -> None:
+    skill = GraspForceSkill(LAYOUT, SCALE, grip="slip_law", slip_step_m=0.004)
+    start = _start_action(skill, 1.5)
+    closed = (0.01, 0.01)
+
+    def obs_with_slip(slip_m: float, fingers=closed) -> torch.Tensor:
+        # The hand at 5 cm; the object's centre 5 mm below the grasp frame, plus the slip.
+        return _obs((0.5, 0.0, 0.05), (0.5, 0.0, 0.05 - 0.005 - slip_m), fingers)
+
+    opened = torch.tensor([[0.0, 0.0, 0.0, -60.0]])
+    assert float(skill.force_n(start, opened, obs_with_slip(0.0, (0.04, 0.04)))) == pytest.approx(1.5, rel=1e-5)
+    prev = torch.tensor([[0.0, 0.0, 0.0, 1.5]])
+    assert float(skill.force_n(start, prev, obs_with_slip(0.0039))) == pytest.approx(1.5, rel=1e-5)
+    assert float(skill.force_n(start, prev, obs_with_slip(0.0041))) == pytest.approx(1.5 * 1.35, rel=1e-5)
+    # Far more slip: the target is 1.35^3 times the start, reached one ratio per step.
+    forces = []
+    for _ in range(4):
+        prev = torch.tensor([[0.0, 0.0, 0.0, float(skill.force_n(start, prev, obs_with_slip(0.0125)))]])
+        forces.append(float(prev[0, 3]))
+    assert forces == pytest.approx([1.5 * 1.35, 1.5 * 1.35**2, 1.5 * 1.35**3, 1.5 * 1.35**3], rel=1e-5)
+    # An object sitting higher in the hand than where it was grasped is no slip.
+    assert float(skill.force_n(start, torch.tensor([[0.0, 0.0, 0.0, 1.5]]), obs_with_slip(-0.01))) == pytest.approx(1.5, rel=1e-5)
+    # The whole command reads the observation for it.
+    command = skill(obs_with_slip(0.0125), start, torch.tensor([[0.0, 0.0, 0.0, 1.5]]))
+    assert float(command[0, 3]) == pytest.approx(1.5 * 1.35, rel=1e-5)
+    with pytest.raises(ValueError, match="reads the observation"):
+        skill.force_n(start, prev)
+    with pytest.raises(ValueError, match="grip mode"):
+        GraspForceSkill(LAYOUT, SCALE, grip="torque")
+
+
+def test_slip_law_labels_are_the_starting_force_of_each_squeeze() -> None:
+    skill = GraspForceSkill(LAYOUT, SCALE, grip="slip_law")
+    forces = [-60.0, -60.0, 1.0, 1.35, 1.8, -60.0, -60.0, 2.0, 2.7]
+    commands = torch.tensor([[0.0, 0.0, 0.05, f] for f in forces])
+    closed = [False, False, False, True, True, True, False, False, True]
+    # No slip (the object's centre 5 mm under the grasp frame), so a label reads as the force it asks.
+    obs = torch.stack([_obs((0.5, 0, 0.04), (0.5, 0, 0.035), (0.01, 0.01) if c else (0.04, 0.04))[0] for c in closed])
+    labels, weights = skill.imitation_labels(obs, commands)
+    asked = skill.force_n(labels, torch.zeros(len(forces), 4), obs)  # each label read as a first squeeze
+    expected = [1.0, 1.0, 1.0, 1.0, 1.0, None, 2.0, 2.0, 2.0]
+    for t, want in enumerate(expected):
+        if want is None:
+            assert weights[t, 3] == 0.0  # releasing: undefined
+        else:
+            assert weights[t, 3] == 1.0 and float(asked[t]) == pytest.approx(want, rel=1e-4), t
+
 def _obs(ee, obj, fingers=(0.04, 0.04), effort=(20.0, 20.0)) -> torch.Tensor:
     return torch.tensor([[*ee, *obj, *fingers, *effort]], dtype=torch.float32)
 
