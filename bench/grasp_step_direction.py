@@ -57,7 +57,8 @@ def main() -> int:
         inputs = policy.policy_inputs(torch.as_tensor(obs[None], dtype=torch.float32), opened)
         with torch.no_grad():
             mean, _ = policy.mean_log_std(params, inputs)
-            return float(policy.skill.force_n(torch.clamp(mean, -1.0, 1.0), opened)[0])
+            raw = torch.as_tensor(obs[None], dtype=torch.float32)
+            return float(policy.skill.force_n(torch.clamp(mean, -1.0, 1.0), opened, raw)[0])
 
     rows = []
     for i, task in enumerate(tasks):

@@ -103,8 +103,8 @@ class GraspForceSkill(Skill):
     With ``grip="slip_law"`` the within-attempt feedback is the skill's, not the policy's: dimension 3
     is the **starting force** at every step (the same log scale), and while the fingers close the skill
     commands ``start * max_step_ratio ** floor(slip / slip_step_m)``, where ``slip`` is how far the
-    object has dropped in the hand below where the skill grasps it (``grasp_above_centre_m`` under the
-    grasp frame), moving the previous command's force towards it by at most one ``max_step_ratio`` per
+    object has dropped in the hand below where the pads closed on it (``held_below_m`` under the grasp
+    frame), moving the previous command's force towards it by at most one ``max_step_ratio`` per
     step. That is the classical ramp's law (:class:`sim.grasp_baselines.SlipLawRampController`) written
     without memory; the policy then decides only what one attempt can teach about an object, the force
     to start from (and the lift speed and the release), and an adaptation step moves that.
@@ -130,6 +130,9 @@ class GraspForceSkill(Skill):
     closed_by_m = 0.006
     pressing_fraction = 0.7
     finger_open_m = 0.04
+    held_below_m = 0.003
+    """How far the object's centre sits below the grasp frame when the pads close on it (2-3 mm in the
+    suite: the descent stops within 3 mm of the grasp height): the zero of the slip law's slip."""
     """Each finger's opening when the gripper is open (the suite's parallel-jaw grippers)."""
 
     def __init__(self, layout: Sequence[Any], action_scale: torch.Tensor, min_force_n: float = 0.2,
@@ -169,11 +172,11 @@ class GraspForceSkill(Skill):
         return torch.where(prev > 0, changed, first)
 
     def slip_m(self, obs: torch.Tensor) -> torch.Tensor:
-        """``[...]``: how far the object sits below where the skill grasps it, while the fingers close
-        (0 otherwise and when it sits higher): the slip of the object in the hand."""
+        """``[...]``: how much further than ``held_below_m`` the object's centre sits below the grasp
+        frame, while the fingers close (0 otherwise and when it sits higher): the slip in the hand."""
         ee, obj = self.entry(obs, "ee_position"), self.entry(obs, "object_position")
         closing = self.entry(obs, "finger_position").sum(-1) < 2 * self.finger_open_m - self.closed_by_m
-        slip = torch.clamp(ee[..., 2] - obj[..., 2] - self.grasp_above_centre_m, min=0.0)
+        slip = torch.clamp(ee[..., 2] - obj[..., 2] - self.held_below_m, min=0.0)
         return torch.where(closing, slip, torch.zeros_like(slip))
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, prev_command: torch.Tensor) -> torch.Tensor:
@@ -245,8 +248,8 @@ class GraspForceSkill(Skill):
         ``(labels [T, 4], weights [T, 4])``: the grip dimension is the starting force (log scale) where
         the previous command opened the gripper (during the approach: the force of the teacher's next
         squeeze in the episode) and the force ratio to the previous command otherwise (clipped to one
-        step; with ``grip="slip_law"`` the starting force of the squeeze the step belongs to, or of the
-        next one); the lift dimension is the teacher's vertical speed while the fingers close or hold; the
+        step; with ``grip="slip_law"`` the starting force of the episode's first squeeze, on the steps up
+        to its end, and undefined after it); the lift dimension is the teacher's vertical speed while the fingers close or hold; the
         release dimension is +1 where the teacher opens a closed gripper (to grasp again), else -1.
         Weight 0 marks what is undefined (the grip while releasing, the lift outside the lift) and the
         dimensions the skill ignores.
@@ -283,6 +286,12 @@ class GraspForceSkill(Skill):
                     nxt = float(own[t])
                 else:
                     own[t] = nxt
+            # Only the first squeeze of an episode: a teacher that grasps again starts from the force it
+            # reached, which a policy without memory cannot tell from a first approach; labelled both
+            # ways, the same states would ask for two forces and the clone would learn their blend.
+            opened_again = [t for t in range(1, steps) if force[t] <= 0 < force[t - 1]]
+            if opened_again:
+                own[opened_again[0]:] = float("nan")
             grip = (torch.log(torch.clamp(own, min=math.exp(self.log_min))) - self.log_min) / (self.log_max - self.log_min) * 2 - 1
         fingers = self.entry(obs.to(torch.float64), "finger_position").sum(-1)
         closing = fingers < 2 * self.finger_open_m - self.closed_by_m
