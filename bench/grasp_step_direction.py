@@ -10,6 +10,11 @@ before and after the step and compared with the oracle's force for that object
 attempt taught moves the force by a sizeable factor, in the oracle's direction.
 
     python bench/grasp_step_direction.py --checkpoint models/maml_grasp_skill/checkpoint.safetensors
+
+``--episode-noise`` is a diagnostic of what the exploration could tell the step: the exploration noise
+on the grip dimension is drawn once per attempt and kept for all its steps (what the policy's graph
+would be fed by a sampler and a runtime that explore per attempt; neither does today), optionally
+``--noise-scale`` times larger than the policy's own standard deviation; the step itself is unchanged.
 """
 
 from __future__ import annotations
@@ -36,10 +41,32 @@ from metarl_robot.families.gradient_torch import GradientTorchController  # noqa
 from sim.grasp_task import grasp_distribution, oracle_grip_force_n  # noqa: E402
 
 
+class PerAttemptGripNoise(GradientTorchController):
+    """The PyTorch twin with the grip dimension's exploration noise drawn at an attempt's first step and
+    kept for the rest of it (``noise_scale`` times the policy's std); the other dimensions as before."""
+
+    noise_scale = 1.0
+    GRIP = 3
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        if not self._current:
+            self._grip_noise = float(torch.randn((), generator=self._generator)) * self.noise_scale
+        with torch.no_grad():
+            inputs = self.policy.policy_inputs(torch.as_tensor(np.asarray(obs, np.float32)[None]), torch.as_tensor(self._prev[None]))
+            noise = torch.randn(1, self.policy.act_dim, generator=self._generator)
+            noise[0, self.GRIP] = self._grip_noise
+            action = self.policy.sample(self.params, inputs, noise)
+            command = self.policy.to_command(inputs, action)[0].numpy()
+        self._last = (command, action[0].numpy())
+        return command
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=str(ROOT / "models" / "maml_grasp_skill" / "checkpoint.safetensors"))
     parser.add_argument("--tasks", type=int, default=32, help="test-split objects (default: %(default)s)")
+    parser.add_argument("--episode-noise", action="store_true", help="the grip dimension's noise drawn once per attempt")
+    parser.add_argument("--noise-scale", type=float, default=1.0, help="with --episode-noise: times the policy's std")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -62,7 +89,10 @@ def main() -> int:
 
     rows = []
     for i, task in enumerate(tasks):
-        controller = GradientTorchController(policy, adaptation, seed=i)
+        make = PerAttemptGripNoise if args.episode_noise else GradientTorchController
+        controller = make(policy, adaptation, seed=i)
+        if args.episode_noise:
+            controller.noise_scale = args.noise_scale
         env.set_task(task)
         first = None
         for k in range(controller.episodes_per_step):
@@ -84,7 +114,8 @@ def main() -> int:
     needed = np.log(rows_a[:, 2] / rows_a[:, 0])
     agree = float(np.mean(np.sign(change) == np.sign(needed)))
     corr = float(np.corrcoef(change, needed)[0, 1]) if len(rows_a) > 2 else float("nan")
-    print(f"{args.checkpoint}: {len(rows_a)} test objects, {controller.episodes_per_step} exploring attempts each, one step")
+    how = f", grip noise per attempt x{args.noise_scale:g}" if args.episode_noise else ""
+    print(f"{args.checkpoint}: {len(rows_a)} test objects, {controller.episodes_per_step} exploring attempts each{how}, one step")
     print(f"starting force before the step (median): {np.median(rows_a[:, 0]):.3g} N")
     print(f"factor the step moved it by (median |log|): x{math.exp(np.median(np.abs(change))):.4f}; largest x{math.exp(np.abs(change).max()):.4f}")
     print(f"factor the object needed (median |log| to the oracle's force): x{math.exp(np.median(np.abs(needed))):.3g}")

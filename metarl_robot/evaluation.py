@@ -153,7 +153,8 @@ class ControllerTrials:
 
     ``reset`` makes the task's fresh controller, ``act`` maps its command to the env's normalised
     action, ``observe`` hands it the transition with the command that was sent, and ``end_episode``
-    calls ``adapt()`` at the end of every round but the last (unless ``adapt`` is False).
+    calls ``adapt()`` at the end of every round but the last (unless ``adapt`` is False), once the
+    controller holds the episodes one adaptation step takes (``episodes_ready >= episodes_per_step``).
     """
 
     def __init__(self, controller: Any, scale: np.ndarray, episodes_per_round: int, adapt: bool) -> None:
@@ -184,8 +185,17 @@ class ControllerTrials:
 
     def end_episode(self) -> None:
         self._episodes_done += 1
-        if self.adapt and self._episodes_done % self.episodes_per_round == 0:
+        if self.adapt and self._episodes_done % self.episodes_per_round == 0 and self._batch_full():
             self._active.adapt()
+
+    def _batch_full(self) -> bool:
+        """Whether the controller holds the episodes its adaptation step takes. A gradient controller
+        steps on ``episodes_per_step`` episodes; on the robot it adapts once it has them
+        (:meth:`~metarl_robot.runtime.Controller.schedule`), so with rounds shorter than that it
+        adapts at the end of the round that fills its batch, not on a partial one. Families that adapt
+        after every episode (and controllers that do not say) always are."""
+        needed = int(getattr(self._active, "episodes_per_step", 1) or 1)
+        return needed <= 1 or int(getattr(self._active, "episodes_ready", needed)) >= needed
 
     def __getstate__(self) -> dict[str, Any]:
         # What travels to the workers: the controller as passed (or its factory), not a trial's state.

@@ -139,3 +139,6 @@ def test_the_shipped_grasp_skill_bundle_passes_parity_over_its_validated_steps()
     assert adaptation["guard"]["validated_steps"] == 2 and chained_steps(adaptation) == 2
     assert manifest["provenance"]["graph_internal_dtype"] == {"policy": "float64", "adapt": "float64"}
     assert "prev_command" in manifest["graphs"]["policy"]["inputs"] and "prev_command" in manifest["graphs"]["adapt"]["inputs"]
+    # The ramp's within-attempt feedback is the skill's; the learned step sizes are inside adapt.onnx.
+    assert manifest["provenance"]["config"]["policy"]["skill_options"] == {"grip": "slip_law"}
+    assert adaptation["inner_lr_learned"] is True and adaptation["inner_lr"] is None

@@ -557,6 +557,11 @@ class GradientTorchController(TorchControllerBase):
         self._last: tuple[np.ndarray, np.ndarray] | None = None
         self._prev = np.zeros(self.act_dim, np.float32)
 
+    @property
+    def episodes_ready(self) -> int:
+        """Closed episodes the next :meth:`adapt` would use (at most ``episodes_per_step``), as the runtime's."""
+        return len(self._episodes)
+
     def act(self, obs: np.ndarray) -> np.ndarray:
         t = torch
         with t.no_grad():
