@@ -210,20 +210,25 @@ class GraspForceSkill(Skill):
         close); the lift dimension where the hand lifts (closing, and the pads pressed with the previous
         command's force or the hand is already above the grasp height); the release dimension at every
         step (releasing also stops the approach). Decided from the observation and the previous command
-        only, so that the same steps count whatever action was drawn."""
-        ee, obj = self.entry(obs, "ee_position"), self.entry(obs, "object_position")
-        fingers, effort = self.entry(obs, "finger_position"), self.entry(obs, "finger_effort")
-        prev_force = prev_command[..., 3].to(obs.dtype)
+        only, so that the same steps count whatever action was drawn.
+
+        Computed in float32 whatever the dtype of ``obs`` (and without a square root): a graph that
+        runs in float64 then makes every comparison exactly as float32 PyTorch does, where a threshold
+        met to the last bit would otherwise flip a step's weight between the two."""
+        x = obs.to(torch.float32)
+        ee, obj = self.entry(x, "ee_position"), self.entry(x, "object_position")
+        fingers, effort = self.entry(x, "finger_position"), self.entry(x, "finger_effort")
+        prev_force = prev_command[..., 3].to(torch.float32)
         grasp_height = torch.clamp(obj[..., 2] + self.grasp_above_centre_m, min=self.min_grasp_height_m)
-        distance = torch.linalg.vector_norm(obj[..., :2] - ee[..., :2], dim=-1)
-        closing = fingers.sum(-1) < 2 * self.finger_open_m - self.closed_by_m
-        in_place = (distance < self.aligned_m) & (ee[..., 2] <= grasp_height + 0.003)
+        offset = obj[..., :2] - ee[..., :2]
+        distance_sq = offset[..., 0] * offset[..., 0] + offset[..., 1] * offset[..., 1]
+        closing = fingers[..., 0] + fingers[..., 1] < 2 * self.finger_open_m - self.closed_by_m
+        in_place = (distance_sq < self.aligned_m**2) & (ee[..., 2] <= grasp_height + 0.003)
         pressing = (prev_force > 0) & torch.all(-effort >= self.pressing_fraction * prev_force.unsqueeze(-1), dim=-1)
         lifting = closing & (pressing | (ee[..., 2] > grasp_height + 0.01))
         one = torch.ones_like(prev_force)
         zero = torch.zeros_like(prev_force)
-        grip = (closing | in_place).to(obs.dtype)
-        return torch.stack([one, zero, lifting.to(obs.dtype), grip], dim=-1)
+        return torch.stack([one, zero, lifting.to(torch.float32), (closing | in_place).to(torch.float32)], dim=-1).to(obs.dtype)
 
     def prev_features(self, command: torch.Tensor) -> torch.Tensor:
         """Velocities divided by their scale; the grip force on the same log scale as the action (an open
