@@ -161,9 +161,13 @@ def test_the_gradient_family_outer_surrogate_on_a_batch_worked_out_by_hand():
                     returns=np.zeros((1, 1)), success=np.zeros((1, 1)))
     ratios, adv = [1.0, math.exp(0.1), math.exp(-0.2)], [1.0, 2.0, -0.5]
     plain = -sum(r * a for r, a in zip(ratios, adv)) / 3
-    assert float(GradientMetaRL.surrogate(None, [(mean, log_std)], post)) == pytest.approx(plain, rel=1e-6)
+    import types
+
+    # A policy without a skill: every action dimension is a decision at every step.
+    algo = types.SimpleNamespace(policy=types.SimpleNamespace(decision_weights=lambda obs: None))
+    assert float(GradientMetaRL.surrogate(algo, [(mean, log_std)], post)) == pytest.approx(plain, rel=1e-6)
     clipped = -sum(min(r * a, min(max(r, 0.95), 1.05) * a) for r, a in zip(ratios, adv)) / 3
-    assert float(GradientMetaRL.surrogate(None, [(mean, log_std)], post, clip=0.05)) == pytest.approx(clipped, rel=1e-6)
+    assert float(GradientMetaRL.surrogate(algo, [(mean, log_std)], post, clip=0.05)) == pytest.approx(clipped, rel=1e-6)
     assert clipped != pytest.approx(plain)  # the clip is active on this batch
 
 
