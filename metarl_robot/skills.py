@@ -130,10 +130,10 @@ class GraspForceSkill(Skill):
     closed_by_m = 0.006
     pressing_fraction = 0.7
     finger_open_m = 0.04
+    """Each finger's opening when the gripper is open (the suite's parallel-jaw grippers)."""
     held_below_m = 0.003
     """How far the object's centre sits below the grasp frame when the pads close on it (2-3 mm in the
     suite: the descent stops within 3 mm of the grasp height): the zero of the slip law's slip."""
-    """Each finger's opening when the gripper is open (the suite's parallel-jaw grippers)."""
 
     def __init__(self, layout: Sequence[Any], action_scale: torch.Tensor, min_force_n: float = 0.2,
                  max_step_ratio: float = 1.35, grip: str = "ratio", slip_step_m: float = 0.004) -> None:
