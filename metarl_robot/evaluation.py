@@ -189,13 +189,16 @@ class ControllerTrials:
             self._active.adapt()
 
     def _batch_full(self) -> bool:
-        """Whether the controller holds the episodes its adaptation step takes. A gradient controller
-        steps on ``episodes_per_step`` episodes; on the robot it adapts once it has them
-        (:meth:`~metarl_robot.runtime.Controller.schedule`), so with rounds shorter than that it
-        adapts at the end of the round that fills its batch, not on a partial one. Families that adapt
-        after every episode (and controllers that do not say) always are."""
-        needed = int(getattr(self._active, "episodes_per_step", 1) or 1)
-        return needed <= 1 or int(getattr(self._active, "episodes_ready", needed)) >= needed
+        """Whether the controller holds the episodes its adaptation step takes, by the rule the robot's
+        loop applies (:meth:`~metarl_robot.runtime.Controller.schedule`): a gradient controller
+        (cadence ``episodes``) steps on ``episodes_per_step`` episodes, so with rounds shorter than
+        that it adapts at the end of the round that fills its batch, not on a partial one. Other
+        cadences, and controllers without a schedule, adapt at every round's end."""
+        schedule = getattr(self._active, "schedule", None)
+        if not callable(schedule):
+            return True
+        rule = schedule()
+        return rule.cadence != "episodes" or rule.at_episode_end(self._active.episodes_ready)
 
     def __getstate__(self) -> dict[str, Any]:
         # What travels to the workers: the controller as passed (or its factory), not a trial's state.

@@ -70,6 +70,11 @@ class BatchController(RecordingController):
         self.calls.append(f"adapt({self.episodes_ready})")
         self.episodes_ready = 0
 
+    def schedule(self, every_n_steps: int = 0):
+        from metarl_robot.runtime.schedule import AdaptationSchedule
+
+        return AdaptationSchedule("episodes", every_n_steps, self.episodes_per_step)
+
 
 def test_a_controller_that_steps_on_several_episodes_adapts_once_its_batch_is_full():
     """Rounds of one attempt and a gradient controller that steps on 4: it adapts after attempts 4 and 8
