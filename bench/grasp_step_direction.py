@@ -40,6 +40,9 @@ from metarl_robot.envs import make_meta_env  # noqa: E402
 from metarl_robot.families.gradient_torch import GradientTorchController  # noqa: E402
 from sim.grasp_task import grasp_distribution, oracle_grip_force_n  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from grasp_baselines import run_attempt  # noqa: E402
+
 
 class PerAttemptGripNoise(GradientTorchController):
     """The PyTorch twin with the grip dimension's exploration noise drawn at an attempt's first step and
@@ -94,17 +97,9 @@ def main() -> int:
         if args.episode_noise:
             controller.noise_scale = args.noise_scale
         env.set_task(task)
-        first = None
-        for k in range(controller.episodes_per_step):
-            obs, _ = env.reset(seed=1000 * i + k)
-            first = obs.copy() if first is None else first
-            done = False
-            while not done:
-                command = controller.act(obs)
-                next_obs, reward, terminated, truncated, _ = env.step(command / scale)
-                done = terminated or truncated
-                controller.observe(obs, command, reward, next_obs, done)
-                obs = next_obs
+        first = run_attempt(controller, env, scale, 1000 * i)[0]
+        for k in range(1, controller.episodes_per_step):
+            run_attempt(controller, env, scale, 1000 * i + k)
         before = start_force(controller.params, first)
         controller.adapt()
         rows.append((before, start_force(controller.params, first), oracle_grip_force_n(task)))
