@@ -20,6 +20,7 @@ layout), so the skill follows the contract rather than fixed indices.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -331,4 +332,9 @@ def manifest_section(skill: Skill) -> dict[str, Any]:
 def make_skill(name: str, layout: Sequence[Any], action_scale: torch.Tensor, options: Mapping[str, Any] | None = None) -> Skill:
     if name not in SKILLS:
         raise ValueError(f"unknown skill {name!r}; known skills: {sorted(SKILLS)}")
-    return SKILLS[name](layout, action_scale, **dict(options or {}))
+    cls = SKILLS[name]
+    known = [k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "layout", "action_scale")]
+    unknown = sorted(set(options or {}) - set(known))
+    if unknown:
+        raise ValueError(f"the {name!r} skill has no option {unknown[0]!r}; its options are {known}")
+    return cls(layout, action_scale, **dict(options or {}))

@@ -190,3 +190,9 @@ def test_the_skill_reproduces_the_scripted_grasp_in_the_grasp_env() -> None:
         np.testing.assert_allclose(command[0].numpy(), expected, atol=1e-5)
         prev = command
         obs, *_ = env.step(command[0].numpy() / scale)
+
+
+def test_an_unknown_skill_option_is_refused_in_one_line_naming_the_options():
+    with pytest.raises(ValueError, match=r"no option 'grp'; its options are \['min_force_n', 'max_step_ratio', 'grip', 'slip_step_m'\]"):
+        make_skill("grasp_force", LAYOUT, SCALE, {"grp": "slip_law"})
+    assert make_skill("grasp_force", LAYOUT, SCALE, {"grip": "slip_law"}).grip == "slip_law"
