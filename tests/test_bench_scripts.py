@@ -40,3 +40,10 @@ def test_adaptation_step_speed_prints_every_ratio(tmp_path: Path) -> None:
 def test_grasp_step_direction_runs_on_the_shipped_skill_checkpoint() -> None:
     out = run_bench("bench/grasp_step_direction.py", "--tasks", "2")
     assert "2 test objects" in out and "moved the oracle's way" in out
+
+
+def test_grasp_attempt_forces_runs_on_the_shipped_skill_checkpoint() -> None:
+    out = run_bench("bench/grasp_attempt_forces.py", "--checkpoint", str(ROOT / "models" / "maml_grasp_skill" / "checkpoint.safetensors"),
+                    "--tasks", "2")
+    assert "policy (mean action): lifted " in out
+    assert "slip-law ramp from 1.5 N: lifted " in out and out.count("first squeeze forces") == 4
