@@ -284,6 +284,32 @@ def test_reptile_moves_the_weights_towards_the_adapted_parameters(tmp_path):
         algo.close()
 
 
+@pytest.mark.parametrize("method, settings", [
+    ("maml", {}), ("maml", {"outer": "ppo"}), ("promp", {}), ("meta_sgd", {"policy": {"hidden_sizes": [8, 8], "learn_inner_lr": True}}),
+    ("reptile", {"inner": {"episodes_per_step": 3, "steps": 2}}),
+])
+@pytest.mark.parametrize("learn", [True, False])
+def test_the_outer_update_keeps_the_initial_log_std_only_when_told(method, settings, learn, tmp_path):
+    config = tiny(method=method, iterations=1, meta_learn_log_std=learn, **settings)
+    algo = GradientMetaRL(config, tmp_path)
+    try:
+        _, inner, post = algo.collect_iteration()
+        start = algo.policy.weights.detach().clone()
+        algo.update(inner, post)
+        moved = algo.policy.weights.detach() - start
+        log_std = moved[-algo.act_dim :]
+        assert moved[: -algo.act_dim].abs().max() > 0, "the rest of the weights must still be learned"
+        if learn:
+            assert log_std.abs().max() > 0
+        else:
+            assert torch.equal(log_std, torch.zeros_like(log_std))
+            # the inner step still adapts it on a task
+            adapted = algo.adapt(algo.policy.initial_adapted(), inner, 0, create_graph=False)[-1]
+            assert (adapted[-algo.act_dim :] - algo.policy.weights[-algo.act_dim :]).abs().max() > 0
+    finally:
+        algo.close()
+
+
 # ------------------------------------------------------------------------------ advantages
 def test_discounted_returns_stop_at_the_end_of_each_episode():
     rewards = np.array([[1.0, 1.0, 1.0], [2.0, 5.0, 5.0]])

@@ -131,6 +131,13 @@ class GradientMetaRL:
             lr = config.promp.lr if config.method == "promp" else config.ppo.lr
             self.optimizer = torch.optim.Adam(self.policy.meta_parameters(), lr=lr, eps=1e-5)
         self.kl_coef = config.promp.init_kl_coef
+        # Which entries of the flattened meta-parameters the outer update may change: all but the log
+        # std (the last act_dim entries of the weights) when meta_learn_log_std is false.
+        keep = torch.ones(sum(p.numel() for p in self.policy.meta_parameters()))
+        if not config.meta_learn_log_std:
+            end = self.policy.weights.numel()
+            keep[end - self.act_dim : end] = 0.0
+        self.outer_mask = keep
         self.iteration = 0
         self.metrics: dict[str, float] = {}
 
@@ -324,12 +331,14 @@ class GradientMetaRL:
             old = [[(m.clone(), s.clone()) for m, s in d] for d in self.post_distributions(inner, post, create_graph=False)]
         dists = self.post_distributions(inner, post, create_graph=second_order)
         loss = self.outer_surrogate(dists, inner, post)
-        grad = flat_grad(loss, params, retain_graph=True)
+        mask = self.outer_mask
+        grad = flat_grad(loss, params, retain_graph=True) * mask
         kl = self.outer_kl(old, dists, inner, post)
         kl_grad = flat_grad(kl, params, create_graph=True)
 
         def fisher_vector(v: torch.Tensor) -> torch.Tensor:
-            return flat_grad(kl_grad @ v, params, retain_graph=True) + cfg.cg_damping * v
+            # Restricted to the entries the outer update may change (CG then never leaves them).
+            return mask * flat_grad(kl_grad @ (mask * v), params, retain_graph=True) + cfg.cg_damping * v
 
         direction = conjugate_gradient(fisher_vector, -grad, cfg.cg_iters)
         shs = 0.5 * direction @ fisher_vector(direction)
@@ -378,6 +387,7 @@ class GradientMetaRL:
                 kls.append(inner_kl.item())
             self.optimizer.zero_grad()
             loss.backward()
+            self._mask_grads(params)
             torch.nn.utils.clip_grad_norm_(params, max_norm)
             self.optimizer.step()
             losses.append(loss.item())
@@ -391,6 +401,14 @@ class GradientMetaRL:
             out.update({"loss/inner_kl": inner_kl, "loss/kl_coef": self.kl_coef})
         return out
 
+    def _mask_grads(self, params: list[torch.nn.Parameter]) -> None:
+        """Zero the gradient entries the outer update may not change (see :attr:`outer_mask`)."""
+        i = 0
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(self.outer_mask[i : i + p.numel()].reshape(p.shape))
+            i += p.numel()
+
     def reptile_update(self, inner: list[Rollouts], post: Rollouts) -> dict[str, float]:
         cfg = self.config.reptile
         size = cfg.meta_step_size * (1.0 - self.iteration / max(1, self.config.iterations) if cfg.anneal else 1.0)
@@ -398,6 +416,8 @@ class GradientMetaRL:
             phi0 = self.policy.initial_adapted().detach()
             adapted = torch.stack([self.adapt(phi0, inner, m, create_graph=False)[-1].detach() for m in range(post.obs.shape[0])])
             delta = adapted.mean(0) - phi0
+            if not self.policy.adapts_context:
+                delta = delta * self.outer_mask[: delta.numel()]
             self.policy.weights.add_(size * delta)
         return {"loss/reptile_step_norm": float(size * delta.norm()), "loss/meta_step_size": size}
 

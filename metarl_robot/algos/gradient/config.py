@@ -141,6 +141,12 @@ class TrainConfig:
     torch_threads: int = 1
     checkpoint_every: int = 10
     policy: GradientPolicyConfig = GradientPolicyConfig()
+    meta_learn_log_std: bool = True
+    """Let the outer update change the initial policy's log standard deviation. False keeps it at
+    ``policy.init_log_std``: the exploration the first adaptation window samples with is then fixed, while
+    the inner step may still change it on a task. The outer objective scores the exploration noise only
+    as a cost in the post-adaptation episodes, never as the information the inner step learns from, so
+    meta-training shrinks it (BENCHMARKS.md, 2D navigation)."""
     update_obs_normalizer: bool = True
     """Update the observation statistics from each iteration's first batch. Set false to keep those a
     warm start measured: a cloned policy's behaviour drifts when its input scaling moves under it."""
