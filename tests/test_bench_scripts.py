@@ -4,6 +4,7 @@ required argument) fails here rather than when someone next measures."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -47,3 +48,21 @@ def test_grasp_attempt_forces_runs_on_the_shipped_skill_checkpoint() -> None:
                     "--tasks", "2")
     assert "policy (mean action): lifted " in out
     assert "slip-law ramp from 1.5 N: lifted " in out and out.count("first squeeze forces") == 4
+
+
+def test_step_batch_size_takes_one_step_from_each_window_size(tmp_path: Path) -> None:
+    out = run_bench("bench/step_batch_size.py", "--checkpoint", str(CHECKPOINT), "--config",
+                    str(ROOT / "configs" / "maml_navigation.yaml"), "--episodes", "2", "4", "--eval-tasks", "2",
+                    "--out", str(tmp_path / "rows.json"))
+    rows = [line for line in out.splitlines() if line.startswith("| 2 |") or line.startswith("| 4 |")]
+    assert len(rows) == 2, out
+    saved = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [r["episodes"] for r in saved] == [2, 4]
+    assert all(r["before"]["return_mean"] < 0 and r["after"]["return_mean"] < 0 for r in saved)
+
+
+def test_step_batch_size_without_a_config_names_the_fix(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "bench/step_batch_size.py", "--checkpoint", str(CHECKPOINT)],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert result.returncode == 2 and "pass --config" in result.stderr
