@@ -57,6 +57,13 @@ class GradientPolicyConfig:
     """Step size of the inner policy-gradient step."""
     learn_inner_lr: bool = False
     """Meta-learn one inner step size per adapted parameter (Meta-SGD), initialised to ``inner_lr``."""
+    inner_updates: int = 1
+    """Gradient updates one adaptation step takes on its window of episodes, each on the same
+    policy-gradient loss of those episodes at the parameters the previous update reached (as MAML takes
+    several steps on one support set in supervised learning), so the step is no longer linear in the
+    window's advantages. Meta-training differentiates through all of them; the adapt graph holds them
+    all. (A likelihood-ratio surrogate for the later updates was tried first: its ratio overflows as soon
+    as the first update moves the mean by several standard deviations.)"""
     normalize_observations: bool = True
     """Keep running observation statistics and feed normalised observations to the network."""
     skill: str = ""
@@ -77,6 +84,8 @@ class GradientPolicyConfig:
             raise ValueError(f"context_dim must be >= 0, got {self.context_dim}")
         if not self.inner_lr > 0:
             raise ValueError(f"inner_lr must be positive, got {self.inner_lr}")
+        if not 1 <= self.inner_updates <= 20:
+            raise ValueError(f"inner_updates must be 1 to 20 gradient updates per window, got {self.inner_updates}")
         if self.skill and self.skill not in SKILLS:
             raise ValueError(f"skill {self.skill!r} is not known; use one of {sorted(SKILLS)} (or leave it empty)")
         object.__setattr__(self, "skill_layout", tuple(tuple(x) for x in self.skill_layout))
@@ -238,7 +247,8 @@ class GradientPolicy(nn.Module):
     def inner_step(
         self, phi, obs, action, advantage, mask, *, create_graph: bool, low_variance_curvature: bool = False
     ) -> torch.Tensor:
-        """One inner policy-gradient step from ``phi`` on a batch ``[N, T, *]`` (``mask`` marks valid steps).
+        """One inner step from ``phi`` on a batch ``[N, T, *]`` (``mask`` marks valid steps):
+        ``inner_updates`` gradient updates on the batch's policy-gradient loss.
 
         ``create_graph=True`` keeps the step differentiable (second-order meta-gradients); otherwise the
         gradient is treated as a constant (first-order), while ``phi`` and the step sizes still carry
@@ -246,10 +256,13 @@ class GradientPolicy(nn.Module):
         """
         if not phi.requires_grad:
             phi = phi.detach().requires_grad_(True)
-        with torch.enable_grad():
-            loss = self.surrogate_loss(phi, obs, action, advantage, mask, low_variance_curvature=low_variance_curvature)
-            (grad,) = torch.autograd.grad(loss, phi, create_graph=create_graph)
-        return phi - self.inner_lr.to(phi.dtype) * grad
+        lr = self.inner_lr.to(phi.dtype)
+        for _ in range(self.config.inner_updates):
+            with torch.enable_grad():
+                loss = self.surrogate_loss(phi, obs, action, advantage, mask, low_variance_curvature=low_variance_curvature)
+                (grad,) = torch.autograd.grad(loss, phi, create_graph=create_graph)
+            phi = phi - lr * grad
+        return phi
 
 
 def adaptation_step(policy: GradientPolicy) -> Callable[..., torch.Tensor]:
@@ -269,7 +282,10 @@ def adaptation_step(policy: GradientPolicy) -> Callable[..., torch.Tensor]:
 
     def step(phi, obs, prev_command, action, advantage, mask):
         inputs = policy.policy_inputs(obs, prev_command)
-        return phi - policy.inner_lr.to(phi.dtype) * grad(phi, inputs, action, advantage, mask)
+        lr = policy.inner_lr.to(phi.dtype)
+        for _ in range(policy.config.inner_updates):
+            phi = phi - lr * grad(phi, inputs, action, advantage, mask)
+        return phi
 
     return step
 

@@ -182,11 +182,12 @@ def _post_loss(policy, theta, inner_batches, post, *, create_graph, lr=None):
     return policy.surrogate_loss(phi, *post)
 
 
-@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("steps, updates", [(1, 1), (3, 1), (1, 3), (2, 2)])
 @pytest.mark.parametrize("cavia", [False, True])
-def test_second_order_meta_gradient_matches_finite_differences(steps, cavia):
+def test_second_order_meta_gradient_matches_finite_differences(steps, updates, cavia):
     rng = np.random.default_rng(steps)
-    policy = _policy(context_dim=2 if cavia else 0, inner_lr=0.5)
+    # several updates on one random batch with a long step diverge; a shorter one keeps them finite
+    policy = _policy(context_dim=2 if cavia else 0, inner_lr=0.5 if updates == 1 else 0.1, inner_updates=updates)
     inner = [_random_batch(rng) for _ in range(steps)]
     post = _random_batch(rng)
     params = policy.meta_parameters()[0]  # the weights
@@ -242,9 +243,10 @@ def test_meta_sgd_learns_per_parameter_inner_step_sizes():
     assert abs(float(lr_grad[i]) - numeric) < 1e-6 * max(1.0, abs(numeric)), (float(lr_grad[i]), numeric)
 
 
-def test_inner_step_lowers_the_inner_loss_and_matches_the_exported_step_function():
+@pytest.mark.parametrize("updates", [1, 3])
+def test_inner_step_lowers_the_inner_loss_and_matches_the_exported_step_function(updates):
     rng = np.random.default_rng(1)
-    policy = _policy(inner_lr=0.01)
+    policy = _policy(inner_lr=0.01, inner_updates=updates)
     batch = _random_batch(rng)
     phi0 = policy.initial_adapted().detach()
     phi1 = policy.inner_step(phi0, *batch, create_graph=False)
@@ -253,6 +255,19 @@ def test_inner_step_lowers_the_inner_loss_and_matches_the_exported_step_function
     prev = torch.zeros_like(action)  # a policy without a skill reads no previous command
     torch.testing.assert_close(adaptation_step(policy)(phi0, obs, prev, action, advantage, mask), phi1.detach())
     torch.testing.assert_close(adaptation_step(policy)(phi0, obs, prev + 3.0, action, advantage, mask), phi1.detach())
+
+
+def test_one_step_of_several_updates_repeats_the_policy_gradient_update_on_the_same_episodes():
+    rng = np.random.default_rng(4)
+    batch = _random_batch(rng)
+    one, three = _policy(inner_lr=0.2), _policy(inner_lr=0.2, inner_updates=3)
+    phi = phi0 = one.initial_adapted().detach()
+    for _ in range(3):
+        phi = one.inner_step(phi, *batch, create_graph=False).detach()
+    torch.testing.assert_close(three.inner_step(phi0, *batch, create_graph=False).detach(), phi)
+    assert (phi - one.inner_step(phi0, *batch, create_graph=False)).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="inner_updates"):
+        GradientPolicyConfig(inner_updates=0)
 
 
 def test_cavia_adapts_only_a_context_that_starts_at_zero():

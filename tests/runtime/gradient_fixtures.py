@@ -3,7 +3,7 @@ export, verify and runtime tests.
 
 Four variants cover what the adapt graph can adapt: every weight (``maml``, on the grasp-like
 interface of conftest.py), every weight of a policy on the ``grasp_force`` motion skill, which reads the
-previous command (``maml_skill``, same interface), a context vector (``cavia``) and every weight with
+previous command (``maml_skill``, same interface), a context vector with two gradient updates per adaptation step (``cavia``) and every weight with
 learned per-parameter step sizes (``meta_sgd``), the last two on a 2-D navigation interface. Each bundle is exported once per
 test session.
 """
@@ -55,6 +55,7 @@ class Variant:
     guard: dict[str, Any] | None = None
     """The ``adaptation.guard`` section to declare (none when ``None``)."""
     skill: str = ""
+    inner_updates: int = 1
 
     @property
     def obs_dim(self) -> int:
@@ -85,7 +86,8 @@ VARIANTS = {
     "maml": Variant("maml_trpo", GRASP_INTERFACE, episodes_per_step=4, max_episode_steps=12),
     "maml_skill": Variant("maml_trpo", GRASP_INTERFACE, episodes_per_step=3, max_episode_steps=9, skill="grasp_force"),
     "cavia": Variant(
-        "cavia_trpo", NAV_INTERFACE, context_dim=3, inner_lr=0.5, episodes_per_step=3, max_episode_steps=10
+        "cavia_trpo", NAV_INTERFACE, context_dim=3, inner_lr=0.5, episodes_per_step=3, max_episode_steps=10,
+        inner_updates=2,
     ),
     "meta_sgd": Variant(
         "meta_sgd_trpo",
@@ -123,7 +125,7 @@ def make_gradient_policy(variant: str = "maml", seed: int = 0):
         layout.append((entry["name"], sum(size for _, _, size in layout), entry["size"]))
     config = GradientPolicyConfig(
         hidden_sizes=v.hidden_sizes, context_dim=v.context_dim, inner_lr=v.inner_lr, learn_inner_lr=v.learn_inner_lr,
-        skill=v.skill, skill_layout=tuple(layout) if v.skill else (),
+        skill=v.skill, skill_layout=tuple(layout) if v.skill else (), inner_updates=v.inner_updates,
     )
     policy = GradientPolicy(v.obs_dim, v.act_dim, v.action_scale, config)
     with torch.no_grad():
