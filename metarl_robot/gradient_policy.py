@@ -254,10 +254,10 @@ class GradientPolicy(nn.Module):
         gradient is treated as a constant (first-order), while ``phi`` and the step sizes still carry
         gradients.
         """
-        if not phi.requires_grad:
-            phi = phi.detach().requires_grad_(True)
         lr = self.inner_lr.to(phi.dtype)
         for _ in range(self.config.inner_updates):
+            if not phi.requires_grad:  # under no_grad, or a plain tensor: differentiate from here
+                phi = phi.detach().requires_grad_(True)
             with torch.enable_grad():
                 loss = self.surrogate_loss(phi, obs, action, advantage, mask, low_variance_curvature=low_variance_curvature)
                 (grad,) = torch.autograd.grad(loss, phi, create_graph=create_graph)

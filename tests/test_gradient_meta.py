@@ -57,6 +57,15 @@ def test_every_method_trains_for_a_tiny_budget_and_checkpoints(method, tmp_path)
 
 @pytest.mark.parametrize("outer", ["trpo", "ppo"])
 @pytest.mark.parametrize("first_order", [False, True])
+def test_maml_with_several_updates_per_step_trains_with_either_outer_optimiser(outer, first_order, tmp_path):
+    config = tiny(outer=outer, inner={"episodes_per_step": 3, "first_order": first_order},
+                  policy={"hidden_sizes": [8, 8], "inner_updates": 2})
+    policy, data = load_checkpoint(train(config, tmp_path, progress=False))
+    assert policy.config.inner_updates == 2 and np.isfinite(data["metrics"]["return/after_adaptation"])
+
+
+@pytest.mark.parametrize("outer", ["trpo", "ppo"])
+@pytest.mark.parametrize("first_order", [False, True])
 def test_maml_with_several_inner_steps_trains_with_either_outer_optimiser(outer, first_order, tmp_path):
     config = tiny(outer=outer, inner={"episodes_per_step": 3, "steps": 3, "first_order": first_order})
     policy, data = load_checkpoint(train(config, tmp_path, progress=False))
