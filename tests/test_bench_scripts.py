@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "models" / "maml_navigation" / "checkpoint.safetensors"
 
@@ -66,3 +68,16 @@ def test_step_batch_size_without_a_config_names_the_fix(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "bench/step_batch_size.py", "--checkpoint", str(CHECKPOINT)],
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert result.returncode == 2 and "pass --config" in result.stderr
+
+
+def test_nav_step_error_splits_the_final_error_along_and_across_the_goal(tmp_path: Path) -> None:
+    out = run_bench("bench/nav_step_error.py", "--checkpoint", str(CHECKPOINT), "--config",
+                    str(ROOT / "configs" / "maml_navigation.yaml"), "--goals", "3", "--out", str(tmp_path / "e.json"))
+    assert "| slope of reached against goal distance |" in out
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    assert len(rows) == 3
+    for r in rows:
+        goal, final = np.array(r["goal"]), np.array(r["final"])
+        # the split is a decomposition of the final position in the goal's frame
+        assert np.isclose(r["along"] ** 2 + r["across"] ** 2, float(final @ final))
+        assert np.isclose(r["error"], float(np.linalg.norm(final - goal)))
