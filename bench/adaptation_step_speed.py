@@ -25,7 +25,9 @@ and, once per block, each right after a controller collected the batch through `
 It reports the median and p90 in microseconds, onnxruntime's speed-up over each PyTorch column,
 ``adapt()`` over the graph (timed alike, and against the warm graph), and the largest difference
 from float64 PyTorch after ``CHAINED_STEPS`` chained steps (each onnxruntime output fed back as the
-next input). ``--opt-levels`` adds a table of onnxruntime graph optimisation levels.
+next input). ``--opt-levels`` adds a table of onnxruntime graph optimisation levels; ``--profile`` a
+table of where the adapt graph spends its time (onnxruntime's own profiler, kernel time per operator
+type, summed over the run; the profiler's overhead inflates every row alike).
 """
 
 from __future__ import annotations
@@ -84,7 +86,54 @@ def percentiles_us(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(samples, 50) * 1e6), float(np.percentile(samples, 90) * 1e6)
 
 
-def bench_bundle(name: str, bundle: Path, checkpoint: Path | None, iterations: int, opt_levels: bool) -> dict:
+def profile_graph(path: Path, batch: dict, iterations: int) -> dict[str, tuple[float, int]]:
+    """Kernel microseconds per call and node count per operator type (float64 nodes counted apart)."""
+    import collections
+    import json
+
+    import onnxruntime
+
+    from metarl_robot.runtime import default_session_options
+
+    options = default_session_options()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="adapt_profile.")) / "adapt")
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(iterations):
+        session.run(None, batch)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    micros: dict[str, float] = collections.defaultdict(float)
+    nodes: dict[str, set] = collections.defaultdict(set)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            shapes = json.dumps(event["args"].get("input_type_shape", []))
+            key = event["args"].get("op_name", "?") + (" (float64)" if '"double"' in shapes else "")
+            micros[key] += event["dur"] / iterations
+            nodes[key].add(event["name"])
+    return {key: (micros[key], len(nodes[key])) for key in sorted(micros, key=micros.get, reverse=True)}
+
+
+MOVEMENT = ("Reshape", "Pad", "Expand", "Slice", "Concat", "Split", "Transpose", "Unsqueeze", "Squeeze", "Cast", "Gather", "Identity")
+
+
+def profile_shares(profile: dict[str, tuple[float, int]]) -> dict[str, float]:
+    """The profiled kernel time in four groups: float32 matrix products, float64 nodes (the advantages
+    and the baseline's solve), data movement, and the rest (elementwise and reductions in float32)."""
+    total = sum(us for us, _ in profile.values()) or 1.0
+    groups = {"float32 matrix products": 0.0, "float64 (advantages, baseline)": 0.0, "data movement": 0.0, "other float32": 0.0}
+    for op, (us, _) in profile.items():
+        if op.endswith("(float64)"):
+            groups["float64 (advantages, baseline)"] += us
+        elif op in ("FusedMatMul", "Gemm", "MatMul"):
+            groups["float32 matrix products"] += us
+        elif op in MOVEMENT:
+            groups["data movement"] += us
+        else:
+            groups["other float32"] += us
+    return {group: us / total for group, us in groups.items()}
+
+
+def bench_bundle(name: str, bundle: Path, checkpoint: Path | None, iterations: int, opt_levels: bool, profile: bool = False) -> dict:
     import onnxruntime
     import torch
 
@@ -176,6 +225,8 @@ def bench_bundle(name: str, bundle: Path, checkpoint: Path | None, iterations: i
             ours = session.run(None, batch)[0]
             theirs = step(*given).numpy()
         result["same_step"] = float(np.max(np.abs(ours - theirs)))
+    if profile:
+        result["profile"] = profile_graph(spec.graph_path("adapt"), batch, iterations)
     if opt_levels:
         levels = {}
         for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"):
@@ -200,6 +251,7 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, help="time this gradient bundle (PyTorch columns need its checkpoint)")
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--opt-levels", action="store_true", help="also time each onnxruntime optimisation level")
+    parser.add_argument("--profile", action="store_true", help="also print the adapt graph's time per operator type")
     args = parser.parse_args()
 
     import onnxruntime
@@ -221,7 +273,7 @@ def main() -> None:
             checkpoint = make_checkpoint(root / f"{len(jobs)}.safetensors", **size)
             jobs.append((name, export_bundle(checkpoint, root / f"bundle{len(jobs)}"), checkpoint))
 
-    results = [bench_bundle(*job, args.iterations, args.opt_levels) for job in jobs]
+    results = [bench_bundle(*job, args.iterations, args.opt_levels, args.profile) for job in jobs]
 
     print(
         f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, onnxruntime "
@@ -253,6 +305,15 @@ def main() -> None:
     for r in results:
         if "parity" in r:
             print(f"| {r['name']} | {r['same_step']:.2g} | {r['parity']:.2g} |")
+    if args.profile:
+        for r in results:
+            total = sum(us for us, _ in r["profile"].values())
+            print(f"\n{r['name']}: the adapt graph's kernel time per call, {total:.0f} µs profiled in all\n")
+            print("| operator | nodes | µs per call | share |\n| --- | ---: | ---: | ---: |")
+            for op, (us, count) in list(r["profile"].items())[:12]:
+                print(f"| {op} | {count} | {us:.1f} | {us / total:.0%} |")
+            shares = profile_shares(r["profile"])
+            print("\n" + ", ".join(f"{group}: {share:.0%}" for group, share in shares.items()))
     if args.opt_levels:
         print()
         print("| size | graph optimisation level | median µs | p90 µs |")
