@@ -146,7 +146,8 @@ class TrainConfig:
     ``policy.init_log_std``: the exploration the first adaptation window samples with is then fixed, while
     the inner step may still change it on a task. The outer objective scores the exploration noise only
     as a cost in the post-adaptation episodes, never as the information the inner step learns from, so
-    meta-training shrinks it (BENCHMARKS.md, 2D navigation)."""
+    meta-training shrinks it; on 2D navigation holding it was worth 1-2 of one-step return, inside one
+    seed's interval (BENCHMARKS.md, "What one step learns")."""
     update_obs_normalizer: bool = True
     """Update the observation statistics from each iteration's first batch. Set false to keep those a
     warm start measured: a cloned policy's behaviour drifts when its input scaling moves under it."""
