@@ -66,12 +66,6 @@ class GradientPolicyConfig:
     as the first update moves the mean by several standard deviations.)"""
     normalize_observations: bool = True
     """Keep running observation statistics and feed normalised observations to the network."""
-    fourier_features: int = 0
-    """> 0: also feed ``sin`` and ``cos`` of this many fixed random projections of the (normalised)
-    observation (frequencies drawn from a fixed seed, so nothing is stored), which makes the change one
-    gradient step makes to the policy more local in the observation."""
-    fourier_scale: float = 1.0
-    """Standard deviation of the Fourier frequencies (per normalised observation unit)."""
     skill: str = ""
     """A motion skill the policy sits on (:mod:`metarl_robot.skills`, e.g. ``grasp_force``); empty: the
     clipped action times the action scale is the command."""
@@ -92,8 +86,6 @@ class GradientPolicyConfig:
             raise ValueError(f"inner_lr must be positive, got {self.inner_lr}")
         if not 1 <= self.inner_updates <= 20:
             raise ValueError(f"inner_updates must be 1 to 20 gradient updates per window, got {self.inner_updates}")
-        if self.fourier_features < 0 or not self.fourier_scale > 0:
-            raise ValueError(f"fourier_features must be >= 0 and fourier_scale > 0, got {self.fourier_features}, {self.fourier_scale}")
         if self.skill and self.skill not in SKILLS:
             raise ValueError(f"skill {self.skill!r} is not known; use one of {sorted(SKILLS)} (or leave it empty)")
         object.__setattr__(self, "skill_layout", tuple(tuple(x) for x in self.skill_layout))
@@ -122,9 +114,6 @@ class GradientPolicy(nn.Module):
         # from the config, so not stored (checkpoints written before skills existed load unchanged).
         self.register_buffer("learned_mask", learned, persistent=False)
         extra = self.skill.feature_dim + self.act_dim if self.skill is not None else 0
-        frequencies = torch.randn(self.obs_dim, config.fourier_features, generator=torch.Generator().manual_seed(0))
-        self.register_buffer("fourier", frequencies * config.fourier_scale, persistent=False)
-        extra += 2 * config.fourier_features
         sizes = [self.obs_dim + extra + config.context_dim, *config.hidden_sizes, self.act_dim]
         self.layer_shapes: list[tuple[tuple[int, int], tuple[int]]] = [
             ((sizes[i + 1], sizes[i]), (sizes[i + 1],)) for i in range(len(sizes) - 1)
@@ -193,9 +182,6 @@ class GradientPolicy(nn.Module):
         observations, followed on a skill by the previous command (:meth:`policy_inputs`)."""
         raw = obs[..., : self.obs_dim] if self.skill is not None else obs
         x = self.obs_norm(raw) if self.config.normalize_observations else raw
-        if self.config.fourier_features:
-            z = x @ self.fourier.to(x.dtype)
-            x = torch.cat([x, torch.sin(z), torch.cos(z)], dim=-1)
         if self.skill is not None:
             prev = obs[..., self.obs_dim :]
             x = torch.cat([x, self.skill.features(raw), self.skill.prev_features(prev)], dim=-1)

@@ -35,7 +35,6 @@ class GaussianActor:
         self.layer_shapes = [tuple(w) for w, _ in policy.layer_shapes]
         self.act_dim = policy.act_dim
         self.relu = policy.config.activation == "relu"
-        self.fourier = policy.fourier.to(torch.float32).numpy().copy() if policy.config.fourier_features else None
         self.weights = policy.weights.detach().numpy().copy() if policy.adapts_context else None
         self.initial_params = policy.initial_adapted().detach().numpy().copy()
 
@@ -54,9 +53,6 @@ class GaussianActor:
         x = np.asarray(obs, np.float32)
         if self.normalize:
             x = np.clip((x - self.obs_mean) / self.obs_std, -self.obs_clip, self.obs_clip)
-        if self.fourier is not None:
-            z = x @ self.fourier
-            x = np.concatenate([x, np.sin(z), np.cos(z)], axis=-1)
         if self.weights is not None:
             context = np.broadcast_to(np.asarray(params, np.float32), (*x.shape[:-1], len(params)))
             x = np.concatenate([x, context], axis=-1)
