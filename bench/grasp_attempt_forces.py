@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from grasp_baselines import run_attempt  # noqa: E402
+from bench_common import run_attempt  # noqa: E402
 from metarl_robot.checkpoint import load_checkpoint  # noqa: E402
 from metarl_robot.envs import make_meta_env  # noqa: E402
 from metarl_robot.families.gradient_torch import GradientTorchController  # noqa: E402
@@ -65,7 +65,7 @@ def main() -> int:
         for i, task in enumerate(tasks):
             env.set_task(task)
             recorder = Recording(make())
-            _, info = run_attempt(recorder, env, scale, i)
+            _, _, info = run_attempt(recorder, env, scale, i)
             outcome = "lifted" if info["success"] else ("crushed" if info["crushed"] else "not lifted")
             rows.append((outcome, recorder.forces))
         share = {k: np.mean([r[0] == k for r in rows]) for k in ("lifted", "crushed", "not lifted")}

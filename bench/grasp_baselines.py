@@ -41,7 +41,9 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_common import run_attempt  # noqa: E402
 from metarl_robot.envs import make_meta_env  # noqa: E402
 from metarl_robot.evaluation import OracleController, combine, evaluate, torch_controller  # noqa: E402
 from metarl_robot.sampling import make_sampler  # noqa: E402
@@ -85,20 +87,6 @@ def choose_on_train(name: str, key: str, make, values, env, tasks, sampler, seed
     return best
 
 
-def run_attempt(controller, env, scale: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
-    """One attempt of ``controller`` (the runtime's Controller protocol, physical commands) in ``env``
-    (task already set), reset with ``seed``: ``(first observation, info of the last step)``."""
-    obs, _ = env.reset(seed=seed)
-    first, done, info = obs.copy(), False, {}
-    while not done:
-        command = controller.act(obs)
-        next_obs, reward, terminated, truncated, info = env.step(command / scale)
-        done = terminated or truncated
-        controller.observe(obs, command, reward, next_obs, done)
-        obs = next_obs
-    return first, info
-
-
 def ramp_diagnostic(env, tasks, start_n: float, seed: int) -> dict:
     """One ramp attempt per task, run here so the attempt's own record can be read: when the pads
     first pressed, how many raises fitted, and how attempts ended."""
@@ -109,7 +97,7 @@ def ramp_diagnostic(env, tasks, start_n: float, seed: int) -> dict:
     for task in tasks:
         controller = ForceRampController(env.interface, start_n=start_n)
         env.set_task(task)
-        _, info = run_attempt(controller, env, scale, int(rng.integers(2**31)))
+        _, _, info = run_attempt(controller, env, scale, int(rng.integers(2**31)))
         outcomes.append(controller.attempts[-1])
         successes.append(bool(info["success"]))
     contact = [o.contact_step for o in outcomes if o.contact_step >= 0]

@@ -41,7 +41,7 @@ from metarl_robot.families.gradient_torch import GradientTorchController  # noqa
 from sim.grasp_task import grasp_distribution, oracle_grip_force_n  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from grasp_baselines import run_attempt  # noqa: E402
+from bench_common import run_attempt  # noqa: E402
 
 
 class PerAttemptGripNoise(GradientTorchController):

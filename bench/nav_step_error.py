@@ -24,21 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def run_episode(env, controller, task, seed: int, learn: bool) -> np.ndarray:
-    """One episode; returns the final position. ``learn``: the controller stores it for adaptation."""
-    obs, _ = env.reset(seed=seed, options={"task": task})
-    scale = np.asarray(env.interface["action"]["scale"], np.float64)
-    done = False
-    while not done:
-        command = controller.act(obs)
-        next_obs, reward, terminated, truncated, _ = env.step(np.asarray(command, np.float64) / scale)
-        done = terminated or truncated
-        if learn:
-            controller.observe(obs, command, float(reward), next_obs, done)
-        obs = next_obs
-    return np.asarray(obs[:2], np.float64)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True)
@@ -48,38 +33,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    config_path = args.config or args.checkpoint.resolve().parent.parent / "config.yaml"
-    if not config_path.is_file():
-        parser.error(f"no training config at {config_path}; pass --config with the config the checkpoint was trained with")
-
-    import sim  # noqa: F401  (registers the envs)
-    from metarl_robot.algos.context_ppo.algo import build_task_distribution
-    from metarl_robot.algos.gradient import TrainConfig
-    from metarl_robot.checkpoint import load_checkpoint
-    from metarl_robot.config import load_config, to_dict
-    from metarl_robot.envs import make_meta_env
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_common import gradient_run, run_attempt
     from metarl_robot.families.gradient_torch import GradientTorchController
 
-    config = load_config(TrainConfig, config_path)
+    config, policy, data, env, tasks = gradient_run(parser, args.checkpoint, args.config, args.goals)
     if "navigation" not in config.env_id.lower():
         parser.error(f"{config.env_id} is not the 2D navigation env; this script reads the point's position")
-    policy, data = load_checkpoint(args.checkpoint)
-    env = make_meta_env(config.env_id, config.env_kwargs, unwrapped=True)
-    tasks = build_task_distribution(to_dict(config.tasks)).split("test")[: args.goals]
+    scale = np.asarray(env.interface["action"]["scale"], np.float64)
     window = int(data["adaptation"]["episodes_per_step"])
     rows = []
     for i, task in enumerate(tasks):
         goal = np.array([task.params["goal_x"], task.params["goal_y"]], np.float64)
         controller = GradientTorchController(policy, data["adaptation"], seed=args.seed * 1000 + i)
         controller.reset(seed=args.seed * 1000 + i)
+        env.set_task(task)
         episode = 0
         for _ in range(args.steps):
             for _ in range(window):
-                run_episode(env, controller, task, seed=args.seed * 100000 + i * 1000 + episode, learn=True)
+                run_attempt(controller, env, scale, seed=args.seed * 100000 + i * 1000 + episode)
                 episode += 1
             controller.adapt()
-        controller.explore = False
-        final = run_episode(env, controller, task, seed=args.seed * 100000 + i * 1000 + episode, learn=False)
+        controller.explore = False  # the mean action; the episode it stores is never adapted on
+        final = np.asarray(run_attempt(controller, env, scale, seed=args.seed * 100000 + i * 1000 + episode)[1][:2], np.float64)
         distance = float(np.linalg.norm(goal))
         direction = goal / max(distance, 1e-9)
         along = float(final @ direction)

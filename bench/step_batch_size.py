@@ -38,23 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if any(k < 1 for k in args.episodes):
         parser.error(f"--episodes must be positive window sizes, got {args.episodes}")
-    config_path = args.config or args.checkpoint.resolve().parent.parent / "config.yaml"
-    if not config_path.is_file():
-        parser.error(f"no training config at {config_path}; pass --config with the config the checkpoint was trained with")
-
-    import sim  # noqa: F401  (registers the envs)
-    from metarl_robot.algos.context_ppo.algo import build_task_distribution
-    from metarl_robot.algos.gradient import TrainConfig
-    from metarl_robot.checkpoint import load_checkpoint
-    from metarl_robot.config import load_config, to_dict
-    from metarl_robot.envs import make_meta_env
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_common import gradient_run
     from metarl_robot.evaluation import evaluate
     from metarl_robot.families.gradient_torch import GradientTorchController
 
-    config = load_config(TrainConfig, config_path)
-    policy, data = load_checkpoint(args.checkpoint)
-    env = make_meta_env(config.env_id, config.env_kwargs, unwrapped=True)
-    tasks = build_task_distribution(to_dict(config.tasks)).split("test")[: args.eval_tasks]
+    _, policy, data, env, tasks = gradient_run(parser, args.checkpoint, args.config, args.eval_tasks)
     own = int(data["adaptation"]["episodes_per_step"])
     print(f"{args.checkpoint}: {len(tasks)} held-out tasks, seed {args.seed}, one step from windows of "
           f"{args.episodes} episodes (trained with {own})\n")
