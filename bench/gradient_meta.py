@@ -19,6 +19,8 @@ bundle and evaluates it with the torch-free runtime, which is what the robot run
 
     python bench/gradient_meta.py navigation --seeds 0 1 2
     python bench/gradient_meta.py cheetah-vel --seeds 0 --iterations 40
+    python bench/gradient_meta.py cheetah-vel --meta-set method=cavia --meta-set policy.context_dim=4 \\
+        --meta-set policy.inner_lr=1.0 --out runs/bench_cheetah_vel_cavia
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-seed", type=int, default=0)
     parser.add_argument("--export", action="store_true", help="also export seed 0's meta-learner and evaluate the bundle")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for both configs")
+    parser.add_argument("--meta-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override for the meta-learner's config only (e.g. method=cavia policy.context_dim=4)")
     parser.add_argument("--out", default="", help="default: runs/bench_<bench>")
     args = parser.parse_args(argv)
 
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     wall: dict[str, list[float]] = {role: [] for role in roles}
     for seed in args.seeds:
         for role, config in roles.items():
-            path, seconds = train_run(config, out / f"{role}_seed{seed}", [*overrides, f"seed={seed}"])
+            extra = args.meta_set if role == "meta" else []
+            path, seconds = train_run(config, out / f"{role}_seed{seed}", [*overrides, *extra, f"seed={seed}"])
             checkpoints[role].append(path)
             wall[role].append(seconds)
             print(f"[{role} seed {seed}] {path} ({seconds:.0f} s this run)", flush=True)
