@@ -64,13 +64,6 @@ class GradientPolicyConfig:
     window's advantages. Meta-training differentiates through all of them; the adapt graph holds them
     all. (A likelihood-ratio surrogate for the later updates was tried first: its ratio overflows as soon
     as the first update moves the mean by several standard deviations.)"""
-    step_offset: str = ""
-    """A meta-learned shift each adaptation step adds after its gradient updates, so the policy that acts
-    after a step may differ from the one that explored by more than the step's gradient says: ``""``
-    none; ``"log_std"`` only the log std (explore with wide noise, act with narrow noise); ``"all"`` every
-    adapted entry (the initialisation is then an exploration policy and ``initialisation + shift`` the
-    base the window's gradient corrects). Zero at initialisation, so training starts from the plain
-    method."""
     normalize_observations: bool = True
     """Keep running observation statistics and feed normalised observations to the network."""
     skill: str = ""
@@ -93,11 +86,6 @@ class GradientPolicyConfig:
             raise ValueError(f"inner_lr must be positive, got {self.inner_lr}")
         if not 1 <= self.inner_updates <= 20:
             raise ValueError(f"inner_updates must be 1 to 20 gradient updates per window, got {self.inner_updates}")
-        if self.step_offset not in ("", "log_std", "all"):
-            raise ValueError(f"step_offset {self.step_offset!r} is not known; use '', 'log_std' or 'all'")
-        if self.step_offset == "log_std" and self.context_dim > 0:
-            raise ValueError("step_offset 'log_std' shifts adapted weights; a context policy (context_dim > 0) "
-                             "adapts no log std: use 'all' or ''")
         if self.skill and self.skill not in SKILLS:
             raise ValueError(f"skill {self.skill!r} is not known; use one of {sorted(SKILLS)} (or leave it empty)")
         object.__setattr__(self, "skill_layout", tuple(tuple(x) for x in self.skill_layout))
@@ -146,14 +134,6 @@ class GradientPolicy(nn.Module):
             self.inner_lr = nn.Parameter(lr)
         else:
             self.register_buffer("inner_lr", lr)
-        if config.step_offset:
-            self.step_offset = nn.Parameter(torch.zeros(self.num_adapted))
-            which = torch.ones(self.num_adapted)
-            if config.step_offset == "log_std":  # the log std is the last act_dim entries of the weights
-                which[: self.num_adapted - self.act_dim] = 0.0
-            self.register_buffer("step_offset_mask", which, persistent=False)
-        else:
-            self.step_offset = None
 
     # ------------------------------------------------------------------------------ layout
     @property
@@ -185,15 +165,8 @@ class GradientPolicy(nn.Module):
         return self.initial_context if self.adapts_context else self.weights
 
     def meta_parameters(self) -> list[nn.Parameter]:
-        """What the outer loop learns: the weights, plus the inner step sizes for Meta-SGD and the step
-        offset when ``config.step_offset`` is set."""
-        return [p for p in (self.weights, self.inner_lr, self.step_offset) if isinstance(p, nn.Parameter)]
-
-    def shifted(self, phi: torch.Tensor) -> torch.Tensor:
-        """``phi`` plus the learned step offset (``config.step_offset``), which ends every adaptation step."""
-        if self.step_offset is None:
-            return phi
-        return phi + (self.step_offset * self.step_offset_mask).to(phi.dtype)
+        """What the outer loop learns: the weights, plus the inner step sizes for Meta-SGD."""
+        return [p for p in (self.weights, self.inner_lr) if isinstance(p, nn.Parameter)]
 
     def _unflatten(self, flat: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
         layers, i = [], 0
@@ -289,7 +262,7 @@ class GradientPolicy(nn.Module):
                 loss = self.surrogate_loss(phi, obs, action, advantage, mask, low_variance_curvature=low_variance_curvature)
                 (grad,) = torch.autograd.grad(loss, phi, create_graph=create_graph)
             phi = phi - lr * grad
-        return self.shifted(phi)
+        return phi
 
 
 def adaptation_step(policy: GradientPolicy) -> Callable[..., torch.Tensor]:
@@ -312,7 +285,7 @@ def adaptation_step(policy: GradientPolicy) -> Callable[..., torch.Tensor]:
         lr = policy.inner_lr.to(phi.dtype)
         for _ in range(policy.config.inner_updates):
             phi = phi - lr * grad(phi, inputs, action, advantage, mask)
-        return policy.shifted(phi)
+        return phi
 
     return step
 

@@ -279,49 +279,6 @@ def test_one_step_of_several_updates_repeats_the_policy_gradient_update_on_the_s
         GradientPolicyConfig(inner_updates=0)
 
 
-@pytest.mark.parametrize("which", ["log_std", "all"])
-def test_a_step_offset_ends_every_step_and_its_meta_gradient_is_the_derivative(which):
-    rng = np.random.default_rng(5)
-    batch = _random_batch(rng)
-    plain, shifted = _policy(inner_lr=0.2), _policy(inner_lr=0.2, step_offset=which)
-    with torch.no_grad():
-        shifted.step_offset.copy_(torch.as_tensor(rng.normal(size=shifted.step_offset.shape)))
-    phi0 = plain.initial_adapted().detach()
-    change = shifted.inner_step(phi0, *batch, create_graph=False) - plain.inner_step(phi0, *batch, create_graph=False)
-    moved = (change.abs() > 0).nonzero().flatten().tolist()
-    assert moved == (list(range(phi0.numel() - 2, phi0.numel())) if which == "log_std" else list(range(phi0.numel())))
-    torch.testing.assert_close(change.detach()[moved], shifted.step_offset.detach()[moved])
-    obs, action, advantage, mask = batch
-    torch.testing.assert_close(adaptation_step(shifted)(phi0, obs, torch.zeros_like(action), action, advantage, mask),
-                               shifted.inner_step(phi0, *batch, create_graph=False).detach())
-    # the outer loop learns it: its gradient through two steps is the finite-difference derivative
-    inner, post = [batch, _random_batch(rng)], _random_batch(rng)
-    assert shifted.meta_parameters()[-1] is shifted.step_offset
-    (grad,) = torch.autograd.grad(_post_loss(shifted, shifted.initial_adapted(), inner, post, create_graph=True), shifted.step_offset)
-    i, eps, values = moved[0], 1e-6, []
-    for sign in (1, -1):
-        with torch.no_grad():
-            shifted.step_offset[i] += sign * eps
-        values.append(_post_loss(shifted, shifted.initial_adapted(), inner, post, create_graph=False).item())
-        with torch.no_grad():
-            shifted.step_offset[i] -= sign * eps
-    numeric = (values[0] - values[1]) / (2 * eps)
-    assert abs(numeric) > 1e-4 and abs(float(grad[i]) - numeric) < 1e-6 * max(1.0, abs(numeric))
-
-
-def test_step_offset_settings_that_cannot_work_are_refused_naming_the_key(tmp_path):
-    with pytest.raises(ValueError, match="step_offset"):
-        GradientPolicyConfig(step_offset="bias")
-    with pytest.raises(ValueError, match="context"):
-        GradientPolicyConfig(context_dim=2, step_offset="log_std")
-    with pytest.raises(ConfigError, match="step_offset"):
-        tiny(method="reptile", inner={"steps": 2}, policy={"hidden_sizes": [8, 8], "step_offset": "all"})
-    # and a policy with one trains, checkpoints and loads with the offset it learned
-    path = train(tiny(policy={"hidden_sizes": [8, 8], "step_offset": "log_std"}), tmp_path / "run", progress=False)
-    policy, _ = load_checkpoint(path)
-    assert policy.config.step_offset == "log_std" and policy.step_offset.abs().max() > 0
-
-
 def test_cavia_adapts_only_a_context_that_starts_at_zero():
     policy = _policy(context_dim=4)
     assert policy.num_adapted == 4 and torch.equal(policy.initial_adapted(), torch.zeros(4, dtype=torch.float64))

@@ -56,7 +56,6 @@ class Variant:
     """The ``adaptation.guard`` section to declare (none when ``None``)."""
     skill: str = ""
     inner_updates: int = 1
-    step_offset: str = ""
 
     @property
     def obs_dim(self) -> int:
@@ -98,7 +97,6 @@ VARIANTS = {
         max_episode_steps=8,
         steps=2,
         gae_lambda=0.95,
-        step_offset="all",
     ),
 }
 
@@ -115,7 +113,7 @@ _ALL_VARIANTS = {**VARIANTS, "cavia_overshoot": OVERSHOOT}
 
 def make_gradient_policy(variant: str = "maml", seed: int = 0):
     """A GradientPolicy with skewed normaliser statistics, perturbed weights (the mean reaches the action
-    clip), a non-uniform log std, and for Meta-SGD non-uniform step sizes and a step offset on every entry."""
+    clip), a non-uniform log std, and for Meta-SGD non-uniform step sizes."""
     import torch
 
     from metarl_robot.gradient_policy import GradientPolicy, GradientPolicyConfig
@@ -128,7 +126,6 @@ def make_gradient_policy(variant: str = "maml", seed: int = 0):
     config = GradientPolicyConfig(
         hidden_sizes=v.hidden_sizes, context_dim=v.context_dim, inner_lr=v.inner_lr, learn_inner_lr=v.learn_inner_lr,
         skill=v.skill, skill_layout=tuple(layout) if v.skill else (), inner_updates=v.inner_updates,
-        step_offset=v.step_offset,
     )
     policy = GradientPolicy(v.obs_dim, v.act_dim, v.action_scale, config)
     with torch.no_grad():
@@ -138,8 +135,6 @@ def make_gradient_policy(variant: str = "maml", seed: int = 0):
         policy.weights[-v.act_dim :] = torch.linspace(-0.7, 0.2, v.act_dim)
         if v.learn_inner_lr:
             policy.inner_lr.uniform_(0.02, 0.2)
-        if v.step_offset:
-            policy.step_offset.normal_(0.0, 0.05)
     return policy.eval()
 
 
@@ -152,7 +147,7 @@ def make_gradient_checkpoint(path: Path, variant: str = "maml", *, seed: int = 0
         "method": v.method,
         "interface": copy.deepcopy(v.interface),
         "adaptation": v.adaptation(),
-        "config": {"method": v.method.split("_trpo")[0], "policy": {"hidden_sizes": v.hidden_sizes, "skill": v.skill, "step_offset": v.step_offset}},
+        "config": {"method": v.method.split("_trpo")[0], "policy": {"hidden_sizes": v.hidden_sizes, "skill": v.skill}},
         "seed": seed,
         "iteration": 1,
         "metrics": {},

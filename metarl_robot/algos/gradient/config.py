@@ -177,9 +177,6 @@ class TrainConfig:
             raise ValueError("method 'meta_sgd' learns the inner step sizes: set policy.learn_inner_lr: true")
         if self.method != "meta_sgd" and self.policy.learn_inner_lr:
             raise ValueError("policy.learn_inner_lr is Meta-SGD's; use method 'meta_sgd' or set it to false")
-        if self.method in ("reptile", "multitask_ppo") and self.policy.step_offset:
-            raise ValueError(f"policy.step_offset is learned through the meta-gradient; method {self.method!r} has none: "
-                             "leave it empty")
         if self.method == "reptile" and self.inner.steps < 1:
             raise ValueError("method 'reptile' needs inner.steps >= 1 (its update moves towards the adapted parameters)")
 
