@@ -81,3 +81,28 @@ def test_nav_step_error_splits_the_final_error_along_and_across_the_goal(tmp_pat
         # the split is a decomposition of the final position in the goal's frame
         assert np.isclose(r["along"] ** 2 + r["across"] ** 2, float(final @ final))
         assert np.isclose(r["error"], float(np.linalg.norm(final - goal)))
+
+
+def test_nav_one_step_bound_reports_each_scheme_on_dynamics_checked_against_the_env(tmp_path: Path) -> None:
+    out = run_bench("bench/nav_one_step_bound.py", "--goals", "4", "--windows", "1", "--out", str(tmp_path / "b.json"))
+    report = json.loads((tmp_path / "b.json").read_text())
+    rows = report["rows"]
+    grid = np.array(report["grid"])
+    assert grid.shape == (len(report["sigmas"]), len(report["alphas"])) and np.isfinite(grid).all()
+    assert max(v for k, v in rows.items() if k.startswith("one gradient step")) == grid.max()
+    # reading one episode's rewards exactly locates the goal: as good as driving straight to it
+    assert np.isclose(rows["then drive to the goal solved from its rewards"], rows["scripted optimum (drives to the goal)"], atol=1e-6)
+    assert rows["standing still"] < rows["scripted optimum (drives to the goal)"]
+    assert "| sigma \\ alpha |" in out
+
+
+def test_nav_one_step_bound_dynamics_are_the_envs() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from nav_one_step_bound import check_against_env, drive_to
+
+    goals = np.array([[0.31, -0.22], [-0.4, 0.05], [0.0, 0.45]])
+    check_against_env(goals, np.random.default_rng(0))  # raises SystemExit on a mismatch
+    # a target at the goal: per-axis moves of 0.1 m, and the episode stops on reaching it
+    goal = np.array([0.3, 0.2])
+    expected = -(np.linalg.norm([0.1 - 0.3, 0.1 - 0.2]) + np.linalg.norm([0.2 - 0.3, 0.0]))
+    assert np.isclose(drive_to(goal[None], goal)[0], expected)
