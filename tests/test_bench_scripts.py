@@ -106,3 +106,15 @@ def test_nav_one_step_bound_dynamics_are_the_envs() -> None:
     goal = np.array([0.3, 0.2])
     expected = -(np.linalg.norm([0.1 - 0.3, 0.1 - 0.2]) + np.linalg.norm([0.2 - 0.3, 0.0]))
     assert np.isclose(drive_to(goal[None], goal)[0], expected)
+
+
+def test_method_comparison_prints_each_rows_gap_against_the_scripted_optimum(tmp_path: Path) -> None:
+    out = run_bench("bench/method_comparison.py", "--iterations", "1", "--eval-tasks", "2", "--methods", "MAML-TRPO",
+                    "--out", str(tmp_path))
+    report = json.loads((tmp_path / "results.json").read_text())["MAML-TRPO"]
+    before, after = (report["summary"][k]["return_mean"] for k in (0, 1))
+    optimum = report["scripted_optimum"]
+    assert f"scripted optimum on these goals: {optimum:.2f};" in out
+    assert optimum > before  # driving to the goal beats an untrained policy
+    assert np.isclose(report["gap_closed_after_1_step"], (after - before) / (optimum - before))
+    assert "1-step return of MAML-TRPO vs MAML-TRPO's: 100%" in out
