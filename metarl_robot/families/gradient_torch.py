@@ -221,8 +221,12 @@ def build_graphs(policy: GradientPolicy, adaptation: Mapping[str, Any], staging:
     settings = {**sizes, "advantages": advantage_config(adaptation["advantages"])}
     chained = chained_steps(adaptation)
     # A skill's command (a log-scale force times a ratio of the previous one) reaches about 1.5e-5 of the
-    # scale in float32 on some inputs: its policy graph computes in float64 from the start.
-    internal: dict[str, str] = {"policy": "float64"} if policy.skill is not None else {}
+    # scale in float32 on some inputs: its policy graph computes in float64 from the start. So does its
+    # adapt graph: a skill policy's grip is a force with a small std by design, its step divides by that
+    # variance, and float32's error has a long tail there (a tiny skill run measured 0.8e-6 to 3.8e-6 over
+    # twelve sets of 50 random batches, and 1.5e-5 on one batch outside them), so a float32 graph that
+    # passed this gate could fail `metarl-robot verify`'s own batches.
+    internal: dict[str, str] = {"policy": "float64", "adapt": "float64"} if policy.skill is not None else {}
     for graph in GRAPH_FILES:
         dtype = torch.float64 if internal.get(graph) == "float64" else torch.float32
         export_graph(policy, graph, staging / GRAPH_FILES[graph], opset, internal=dtype, **settings)
