@@ -25,6 +25,12 @@ def run_attempt(controller, env, scale: np.ndarray, seed: int) -> tuple[np.ndarr
     return first, obs, info
 
 
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` and ``--config``, the two arguments :func:`gradient_run` reads."""
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--config", type=Path, help="the training config (default: the run folder's config.yaml)")
+
+
 def gradient_run(parser: argparse.ArgumentParser, checkpoint: Path, config: Path | None, num_tasks: int) -> tuple[Any, ...]:
     """``(train config, policy, checkpoint data, env, the first num_tasks test tasks)`` of a gradient
     checkpoint; its training config is ``config`` or the run folder's ``config.yaml`` (a missing one

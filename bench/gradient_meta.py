@@ -109,10 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     roles = {"meta": bench.meta, "baseline": bench.baseline, **({"oracle": bench.oracle} if bench.oracle else {})}
     checkpoints: dict[str, list[Path]] = {role: [] for role in roles}
     wall: dict[str, list[float]] = {role: [] for role in roles}
+    from metarl_robot.config import ConfigError
+
     for seed in args.seeds:
         for role, config in roles.items():
             extra = args.meta_set if role == "meta" else []
-            path, seconds = train_run(config, out / f"{role}_seed{seed}", [*overrides, *extra, f"seed={seed}"])
+            try:
+                path, seconds = train_run(config, out / f"{role}_seed{seed}", [*overrides, *extra, f"seed={seed}"])
+            except ConfigError as err:  # an override naming no config key, or a bad value: one line
+                parser.error(f"{config}: {err}")
             checkpoints[role].append(path)
             wall[role].append(seconds)
             print(f"[{role} seed {seed}] {path} ({seconds:.0f} s this run)", flush=True)

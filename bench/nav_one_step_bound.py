@@ -145,10 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     import sim  # noqa: F401  (registers the envs)
     from metarl_robot.algos.common import build_task_distribution
     from metarl_robot.algos.gradient import TrainConfig
-    from metarl_robot.config import load_config, to_dict
+    from metarl_robot.config import ConfigError, load_config, to_dict
 
     start = time.perf_counter()
-    config = load_config(TrainConfig, args.config)
+    try:
+        config = load_config(TrainConfig, args.config)
+    except ConfigError as err:
+        parser.error(str(err))
     tasks = build_task_distribution(to_dict(config.tasks)).split("test")[: args.goals]
     if not tasks or "goal_x" not in tasks[0].params:
         parser.error(f"{args.config} has no navigation test goals; give a 2D navigation config")

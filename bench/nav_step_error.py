@@ -22,19 +22,19 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_common import add_checkpoint_arguments, gradient_run, run_attempt  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--config", type=Path, help="the training config (default: the run folder's config.yaml)")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--goals", type=int, default=40)
     parser.add_argument("--steps", type=int, default=1, help="adaptation steps before the mean-action episode")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT / "bench"))
-    from bench_common import gradient_run, run_attempt
     from metarl_robot.families.gradient_torch import GradientTorchController
 
     config, policy, data, env, tasks = gradient_run(parser, args.checkpoint, args.config, args.goals)

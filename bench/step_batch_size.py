@@ -25,12 +25,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_common import add_checkpoint_arguments, gradient_run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--config", type=Path, help="the training config (default: the run folder's config.yaml)")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--episodes", type=int, nargs="+", default=[20, 80, 320])
     parser.add_argument("--eval-tasks", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -38,8 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if any(k < 1 for k in args.episodes):
         parser.error(f"--episodes must be positive window sizes, got {args.episodes}")
-    sys.path.insert(0, str(ROOT / "bench"))
-    from bench_common import gradient_run
     from metarl_robot.evaluation import evaluate
     from metarl_robot.families.gradient_torch import GradientTorchController
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "models" / "maml_navigation" / "checkpoint.safetensors"
@@ -118,3 +119,15 @@ def test_method_comparison_prints_each_rows_gap_against_the_scripted_optimum(tmp
     assert optimum > before  # driving to the goal beats an untrained policy
     assert np.isclose(report["gap_closed_after_1_step"], (after - before) / (optimum - before))
     assert "1-step return of MAML-TRPO vs MAML-TRPO's: 100%" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench/nav_one_step_bound.py", "--config", "no_such.yaml"], "config file 'no_such.yaml' does not exist"),
+    (["bench/gradient_meta.py", "cheetah-vel", "--meta-set", "bogus=1", "--iterations", "1"], "unknown config key 'bogus'"),
+])
+def test_bench_scripts_refuse_a_bad_config_in_one_line(args, message, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if args[0].endswith("gradient_meta.py"):
+        args = [*args, "--out", str(tmp_path)]
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
