@@ -21,6 +21,9 @@ from metarl_robot.families.base import BuiltGraphs, Family, Require, Shape, satu
 from metarl_robot.runtime.advantages import AdvantageConfig
 
 ADAPTED = ("policy_parameters", "context")
+INNER_LOSSES = ("policy_gradient", "reward_model")
+"""What a gradient step descends (``adaptation.inner_loss``; docs/bundle.md): the policy-gradient loss
+of the window's advantages, or a reward model's error on its rewards."""
 """Values of ``adaptation.adapted``: every weight (MAML family) or a context (CAVIA)."""
 EXPLORATION = ("gaussian",)
 """Values of ``adaptation.exploration`` the runtime can sample."""
@@ -82,6 +85,10 @@ class GradientFamily(Family):
                 f"{where}: 'adaptation.inner_lr' must be a positive number (or null with inner_lr_learned true), "
                 f"got {inner_lr!r} with inner_lr_learned {learned!r}"
             )
+        inner_loss = adaptation.get("inner_loss", "policy_gradient")
+        if inner_loss not in INNER_LOSSES:
+            raise BundleError(f"{where}: 'adaptation.inner_loss' is {inner_loss!r}, expected one of {list(INNER_LOSSES)}; "
+                              "re-export the bundle with this version")
         steps = check.key(adaptation, "steps", int, "adaptation")
         if steps < 0:
             raise BundleError(f"{where}: 'adaptation.steps' must be a non-negative integer, got {steps}")
