@@ -189,6 +189,7 @@ def test_a_reward_model_context_step_learns_its_model_and_step_sizes_beside_the_
     for name in ("weights", "model_weights", "inner_lr"):
         assert not torch.equal(getattr(policy, name), getattr(before, name)), f"{name} did not move"
     assert data["metrics"]["loss/reward_model_after"] < data["metrics"]["loss/reward_model_before"]
+    assert data["metrics"]["loss/reward_model_reverted"] == 0.0
     assert data["model_optimizer"]["state"], "the model's optimizer state is not in the checkpoint"
 
 
@@ -200,6 +201,16 @@ def test_during_the_reward_models_warm_up_only_the_model_learns(tmp_path):
     assert torch.equal(policy.weights, before.weights), "the policy moved during the model's warm-up"
     assert not torch.equal(policy.model_weights, before.model_weights)
     assert "loss/surrogate_before" not in data["metrics"] and "loss/reward_model_after" in data["metrics"]
+
+
+def test_a_model_update_that_leaves_the_model_worse_is_undone(tmp_path):
+    # Adam steps of 50 per entry wreck any model: the update must be undone, not handed to the policy.
+    config = tiny(method="cavia", iterations=1, policy=REWARD_MODEL, reward_model={"lr": 50.0, "epochs": 3})
+    torch.manual_seed(config.seed)
+    before = GradientPolicy(2, 2, [0.1, 0.1], config.policy)
+    policy, data = load_checkpoint(train(config, tmp_path, progress=False))
+    assert data["metrics"]["loss/reward_model_reverted"] == 1.0
+    assert torch.equal(policy.model_weights, before.model_weights) and torch.equal(policy.inner_lr, before.inner_lr)
 
 
 def _reward_model_batch(rng, n=3, t=8):

@@ -359,6 +359,7 @@ class GradientMetaRL:
 
         before = after = float("nan")
         params = self.policy.model_parameters()
+        saved = [p.detach().clone() for p in params]
         for epoch in range(cfg.epochs):
             value = loss()
             self.model_optimizer.zero_grad()
@@ -367,9 +368,17 @@ class GradientMetaRL:
             self.model_optimizer.step()
             if epoch == 0:
                 before = value.item()
-        with torch.no_grad():
-            after = loss().item() if cfg.epochs else before
-        return {"loss/reward_model_before": before, "loss/reward_model_after": after}
+        after = loss().item() if cfg.epochs else before
+        # An update that leaves the model worse on the very batches it trained on has diverged (a step
+        # size grown past what the inner step tolerates); it is undone, or the contexts the policy acts
+        # on would jump (a run without this check saw its adapted return fall from -17 to -505 in one
+        # iteration and never recover).
+        reverted = not after <= before
+        if reverted:
+            _assign(params, torch.cat([p.reshape(-1) for p in saved]))
+            self.model_optimizer.state.clear()  # and the moments of the steps that diverged
+        return {"loss/reward_model_before": before, "loss/reward_model_after": before if reverted else after,
+                "loss/reward_model_reverted": float(reverted)}
 
     def trpo_update(self, inner: list[Rollouts], post: Rollouts) -> dict[str, float]:
         cfg = self.config.trpo
