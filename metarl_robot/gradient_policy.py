@@ -38,8 +38,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from metarl_robot.families.gradient import INNER_LOSSES
 from metarl_robot.policies import RunningNormalizer, action_scale_tensor
+from metarl_robot.runtime.advantages import INNER_LOSSES
 from metarl_robot.skills import SKILLS, make_skill
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)

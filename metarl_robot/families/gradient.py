@@ -18,12 +18,10 @@ from typing import Any
 import numpy as np
 
 from metarl_robot.families.base import BuiltGraphs, Family, Require, Shape, saturating_noise
-from metarl_robot.runtime.advantages import AdvantageConfig
+from metarl_robot.runtime.advantages import INNER_LOSSES, AdvantageConfig
 
 ADAPTED = ("policy_parameters", "context")
-INNER_LOSSES = ("policy_gradient", "reward_model")
-"""What a gradient step descends (``adaptation.inner_loss``; docs/bundle.md): the policy-gradient loss
-of the window's advantages, or a reward model's error on its rewards."""
+
 """Values of ``adaptation.adapted``: every weight (MAML family) or a context (CAVIA)."""
 EXPLORATION = ("gaussian",)
 """Values of ``adaptation.exploration`` the runtime can sample."""
