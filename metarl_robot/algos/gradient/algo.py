@@ -90,7 +90,6 @@ def to_rollouts(policy: GradientPolicy, episodes: list[Episode], phis: torch.Ten
     if broken.any():
         mask[broken] = 0.0
         obs = np.where(broken[..., None, None], 0.0, obs).astype(np.float32)
-        rewards = np.where(broken[..., None], 0.0, rewards).astype(np.float32)
     advantages = np.stack([compute_advantages(obs[m], rewards[m], mask[m], config.advantages) for m in range(num_tasks)])
     if policy.skill is not None:
         # The env ran the skill's command; the policy's decision is the Gaussian sample, and its input
@@ -132,9 +131,6 @@ class GradientMetaRL:
             lr = config.promp.lr if config.method == "promp" else config.ppo.lr
             self.optimizer = torch.optim.Adam(self.policy.meta_parameters(), lr=lr, eps=1e-5)
         self.kl_coef = config.promp.init_kl_coef
-        self.model_optimizer = (
-            torch.optim.Adam(self.policy.model_parameters(), lr=config.reward_model.lr) if self.policy.reads_rewards else None
-        )
         # Which entries of the flattened meta-parameters the outer update may change: all but the log
         # std (the last act_dim entries of the weights) when meta_learn_log_std is false.
         keep = torch.ones(sum(p.numel() for p in self.policy.meta_parameters()))
@@ -193,7 +189,6 @@ class GradientMetaRL:
             iteration=self.iteration,
             metrics=self.metrics,
             optimizer=self.optimizer.state_dict() if self.optimizer else None,
-            model_optimizer=self.model_optimizer.state_dict() if self.model_optimizer else None,
             kl_coef=self.kl_coef,
             rng={"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
         )
@@ -203,8 +198,6 @@ class GradientMetaRL:
         if data is None:
             return False
         self.kl_coef = float(data.get("kl_coef", self.kl_coef))
-        if self.model_optimizer is not None and data.get("model_optimizer"):
-            self.model_optimizer.load_state_dict(data["model_optimizer"])
         return True
 
     # ------------------------------------------------------------------------------ sampling
@@ -226,10 +219,9 @@ class GradientMetaRL:
         lvc = self.config.method == "promp"
         phis = [phi0]
         for batch in inner:
-            signal = batch.rewards if self.policy.reads_rewards else batch.advantages
             phis.append(
                 self.policy.inner_step(
-                    phis[-1], batch.obs[task], batch.actions[task], signal[task], batch.mask[task],
+                    phis[-1], batch.obs[task], batch.actions[task], batch.advantages[task], batch.mask[task],
                     create_graph=create_graph, low_variance_curvature=lvc,
                 )
             )
@@ -327,58 +319,9 @@ class GradientMetaRL:
         cfg = self.config
         if cfg.method == "reptile":
             return self.reptile_update(inner, post)
-        out: dict[str, float] = {}
-        if not (self.policy.reads_rewards and self.iteration < cfg.reward_model.warmup_iterations):
-            out = self.trpo_update(inner, post) if self.optimizer is None else self.clipped_update(inner, post)
-        if self.policy.reads_rewards:  # after the policy's update, which saw the contexts the data were collected with
-            out.update(self.model_update(inner, post))
-        return out
-
-    def model_update(self, inner: list[Rollouts], post: Rollouts) -> dict[str, float]:
-        """The reward model's and the inner step sizes' supervised meta-update (``inner_loss:
-        reward_model``): ``reward_model.epochs`` Adam steps on the squared error with which the model,
-        at the context adapted on each inner batch, predicts that batch's rewards, differentiated
-        through the inner steps; gradients clipped to norm ``reward_model.max_grad_norm``. Returns the
-        loss before and after.
-
-        Only the windows the robot adapts on are predicted, not the episodes the adapted policy then
-        collects: where those go depends on the policy the outer update is changing, and a model
-        trained on them fed back into the contexts the policy acts on (a run whose adapted policy
-        wandered off for a few tasks taught the model rewards 100 times the usual size, which moved
-        every task's context and sent every adapted policy away)."""
-        cfg = self.config.reward_model
-
-        def loss() -> torch.Tensor:
-            phi0 = self.policy.initial_adapted()
-            terms = []
-            for m in range(post.obs.shape[0]):
-                phis = self.adapt(phi0, inner, m, create_graph=True)
-                for k, batch in enumerate(inner):  # the inner batch k, predicted after adapting on it
-                    terms.append(self.policy.model_loss(phis[k + 1], batch.obs[m], batch.actions[m], batch.rewards[m], batch.mask[m]))
-            return torch.stack(terms).mean()
-
-        before = after = float("nan")
-        params = self.policy.model_parameters()
-        saved = [p.detach().clone() for p in params]
-        for epoch in range(cfg.epochs):
-            value = loss()
-            self.model_optimizer.zero_grad()
-            value.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            self.model_optimizer.step()
-            if epoch == 0:
-                before = value.item()
-        after = loss().item() if cfg.epochs else before
-        # An update that leaves the model worse on the very batches it trained on has diverged (a step
-        # size grown past what the inner step tolerates); it is undone, or the contexts the policy acts
-        # on would jump (a run without this check saw its adapted return fall from -17 to -505 in one
-        # iteration and never recover).
-        reverted = not after <= before
-        if reverted:
-            _assign(params, torch.cat([p.reshape(-1) for p in saved]))
-            self.model_optimizer.state.clear()  # and the moments of the steps that diverged
-        return {"loss/reward_model_before": before, "loss/reward_model_after": before if reverted else after,
-                "loss/reward_model_reverted": float(reverted)}
+        if self.optimizer is None:
+            return self.trpo_update(inner, post)
+        return self.clipped_update(inner, post)
 
     def trpo_update(self, inner: list[Rollouts], post: Rollouts) -> dict[str, float]:
         cfg = self.config.trpo

@@ -116,28 +116,6 @@ class ReptileConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class RewardModelConfig:
-    """The supervised meta-update of a reward-model context step (``policy.inner_loss: reward_model``)."""
-
-    lr: float = 1e-3
-    """Adam learning rate of the reward model and the inner step sizes."""
-    epochs: int = 20
-    """Adam steps per meta-iteration, each over the whole iteration's batches."""
-    max_grad_norm: float = 1.0
-    """The model update's gradient is clipped to this norm."""
-    warmup_iterations: int = 0
-    """Meta-iterations at the start of a run in which only the model learns and the policy is left as
-    initialised: the policy can only learn to act on a context once the context means something, and
-    what it learns is lost if the model then moves the contexts under it."""
-
-    def __post_init__(self) -> None:
-        if (not (self.lr > 0 and math.isfinite(self.lr)) or self.epochs < 0 or self.warmup_iterations < 0
-                or not self.max_grad_norm > 0):
-            raise ValueError(f"reward_model needs lr > 0, epochs >= 0, warmup_iterations >= 0 and max_grad_norm > 0, "
-                             f"got {self.lr}, {self.epochs}, {self.warmup_iterations}, {self.max_grad_norm}")
-
-
-@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     method: Method = "maml"
     """maml, promp, reptile, cavia, meta_sgd, or multitask_ppo (the non-adaptive baseline)."""
@@ -179,8 +157,6 @@ class TrainConfig:
     ppo: PPOConfig = PPOConfig()
     promp: ProMPConfig = ProMPConfig()
     reptile: ReptileConfig = ReptileConfig()
-    reward_model: RewardModelConfig = RewardModelConfig()
-    """How a reward-model context step's model is learned (read only with ``policy.inner_loss: reward_model``)."""
     reward_source: dict[str, Any] = dataclasses.field(default_factory=lambda: {"type": "topic", "topic": "reward"})
     """Where the deployed policy gets the rewards its adaptation step needs (written into the bundle)."""
     warm_start: GradientWarmStartConfig = GradientWarmStartConfig()
@@ -201,10 +177,6 @@ class TrainConfig:
             raise ValueError("method 'meta_sgd' learns the inner step sizes: set policy.learn_inner_lr: true")
         if self.method != "meta_sgd" and self.policy.learn_inner_lr:
             raise ValueError("policy.learn_inner_lr is Meta-SGD's; use method 'meta_sgd' or set it to false")
-        if self.policy.inner_loss == "reward_model" and self.method != "cavia":
-            raise ValueError("policy.inner_loss 'reward_model' adapts a context by fitting rewards: use method 'cavia'")
-        if self.policy.inner_loss == "reward_model" and self.inner.steps < 1:
-            raise ValueError("policy.inner_loss 'reward_model' learns its model on the inner windows: set inner.steps >= 1")
         if self.method == "reptile" and self.inner.steps < 1:
             raise ValueError("method 'reptile' needs inner.steps >= 1 (its update moves towards the adapted parameters)")
 
