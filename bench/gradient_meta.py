@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     import sim  # noqa: F401  (registers the envs)
     from metarl_robot.algos.context_ppo.algo import build_task_distribution
     from metarl_robot.checkpoint import load_checkpoint
+    from metarl_robot.config import ConfigError
     from metarl_robot.envs import make_meta_env
     from metarl_robot.evaluation import OracleController, combine, evaluate, write_comparison
     from metarl_robot.families.gradient_torch import GradientTorchController
@@ -109,8 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     roles = {"meta": bench.meta, "baseline": bench.baseline, **({"oracle": bench.oracle} if bench.oracle else {})}
     checkpoints: dict[str, list[Path]] = {role: [] for role in roles}
     wall: dict[str, list[float]] = {role: [] for role in roles}
-    from metarl_robot.config import ConfigError
-
     for seed in args.seeds:
         for role, config in roles.items():
             extra = args.meta_set if role == "meta" else []
