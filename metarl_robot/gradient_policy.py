@@ -11,7 +11,9 @@ own graph (:func:`adaptation_step`). What ``phi`` holds depends on the method:
 
 * all network weights and the log standard deviation (MAML, ProMP, Reptile, Meta-SGD), or
 * a context vector fed to the network next to the observation, with the weights fixed (CAVIA,
-  ``context_dim > 0``).
+  ``context_dim > 0``); with ``inner_loss: reward_model`` the step moves the context to fit a
+  reward model, kept beside the policy, to the window's rewards, instead of descending the
+  policy-gradient loss.
 
 The observation normaliser and the action scaling live in the module (frozen into exported graphs),
 and actions are Gaussian in normalised units: the command the robot receives is
@@ -37,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from metarl_robot.policies import RunningNormalizer, action_scale_tensor
+from metarl_robot.runtime.advantages import INNER_LOSSES
 from metarl_robot.skills import SKILLS, make_skill
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -74,6 +77,16 @@ class GradientPolicyConfig:
     from the env's robot contract by the training algorithm)."""
     skill_options: dict = dataclasses.field(default_factory=dict)
     """Keyword arguments of the skill (e.g. ``min_force_n``)."""
+    inner_loss: str = "policy_gradient"
+    """What the inner step descends. ``policy_gradient``: the policy-gradient loss of the window's
+    advantages (every method). ``reward_model`` (context policies only): the squared error with which a
+    reward model ``r(obs, action, context)``, meta-learned beside the policy, predicts the window's
+    rewards, so the context is moved to whatever explains the rewards the robot saw (model
+    identification, as in MIER, Mendonca et al., 2020). Such a step reads each reward as a value, where
+    a policy-gradient step reads it only through its correlation with exploration noise; the inner step
+    sizes are then learned with the model (one per context entry)."""
+    model_hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of the reward model (``inner_loss: reward_model``)."""
 
     def __post_init__(self) -> None:
         if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
@@ -89,6 +102,17 @@ class GradientPolicyConfig:
         if self.skill and self.skill not in SKILLS:
             raise ValueError(f"skill {self.skill!r} is not known; use one of {sorted(SKILLS)} (or leave it empty)")
         object.__setattr__(self, "skill_layout", tuple(tuple(x) for x in self.skill_layout))
+        object.__setattr__(self, "model_hidden_sizes", tuple(self.model_hidden_sizes))
+        if self.inner_loss not in INNER_LOSSES:
+            raise ValueError(f"inner_loss {self.inner_loss!r} is not known; use one of {list(INNER_LOSSES)}")
+        if self.inner_loss == "reward_model":
+            if self.context_dim < 1:
+                raise ValueError("inner_loss 'reward_model' adapts a context: set context_dim > 0 (method 'cavia')")
+            if self.learn_inner_lr:
+                raise ValueError("inner_loss 'reward_model' always learns its step sizes with the model; "
+                                 "leave learn_inner_lr false")
+            if not self.model_hidden_sizes or any(h < 1 for h in self.model_hidden_sizes):
+                raise ValueError(f"model_hidden_sizes must be positive widths, got {self.model_hidden_sizes}")
 
 
 class GradientPolicy(nn.Module):
@@ -130,10 +154,19 @@ class GradientPolicy(nn.Module):
         self.weights = nn.Parameter(torch.cat(chunks))
         self.register_buffer("initial_context", torch.zeros(config.context_dim))
         lr = torch.full((self.num_adapted,), float(config.inner_lr))
-        if config.learn_inner_lr:
+        if config.learn_inner_lr or self.reads_rewards:
             self.inner_lr = nn.Parameter(lr)
         else:
             self.register_buffer("inner_lr", lr)
+        if self.reads_rewards:
+            sizes = [self.obs_dim + self.act_dim + config.context_dim, *config.model_hidden_sizes, 1]
+            self.model_shapes = [((sizes[i + 1], sizes[i]), (sizes[i + 1],)) for i in range(len(sizes) - 1)]
+            chunks = []
+            for w_shape, b_shape in self.model_shapes:
+                weight = torch.empty(w_shape)
+                nn.init.orthogonal_(weight, 1.0)
+                chunks += [weight.reshape(-1), torch.zeros(b_shape)]
+            self.model_weights = nn.Parameter(torch.cat(chunks))
 
     # ------------------------------------------------------------------------------ layout
     @property
@@ -164,16 +197,26 @@ class GradientPolicy(nn.Module):
         """Where adaptation starts on a new task (carries gradients to the meta-parameters)."""
         return self.initial_context if self.adapts_context else self.weights
 
+    @property
+    def reads_rewards(self) -> bool:
+        """True when the inner step fits a reward model to the window's rewards (``inner_loss:
+        reward_model``): its per-step signal is the reward itself, not an advantage."""
+        return self.config.inner_loss == "reward_model"
+
     def meta_parameters(self) -> list[nn.Parameter]:
-        """What the outer loop learns: the weights, plus the inner step sizes for Meta-SGD."""
+        """What the outer (reinforcement) loop learns: the weights, plus the inner step sizes for
+        Meta-SGD. A reward-model policy's model and step sizes are learned apart, by
+        :meth:`model_parameters`' supervised loss: they decide the context, not the actions."""
+        if self.reads_rewards:
+            return [self.weights]
         return [p for p in (self.weights, self.inner_lr) if isinstance(p, nn.Parameter)]
 
+    def model_parameters(self) -> list[nn.Parameter]:
+        """The reward model's weights and the inner step sizes (``inner_loss: reward_model``; else none)."""
+        return [self.model_weights, self.inner_lr] if self.reads_rewards else []
+
     def _unflatten(self, flat: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-        layers, i = [], 0
-        for w_shape, b_shape in self.layer_shapes:
-            nw, nb = w_shape[0] * w_shape[1], b_shape[0]
-            layers.append((flat[i : i + nw].reshape(w_shape), flat[i + nw : i + nw + nb]))
-            i += nw + nb
+        layers, i = _layers(flat, self.layer_shapes)
         return layers, flat[i : i + self.act_dim]
 
     # ------------------------------------------------------------------------------ the policy at phi
@@ -191,12 +234,22 @@ class GradientPolicy(nn.Module):
         else:
             weights = phi
         layers, log_std = self._unflatten(weights.to(x.dtype))
-        act = torch.tanh if self.config.activation == "tanh" else torch.relu
-        for i, (w, b) in enumerate(layers):
-            x = F.linear(x, w, b)
-            if i < len(layers) - 1:
-                x = act(x)
+        x = _forward(layers, x, torch.tanh if self.config.activation == "tanh" else torch.relu)
         return x, log_std.expand_as(x)
+
+    def predicted_reward(self, phi: torch.Tensor, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The reward model's prediction ``[...]`` for policy inputs ``obs``, normalised ``action``
+        (clipped here, as the robot executes it) and context ``phi`` (``inner_loss: reward_model``)."""
+        raw = obs[..., : self.obs_dim]
+        x = self.obs_norm(raw) if self.config.normalize_observations else raw
+        x = torch.cat([x, torch.clamp(action.to(x.dtype), -1.0, 1.0), phi.to(x.dtype).expand(*x.shape[:-1], -1)], dim=-1)
+        layers, _ = _layers(self.model_weights.to(x.dtype), self.model_shapes)
+        return _forward(layers, x, torch.tanh)[..., 0]
+
+    def model_loss(self, phi, obs, action, reward, mask) -> torch.Tensor:
+        """Mean over valid steps of the squared error of :meth:`predicted_reward` against ``reward``."""
+        error = self.predicted_reward(phi, obs, action) - reward.to(phi.dtype)
+        return masked_mean(error * error, mask)
 
     def decision_weights(self, obs: torch.Tensor) -> torch.Tensor | None:
         """``[..., act_dim]`` for policy inputs ``obs``: 1 where an action dimension is a decision the
@@ -244,11 +297,19 @@ class GradientPolicy(nn.Module):
         weight = advantage.to(logp.dtype) * mask.to(logp.dtype)
         return -(logp * weight).sum() / torch.clamp(mask.to(logp.dtype).sum(), min=1.0)
 
+    def inner_loss(self, phi, obs, action, signal, mask, *, low_variance_curvature: bool = False) -> torch.Tensor:
+        """What one inner update descends: :meth:`model_loss` of the rewards ``signal`` for a
+        reward-model policy, else :meth:`surrogate_loss` of the advantages ``signal``."""
+        if self.reads_rewards:
+            return self.model_loss(phi, obs, action, signal, mask)
+        return self.surrogate_loss(phi, obs, action, signal, mask, low_variance_curvature=low_variance_curvature)
+
     def inner_step(
         self, phi, obs, action, advantage, mask, *, create_graph: bool, low_variance_curvature: bool = False
     ) -> torch.Tensor:
         """One inner step from ``phi`` on a batch ``[N, T, *]`` (``mask`` marks valid steps):
-        ``inner_updates`` gradient updates on the batch's policy-gradient loss.
+        ``inner_updates`` gradient updates on the batch's :meth:`inner_loss` (``advantage`` holds the
+        rewards for a reward-model policy: :attr:`reads_rewards`).
 
         ``create_graph=True`` keeps the step differentiable (second-order meta-gradients); otherwise the
         gradient is treated as a constant (first-order), while ``phi`` and the step sizes still carry
@@ -259,7 +320,7 @@ class GradientPolicy(nn.Module):
             if not phi.requires_grad:  # under no_grad, or a plain tensor: differentiate from here
                 phi = phi.detach().requires_grad_(True)
             with torch.enable_grad():
-                loss = self.surrogate_loss(phi, obs, action, advantage, mask, low_variance_curvature=low_variance_curvature)
+                loss = self.inner_loss(phi, obs, action, advantage, mask, low_variance_curvature=low_variance_curvature)
                 (grad,) = torch.autograd.grad(loss, phi, create_graph=create_graph)
             phi = phi - lr * grad
         return phi
@@ -271,12 +332,12 @@ def adaptation_step(policy: GradientPolicy) -> Callable[..., torch.Tensor]:
 
     ``obs [N, T, obs_dim]`` raw observations, ``prev_command [N, T, act_dim]`` the command sent the step
     before each (zeros at an episode's first step; read only by a policy on a skill), ``action [N, T,
-    act_dim]`` the normalised actions the policy drew (before clipping), ``advantage [N, T]``, ``mask
-    [N, T]`` (1 = valid step).
+    act_dim]`` the normalised actions the policy drew (before clipping), ``advantage [N, T]`` (the
+    rewards for a reward-model policy), ``mask [N, T]`` (1 = valid step).
     """
 
     def loss(phi, inputs, action, advantage, mask):
-        return policy.surrogate_loss(phi, inputs, action, advantage, mask)
+        return policy.inner_loss(phi, inputs, action, advantage, mask)
 
     grad = torch.func.grad(loss)
 
@@ -288,6 +349,25 @@ def adaptation_step(policy: GradientPolicy) -> Callable[..., torch.Tensor]:
         return phi
 
     return step
+
+
+def _layers(flat: torch.Tensor, shapes) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
+    """``(weight, bias)`` per layer of ``shapes`` read from the front of ``flat``, and how many entries they took."""
+    layers, i = [], 0
+    for w_shape, b_shape in shapes:
+        nw, nb = w_shape[0] * w_shape[1], b_shape[0]
+        layers.append((flat[i : i + nw].reshape(w_shape), flat[i + nw : i + nw + nb]))
+        i += nw + nb
+    return layers, i
+
+
+def _forward(layers, x: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """An MLP: ``act`` after every layer but the last."""
+    for i, (w, b) in enumerate(layers):
+        x = F.linear(x, w, b)
+        if i < len(layers) - 1:
+            x = act(x)
+    return x
 
 
 def gaussian_log_prob(

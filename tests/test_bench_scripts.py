@@ -109,6 +109,21 @@ def test_nav_one_step_bound_dynamics_are_the_envs() -> None:
     assert np.isclose(drive_to(goal[None], goal)[0], expected)
 
 
+def test_nav_one_step_bound_scores_the_reward_model_step_on_the_envs_rewards() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from nav_one_step_bound import STEP_M, drive_to, random_walk_windows, reward_model_returns
+
+    goals = np.array([[0.31, -0.22], [-0.4, 0.05]])
+    obs, action, reward, _ = (x.numpy() for x in random_walk_windows(goals, np.random.default_rng(0), 3))
+    assert np.all(obs[:, :, 0] == 0.0)  # every episode starts at the origin
+    after = obs + np.clip(action, -1, 1) * STEP_M
+    np.testing.assert_allclose(obs[:, :, 1:], after[:, :, :-1], atol=1e-6)
+    np.testing.assert_allclose(reward, -np.linalg.norm(after - goals[:, None, None], axis=-1), atol=1e-5)
+    error, value = reward_model_returns(goals, np.random.default_rng(0), steps=2, episodes=2, context_dim=2)
+    assert np.isfinite(error) and error > 0
+    assert value <= np.mean([drive_to(g[None], g)[0] for g in goals]) + 1e-9  # no controller beats the optimum
+
+
 def test_method_comparison_prints_each_rows_gap_against_the_scripted_optimum(tmp_path: Path) -> None:
     out = run_bench("bench/method_comparison.py", "--iterations", "1", "--eval-tasks", "2", "--methods", "MAML-TRPO",
                     "--out", str(tmp_path))

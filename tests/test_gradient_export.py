@@ -78,14 +78,15 @@ def test_bundle_holds_graphs_params_and_test_vectors(bundle: Path) -> None:
 def test_manifest_describes_the_gradient_step(bundle: Path, variant: str, policy) -> None:
     v = VARIANTS[variant]
     manifest = manifest_of(bundle)
+    learned = v.learn_inner_lr or v.inner_loss == "reward_model"  # a reward-model step learns its step sizes
     assert manifest["method"] == {"family": "gradient", "name": v.method}
     assert manifest["observation"]["dim"] == v.obs_dim and manifest["action"]["scale"] == v.action_scale
     assert manifest["adaptation"] == {
         "kind": "gradient_step",
         "adapted": "context" if v.context_dim else "policy_parameters",
         "num_params": policy.num_adapted,
-        "inner_lr": None if v.learn_inner_lr else v.inner_lr,
-        "inner_lr_learned": v.learn_inner_lr,
+        "inner_lr": None if learned else v.inner_lr,
+        "inner_lr_learned": learned,
         "steps": v.steps,
         "episodes_per_step": v.episodes_per_step,
         "max_episode_steps": v.max_episode_steps,
@@ -94,6 +95,7 @@ def test_manifest_describes_the_gradient_step(bundle: Path, variant: str, policy
         "exploration": "gaussian",
         "reward_source": {"type": "topic", "topic": "reward"},
         **({"skill": {"name": v.skill, "learned_dims": [0, 2, 3]}} if v.skill else {}),
+        **({"inner_loss": "reward_model"} if v.inner_loss == "reward_model" else {}),
         "initial_params_file": "params.npy",
     }
     p, n, t, o, a = policy.num_adapted, v.episodes_per_step, v.max_episode_steps, v.obs_dim, v.act_dim
@@ -155,7 +157,8 @@ def test_adapt_graph_is_one_inner_step_in_float32_too(bundle: Path, policy) -> N
     )
     (adapted,) = sessions(bundle)["adapt"].run(None, inputs)
     config = AdvantageConfig.from_mapping(adaptation["advantages"])
-    batch = {**inputs, "advantage": compute_advantages(inputs["obs"], inputs["reward"], inputs["mask"], config)}
+    signal = inputs["reward"] if policy.reads_rewards else compute_advantages(inputs["obs"], inputs["reward"], inputs["mask"], config)
+    batch = {**inputs, "advantage": signal}
     t = {k: torch.from_numpy(v) for k, v in batch.items()}
     policy_inputs = policy.policy_inputs(t["obs"], t["prev_command"])
     expected = policy.inner_step(t["params"], policy_inputs, t["action"], t["advantage"], t["mask"],

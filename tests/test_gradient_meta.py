@@ -163,6 +163,142 @@ def test_method_settings_that_contradict_each_other_are_refused_naming_the_key()
         tiny(outer="sgd")
     with pytest.raises(ConfigError, match="inner.steps"):
         tiny(method="reptile", inner={"steps": 0})
+    with pytest.raises(ConfigError, match="method 'cavia'"):
+        tiny(method="maml", policy={"hidden_sizes": [8, 8], "inner_loss": "reward_model"})
+    with pytest.raises(ConfigError, match="context_dim"):
+        tiny(method="cavia", policy={"hidden_sizes": [8, 8], "inner_loss": "reward_model"})
+    with pytest.raises(ConfigError, match="inner_loss"):
+        tiny(method="cavia", policy={"hidden_sizes": [8, 8], "context_dim": 2, "inner_loss": "td_error"})
+    with pytest.raises(ConfigError, match="reward_model.*epochs"):
+        tiny(reward_model={"epochs": -1})
+
+
+# ------------------------------------------------------------------------------ reward-model context step
+REWARD_MODEL = {"hidden_sizes": [8, 8], "context_dim": 3, "inner_loss": "reward_model", "model_hidden_sizes": [16, 16]}
+
+
+def test_a_reward_model_context_step_learns_its_model_and_step_sizes_beside_the_policy(tmp_path):
+    config = tiny(method="cavia", iterations=3, policy=REWARD_MODEL)
+    torch.manual_seed(config.seed)
+    before = GradientPolicy(2, 2, [0.1, 0.1], config.policy)
+    path = train(config, tmp_path, progress=False)
+    policy, data = load_checkpoint(path)
+    assert policy.reads_rewards and data["config"]["policy"]["inner_loss"] == "reward_model"
+    # The policy by the outer step, the model and the step sizes (reached only through the inner step)
+    # by the supervised one.
+    for name in ("weights", "model_weights", "inner_lr"):
+        assert not torch.equal(getattr(policy, name), getattr(before, name)), f"{name} did not move"
+    assert data["metrics"]["loss/reward_model_after"] < data["metrics"]["loss/reward_model_before"]
+    assert data["metrics"]["loss/reward_model_reverted"] == 0.0
+    assert data["model_optimizer"]["state"], "the model's optimizer state is not in the checkpoint"
+
+
+def test_during_the_reward_models_warm_up_only_the_model_learns(tmp_path):
+    config = tiny(method="cavia", iterations=2, policy=REWARD_MODEL, reward_model={"warmup_iterations": 2})
+    torch.manual_seed(config.seed)
+    before = GradientPolicy(2, 2, [0.1, 0.1], config.policy)
+    policy, data = load_checkpoint(train(config, tmp_path, progress=False))
+    assert torch.equal(policy.weights, before.weights), "the policy moved during the model's warm-up"
+    assert not torch.equal(policy.model_weights, before.model_weights)
+    assert "loss/surrogate_before" not in data["metrics"] and "loss/reward_model_after" in data["metrics"]
+
+
+def test_a_model_update_that_leaves_the_model_worse_is_undone(tmp_path):
+    # Adam steps of 50 per entry wreck any model: the update must be undone, not handed to the policy.
+    config = tiny(method="cavia", iterations=1, policy=REWARD_MODEL, reward_model={"lr": 50.0, "epochs": 3})
+    torch.manual_seed(config.seed)
+    before = GradientPolicy(2, 2, [0.1, 0.1], config.policy)
+    policy, data = load_checkpoint(train(config, tmp_path, progress=False))
+    assert data["metrics"]["loss/reward_model_reverted"] == 1.0
+    assert torch.equal(policy.model_weights, before.model_weights) and torch.equal(policy.inner_lr, before.inner_lr)
+
+
+IMITATION = {"demonstrator": "sim.navigation:navigation_oracle", "steps": 20, "tasks_per_step": 2, "lr": 0.01}
+
+
+def test_imitation_on_the_adapted_contexts_learns_the_demonstrators_labels_and_holds_the_window(tmp_path):
+    config = tiny(method="cavia", outer="imitation", iterations=3, policy=REWARD_MODEL, imitation=IMITATION)
+    torch.manual_seed(config.seed)
+    before = GradientPolicy(2, 2, [0.1, 0.1], config.policy)
+    policy, data = load_checkpoint(train(config, tmp_path, progress=False))
+    metrics = data["metrics"]
+    assert data["method"] == "cavia_imitation"
+    assert metrics["loss/imitation_after"] < metrics["loss/imitation_before"]
+    assert "loss/surrogate_before" not in metrics and "loss/reward_model_after" not in metrics
+    # The model that identifies the contexts is frozen while the policy imitates on them.
+    assert torch.equal(policy.model_weights, before.model_weights) and torch.equal(policy.inner_lr, before.inner_lr)
+    # Only the mean learns: the log std (the window's exploration noise) is where it started.
+    torch.testing.assert_close(policy.weights[-2:], before.weights[-2:])
+    assert not torch.equal(policy.weights, before.weights)
+    # The anchor holds the unadapted mean nearer zero on the window's states than the same run without it.
+    free = tiny(method="cavia", outer="imitation", iterations=3, policy=REWARD_MODEL,
+                imitation={**IMITATION, "anchor_weight": 0.0})
+    _, unanchored = load_checkpoint(train(free, tmp_path / "free", progress=False))
+    assert metrics["loss/anchor"] < 0.5 * unanchored["metrics"]["loss/anchor"]
+
+
+def test_imitation_continues_a_trpo_run_of_its_first_phase_and_refuses_one_past_it(tmp_path):
+    from metarl_robot.checkpoint import CheckpointError
+
+    trpo = tiny(method="cavia", iterations=2, policy=REWARD_MODEL)
+    train(trpo, tmp_path, progress=False)
+    first_policy, first = load_checkpoint(tmp_path / "checkpoints" / "last.safetensors")
+    assert first["method"] == "cavia_trpo"
+    late = tiny(method="cavia", outer="imitation", iterations=3, policy=REWARD_MODEL,
+                imitation={**IMITATION, "start_iteration": 1})
+    with pytest.raises(CheckpointError, match="past imitation.start_iteration=1"):
+        train(late, tmp_path, resume=True, progress=False)
+    both = tiny(method="cavia", outer="imitation", iterations=3, policy=REWARD_MODEL,
+                imitation={**IMITATION, "start_iteration": 2})
+    policy, data = load_checkpoint(train(both, tmp_path, resume=True, progress=False))
+    assert data["method"] == "cavia_imitation" and data["iteration"] == 3
+    assert "loss/imitation_after" in data["metrics"] and "loss/surrogate_before" not in data["metrics"]
+    assert not torch.equal(policy.weights, first_policy.weights), "the imitation phase did not move the policy"
+
+
+def test_imitation_refuses_what_it_cannot_train_naming_the_key():
+    with pytest.raises(ConfigError, match="inner_loss: reward_model"):
+        tiny(method="cavia", outer="imitation", policy={"hidden_sizes": [8, 8], "context_dim": 2}, imitation=IMITATION)
+    with pytest.raises(ConfigError, match="imitation.demonstrator"):
+        tiny(method="cavia", outer="imitation", policy=REWARD_MODEL)
+    with pytest.raises(ConfigError, match="imitation needs"):
+        tiny(imitation={"steps": 0})
+
+
+def _reward_model_batch(rng, n=3, t=8):
+    """Point-robot episodes: reward minus the distance to a goal after each move."""
+    obs = torch.as_tensor(rng.uniform(-0.5, 0.5, size=(n, t, 3)))
+    act = torch.as_tensor(rng.normal(size=(n, t, 2)))
+    goal = torch.tensor([0.3, -0.2])
+    reward = -torch.linalg.norm(obs[..., :2] + 0.1 * torch.clamp(act, -1, 1) - goal, dim=-1)
+    mask = torch.ones(n, t, dtype=torch.float64)
+    mask[0, 5:] = 0.0
+    reward[0, 5:] = 1e3  # padding: must not count
+    return obs, act, reward, mask
+
+
+def test_a_reward_model_step_fits_the_rewards_as_values_and_is_the_exported_step():
+    rng = np.random.default_rng(3)
+    policy = _policy(context_dim=3, inner_loss="reward_model", inner_lr=0.05)
+    with torch.no_grad():
+        policy.model_weights.add_(0.3 * torch.randn_like(policy.model_weights))
+    obs, action, reward, mask = _reward_model_batch(rng)
+    phi0 = policy.initial_adapted().detach()
+    phi1 = policy.inner_step(phi0, obs, action, reward, mask, create_graph=False).detach()
+    assert policy.model_loss(phi1, obs, action, reward, mask) < policy.model_loss(phi0, obs, action, reward, mask)
+    # Rewards are read as values: one offset moves the context differently (a policy-gradient step on
+    # normalised advantages would not see it).
+    shifted = policy.inner_step(phi0, obs, action, reward - 1.0, mask, create_graph=False).detach()
+    assert (shifted - phi1).abs().max() > 1e-4
+    # Padding does not count.
+    changed = reward.clone()
+    changed[0, 5:] = -7.0
+    torch.testing.assert_close(policy.inner_step(phi0, obs, action, changed, mask, create_graph=False).detach(), phi1)
+    prev = torch.zeros_like(action)
+    torch.testing.assert_close(adaptation_step(policy)(phi0, obs, prev, action, reward, mask), phi1)
+    # The outer (reinforcement) step does not own the model; the supervised one does.
+    assert policy.meta_parameters() == [policy.weights]
+    assert policy.model_parameters() == [policy.model_weights, policy.inner_lr]
 
 
 # ------------------------------------------------------------------------------ meta-gradients

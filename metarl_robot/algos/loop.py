@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,11 +146,12 @@ def run_training(algo: Any, config: Any, run_dir: Path, *, resume: bool, progres
         algo.close()
 
 
-def restore_checkpoint(algo: Any, method: str) -> dict[str, Any] | None:
+def restore_checkpoint(algo: Any, method: str | Sequence[str]) -> dict[str, Any] | None:
     """Resume ``algo`` from ``algo.checkpoint_path``: the policy's weights, the optimizer's state (where
     ``algo.optimizer`` is not None and the checkpoint has one), the numpy and torch RNG states, the
     iteration and the metrics. Returns the checkpoint's fields (for a method's own extras), or ``None``
-    when there is no checkpoint. A checkpoint of another method or env raises ``CheckpointError``."""
+    when there is no checkpoint. A checkpoint of another method (``method``: its name, or the names it
+    may continue) or env raises ``CheckpointError``."""
     import torch
 
     from metarl_robot.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint
@@ -158,7 +159,7 @@ def restore_checkpoint(algo: Any, method: str) -> dict[str, Any] | None:
     if not checkpoint_exists(algo.checkpoint_path):
         return None
     policy, data = _latest_good(algo.checkpoint_path, load_checkpoint, CheckpointError)
-    if data.get("method") != method or data["policy"]["obs_dim"] != algo.obs_dim:
+    if data.get("method") not in ((method,) if isinstance(method, str) else tuple(method)) or data["policy"]["obs_dim"] != algo.obs_dim:
         raise CheckpointError(
             f"{algo.checkpoint_path} was written by a different method or env; use a new --run-dir to start afresh"
         )

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from metarl_robot.families.base import BuiltGraphs, Family, Require, Shape, saturating_noise
-from metarl_robot.runtime.advantages import AdvantageConfig
+from metarl_robot.runtime.advantages import INNER_LOSSES, AdvantageConfig
 
 ADAPTED = ("policy_parameters", "context")
+
 """Values of ``adaptation.adapted``: every weight (MAML family) or a context (CAVIA)."""
 EXPLORATION = ("gaussian",)
 """Values of ``adaptation.exploration`` the runtime can sample."""
@@ -82,6 +83,10 @@ class GradientFamily(Family):
                 f"{where}: 'adaptation.inner_lr' must be a positive number (or null with inner_lr_learned true), "
                 f"got {inner_lr!r} with inner_lr_learned {learned!r}"
             )
+        inner_loss = adaptation.get("inner_loss", "policy_gradient")
+        if inner_loss not in INNER_LOSSES:
+            raise BundleError(f"{where}: 'adaptation.inner_loss' is {inner_loss!r}, expected one of {list(INNER_LOSSES)}; "
+                              "re-export the bundle with this version")
         steps = check.key(adaptation, "steps", int, "adaptation")
         if steps < 0:
             raise BundleError(f"{where}: 'adaptation.steps' must be a non-negative integer, got {steps}")

@@ -5,7 +5,8 @@ their parity checks and test vectors, and the runtime controller's semantics in 
 ``policy.onnx`` computes ``(command, action)`` from a raw observation, the previous command (which
 only a policy on a motion skill reads), the adapted parameters and standard-normal noise. ``adapt.onnx`` computes one inner policy-gradient step from the episodes the
 robot collected, ``params - inner_lr * grad L(params; obs, action, advantage, mask)`` with the
-advantages computed from ``reward`` inside the graph: ``torch.func.grad`` does not export directly, so
+advantages computed from ``reward`` inside the graph (a reward-model context policy's step fits its
+reward model to ``reward`` itself, and has no advantage nodes): ``torch.func.grad`` does not export directly, so
 the step is traced to plain aten operations with ``make_fx`` (the backward pass becomes ordinary
 forward operations) and that trace is exported; then
 :func:`~metarl_robot.families.gradient_onnx.add_advantages` puts the robot's advantage code in front
@@ -200,10 +201,11 @@ def export_graph(
         except Exception as err:  # tracing raises a variety of types
             raise ExportError(f"tracing the adaptation step (make_fx) failed: {err}") from err
         args, dynamic_shapes = _example_inputs(policy, episodes, max_episode_steps), None
-        # The traced step reads advantages; add_advantages turns that input into rewards.
-        inputs = tuple("advantage" if name == "reward" else name for name in inputs)
+        if not policy.reads_rewards:
+            # The traced step reads advantages; add_advantages turns that input into rewards.
+            inputs = tuple("advantage" if name == "reward" else name for name in inputs)
     onnx_export(module, args, path, graph, inputs, outputs, dynamic_shapes, opset)
-    if graph == "adapt":
+    if graph == "adapt" and not policy.reads_rewards:  # a reward-model step reads the rewards themselves
         try:
             model = add_advantages(onnx.load(str(path)), advantages, float64_step=internal == torch.float64)
             onnx.save(model, str(path))
@@ -313,7 +315,7 @@ def adaptation_section(
     except (TypeError, ValueError) as err:
         raise ExportError(f"{where}: 'adaptation.advantages': {err}") from None
 
-    learned = bool(policy.config.learn_inner_lr)
+    learned = bool(policy.config.learn_inner_lr) or policy.reads_rewards
     return {
         "kind": "gradient_step",
         "adapted": "context" if policy.adapts_context else "policy_parameters",
@@ -328,6 +330,7 @@ def adaptation_section(
         "exploration": "gaussian",
         "reward_source": jsonable(reward_source),
         **({"skill": manifest_section(policy.skill)} if policy.skill is not None else {}),
+        **({"inner_loss": policy.config.inner_loss} if policy.reads_rewards else {}),
         "initial_params_file": PARAMS_FILE,
     }
 
@@ -427,14 +430,17 @@ def reference_outputs(
 
     The adapt graph's reference is what training does, all in float64: the advantages of
     ``inputs["reward"]`` by :func:`~metarl_robot.runtime.advantages.compute_advantages` with
-    ``advantages`` (not rounded to float32), then
+    ``advantages`` (not rounded to float32; a reward-model policy's step reads the rewards themselves), then
     :meth:`GradientPolicy.inner_step` (autograd), not the traced ``torch.func`` function the graph was
     made from.
     """
     if graph == "adapt":
         if advantages is None:
             raise TypeError("reference_outputs: the adapt graph's reference needs the bundle's advantage settings")
-        inputs = {**inputs, "advantage": advantages_float64(inputs["obs"], inputs["reward"], inputs["mask"], advantages)}
+        signal = inputs["reward"] if exact.reads_rewards else advantages_float64(
+            inputs["obs"], inputs["reward"], inputs["mask"], advantages
+        )
+        inputs = {**inputs, "advantage": signal}
         names: Sequence[str] = ("params", "obs", "prev_command", "action", "advantage", "mask")
     else:
         names = IO[graph][0]
@@ -602,7 +608,7 @@ class GradientTorchController(TorchControllerBase):
         for i, episode in enumerate(self._episodes):
             for j, (o, c, a, r) in enumerate(episode):
                 obs[i, j], prev[i, j], act[i, j], rew[i, j], mask[i, j] = o, c, a, r, 1.0
-        adv = compute_advantages(obs, rew, mask, self.advantages)
+        adv = rew if self.policy.reads_rewards else compute_advantages(obs, rew, mask, self.advantages)
         inputs = self.policy.policy_inputs(t.as_tensor(obs), t.as_tensor(prev))
         args = [t.as_tensor(x) for x in (act, adv, mask)]
         for _ in range(self.steps):

@@ -42,6 +42,10 @@ class AdvantageConfig:
             raise ValueError(f"baseline_ridge must be positive, got {self.baseline_ridge}")
 
 
+INNER_LOSSES = ("policy_gradient", "reward_model")
+"""What a gradient step descends, and so what it reads per step (``adaptation.inner_loss``;
+docs/bundle.md): the policy-gradient loss of the advantages computed here, or a reward model's error on
+the rewards themselves."""
 MAX_MATRIX_STEPS = 2048
 """Episodes up to this long sum discounted tails with one cached ``[T, T]`` matrix product (32 MB at
 most in float64); longer ones with a loop over steps."""

@@ -1,10 +1,11 @@
 """Tiny gradient-based (GradientPolicy) checkpoints and their exported bundles, shared by the gradient
 export, verify and runtime tests.
 
-Four variants cover what the adapt graph can adapt: every weight (``maml``, on the grasp-like
+Five variants cover what the adapt graph can adapt: every weight (``maml``, on the grasp-like
 interface of conftest.py), every weight of a policy on the ``grasp_force`` motion skill, which reads the
-previous command (``maml_skill``, same interface), a context vector with two gradient updates per adaptation step (``cavia``) and every weight with
-learned per-parameter step sizes (``meta_sgd``), the last two on a 2-D navigation interface. Each bundle is exported once per
+previous command (``maml_skill``, same interface), a context vector with two gradient updates per adaptation step (``cavia``), a context vector moved by
+fitting a reward model to the window's rewards (``cavia_reward_model``) and every weight with
+learned per-parameter step sizes (``meta_sgd``), the last three on a 2-D navigation interface. Each bundle is exported once per
 test session.
 """
 
@@ -56,6 +57,7 @@ class Variant:
     """The ``adaptation.guard`` section to declare (none when ``None``)."""
     skill: str = ""
     inner_updates: int = 1
+    inner_loss: str = "policy_gradient"
 
     @property
     def obs_dim(self) -> int:
@@ -88,6 +90,10 @@ VARIANTS = {
     "cavia": Variant(
         "cavia_trpo", NAV_INTERFACE, context_dim=3, inner_lr=0.5, episodes_per_step=3, max_episode_steps=10,
         inner_updates=2,
+    ),
+    "cavia_reward_model": Variant(
+        "cavia_trpo", NAV_INTERFACE, context_dim=3, inner_lr=0.5, episodes_per_step=4, max_episode_steps=9,
+        inner_loss="reward_model", steps=2,
     ),
     "meta_sgd": Variant(
         "meta_sgd_trpo",
@@ -126,6 +132,7 @@ def make_gradient_policy(variant: str = "maml", seed: int = 0):
     config = GradientPolicyConfig(
         hidden_sizes=v.hidden_sizes, context_dim=v.context_dim, inner_lr=v.inner_lr, learn_inner_lr=v.learn_inner_lr,
         skill=v.skill, skill_layout=tuple(layout) if v.skill else (), inner_updates=v.inner_updates,
+        inner_loss=v.inner_loss, model_hidden_sizes=(12, 12),
     )
     policy = GradientPolicy(v.obs_dim, v.act_dim, v.action_scale, config)
     with torch.no_grad():
@@ -135,6 +142,9 @@ def make_gradient_policy(variant: str = "maml", seed: int = 0):
         policy.weights[-v.act_dim :] = torch.linspace(-0.7, 0.2, v.act_dim)
         if v.learn_inner_lr:
             policy.inner_lr.uniform_(0.02, 0.2)
+        if policy.reads_rewards:
+            policy.model_weights.add_(torch.randn_like(policy.model_weights) * 0.3)
+            policy.inner_lr.uniform_(0.2, 2.0)
     return policy.eval()
 
 
@@ -237,7 +247,8 @@ def reference_adaptation(policy, adaptation: dict[str, Any], params, episodes: l
         prev[i, 1:length] = episode["command"][: length - 1]  # what was sent the step before; zeros first
         mask[i, :length] = 1.0
     fields = {f.name: adaptation["advantages"][f.name] for f in dc.fields(AdvantageConfig)}
-    advantage = compute_advantages(obs, reward, mask, AdvantageConfig(**fields))
+    # A reward-model step reads the rewards themselves; every other step their advantages.
+    advantage = reward if policy.reads_rewards else compute_advantages(obs, reward, mask, AdvantageConfig(**fields))
     phi = torch.as_tensor(np.asarray(params, np.float32))
     inputs = policy.policy_inputs(torch.from_numpy(obs), torch.from_numpy(prev))
     batch = [torch.from_numpy(x) for x in (action, advantage, mask)]

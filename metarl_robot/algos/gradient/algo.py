@@ -24,6 +24,7 @@ baseline).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl_robot.algos.common import DemonstratorLabels, build_task_distribution, open_sampler, run_dagger
+from metarl_robot.algos.common import DemonstratorLabels, build_task_distribution, open_sampler, resolve, run_dagger
 from metarl_robot.algos.gradient.config import TrainConfig
 from metarl_robot.algos.gradient.rollout import GradientTrials
-from metarl_robot.checkpoint import save_checkpoint
+from metarl_robot.checkpoint import CheckpointError, save_checkpoint
 from metarl_robot.algos.loop import restore_checkpoint, run_training
 from metarl_robot.algos.common.teacher import DaggerTrials, TeacherTrials, teacher_labels
 from metarl_robot.config import to_dict
@@ -90,6 +91,7 @@ def to_rollouts(policy: GradientPolicy, episodes: list[Episode], phis: torch.Ten
     if broken.any():
         mask[broken] = 0.0
         obs = np.where(broken[..., None, None], 0.0, obs).astype(np.float32)
+        rewards = np.where(broken[..., None], 0.0, rewards).astype(np.float32)
     advantages = np.stack([compute_advantages(obs[m], rewards[m], mask[m], config.advantages) for m in range(num_tasks)])
     if policy.skill is not None:
         # The env ran the skill's command; the policy's decision is the Gaussian sample, and its input
@@ -130,7 +132,17 @@ class GradientMetaRL:
         if config.method in ("promp", "multitask_ppo") or (config.method in ("maml", "cavia", "meta_sgd") and config.outer == "ppo"):
             lr = config.promp.lr if config.method == "promp" else config.ppo.lr
             self.optimizer = torch.optim.Adam(self.policy.meta_parameters(), lr=lr, eps=1e-5)
+        if config.outer == "imitation":
+            self.optimizer = torch.optim.Adam(self.policy.meta_parameters(), lr=config.imitation.lr)
+            self.demonstrate = resolve(config.imitation.demonstrator)
+        # DAgger's aggregate for outer 'imitation': per task, (its adaptation windows, (the first
+        # window's states, the unadapted mean on them then), the adapted policy's states, the
+        # demonstrator's labels of them).
+        self.imitation_data: collections.deque = collections.deque(maxlen=config.imitation.history)
         self.kl_coef = config.promp.init_kl_coef
+        self.model_optimizer = (
+            torch.optim.Adam(self.policy.model_parameters(), lr=config.reward_model.lr) if self.policy.reads_rewards else None
+        )
         # Which entries of the flattened meta-parameters the outer update may change: all but the log
         # std (the last act_dim entries of the weights) when meta_learn_log_std is false.
         keep = torch.ones(sum(p.numel() for p in self.policy.meta_parameters()))
@@ -189,15 +201,25 @@ class GradientMetaRL:
             iteration=self.iteration,
             metrics=self.metrics,
             optimizer=self.optimizer.state_dict() if self.optimizer else None,
+            model_optimizer=self.model_optimizer.state_dict() if self.model_optimizer else None,
             kl_coef=self.kl_coef,
             rng={"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
         )
 
     def restore(self) -> bool:
-        data = restore_checkpoint(self, self.config.method_name)
+        names = [self.config.method_name]
+        start = self.config.imitation.start_iteration
+        if self.config.outer == "imitation" and start > 0:
+            names.append(f"{self.config.method}_trpo")  # its first phase: TRPO up to start_iteration
+        data = restore_checkpoint(self, names)
         if data is None:
             return False
+        if data["method"] != self.config.method_name and self.iteration > start:
+            raise CheckpointError(f"{self.checkpoint_path} holds {data['method']} at iteration {self.iteration}, past "
+                                  f"imitation.start_iteration={start}; continue it from iteration {start} or earlier, or start afresh")
         self.kl_coef = float(data.get("kl_coef", self.kl_coef))
+        if self.model_optimizer is not None and data.get("model_optimizer"):
+            self.model_optimizer.load_state_dict(data["model_optimizer"])
         return True
 
     # ------------------------------------------------------------------------------ sampling
@@ -219,9 +241,10 @@ class GradientMetaRL:
         lvc = self.config.method == "promp"
         phis = [phi0]
         for batch in inner:
+            signal = batch.rewards if self.policy.reads_rewards else batch.advantages
             phis.append(
                 self.policy.inner_step(
-                    phis[-1], batch.obs[task], batch.actions[task], batch.advantages[task], batch.mask[task],
+                    phis[-1], batch.obs[task], batch.actions[task], signal[task], batch.mask[task],
                     create_graph=create_graph, low_variance_curvature=lvc,
                 )
             )
@@ -315,13 +338,127 @@ class GradientMetaRL:
         ]).mean()
 
     # ------------------------------------------------------------------------------ outer updates
-    def update(self, inner: list[Rollouts], post: Rollouts) -> dict[str, float]:
+    def update(self, inner: list[Rollouts], post: Rollouts, tasks=()) -> dict[str, float]:
+        """The outer update on one iteration's batches (``tasks``, the iteration's tasks, only for the
+        demonstrator of ``outer: imitation``)."""
         cfg = self.config
         if cfg.method == "reptile":
             return self.reptile_update(inner, post)
-        if self.optimizer is None:
-            return self.trpo_update(inner, post)
-        return self.clipped_update(inner, post)
+        out: dict[str, float] = {}
+        if cfg.outer == "imitation":
+            self.record_imitation(inner, post, tasks)
+        if not (self.policy.reads_rewards and self.iteration < cfg.reward_model.warmup_iterations):
+            if cfg.outer == "imitation" and self.iteration >= cfg.imitation.start_iteration:
+                out = self.imitation_update()
+            elif cfg.outer == "imitation":
+                out = self.trpo_update(inner, post)
+            else:
+                out = self.trpo_update(inner, post) if self.optimizer is None else self.clipped_update(inner, post)
+        imitating = cfg.outer == "imitation" and self.iteration >= cfg.imitation.start_iteration
+        # After the policy's update, which saw the contexts the data were collected with. Not while the
+        # policy imitates: a model that moved would move every context the labels were learned on (runs
+        # that let it move chased their contexts: post-adaptation returns of -7 to -33 from one
+        # iteration to the next).
+        if self.policy.reads_rewards and not imitating:
+            out.update(self.model_update(inner, post))
+        return out
+
+    def model_update(self, inner: list[Rollouts], post: Rollouts) -> dict[str, float]:
+        """The reward model's and the inner step sizes' supervised meta-update (``inner_loss:
+        reward_model``): ``reward_model.epochs`` Adam steps on the squared error with which the model,
+        at the context adapted on each inner batch, predicts that batch's rewards, differentiated
+        through the inner steps; gradients clipped to norm ``reward_model.max_grad_norm``. Returns the
+        loss before and after.
+
+        Only the windows the robot adapts on are predicted, not the episodes the adapted policy then
+        collects: where those go depends on the policy the outer update is changing, and a model
+        trained on them fed back into the contexts the policy acts on (a run whose adapted policy
+        wandered off for a few tasks taught the model rewards 100 times the usual size, which moved
+        every task's context and sent every adapted policy away)."""
+        cfg = self.config.reward_model
+
+        def loss() -> torch.Tensor:
+            phi0 = self.policy.initial_adapted()
+            terms = []
+            for m in range(post.obs.shape[0]):
+                phis = self.adapt(phi0, inner, m, create_graph=True)
+                for k, batch in enumerate(inner):  # the inner batch k, predicted after adapting on it
+                    terms.append(self.policy.model_loss(phis[k + 1], batch.obs[m], batch.actions[m], batch.rewards[m], batch.mask[m]))
+            return torch.stack(terms).mean()
+
+        before = after = float("nan")
+        params = self.policy.model_parameters()
+        saved = [p.detach().clone() for p in params]
+        for epoch in range(cfg.epochs):
+            value = loss()
+            self.model_optimizer.zero_grad()
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            self.model_optimizer.step()
+            if epoch == 0:
+                before = value.item()
+        after = loss().item() if cfg.epochs else before
+        # An update that leaves the model worse on the very batches it trained on has diverged (a step
+        # size grown past what the inner step tolerates); it is undone, or the contexts the policy acts
+        # on would jump (a run without this check saw its adapted return fall from -17 to -505 in one
+        # iteration and never recover).
+        reverted = not after <= before
+        if reverted:
+            _assign(params, torch.cat([p.reshape(-1) for p in saved]))
+            self.model_optimizer.state.clear()  # and the moments of the steps that diverged
+        return {"loss/reward_model_before": before, "loss/reward_model_after": before if reverted else after,
+                "loss/reward_model_reverted": float(reverted)}
+
+    def record_imitation(self, inner: list[Rollouts], post: Rollouts, tasks) -> None:
+        """Add each task's adaptation windows, the unadapted mean on the first window's valid states (the
+        anchor's target), the adapted policy's valid states and the demonstrator's labels of them to
+        DAgger's aggregate (``outer: imitation``)."""
+        phi0 = self.policy.initial_adapted().detach()
+        for m, task in enumerate(tasks):
+            states = post.obs[m][post.mask[m] > 0]
+            raw = states[:, : self.obs_dim].numpy()
+            labels = np.clip(np.asarray(self.demonstrate(raw, [task] * len(raw)), np.float32), -1.0, 1.0)
+            windows = [(b.obs[m], b.actions[m], b.rewards[m], b.mask[m]) for b in inner]
+            window = inner[0].obs[m][inner[0].mask[m] > 0]
+            with torch.no_grad():
+                anchor = self.policy.mean_log_std(phi0, window)[0]
+            self.imitation_data.append((windows, (window, anchor), states, torch.as_tensor(labels).reshape(len(states), -1)))
+
+    def imitation_update(self) -> dict[str, float]:
+        """``imitation.steps`` Adam steps, each on ``imitation.tasks_per_step`` tasks of the aggregate:
+        the squared error of the adapted policy's mean against the demonstrator's labels, plus
+        ``anchor_weight`` times the squared change of the unadapted mean on the first window's states
+        since that window was collected. Each task's
+        context is adapted afresh from its windows by the current reward model, which goes on learning.
+        Only the mean learns (the log std stays the exploration noise the reward model reads windows
+        of)."""
+        cfg = self.config.imitation
+        phi0 = self.policy.initial_adapted().detach()
+        data = []
+        for windows, held, states, labels in self.imitation_data:
+            phi = phi0
+            for obs, actions, rewards, mask in windows:
+                phi = self.policy.inner_step(phi, obs, actions, rewards, mask, create_graph=False).detach()
+            data.append((phi, states, labels, held))
+
+        def loss(items) -> tuple[torch.Tensor, torch.Tensor]:
+            imitation, anchor = [], []
+            for phi, states, labels, (window, target) in items:
+                imitation.append(((self.policy.mean_log_std(phi, states)[0] - labels) ** 2).mean())
+                anchor.append(((self.policy.mean_log_std(phi0, window)[0] - target) ** 2).mean())
+            return torch.stack(imitation).mean(), torch.stack(anchor).mean()
+
+        with torch.no_grad():
+            before = loss(data)[0].item()
+        for _ in range(cfg.steps):
+            picked = self.rng.choice(len(data), size=min(cfg.tasks_per_step, len(data)), replace=False)
+            imitation, anchor = loss([data[i] for i in picked])
+            self.optimizer.zero_grad()
+            (imitation + cfg.anchor_weight * anchor).backward()
+            self.optimizer.step()
+        with torch.no_grad():
+            after, anchor = loss(data)
+        return {"loss/imitation_before": before, "loss/imitation_after": after.item(), "loss/anchor": anchor.item()}
 
     def trpo_update(self, inner: list[Rollouts], post: Rollouts) -> dict[str, float]:
         cfg = self.config.trpo
@@ -509,8 +646,8 @@ class GradientMetaRL:
         return out
 
     def train_iteration(self) -> dict[str, float]:
-        _, inner, post = self.collect_iteration()
-        losses = self.update(inner, post)
+        tasks, inner, post = self.collect_iteration()
+        losses = self.update(inner, post, tasks)
         # The normaliser moves after the update, so the update saw the statistics the data were collected with.
         if self.config.update_obs_normalizer:
             first = inner[0] if inner else post

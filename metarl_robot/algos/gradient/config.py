@@ -116,11 +116,72 @@ class ReptileConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RewardModelConfig:
+    """The supervised meta-update of a reward-model context step (``policy.inner_loss: reward_model``)."""
+
+    lr: float = 1e-3
+    """Adam learning rate of the reward model and the inner step sizes."""
+    epochs: int = 20
+    """Adam steps per meta-iteration, each over the whole iteration's batches."""
+    max_grad_norm: float = 1.0
+    """The model update's gradient is clipped to this norm."""
+    warmup_iterations: int = 0
+    """Meta-iterations at the start of a run in which only the model learns and the policy is left as
+    initialised: the policy can only learn to act on a context once the context means something, and
+    what it learns is lost if the model then moves the contexts under it."""
+
+    def __post_init__(self) -> None:
+        if (not (self.lr > 0 and math.isfinite(self.lr)) or self.epochs < 0 or self.warmup_iterations < 0
+                or not self.max_grad_norm > 0):
+            raise ValueError(f"reward_model needs lr > 0, epochs >= 0, warmup_iterations >= 0 and max_grad_norm > 0, "
+                             f"got {self.lr}, {self.epochs}, {self.warmup_iterations}, {self.max_grad_norm}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImitationConfig:
+    """The outer update ``outer: imitation`` of a reward-model context step: DAgger on the adapted
+    contexts. The learner acts after adapting; a demonstrator that knows the task labels the states it
+    reaches; the policy's mean learns those labels from the observation and the adapted context, which
+    is all the robot has. A context that identifies the task carries what the label needs; where it does
+    not, the mean learns the labels' average over the tasks the context cannot tell apart."""
+
+    demonstrator: str = ""
+    """``module:function`` mapping ``(obs [N, obs_dim], tasks)`` to normalised actions ``[N, act_dim]``
+    (e.g. ``sim.navigation:navigation_oracle``); it labels the states the adapted policy reaches."""
+    lr: float = 3e-3
+    """Adam learning rate of the policy's weights."""
+    steps: int = 150
+    """Adam steps per meta-iteration, each on ``tasks_per_step`` tasks' adapted episodes."""
+    tasks_per_step: int = 20
+    """Tasks (one adapted context and its labelled episodes each) in one Adam step."""
+    history: int = 200
+    """Tasks kept from recent iterations (DAgger's aggregate; not kept across a resume)."""
+    anchor_weight: float = 1.0
+    """Weight of the term that holds the unadapted policy's mean action, on its windows' states, where
+    it was when it collected them: the windows stay what the reward model learned to read, and the
+    imitation of adapted behaviour does not leak into them."""
+    start_iteration: int = 0
+    """Meta-iterations before this one take the TRPO outer step (the policy learns, by reinforcement,
+    how to explore for the model and to act on its contexts); DAgger from this one on, with the reward
+    model and the step sizes frozen (the labels are learned on its contexts). A ``cavia_trpo``
+    run of the same config up to this iteration can be continued with ``--resume``."""
+
+    def __post_init__(self) -> None:
+        if (not (self.lr > 0 and math.isfinite(self.lr)) or self.steps < 1 or self.tasks_per_step < 1
+                or self.history < 1 or not self.anchor_weight >= 0 or self.start_iteration < 0):
+            raise ValueError(f"imitation needs lr > 0, steps >= 1, tasks_per_step >= 1, history >= 1 and "
+                             f"anchor_weight >= 0 and start_iteration >= 0, got {self.lr}, {self.steps}, "
+                             f"{self.tasks_per_step}, {self.history}, {self.anchor_weight}, {self.start_iteration}")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     method: Method = "maml"
     """maml, promp, reptile, cavia, meta_sgd, or multitask_ppo (the non-adaptive baseline)."""
-    outer: Literal["trpo", "ppo"] = "trpo"
-    """Outer optimiser of maml, cavia and meta_sgd (promp, reptile and multitask_ppo have their own)."""
+    outer: Literal["trpo", "ppo", "imitation"] = "trpo"
+    """Outer optimiser of maml, cavia and meta_sgd (promp, reptile and multitask_ppo have their own);
+    ``imitation`` (cavia with ``policy.inner_loss: reward_model`` only): DAgger on the adapted contexts
+    (:class:`ImitationConfig`)."""
     env_id: str = "sim:metarl/Navigation2D-v0"
     """Gymnasium id, optionally ``module:id`` to import the module that registers it."""
     env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -157,6 +218,10 @@ class TrainConfig:
     ppo: PPOConfig = PPOConfig()
     promp: ProMPConfig = ProMPConfig()
     reptile: ReptileConfig = ReptileConfig()
+    reward_model: RewardModelConfig = RewardModelConfig()
+    """How a reward-model context step's model is learned (read only with ``policy.inner_loss: reward_model``)."""
+    imitation: ImitationConfig = ImitationConfig()
+    """How ``outer: imitation`` learns the policy."""
     reward_source: dict[str, Any] = dataclasses.field(default_factory=lambda: {"type": "topic", "topic": "reward"})
     """Where the deployed policy gets the rewards its adaptation step needs (written into the bundle)."""
     warm_start: GradientWarmStartConfig = GradientWarmStartConfig()
@@ -177,6 +242,16 @@ class TrainConfig:
             raise ValueError("method 'meta_sgd' learns the inner step sizes: set policy.learn_inner_lr: true")
         if self.method != "meta_sgd" and self.policy.learn_inner_lr:
             raise ValueError("policy.learn_inner_lr is Meta-SGD's; use method 'meta_sgd' or set it to false")
+        if self.policy.inner_loss == "reward_model" and self.method != "cavia":
+            raise ValueError("policy.inner_loss 'reward_model' adapts a context by fitting rewards: use method 'cavia'")
+        if self.policy.inner_loss == "reward_model" and self.inner.steps < 1:
+            raise ValueError("policy.inner_loss 'reward_model' learns its model on the inner windows: set inner.steps >= 1")
+        if self.outer == "imitation" and self.policy.inner_loss != "reward_model":
+            raise ValueError("outer 'imitation' learns a policy on contexts a reward model identified: use method 'cavia' "
+                             "with policy.inner_loss: reward_model (a policy-gradient step needs outer 'trpo' or 'ppo')")
+        if self.outer == "imitation" and not self.imitation.demonstrator:
+            raise ValueError("outer 'imitation' needs imitation.demonstrator, the task-aware labeller "
+                             "(e.g. sim.navigation:navigation_oracle)")
         if self.method == "reptile" and self.inner.steps < 1:
             raise ValueError("method 'reptile' needs inner.steps >= 1 (its update moves towards the adapted parameters)")
 
