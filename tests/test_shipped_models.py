@@ -17,10 +17,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NAVIGATION = REPO_ROOT / "models" / "maml_navigation"
 
 
-def test_shipped_gradient_bundle_verifies_against_its_checkpoint():
+@pytest.mark.parametrize("name", ["maml_navigation", "cavia_imitation_navigation"])
+def test_shipped_gradient_bundle_verifies_against_its_checkpoint(name):
     from metarl_robot.verify import verify_bundle
 
-    model = NAVIGATION
+    model = REPO_ROOT / "models" / name
     report = verify_bundle(model / "bundle", checkpoint=model / "checkpoint.safetensors")
     assert report.ok, report.format()
     manifest = json.loads((model / "bundle" / "manifest.json").read_text())
@@ -79,6 +80,9 @@ DOCUMENTED = {
                         "configs/maml_navigation.yaml", ["iterations=200", "seed=0"]),
     "maml_grasp": ("python bench/gradient_meta.py grasp --seeds 0 --eval-tasks 16 --export",
                    "configs/maml_grasp.yaml", ["seed=0"]),
+    "cavia_imitation_navigation": (
+        "metarl-robot train --config configs/cavia_imitation_navigation.yaml --run-dir runs/cavia_imitation_navigation",
+        "configs/cavia_imitation_navigation.yaml", []),
     "maml_grasp_skill": ("metarl-robot train --config configs/maml_grasp_skill.yaml --run-dir runs/maml_grasp_skill",
                          "configs/maml_grasp_skill.yaml", []),
 }
