@@ -428,10 +428,10 @@ class GradientMetaRL:
         """``imitation.steps`` Adam steps, each on ``imitation.tasks_per_step`` tasks of the aggregate:
         the squared error of the adapted policy's mean against the demonstrator's labels, plus
         ``anchor_weight`` times the squared change of the unadapted mean on the first window's states
-        since that window was collected. Each task's
-        context is adapted afresh from its windows by the current reward model, which goes on learning.
-        Only the mean learns (the log std stays the exploration noise the reward model reads windows
-        of)."""
+        since that window was collected. Each task's context is adapted from its windows by the reward
+        model as it is now (frozen while the policy imitates, so tasks recorded before the switch get
+        the contexts the robot would). Only the mean learns (the log std stays the exploration noise
+        the reward model reads windows of)."""
         cfg = self.config.imitation
         phi0 = self.policy.initial_adapted().detach()
         data = []
