@@ -21,7 +21,6 @@ from metarl_robot.families.base import BuiltGraphs, Family, Require, Shape, satu
 from metarl_robot.runtime.advantages import INNER_LOSSES, AdvantageConfig
 
 ADAPTED = ("policy_parameters", "context")
-
 """Values of ``adaptation.adapted``: every weight (MAML family) or a context (CAVIA)."""
 EXPLORATION = ("gaussian",)
 """Values of ``adaptation.exploration`` the runtime can sample."""

@@ -347,14 +347,14 @@ class GradientMetaRL:
         out: dict[str, float] = {}
         if cfg.outer == "imitation":
             self.record_imitation(inner, post, tasks)
+        imitating = cfg.outer == "imitation" and self.iteration >= cfg.imitation.start_iteration
         if not (self.policy.reads_rewards and self.iteration < cfg.reward_model.warmup_iterations):
-            if cfg.outer == "imitation" and self.iteration >= cfg.imitation.start_iteration:
+            if imitating:
                 out = self.imitation_update()
-            elif cfg.outer == "imitation":
+            elif self.optimizer is None or cfg.outer == "imitation":  # imitation's first phase is TRPO
                 out = self.trpo_update(inner, post)
             else:
-                out = self.trpo_update(inner, post) if self.optimizer is None else self.clipped_update(inner, post)
-        imitating = cfg.outer == "imitation" and self.iteration >= cfg.imitation.start_iteration
+                out = self.clipped_update(inner, post)
         # After the policy's update, which saw the contexts the data were collected with. Not while the
         # policy imitates: a model that moved would move every context the labels were learned on (runs
         # that let it move chased their contexts: post-adaptation returns of -7 to -33 from one
