@@ -237,6 +237,26 @@ def test_imitation_on_the_adapted_contexts_learns_the_demonstrators_labels_and_h
     assert metrics["loss/anchor"] < 0.5 * unanchored["metrics"]["loss/anchor"]
 
 
+def test_imitation_teaches_the_policy_at_every_step_it_will_act_on(tmp_path):
+    # With two inner steps the robot acts at the context of step 1 and of step 2: both are labelled.
+    from sim.navigation import navigation_oracle
+
+    config = tiny(method="cavia", outer="imitation", iterations=1, policy=REWARD_MODEL, imitation=IMITATION,
+                  inner={"steps": 2, "episodes_per_step": 2})
+    algo = GradientMetaRL(config, tmp_path)
+    tasks, inner, post = algo.collect_iteration()
+    algo.record_imitation(inner, post, tasks)
+    assert len(algo.imitation_data) == len(tasks)
+    for m, (windows, _, taught) in enumerate(algo.imitation_data):
+        assert len(windows) == 2 and len(taught) == 2
+        for batch, (states, labels) in zip([inner[1], post], taught):  # collected at step 1's, step 2's context
+            torch.testing.assert_close(states, batch.obs[m][batch.mask[m] > 0])
+            expected = np.clip(navigation_oracle(states.numpy(), [tasks[m]] * len(states)), -1, 1)
+            np.testing.assert_allclose(labels.numpy(), expected, rtol=0, atol=1e-7)
+    metrics = algo.imitation_update()
+    assert metrics["loss/imitation_after"] < metrics["loss/imitation_before"]
+
+
 def test_imitation_continues_a_trpo_run_of_its_first_phase_and_refuses_one_past_it(tmp_path):
     from metarl_robot.checkpoint import CheckpointError
 

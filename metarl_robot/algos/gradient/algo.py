@@ -411,40 +411,49 @@ class GradientMetaRL:
 
     def record_imitation(self, inner: list[Rollouts], post: Rollouts, tasks) -> None:
         """Add each task's adaptation windows, the unadapted mean on the first window's valid states (the
-        anchor's target), the adapted policy's valid states and the demonstrator's labels of them to
-        DAgger's aggregate (``outer: imitation``)."""
+        anchor's target), and for every step ``k = 1..K`` the valid states the policy adapted ``k``
+        times reached (inner window ``k``, or the post-adaptation batch after the last step) with the
+        demonstrator's labels of them, to DAgger's aggregate (``outer: imitation``). The robot acts
+        between steps, so the policy is taught at every context it will act on, not only the last."""
         phi0 = self.policy.initial_adapted().detach()
+        adapted = [*inner[1:], post]  # batch k - 1 was collected by the policy adapted k times
         for m, task in enumerate(tasks):
-            states = post.obs[m][post.mask[m] > 0]
-            raw = states[:, : self.obs_dim].numpy()
-            labels = np.clip(np.asarray(self.demonstrate(raw, [task] * len(raw)), np.float32), -1.0, 1.0)
+            taught = []
+            for batch in adapted:
+                states = batch.obs[m][batch.mask[m] > 0]
+                raw = states[:, : self.obs_dim].numpy()
+                labels = np.clip(np.asarray(self.demonstrate(raw, [task] * len(raw)), np.float32), -1.0, 1.0)
+                taught.append((states, torch.as_tensor(labels).reshape(len(states), -1)))
             windows = [(b.obs[m], b.actions[m], b.rewards[m], b.mask[m]) for b in inner]
             window = inner[0].obs[m][inner[0].mask[m] > 0]
             with torch.no_grad():
                 anchor = self.policy.mean_log_std(phi0, window)[0]
-            self.imitation_data.append((windows, (window, anchor), states, torch.as_tensor(labels).reshape(len(states), -1)))
+            self.imitation_data.append((windows, (window, anchor), taught))
 
     def imitation_update(self) -> dict[str, float]:
         """``imitation.steps`` Adam steps, each on ``imitation.tasks_per_step`` tasks of the aggregate:
-        the squared error of the adapted policy's mean against the demonstrator's labels, plus
+        the squared error of the adapted policy's mean against the demonstrator's labels (at each
+        step's context, on the states the policy reached with it, averaged over the steps), plus
         ``anchor_weight`` times the squared change of the unadapted mean on the first window's states
-        since that window was collected. Each task's context is adapted from its windows by the reward
-        model as it is now (frozen while the policy imitates, so tasks recorded before the switch get
-        the contexts the robot would). Only the mean learns (the log std stays the exploration noise
-        the reward model reads windows of)."""
+        since that window was collected. Each task's contexts are adapted from its windows by the
+        reward model as it is now (frozen while the policy imitates, so tasks recorded before the
+        switch get the contexts the robot would). Only the mean learns (the log std stays the
+        exploration noise the reward model reads windows of)."""
         cfg = self.config.imitation
         phi0 = self.policy.initial_adapted().detach()
         data = []
-        for windows, held, states, labels in self.imitation_data:
-            phi = phi0
+        for windows, held, taught in self.imitation_data:
+            phis, phi = [], phi0
             for obs, actions, rewards, mask in windows:
                 phi = self.policy.inner_step(phi, obs, actions, rewards, mask, create_graph=False).detach()
-            data.append((phi, states, labels, held))
+                phis.append(phi)
+            data.append((list(zip(phis, taught)), held))
 
         def loss(items) -> tuple[torch.Tensor, torch.Tensor]:
             imitation, anchor = [], []
-            for phi, states, labels, (window, target) in items:
-                imitation.append(((self.policy.mean_log_std(phi, states)[0] - labels) ** 2).mean())
+            for steps, (window, target) in items:
+                imitation.append(torch.stack([((self.policy.mean_log_std(phi, states)[0] - labels) ** 2).mean()
+                                              for phi, (states, labels) in steps]).mean())
                 anchor.append(((self.policy.mean_log_std(phi0, window)[0] - target) ** 2).mean())
             return torch.stack(imitation).mean(), torch.stack(anchor).mean()
 
