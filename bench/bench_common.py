@@ -1,5 +1,6 @@
-"""What several bench scripts share: one episode of a runtime-protocol controller, and a gradient
-checkpoint with the environment and held-out tasks of the config it was trained with."""
+"""What several bench scripts share: one episode of a runtime-protocol controller, a gradient
+checkpoint with the environment and held-out tasks of the config it was trained with, and the share of
+a gap to an optimum that adaptation closes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ from typing import Any
 
 import numpy as np
 
+
+
+def gap_closed(after: float, before: float, optimum: float) -> float:
+    """Fraction of the gap from ``before`` to ``optimum`` that ``after`` closes; NaN when the optimum does
+    not score above ``before`` (there is no gap, and a ratio would say the opposite of what happened)."""
+    return float((after - before) / (optimum - before)) if optimum > before else float("nan")
 
 def run_attempt(controller, env, scale: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """One episode of ``controller`` (the runtime's Controller protocol, physical commands) in ``env``

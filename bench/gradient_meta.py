@@ -36,6 +36,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_common import gap_closed  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +75,6 @@ def train_run(config_path: str, run_dir: Path, overrides: list[str]) -> tuple[Pa
     start = time.perf_counter()
     path = train(config, run_dir, resume=True, progress=True)
     return path, time.perf_counter() - start
-
-
-def gap_closed(meta: float, baseline: float, oracle: float) -> float:
-    """Fraction of the baseline-to-oracle gap that the meta-learner closes; NaN when the oracle does not
-    score above the baseline (there is no gap, and a ratio would say the opposite of what happened)."""
-    return float((meta - baseline) / (oracle - baseline)) if oracle > baseline else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:

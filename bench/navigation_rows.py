@@ -38,6 +38,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_common import gap_closed  # noqa: E402
 
 SHIPPED = [
     ("identify, then imitate (models/cavia_imitation_navigation)", [ROOT / "models/cavia_imitation_navigation/checkpoint.safetensors"]),
@@ -59,11 +62,6 @@ class StandStill:
 
     def adapt(self) -> None:
         pass
-
-
-def gap_closed(before: float, after: float, optimum: float) -> float:
-    """Share of the gap from ``before`` to ``optimum`` that ``after`` closes (NaN without a gap)."""
-    return float((after - before) / (optimum - before)) if optimum > before else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = results["summary"]
         cells = [f"{r['return_mean']:.2f} ± {np.nan_to_num(r['return_ci95']):.2f}" for r in summary]
         after = summary[min(1, len(summary) - 1)]
-        gap = gap_closed(summary[0]["return_mean"], after["return_mean"], optimum)
+        gap = gap_closed(after["return_mean"], summary[0]["return_mean"], optimum)
         moved = abs(after["return_mean"] - summary[0]["return_mean"]) > 1e-9
         gap_text = f"{gap:.0%}" if label in learned and moved and not np.isnan(gap) else "—"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {after['success_mean']:.2f} | {gap_text} | {seconds[label]:.0f} |")

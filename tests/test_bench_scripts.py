@@ -124,6 +124,39 @@ def test_nav_one_step_bound_scores_the_reward_model_step_on_the_envs_rewards() -
     assert value <= np.mean([drive_to(g[None], g)[0] for g in goals]) + 1e-9  # no controller beats the optimum
 
 
+def test_navigation_rows_runs_the_baselines_beside_the_shipped_models(tmp_path: Path) -> None:
+    out = run_bench("bench/navigation_rows.py", "--eval-tasks", "2", "--rounds", "2", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "results.json").read_text())
+    labels = list(report["curves"])
+    assert any("models/cavia_imitation_navigation" in label for label in labels)
+    for baseline in ("scripted optimum", "classical: trilaterate", "standing still"):
+        assert any(label.startswith(baseline) for label in labels), baseline
+        assert any(line.startswith(f"| {baseline}") for line in out.splitlines()), baseline
+    optimum = next(v for k, v in report["curves"].items() if k.startswith("scripted optimum"))["summary"][0]["return_mean"]
+    classical = next(v for k, v in report["curves"].items() if k.startswith("classical"))["summary"][0]["return_mean"]
+    still = report["curves"]["standing still"]["summary"][0]["return_mean"]
+    assert optimum - 1.0 < classical <= optimum and still < classical
+
+
+def test_navigation_rows_refuses_a_missing_checkpoint_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "bench/navigation_rows.py", "--row", "x", str(tmp_path / "none.safetensors")],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert result.returncode == 2 and "no checkpoint at" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_context_later_steps_measures_the_second_step_of_the_shipped_model() -> None:
+    out = run_bench("bench/context_later_steps.py", "--goals", "2")
+    assert out.count("second step x") == 6 and "line-searched chain" in out and "c1's mean action" in out
+
+
+def test_context_later_steps_refuses_a_policy_gradient_checkpoint_in_one_line() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "bench/context_later_steps.py", "--checkpoint", str(CHECKPOINT)],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert result.returncode == 2 and "reward-model context steps" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_method_comparison_prints_each_rows_gap_against_the_scripted_optimum(tmp_path: Path) -> None:
     out = run_bench("bench/method_comparison.py", "--iterations", "1", "--eval-tasks", "2", "--methods", "MAML-TRPO",
                     "--out", str(tmp_path))
