@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NAVIGATION = REPO_ROOT / "models" / "maml_navigation"
 
 
-@pytest.mark.parametrize("name", ["maml_navigation", "cavia_imitation_navigation"])
+@pytest.mark.parametrize("name", ["maml_navigation", "cavia_imitation_navigation", "cavia_imitation_navigation_3step"])
 def test_shipped_gradient_bundle_verifies_against_its_checkpoint(name):
     from metarl_robot.verify import verify_bundle
 
@@ -83,6 +83,9 @@ DOCUMENTED = {
     "cavia_imitation_navigation": (
         "metarl-robot train --config configs/cavia_imitation_navigation.yaml --run-dir runs/cavia_imitation_navigation",
         "configs/cavia_imitation_navigation.yaml", []),
+    "cavia_imitation_navigation_3step": (
+        "metarl-robot train --config configs/cavia_imitation_navigation_3step.yaml --run-dir runs/cavia_imitation_navigation_3step",
+        "configs/cavia_imitation_navigation_3step.yaml", []),
     "maml_grasp_skill": ("metarl-robot train --config configs/maml_grasp_skill.yaml --run-dir runs/maml_grasp_skill",
                          "configs/maml_grasp_skill.yaml", []),
 }

@@ -65,6 +65,11 @@ IO = FAMILY.graph_io
 GRAPH_FILES = FAMILY.graph_files
 PARAMS_FILE = FAMILY.params_file
 TEST_VECTORS_FILE = "test_vectors.npz"
+EXPORT_MARGIN = 0.2
+"""A float32 graph is kept only if its parity error on the export's batches is within this share of the
+tolerance; otherwise the graph computes in float64. `metarl-robot verify` draws other batches (seeded
+from the manifest), and float32's error has a long tail: a three-step reward-model context bundle at
+3.8e-6 on one set of batches reached 1.3e-5 on another."""
 PARITY_BATCHES = 50
 """Random batches per graph in the export-time parity check."""
 
@@ -237,7 +242,7 @@ def build_graphs(policy: GradientPolicy, adaptation: Mapping[str, Any], staging:
                                 chained_steps=chained, **settings)
     forced = dict(internal)
     for graph, checks in (("policy", ("policy",)), ("adapt", ("adapt", "adapt_chained"))):
-        if graph in forced or all(diffs[check] <= PARITY_TOLERANCE for check in checks):
+        if graph in forced or all(diffs[check] <= EXPORT_MARGIN * PARITY_TOLERANCE for check in checks):
             continue
         export_graph(policy, graph, staging / GRAPH_FILES[graph], opset, internal=torch.float64, **settings)
         sessions[graph] = cpu_session(staging / GRAPH_FILES[graph])
