@@ -58,3 +58,21 @@ def gradient_run(parser: argparse.ArgumentParser, checkpoint: Path, config: Path
     env = make_meta_env(train_config.env_id, train_config.env_kwargs, unwrapped=True)
     tasks = build_task_distribution(to_dict(train_config.tasks)).split("test")[:num_tasks]
     return train_config, policy, data, env, tasks
+
+
+class EnvsByConfig:
+    """One meta-env per (env id, env kwargs) of the training configs a bench evaluates: checkpoints of the
+    same env share it, and an oracle trained with the task in its observation gets its own."""
+
+    def __init__(self) -> None:
+        self._envs: dict[str, Any] = {}
+
+    def __call__(self, run_config: dict) -> Any:
+        import json
+
+        from metarl_robot.envs import make_meta_env
+
+        key = json.dumps([run_config["env_id"], run_config.get("env_kwargs", {})], sort_keys=True)
+        if key not in self._envs:
+            self._envs[key] = make_meta_env(run_config["env_id"], run_config.get("env_kwargs", {}), unwrapped=True)
+        return self._envs[key]

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_common import gap_closed  # noqa: E402
+from bench_common import EnvsByConfig, gap_closed  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     from metarl_robot.algos.context_ppo.algo import build_task_distribution
     from metarl_robot.checkpoint import load_checkpoint
     from metarl_robot.config import ConfigError
-    from metarl_robot.envs import make_meta_env
     from metarl_robot.evaluation import OracleController, combine, evaluate, write_comparison
     from metarl_robot.families.gradient_torch import GradientTorchController
 
@@ -120,14 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _, meta_data = load_checkpoint(checkpoints["meta"][0])
     config = meta_data["config"]
-    envs: dict[str, object] = {}
-
-    def env_for(run_config: dict):
-        key = json.dumps([run_config["env_id"], run_config.get("env_kwargs", {})], sort_keys=True)
-        if key not in envs:
-            envs[key] = make_meta_env(run_config["env_id"], run_config.get("env_kwargs", {}), unwrapped=True)
-        return envs[key]
-
+    env_for = EnvsByConfig()
     env = env_for(config)
     tasks = build_task_distribution(config["tasks"]).split("test")[: args.eval_tasks]
     per_round = args.episodes_per_round or int(meta_data["adaptation"]["episodes_per_step"])

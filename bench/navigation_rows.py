@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_common import gap_closed  # noqa: E402
+from bench_common import EnvsByConfig, gap_closed  # noqa: E402
 
 SHIPPED = [
     ("identify, then imitate (models/cavia_imitation_navigation)", [ROOT / "models/cavia_imitation_navigation/checkpoint.safetensors"]),
@@ -90,20 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     import sim  # noqa: F401  (registers the envs)
     from metarl_robot.algos.common.tasks import build_task_distribution
     from metarl_robot.checkpoint import load_checkpoint
-    from metarl_robot.envs import make_meta_env
     from metarl_robot.evaluation import OracleController, combine, evaluate, torch_controller, write_comparison
     from sim.navigation_baselines import TrilaterationController
 
     _, first = load_checkpoint(rows[0][1][0])
     config = first["config"]
-    envs: dict[str, object] = {}
-
-    def env_for(run_config: dict):
-        key = json.dumps([run_config["env_id"], run_config.get("env_kwargs", {})], sort_keys=True)
-        if key not in envs:
-            envs[key] = make_meta_env(run_config["env_id"], run_config.get("env_kwargs", {}), unwrapped=True)
-        return envs[key]
-
+    env_for = EnvsByConfig()
     env = env_for(config)
     tasks = build_task_distribution(config["tasks"]).split("test")[: args.eval_tasks]
     protocol = {"rounds": args.rounds, "episodes_per_round": int(first["adaptation"]["episodes_per_step"]), "seed": args.seed}
